@@ -1,0 +1,267 @@
+//! ctxgate auth: the proxy-wasm glue around `ctxgate_core::auth`.
+//!
+//! The root context (one per worker VM) compiles the configuration, keeps
+//! the keys and the token cache, and on each tick syncs remote JWK Sets
+//! through shared data. Each request's context hands the request head to
+//! [`Auth::check`] and applies the decision: strip headers, set identity
+//! headers and filter state, or send the refusal.
+
+mod metrics;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use ctxgate_core::auth::jwks_sync::{FetchOutcome, JwksSync};
+use ctxgate_core::auth::{Auth, AuthState, Decision, Outcome};
+use ctxgate_core::http::RequestHead;
+use ctxgate_glue::{self as glue, SharedData};
+use metrics::Metrics;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AuthRoot::default()) });
+}}
+
+/// How often each worker checks for new shared keys and due fetches.
+const TICK: Duration = Duration::from_millis(250);
+
+struct Shared {
+    auth: Auth,
+    state: RefCell<AuthState>,
+    sync: RefCell<JwksSync>,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct AuthRoot {
+    shared: Option<Rc<Shared>>,
+    /// In-flight JWKS fetches: call token -> sync slot.
+    fetches: HashMap<u32, usize>,
+}
+
+impl Context for AuthRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let (Some(shared), Some(slot)) = (&self.shared, self.fetches.remove(&token_id)) else {
+            return;
+        };
+        let status = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok());
+        let response = match status {
+            Some(status) => Ok((
+                status,
+                self.get_http_call_response_body(0, body_size)
+                    .unwrap_or_default(),
+            )),
+            // No status: the call failed (reset, timeout, no healthy host).
+            None => Err("no response (connection failure or timeout)".to_owned()),
+        };
+        let outcome =
+            shared
+                .sync
+                .borrow_mut()
+                .fetch_completed(slot, &SharedData, glue::now_ms(), response);
+        if let Some(outcome) = outcome {
+            shared.apply_fetch(outcome);
+        }
+    }
+}
+
+impl RootContext for AuthRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        let auth = match Auth::from_json(&config) {
+            Ok(auth) => auth,
+            Err(e) => {
+                log::error!("invalid configuration: {e}");
+                return false;
+            }
+        };
+        let sync = JwksSync::new(&auth);
+        sync.init_shared(&SharedData);
+        if !sync.is_empty() {
+            glue::set_tick_period(TICK);
+        }
+        let metrics = Metrics::new(&auth);
+        let state = RefCell::new(auth.new_state());
+        log::info!(
+            "configured {} provider(s): {}",
+            auth.providers.len(),
+            auth.providers
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        self.shared = Some(Rc::new(Shared {
+            auth,
+            state,
+            sync: RefCell::new(sync),
+            metrics,
+        }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let tick = shared.sync.borrow_mut().tick(&SharedData, glue::now_ms());
+        for (provider, keys) in tick.install {
+            shared.install(provider, keys, "shared data");
+        }
+        for fetch in tick.fetch {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", fetch.path.as_str()),
+                (":authority", fetch.authority.as_str()),
+            ];
+            let timeout = Duration::from_millis(fetch.timeout_ms);
+            match self.dispatch_http_call(&fetch.cluster, headers, None, vec![], timeout) {
+                Ok(token) => {
+                    self.fetches.insert(token, fetch.slot);
+                }
+                Err(status) => {
+                    let reason = format!("cannot call cluster {}: {status:?}", fetch.cluster);
+                    let outcome = shared.sync.borrow_mut().fetch_completed(
+                        fetch.slot,
+                        &SharedData,
+                        glue::now_ms(),
+                        Err(reason),
+                    );
+                    if let Some(outcome) = outcome {
+                        shared.apply_fetch(outcome);
+                    }
+                }
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.clone()?;
+        Some(Box::new(AuthRequest { shared }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl Shared {
+    fn install(&self, provider: usize, keys: Rc<ctxgate_core::jwt::KeySet>, source: &str) {
+        let name = self
+            .auth
+            .providers
+            .get(provider)
+            .map_or("?", |p| p.name.as_str());
+        log::info!(
+            "provider {name}: installed {} key(s) from {source}",
+            keys.len()
+        );
+        let mut state = self.state.borrow_mut();
+        if let Some(slot) = state.keys.get_mut(provider) {
+            *slot = Some(keys);
+        }
+        state.cache.forget_refusals();
+        self.metrics.jwks(provider, |m| m.installed);
+    }
+
+    fn apply_fetch(&self, outcome: FetchOutcome) {
+        match outcome {
+            FetchOutcome::Installed {
+                provider,
+                keys,
+                skipped,
+            } => {
+                self.metrics.jwks(provider, |m| m.fetch_success);
+                for problem in skipped {
+                    log::warn!("JWKS key skipped: {problem}");
+                }
+                self.install(provider, keys, "a fetch");
+            }
+            FetchOutcome::Failed {
+                provider,
+                reason,
+                retry_in_ms,
+            } => {
+                self.metrics.jwks(provider, |m| m.fetch_failure);
+                let name = self
+                    .auth
+                    .providers
+                    .get(provider)
+                    .map_or("?", |p| p.name.as_str());
+                log::warn!(
+                    "provider {name}: JWKS fetch failed ({reason}); keeping the last good keys, retry in {retry_in_ms} ms"
+                );
+            }
+        }
+    }
+}
+
+struct AuthRequest {
+    shared: Rc<Shared>,
+}
+
+impl Context for AuthRequest {}
+
+impl HttpContext for AuthRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = glue::request_headers();
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        let request = RequestHead {
+            method: &method,
+            path: &path,
+            headers: &headers,
+        };
+        let shared = &self.shared;
+        let decision: Decision = {
+            let mut state = shared.state.borrow_mut();
+            shared.auth.check(&mut state, &request, glue::now_secs())
+        };
+        shared.metrics.record(&decision);
+        if let Some(provider) = decision.unknown_kid_provider {
+            if shared
+                .sync
+                .borrow()
+                .request_early_refresh(provider, &SharedData, glue::now_ms())
+            {
+                shared.metrics.jwks(provider, |m| m.early_refresh);
+            }
+        }
+        match decision.outcome {
+            Outcome::Allow(allowed) => {
+                for name in &allowed.remove_headers {
+                    glue::remove_request_header(name);
+                }
+                for (name, value) in &allowed.set_headers {
+                    glue::set_request_header(name, value);
+                }
+                for (key, value) in &allowed.filter_state {
+                    glue::set_filter_state(key, value);
+                }
+                Action::Continue
+            }
+            Outcome::Deny(denial) => {
+                glue::send_local_reply(&denial.reply(&shared.auth.realm, &request));
+                Action::Pause
+            }
+        }
+    }
+}

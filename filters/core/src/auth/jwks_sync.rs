@@ -1,0 +1,430 @@
+//! Remote JWK Sets, fetched once for all workers.
+//!
+//! Each worker VM has its own root context and timer, but a provider's keys
+//! should be fetched by one of them at a time and shared with the rest.
+//! Two shared-data keys per remote provider do that:
+//!
+//! * `ctxgate_auth.jwks.<provider>.schedule` holds `next_ms failures
+//!   last_success_ms`. A VM whose tick finds `next_ms` passed claims the
+//!   fetch by moving `next_ms` past the fetch timeout with compare-and-swap;
+//!   only the VM whose swap succeeds fetches. It then sets the next refresh
+//!   (success) or the next retry with exponential backoff (failure). If it
+//!   never reports back, the claim simply expires.
+//! * `ctxgate_auth.jwks.<provider>.keys` holds the last good JWK Set. Every
+//!   VM installs it when its CAS version changes. A failed fetch never
+//!   touches it: the last-known-good keys stay in force.
+//!
+//! A token whose `kid` is unknown asks for an early refresh (keys rotated),
+//! at most once per `min_refresh_interval_seconds`.
+
+use std::rc::Rc;
+
+use super::Auth;
+use super::config::RemoteJwksConfig;
+use crate::jwt::KeySet;
+use crate::shared::{Cas, Change, SharedStore, Update, update};
+
+/// Attempts at a CAS update of the schedule before giving up until the next
+/// tick (another VM is updating it; that VM does the work).
+const CAS_ATTEMPTS: u32 = 4;
+/// Extra time a fetch claim lasts beyond the fetch timeout.
+const CLAIM_MARGIN_MS: u64 = 5_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Schedule {
+    next_ms: u64,
+    failures: u32,
+    last_success_ms: u64,
+}
+
+impl Schedule {
+    fn decode(bytes: &[u8]) -> Schedule {
+        let text = std::str::from_utf8(bytes).unwrap_or("");
+        let mut fields = text.split(' ').map(|f| f.parse::<u64>().unwrap_or(0));
+        Schedule {
+            next_ms: fields.next().unwrap_or(0),
+            failures: u32::try_from(fields.next().unwrap_or(0)).unwrap_or(u32::MAX),
+            last_success_ms: fields.next().unwrap_or(0),
+        }
+    }
+
+    fn encode(self) -> Vec<u8> {
+        format!(
+            "{} {} {}",
+            self.next_ms, self.failures, self.last_success_ms
+        )
+        .into_bytes()
+    }
+}
+
+struct RemoteProvider {
+    /// Index into `Auth::providers`.
+    provider: usize,
+    config: RemoteJwksConfig,
+    schedule_key: String,
+    keys_key: String,
+    /// CAS version of the shared key set this VM installed last.
+    installed_cas: Option<Cas>,
+    /// When this VM started a fetch that has not completed.
+    in_flight_since_ms: Option<u64>,
+}
+
+/// A fetch the glue should dispatch (`dispatch_http_call`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// Pass back to [`JwksSync::fetch_completed`].
+    pub slot: usize,
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+}
+
+/// What a tick asks the glue to do.
+#[derive(Default)]
+pub struct TickResult {
+    /// New key sets: (provider index, keys).
+    pub install: Vec<(usize, Rc<KeySet>)>,
+    pub fetch: Vec<FetchRequest>,
+}
+
+/// Result of a completed fetch, for logs and metrics.
+#[derive(Debug)]
+pub enum FetchOutcome {
+    Installed {
+        provider: usize,
+        keys: Rc<KeySet>,
+        skipped: Vec<String>,
+    },
+    Failed {
+        provider: usize,
+        reason: String,
+        retry_in_ms: u64,
+    },
+}
+
+pub struct JwksSync {
+    remotes: Vec<RemoteProvider>,
+}
+
+impl JwksSync {
+    pub fn new(auth: &Auth) -> JwksSync {
+        let remotes = auth
+            .providers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, p)| {
+                p.remote.clone().map(|config| RemoteProvider {
+                    provider: index,
+                    config,
+                    schedule_key: format!("ctxgate_auth.jwks.{}.schedule", p.name),
+                    keys_key: format!("ctxgate_auth.jwks.{}.keys", p.name),
+                    installed_cas: None,
+                    in_flight_since_ms: None,
+                })
+            })
+            .collect();
+        JwksSync { remotes }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remotes.is_empty()
+    }
+
+    /// Creates the shared keys. Call from `on_configure`, before serving.
+    pub fn init_shared(&self, store: &dyn SharedStore) {
+        for remote in &self.remotes {
+            store.ensure(&remote.schedule_key, &Schedule::default().encode());
+            store.ensure(&remote.keys_key, b"");
+        }
+    }
+
+    pub fn tick(&mut self, store: &dyn SharedStore, now_ms: u64) -> TickResult {
+        let mut result = TickResult::default();
+        for (slot, remote) in self.remotes.iter_mut().enumerate() {
+            if let Some((body, cas)) = store.get(&remote.keys_key) {
+                if !body.is_empty() && remote.installed_cas != Some(cas) {
+                    remote.installed_cas = Some(cas);
+                    if let Some(keys) = std::str::from_utf8(&body)
+                        .ok()
+                        .and_then(|b| KeySet::parse(b).ok())
+                    {
+                        result.install.push((remote.provider, Rc::new(keys.keys)));
+                    }
+                }
+            }
+            let claim_ms = remote.config.timeout_ms.saturating_add(CLAIM_MARGIN_MS);
+            if remote
+                .in_flight_since_ms
+                .is_some_and(|since| now_ms < since.saturating_add(claim_ms))
+            {
+                continue;
+            }
+            remote.in_flight_since_ms = None;
+            let claimed = update(store, &remote.schedule_key, CAS_ATTEMPTS, |value| {
+                let schedule = Schedule::decode(value);
+                if now_ms < schedule.next_ms {
+                    return Change::Keep(false);
+                }
+                let claim = Schedule {
+                    next_ms: now_ms.saturating_add(claim_ms),
+                    ..schedule
+                };
+                Change::Write(claim.encode(), true)
+            });
+            if claimed == Update::Written(true) {
+                remote.in_flight_since_ms = Some(now_ms);
+                result.fetch.push(FetchRequest {
+                    slot,
+                    cluster: remote.config.cluster.clone(),
+                    authority: remote
+                        .config
+                        .authority
+                        .clone()
+                        .unwrap_or_else(|| remote.config.cluster.clone()),
+                    path: remote.config.path.clone(),
+                    timeout_ms: remote.config.timeout_ms,
+                });
+            }
+        }
+        result
+    }
+
+    /// Records a finished fetch: `response` is the HTTP status and body, or
+    /// a transport error description.
+    pub fn fetch_completed(
+        &mut self,
+        slot: usize,
+        store: &dyn SharedStore,
+        now_ms: u64,
+        response: Result<(u16, Vec<u8>), String>,
+    ) -> Option<FetchOutcome> {
+        let remote = self.remotes.get_mut(slot)?;
+        remote.in_flight_since_ms = None;
+        let parsed = match response {
+            Err(e) => Err(e),
+            Ok((200, body)) => {
+                match std::str::from_utf8(&body).map_err(|_| "the body is not UTF-8".to_owned()) {
+                    Ok(text) => KeySet::parse(text)
+                        .map(|p| (p, body.clone()))
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                }
+            }
+            Ok((status, _)) => Err(format!("HTTP status {status}")),
+        };
+        let previous = store
+            .get(&remote.schedule_key)
+            .map(|(v, _)| Schedule::decode(&v))
+            .unwrap_or_default();
+        match parsed {
+            Ok((parsed, body)) => {
+                let _ = store.set(&remote.keys_key, &body, None);
+                remote.installed_cas = store.get(&remote.keys_key).map(|(_, cas)| cas);
+                let refresh_ms = remote.config.refresh_interval_seconds.saturating_mul(1000);
+                let next = Schedule {
+                    next_ms: now_ms.saturating_add(refresh_ms),
+                    failures: 0,
+                    last_success_ms: now_ms,
+                };
+                let _ = store.set(&remote.schedule_key, &next.encode(), None);
+                Some(FetchOutcome::Installed {
+                    provider: remote.provider,
+                    keys: Rc::new(parsed.keys),
+                    skipped: parsed.skipped,
+                })
+            }
+            Err(reason) => {
+                let failures = previous.failures.saturating_add(1);
+                let retry_ms = backoff_ms(&remote.config, failures);
+                let next = Schedule {
+                    next_ms: now_ms.saturating_add(retry_ms),
+                    failures,
+                    ..previous
+                };
+                let _ = store.set(&remote.schedule_key, &next.encode(), None);
+                Some(FetchOutcome::Failed {
+                    provider: remote.provider,
+                    reason,
+                    retry_in_ms: retry_ms,
+                })
+            }
+        }
+    }
+
+    /// A token named a `kid` the provider's keys do not have: fetch again
+    /// soon, unless keys were fetched very recently.
+    pub fn request_early_refresh(
+        &self,
+        provider: usize,
+        store: &dyn SharedStore,
+        now_ms: u64,
+    ) -> bool {
+        let Some(remote) = self.remotes.iter().find(|r| r.provider == provider) else {
+            return false;
+        };
+        let min_ms = remote
+            .config
+            .min_refresh_interval_seconds
+            .saturating_mul(1000);
+        let moved = update(store, &remote.schedule_key, CAS_ATTEMPTS, |value| {
+            let schedule = Schedule::decode(value);
+            let earliest = schedule.last_success_ms.saturating_add(min_ms).max(now_ms);
+            if schedule.next_ms <= earliest || schedule.failures > 0 {
+                return Change::Keep(false);
+            }
+            Change::Write(
+                Schedule {
+                    next_ms: earliest,
+                    ..schedule
+                }
+                .encode(),
+                true,
+            )
+        });
+        moved == Update::Written(true)
+    }
+}
+
+fn backoff_ms(config: &RemoteJwksConfig, failures: u32) -> u64 {
+    let base = config.retry_interval_seconds.saturating_mul(1000);
+    let cap = config
+        .refresh_interval_seconds
+        .saturating_mul(1000)
+        .max(base);
+    let factor = 1u64 << failures.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::MemoryStore;
+
+    const JWKS: &str = r#"{"keys":[{"kty":"oct","kid":"k","alg":"HS256","k":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}"#;
+
+    fn auth() -> Auth {
+        let config = serde_json::json!({
+            "providers": [{
+                "name": "idp", "issuer": "https://idp",
+                "jwks": {"remote": {"cluster": "idp", "refresh_interval_seconds": 60, "retry_interval_seconds": 1}}
+            }]
+        });
+        Auth::from_json(config.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn one_worker_fetches_and_all_install() {
+        let auth = auth();
+        let store = MemoryStore::default();
+        let mut a = JwksSync::new(&auth);
+        let mut b = JwksSync::new(&auth);
+        a.init_shared(&store);
+        b.init_shared(&store);
+
+        let tick_a = a.tick(&store, 1_000);
+        let tick_b = b.tick(&store, 1_001);
+        assert_eq!(tick_a.fetch.len(), 1, "the first worker claims the fetch");
+        assert!(tick_b.fetch.is_empty(), "the second sees the claim");
+
+        let outcome = a.fetch_completed(0, &store, 1_050, Ok((200, JWKS.as_bytes().to_vec())));
+        assert!(matches!(
+            outcome,
+            Some(FetchOutcome::Installed { provider: 0, .. })
+        ));
+        assert_eq!(
+            b.tick(&store, 1_100).install.len(),
+            1,
+            "the other worker installs the shared keys"
+        );
+        assert!(b.tick(&store, 1_200).install.is_empty(), "only once");
+        assert!(
+            a.tick(&store, 1_200).install.is_empty(),
+            "the fetcher already has them"
+        );
+
+        assert!(
+            a.tick(&store, 60_000).fetch.is_empty(),
+            "not before the refresh interval"
+        );
+        assert_eq!(b.tick(&store, 61_051).fetch.len(), 1, "refresh is due");
+    }
+
+    #[test]
+    fn failures_back_off_and_keep_the_last_good_keys() {
+        let auth = auth();
+        let store = MemoryStore::default();
+        let mut a = JwksSync::new(&auth);
+        a.init_shared(&store);
+        a.tick(&store, 0);
+        a.fetch_completed(0, &store, 10, Ok((200, JWKS.as_bytes().to_vec())));
+        let good = store.get("ctxgate_auth.jwks.idp.keys").unwrap().0;
+
+        assert_eq!(a.tick(&store, 60_010).fetch.len(), 1);
+        let outcome = a.fetch_completed(0, &store, 60_020, Ok((503, Vec::new())));
+        assert!(matches!(
+            outcome,
+            Some(FetchOutcome::Failed {
+                retry_in_ms: 1_000,
+                ..
+            })
+        ));
+        assert_eq!(store.get("ctxgate_auth.jwks.idp.keys").unwrap().0, good);
+
+        assert!(a.tick(&store, 60_500).fetch.is_empty());
+        assert_eq!(a.tick(&store, 61_020).fetch.len(), 1);
+        let outcome = a.fetch_completed(0, &store, 61_030, Ok((200, b"{not json".to_vec())));
+        assert!(matches!(
+            outcome,
+            Some(FetchOutcome::Failed {
+                retry_in_ms: 2_000,
+                ..
+            })
+        ));
+        assert_eq!(store.get("ctxgate_auth.jwks.idp.keys").unwrap().0, good);
+        let outcome = {
+            a.tick(&store, 63_030);
+            a.fetch_completed(0, &store, 63_040, Err("connection refused".into()))
+        };
+        assert!(matches!(
+            outcome,
+            Some(FetchOutcome::Failed {
+                retry_in_ms: 4_000,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_lost_fetch_is_retried_after_its_claim_expires() {
+        let auth = auth();
+        let store = MemoryStore::default();
+        let mut a = JwksSync::new(&auth);
+        let mut b = JwksSync::new(&auth);
+        a.init_shared(&store);
+        assert_eq!(a.tick(&store, 0).fetch.len(), 1);
+        // `a` never hears back. Its claim lasts timeout (5 s) + margin (5 s).
+        assert!(b.tick(&store, 9_000).fetch.is_empty());
+        assert_eq!(b.tick(&store, 10_001).fetch.len(), 1);
+    }
+
+    #[test]
+    fn unknown_kid_refreshes_early_but_not_too_often() {
+        let auth = auth();
+        let store = MemoryStore::default();
+        let mut a = JwksSync::new(&auth);
+        a.init_shared(&store);
+        a.tick(&store, 0);
+        a.fetch_completed(0, &store, 0, Ok((200, JWKS.as_bytes().to_vec())));
+        // Keys fetched at 0; min_refresh_interval is 30 s.
+        assert!(a.request_early_refresh(0, &store, 5_000));
+        assert!(
+            a.tick(&store, 10_000).fetch.is_empty(),
+            "moved to 30 s, not to now"
+        );
+        assert_eq!(a.tick(&store, 30_000).fetch.len(), 1);
+        a.fetch_completed(0, &store, 30_010, Ok((200, JWKS.as_bytes().to_vec())));
+        assert!(a.request_early_refresh(0, &store, 70_000));
+        assert_eq!(a.tick(&store, 70_000).fetch.len(), 1);
+    }
+}

@@ -1,0 +1,652 @@
+//! The auth filter's decision: who is calling, and may they do this?
+//!
+//! For each request, in order:
+//!
+//! 1. Identity headers sent by the client are marked for removal, always:
+//!    a client never chooses its own tenant.
+//! 2. CORS preflights and public paths pass without a token.
+//! 3. The request is looked up in the operation map (400 for a path or
+//!    context that cannot be canonicalized).
+//! 4. The token is taken from the configured sources (400 if two different
+//!    tokens are sent, 401 if none).
+//! 5. The token is verified, or found in the cache (401 for an invalid
+//!    token, 403 for a token issued for another audience).
+//! 6. The operation's action on its context must be granted by the token's
+//!    scopes, and for delegated tokens (RFC 8693 `act`) by the subject's
+//!    delegation rights too (403 otherwise).
+//! 7. The upstream receives the verified identity as headers; later
+//!    filters read it from Envoy filter state.
+
+pub mod cache;
+pub mod config;
+pub mod denial;
+pub mod identity;
+pub mod jwks_sync;
+
+use std::collections::HashSet;
+use std::rc::Rc;
+
+use jwt_simple::prelude::{Duration, UnixTimeStamp, VerificationOptions};
+use serde::Serialize;
+
+use crate::http::RequestHead;
+use crate::jwt::{Algorithm, KeySet, TokenError, inspect};
+use crate::operation::{Operation, OperationMap, OperationMatch};
+use crate::path::{canonical_segments, percent_decode, query_values, split_path_query};
+use crate::scope::required_scope;
+use cache::{TokenCache, Verdict};
+use config::{AuthConfig, ConfigError, JwksConfig, RemoteJwksConfig, Unmatched};
+use denial::{Denial, Reason};
+use identity::{ClaimRules, Identity};
+
+pub use config::IdentityHeaders;
+
+/// Filter-state key holding the matched operation as JSON.
+pub const OPERATION_FILTER_STATE: &str = "ctxgate.operation";
+
+/// One trusted issuer, compiled.
+pub struct Provider {
+    pub name: String,
+    pub issuer: String,
+    skew_seconds: u64,
+    require_expiration: bool,
+    algorithms: HashSet<Algorithm>,
+    tenant_claim: String,
+    fixed_tenant: Option<String>,
+    scopes_claim: String,
+    options: VerificationOptions,
+    /// Keys written in the configuration.
+    pub inline_keys: Option<Rc<KeySet>>,
+    /// Where remote keys come from.
+    pub remote: Option<RemoteJwksConfig>,
+}
+
+enum TokenSource {
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
+    Query(String),
+    Cookie(String),
+}
+
+struct PublicPath {
+    segments: Vec<String>,
+    prefix: bool,
+    methods: Vec<String>,
+}
+
+/// The compiled, immutable configuration.
+pub struct Auth {
+    pub realm: String,
+    pub providers: Vec<Provider>,
+    sources: Vec<TokenSource>,
+    forward_token: bool,
+    max_token_bytes: usize,
+    operations: OperationMap,
+    public_paths: Vec<PublicPath>,
+    unmatched: Unmatched,
+    allow_cors_preflight: bool,
+    pub headers: IdentityHeaders,
+    default_tier: String,
+    max_delegation_depth: u32,
+    pub cache_max_entries: usize,
+    failure_ttl_seconds: u64,
+    max_ttl_seconds: u64,
+    pub shared_cache_slots: u32,
+    all_algorithms: HashSet<Algorithm>,
+}
+
+/// Per-VM mutable state: the keys in force and the token cache.
+pub struct AuthState {
+    /// Current keys per provider (same order as `Auth::providers`); `None`
+    /// until a remote key set has been fetched.
+    pub keys: Vec<Option<Rc<KeySet>>>,
+    pub cache: TokenCache,
+}
+
+/// How the token cache served a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    NotNeeded,
+    Hit,
+    Miss,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward the request.
+    Allow(Allowed),
+    Deny(Denial),
+}
+
+/// What to change on an allowed request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Allowed {
+    /// Headers to remove (spoofed identity headers, the consumed token).
+    pub remove_headers: Vec<String>,
+    /// Trusted headers to set.
+    pub set_headers: Vec<(String, String)>,
+    /// Values for Envoy filter state, for the filters that follow.
+    pub filter_state: Vec<(&'static str, Vec<u8>)>,
+    /// Set when the request carried a verified token.
+    pub tenant: Option<String>,
+}
+
+/// The decision for one request, with what metrics need to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub cache: CacheUse,
+    /// Index of a remote provider whose keys did not know the token's
+    /// `kid`: worth an early refresh (key rotation).
+    pub unknown_kid_provider: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct SharedOperation<'a> {
+    name: &'a str,
+    action: &'a str,
+    context: String,
+}
+
+impl Auth {
+    /// Compiles a parsed configuration.
+    pub fn new(config: AuthConfig) -> Result<Auth, ConfigError> {
+        config.validate()?;
+        let operations = crate::operation::OperationMap::compile(&config.operations)
+            .map_err(|e| ConfigError::new(format!("operations[{}]", e.index), e.message))?;
+        let mut providers = Vec::with_capacity(config.providers.len());
+        for (i, p) in config.providers.into_iter().enumerate() {
+            let algorithms = match &p.algorithms {
+                None => Algorithm::ALL.into_iter().collect(),
+                Some(names) => names
+                    .iter()
+                    .map(|n| {
+                        Algorithm::from_name(n).ok_or_else(|| {
+                            ConfigError::new(
+                                format!("providers[{i}].algorithms"),
+                                format!("unsupported algorithm '{n}'"),
+                            )
+                        })
+                    })
+                    .collect::<Result<HashSet<_>, _>>()?,
+            };
+            let (inline_keys, remote) = match p.jwks {
+                JwksConfig::Inline(jwks) => {
+                    let parsed = KeySet::parse(&jwks.to_string()).map_err(|e| {
+                        ConfigError::new(format!("providers[{i}].jwks.inline"), e.to_string())
+                    })?;
+                    if let Some(problem) = parsed.skipped.first() {
+                        return Err(ConfigError::new(
+                            format!("providers[{i}].jwks.inline"),
+                            problem.clone(),
+                        ));
+                    }
+                    (Some(Rc::new(parsed.keys)), None)
+                }
+                JwksConfig::Remote(remote) => (None, Some(remote)),
+            };
+            let options = VerificationOptions {
+                allowed_issuers: Some([p.issuer.clone()].into()),
+                allowed_audiences: (!p.audiences.is_empty())
+                    .then(|| p.audiences.iter().cloned().collect()),
+                time_tolerance: Some(Duration::from_secs(p.clock_skew_seconds)),
+                max_token_length: Some(config.max_token_bytes),
+                ..VerificationOptions::default()
+            };
+            providers.push(Provider {
+                name: p.name,
+                issuer: p.issuer,
+                skew_seconds: p.clock_skew_seconds,
+                require_expiration: p.require_expiration,
+                algorithms,
+                tenant_claim: p.tenant_claim,
+                fixed_tenant: p.tenant,
+                scopes_claim: p.scopes_claim,
+                options,
+                inline_keys,
+                remote,
+            });
+        }
+        let sources = config
+            .token_sources
+            .into_iter()
+            .filter_map(|s| match (s.header, s.query, s.cookie) {
+                (Some(name), _, _) => Some(TokenSource::Header {
+                    name,
+                    prefix: s.prefix,
+                }),
+                (_, Some(name), _) => Some(TokenSource::Query(name)),
+                (_, _, Some(name)) => Some(TokenSource::Cookie(name)),
+                _ => None,
+            })
+            .collect();
+        let mut public_paths = Vec::new();
+        for (i, p) in config.public_paths.into_iter().enumerate() {
+            let (raw, prefix) = match (p.exact, p.prefix) {
+                (Some(exact), _) => (exact, false),
+                (_, Some(prefix)) => (prefix, true),
+                _ => continue,
+            };
+            let segments = canonical_segments(&raw)
+                .map_err(|e| ConfigError::new(format!("public_paths[{i}]"), e.to_string()))?;
+            public_paths.push(PublicPath {
+                segments,
+                prefix,
+                methods: p.methods,
+            });
+        }
+        Ok(Auth {
+            realm: config.realm,
+            providers,
+            sources,
+            forward_token: config.forward_token,
+            max_token_bytes: config.max_token_bytes,
+            operations,
+            public_paths,
+            unmatched: config.unmatched_requests,
+            allow_cors_preflight: config.allow_cors_preflight,
+            headers: config.identity_headers,
+            default_tier: config.default_tier,
+            max_delegation_depth: config.max_delegation_depth,
+            cache_max_entries: config.cache.max_entries,
+            failure_ttl_seconds: config.cache.failure_ttl_seconds,
+            max_ttl_seconds: config.cache.max_ttl_seconds,
+            shared_cache_slots: config.cache.shared_slots,
+            all_algorithms: Algorithm::ALL.into_iter().collect(),
+        })
+    }
+
+    /// Parses and compiles the plugin configuration.
+    pub fn from_json(json: &[u8]) -> Result<Auth, ConfigError> {
+        Auth::new(config::parse_json(json)?)
+    }
+
+    /// Fresh per-VM state: inline keys installed, remote keys pending.
+    pub fn new_state(&self) -> AuthState {
+        AuthState {
+            keys: self
+                .providers
+                .iter()
+                .map(|p| p.inline_keys.clone())
+                .collect(),
+            cache: TokenCache::new(self.cache_max_entries),
+        }
+    }
+
+    /// Decides on one request. `now` is unix seconds.
+    pub fn check(&self, state: &mut AuthState, request: &RequestHead<'_>, now: u64) -> Decision {
+        let mut allowed = Allowed {
+            remove_headers: self
+                .headers
+                .all()
+                .iter()
+                .filter(|name| request.has_header(name))
+                .map(|name| (*name).to_owned())
+                .collect(),
+            ..Allowed::default()
+        };
+        let mut decision = Decision {
+            outcome: Outcome::Deny(Denial::new(Reason::MissingToken, "")),
+            cache: CacheUse::NotNeeded,
+            unknown_kid_provider: None,
+        };
+        match self.authorize(state, request, now, &mut allowed, &mut decision) {
+            Ok(()) => decision.outcome = Outcome::Allow(allowed),
+            Err(denial) => decision.outcome = Outcome::Deny(denial),
+        }
+        decision
+    }
+
+    fn authorize(
+        &self,
+        state: &mut AuthState,
+        request: &RequestHead<'_>,
+        now: u64,
+        allowed: &mut Allowed,
+        decision: &mut Decision,
+    ) -> Result<(), Denial> {
+        if self.allow_cors_preflight
+            && request.method == "OPTIONS"
+            && request.has_header("origin")
+            && request.has_header("access-control-request-method")
+        {
+            return Ok(());
+        }
+        let (path, query) = split_path_query(request.path);
+        let segments = canonical_segments(path)
+            .map_err(|e| Denial::new(Reason::InvalidPath, e.to_string()))?;
+        if self.is_public(request.method, &segments) {
+            return Ok(());
+        }
+        let operation = match self.operations.lookup(request.method, &segments, query) {
+            OperationMatch::Matched(op) => Some(op),
+            OperationMatch::NoMatch => None,
+            OperationMatch::InvalidPath(e) => {
+                return Err(Denial::new(Reason::InvalidPath, e.to_string()));
+            }
+            OperationMatch::InvalidContext { operation, problem } => {
+                return Err(Denial::new(
+                    Reason::InvalidContext,
+                    format!("{operation}: {problem}"),
+                ));
+            }
+        };
+        let (token, token_header) = self.extract_token(request, query)?;
+        if token.len() > self.max_token_bytes {
+            return Err(Denial::new(
+                Reason::TokenTooLarge,
+                format!("token exceeds {} bytes", self.max_token_bytes),
+            ));
+        }
+        let identity = self.verify(state, &token, now, decision)?;
+        match &operation {
+            Some(op) => self.check_scopes(&identity, op)?,
+            None if self.unmatched == Unmatched::Authenticate => {}
+            None => {
+                return Err(Denial::new(
+                    Reason::UnknownOperation,
+                    "no operation matches this request",
+                ));
+            }
+        }
+        if let Some(header) = token_header.filter(|_| !self.forward_token) {
+            allowed.remove_headers.push(header);
+        }
+        self.describe(&identity, operation.as_ref(), allowed);
+        Ok(())
+    }
+
+    fn is_public(&self, method: &str, segments: &[String]) -> bool {
+        self.public_paths.iter().any(|p| {
+            (p.methods.is_empty() || p.methods.iter().any(|m| m == method))
+                && if p.prefix {
+                    segments.starts_with(&p.segments)
+                } else {
+                    segments == p.segments.as_slice()
+                }
+        })
+    }
+
+    /// Finds the request's token. Returns it with the header it came in,
+    /// if it came in a header.
+    fn extract_token(
+        &self,
+        request: &RequestHead<'_>,
+        query: &str,
+    ) -> Result<(String, Option<String>), Denial> {
+        let mut found: Option<(String, Option<String>)> = None;
+        let mut offer = |token: String, header: Option<&str>| -> Result<(), Denial> {
+            if token.is_empty() {
+                return Err(Denial::new(Reason::MalformedToken, "the token is empty"));
+            }
+            match &found {
+                Some((existing, _)) if *existing != token => Err(Denial::new(
+                    Reason::MultipleTokens,
+                    "the request carries more than one token",
+                )),
+                Some(_) => Ok(()),
+                None => {
+                    found = Some((token, header.map(str::to_owned)));
+                    Ok(())
+                }
+            }
+        };
+        for source in &self.sources {
+            match source {
+                TokenSource::Header { name, prefix } => {
+                    for value in request.header_values(name) {
+                        let Ok(value) = std::str::from_utf8(value) else {
+                            return Err(Denial::new(
+                                Reason::MalformedToken,
+                                "the token header is not valid UTF-8",
+                            ));
+                        };
+                        let token = match prefix {
+                            None => Some(value.trim()),
+                            Some(prefix) => strip_prefix_ignore_case(value, prefix).map(str::trim),
+                        };
+                        if let Some(token) = token {
+                            offer(token.to_owned(), Some(name))?;
+                        }
+                    }
+                }
+                TokenSource::Query(name) => {
+                    for value in query_values(query, name) {
+                        let decoded = percent_decode(value)
+                            .ok()
+                            .and_then(|v| String::from_utf8(v).ok())
+                            .ok_or_else(|| {
+                                Denial::new(
+                                    Reason::MalformedToken,
+                                    "the token parameter is malformed",
+                                )
+                            })?;
+                        offer(decoded, None)?;
+                    }
+                }
+                TokenSource::Cookie(name) => {
+                    for header in request.header_values("cookie") {
+                        let Ok(header) = std::str::from_utf8(header) else {
+                            continue;
+                        };
+                        for pair in header.split(';') {
+                            if let Some((k, v)) = pair.trim().split_once('=') {
+                                if k == name {
+                                    offer(v.trim_matches('"').to_owned(), None)?;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        found.ok_or_else(|| Denial::new(Reason::MissingToken, "a bearer token is required"))
+    }
+
+    /// Verifies a token, through the cache.
+    fn verify(
+        &self,
+        state: &mut AuthState,
+        token: &str,
+        now: u64,
+        decision: &mut Decision,
+    ) -> Result<Rc<Identity>, Denial> {
+        if let Some(verdict) = state.cache.get(token, now) {
+            decision.cache = CacheUse::Hit;
+            return verdict;
+        }
+        decision.cache = CacheUse::Miss;
+        let (verdict, provider) = self.verify_uncached(state, token, now);
+        let expires_at = match &verdict {
+            Ok(identity) => identity
+                .valid_until
+                .unwrap_or(u64::MAX)
+                .min(now.saturating_add(self.max_ttl_seconds)),
+            Err(denial) if denial.reason.is_cacheable() => {
+                now.saturating_add(self.failure_ttl_seconds)
+            }
+            Err(denial) => {
+                if denial.reason == Reason::UnknownKid {
+                    decision.unknown_kid_provider = provider
+                        .filter(|i| self.providers.get(*i).is_some_and(|p| p.remote.is_some()));
+                }
+                now
+            }
+        };
+        state.cache.insert(token, verdict.clone(), expires_at, now);
+        verdict
+    }
+
+    /// Verifies a token without the cache. Also returns the provider that
+    /// was tried, if the token named a known issuer.
+    pub fn verify_uncached(
+        &self,
+        state: &AuthState,
+        token: &str,
+        now: u64,
+    ) -> (Verdict, Option<usize>) {
+        let (header, issuer) = match inspect(token, &self.all_algorithms) {
+            Ok(found) => found,
+            Err(e) => return (Err(Denial::from_token_error(&e)), None),
+        };
+        let Some(index) = issuer
+            .as_deref()
+            .and_then(|iss| self.providers.iter().position(|p| p.issuer == iss))
+        else {
+            return (
+                Err(Denial::new(
+                    Reason::UnknownIssuer,
+                    "the token's issuer is not trusted",
+                )),
+                None,
+            );
+        };
+        let verdict = self.verify_with(index, state, token, &header, now);
+        (verdict, Some(index))
+    }
+
+    fn verify_with(
+        &self,
+        index: usize,
+        state: &AuthState,
+        token: &str,
+        header: &crate::jwt::TokenHeader,
+        now: u64,
+    ) -> Verdict {
+        let (Some(provider), Some(keys)) = (self.providers.get(index), state.keys.get(index))
+        else {
+            return Err(Denial::new(
+                Reason::UnknownIssuer,
+                "the token's issuer is not trusted",
+            ));
+        };
+        if !provider.algorithms.contains(&header.alg) {
+            return Err(Denial::from_token_error(&TokenError::UnsupportedAlgorithm(
+                header.alg.to_string(),
+            )));
+        }
+        let Some(keys) = keys else {
+            return Err(Denial::new(
+                Reason::KeysUnavailable,
+                "the issuer's signing keys are not available yet",
+            ));
+        };
+        let mut options = provider.options.clone();
+        options.artificial_time = Some(UnixTimeStamp::from_secs(now));
+        let claims = keys
+            .verify(token, header, &options)
+            .map_err(|e| Denial::from_token_error(&e))?;
+        let rules = ClaimRules {
+            provider: &provider.name,
+            tenant_claim: &provider.tenant_claim,
+            fixed_tenant: provider.fixed_tenant.as_deref(),
+            scopes_claim: &provider.scopes_claim,
+            default_tier: &self.default_tier,
+            require_expiration: provider.require_expiration,
+            skew_seconds: provider.skew_seconds,
+        };
+        Identity::from_claims(&claims, &rules)
+            .map(Rc::new)
+            .map_err(|e| Denial::from_token_error(&e))
+    }
+
+    /// Scope and delegation checks for a matched operation.
+    fn check_scopes(&self, identity: &Identity, op: &Operation<'_>) -> Result<(), Denial> {
+        let needed = required_scope(op.action, &op.context);
+        if !identity.scopes.grants(op.action, &op.context) {
+            return Err(Denial::scope(
+                Reason::InsufficientScope,
+                format!("the token does not grant {needed}"),
+                needed,
+            ));
+        }
+        if identity.actors.is_empty() {
+            return Ok(());
+        }
+        let depth = identity.actors.len();
+        let Some(rights) = identity.delegation.as_ref().filter(|d| d.can_delegate) else {
+            return Err(Denial::new(
+                Reason::DelegationNotAllowed,
+                "the subject may not delegate",
+            ));
+        };
+        let limit = rights.max_delegation_depth.min(self.max_delegation_depth);
+        if depth > limit as usize {
+            return Err(Denial::new(
+                Reason::DelegationTooDeep,
+                format!("the delegation chain has {depth} actors, at most {limit} allowed"),
+            ));
+        }
+        if !identity.delegatable.grants(op.action, &op.context) {
+            return Err(Denial::scope(
+                Reason::DelegationScopeNotDelegable,
+                format!("{needed} may not be delegated"),
+                needed,
+            ));
+        }
+        Ok(())
+    }
+
+    fn describe(
+        &self,
+        identity: &Identity,
+        operation: Option<&Operation<'_>>,
+        allowed: &mut Allowed,
+    ) {
+        let h = &self.headers;
+        allowed
+            .set_headers
+            .push((h.tenant.clone(), identity.tenant.clone()));
+        allowed
+            .set_headers
+            .push((h.subject.clone(), identity.subject.clone()));
+        allowed
+            .set_headers
+            .push((h.tier.clone(), identity.tier.clone()));
+        allowed
+            .set_headers
+            .push((h.scopes.clone(), identity.scopes_header.clone()));
+        allowed
+            .set_headers
+            .push((h.issuer.clone(), identity.issuer.clone()));
+        if !identity.actors.is_empty() {
+            allowed
+                .set_headers
+                .push((h.actor_chain.clone(), identity.actor_chain_header()));
+        }
+        allowed.filter_state.push((
+            identity::IDENTITY_FILTER_STATE,
+            identity.filter_state.clone(),
+        ));
+        if let Some(op) = operation {
+            let context = op.context.to_string();
+            allowed
+                .set_headers
+                .push((h.operation.clone(), op.name.to_owned()));
+            allowed
+                .set_headers
+                .push((h.context_path.clone(), context.clone()));
+            let shared = SharedOperation {
+                name: op.name,
+                action: op.action.as_str(),
+                context,
+            };
+            if let Ok(json) = serde_json::to_vec(&shared) {
+                allowed.filter_state.push((OPERATION_FILTER_STATE, json));
+            }
+        }
+        allowed.tenant = Some(identity.tenant.clone());
+    }
+}
+
+fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = value.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| value.get(prefix.len()..))
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests;

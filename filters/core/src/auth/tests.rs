@@ -1,0 +1,559 @@
+//! The auth decision, end to end in plain Rust: real tokens, real keys.
+
+use jwt_simple::prelude::*;
+use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::jwt::ExtraClaims;
+
+const NOW: u64 = 1_800_000_000;
+const ISS: &str = "https://idp.test";
+
+struct Fixture {
+    auth: Auth,
+    state: AuthState,
+    key: ES256KeyPair,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap()
+}
+
+fn jwks(key: &ES256KeyPair) -> Value {
+    let point = key.public_key().public_key().to_bytes_uncompressed();
+    json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "x": b64(&point[1..33]), "y": b64(&point[33..65])}]})
+}
+
+fn config(key: &ES256KeyPair, extra: Value) -> Value {
+    let mut config = json!({
+        "providers": [{"name": "test", "issuer": ISS, "audiences": ["context-api"], "jwks": {"inline": jwks(key)}}],
+        "operations": [
+            {"name": "read", "methods": ["GET", "HEAD"], "path": "/v1/contexts/{context}", "action": "read"},
+            {"name": "write", "methods": ["PUT", "POST"], "path": "/v1/contexts/{context}", "action": "write"},
+            {"name": "delete", "methods": ["DELETE"], "path": "/v1/contexts/{context}", "action": "admin"},
+            {"name": "graph_traversal", "methods": ["POST"], "path": "/v1/graph/traverse", "context_param": "context", "action": "read"}
+        ],
+        "public_paths": [{"exact": "/health/context", "methods": ["GET"]}, {"prefix": "/.well-known"}]
+    });
+    if let (Some(target), Value::Object(extra)) = (config.as_object_mut(), extra) {
+        target.extend(extra);
+    }
+    config
+}
+
+fn fixture(extra: Value) -> Fixture {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let auth = Auth::from_json(config(&key, extra).to_string().as_bytes()).unwrap();
+    let state = auth.new_state();
+    Fixture { auth, state, key }
+}
+
+impl Fixture {
+    fn token(&self, claims: Value) -> String {
+        let mut base = json!({
+            "iss": ISS, "sub": "alice", "aud": "context-api", "iat": NOW, "exp": NOW + 600,
+            "tenant_id": "acme", "context_scopes": ["read:projects/*", "write:projects/engineering"]
+        });
+        if let (Some(target), Value::Object(extra)) = (base.as_object_mut(), claims) {
+            for (k, v) in extra {
+                if v.is_null() {
+                    target.remove(&k);
+                } else {
+                    target.insert(k, v);
+                }
+            }
+        }
+        let custom: ExtraClaims = serde_json::from_value(base).unwrap();
+        // Registered claims pass through the custom map unchanged when
+        // signing: jwt-simple flattens it into the payload.
+        let claims = JWTClaims {
+            issued_at: None,
+            expires_at: None,
+            invalid_before: None,
+            issuer: None,
+            subject: None,
+            audiences: None,
+            jwt_id: None,
+            nonce: None,
+            custom,
+        };
+        self.key.sign(claims).unwrap()
+    }
+
+    fn check(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {
+        let headers: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .collect();
+        let request = RequestHead {
+            method,
+            path,
+            headers: &headers,
+        };
+        self.auth.check(&mut self.state, &request, NOW)
+    }
+
+    fn bearer(&mut self, method: &str, path: &str, token: &str) -> Decision {
+        let auth = format!("Bearer {token}");
+        self.check(method, path, &[("authorization", &auth)])
+    }
+}
+
+fn denied(decision: &Decision) -> Reason {
+    match &decision.outcome {
+        Outcome::Deny(d) => d.reason,
+        Outcome::Allow(_) => panic!("expected a denial, got {decision:?}"),
+    }
+}
+
+fn allowed(decision: &Decision) -> &Allowed {
+    match &decision.outcome {
+        Outcome::Allow(a) => a,
+        Outcome::Deny(d) => panic!("expected success, got {d:?}"),
+    }
+}
+
+fn header<'a>(a: &'a Allowed, name: &str) -> Option<&'a str> {
+    a.set_headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn a_valid_token_is_allowed_and_described() {
+    let mut f = fixture(json!({}));
+    let token = f.token(json!({"rate_limits": {"tier": "premium"}}));
+    let d = f.bearer("GET", "/v1/contexts/projects/engineering/notes", &token);
+    let a = allowed(&d);
+    assert_eq!(header(a, "x-context-tenant"), Some("acme"));
+    assert_eq!(header(a, "x-context-subject"), Some("alice"));
+    assert_eq!(header(a, "x-context-tier"), Some("premium"));
+    assert_eq!(header(a, "x-context-operation"), Some("read"));
+    assert_eq!(
+        header(a, "x-context-path"),
+        Some("projects/engineering/notes")
+    );
+    assert_eq!(
+        a.remove_headers,
+        vec!["authorization"],
+        "the token is not forwarded by default"
+    );
+    assert!(a.filter_state.iter().any(|(k, _)| *k == "ctxgate.identity"));
+    assert_eq!(d.cache, CacheUse::Miss);
+    assert_eq!(
+        f.bearer("GET", "/v1/contexts/projects/engineering/notes", &token)
+            .cache,
+        CacheUse::Hit
+    );
+}
+
+#[test]
+fn spoofed_identity_headers_are_removed_everywhere() {
+    let mut f = fixture(json!({}));
+    let token = f.token(json!({}));
+    let auth = format!("Bearer {token}");
+    let d = f.check(
+        "GET",
+        "/v1/contexts/projects/a",
+        &[("authorization", &auth), ("x-context-tenant", "evil")],
+    );
+    let a = allowed(&d);
+    assert!(a.remove_headers.contains(&"x-context-tenant".to_owned()));
+    assert_eq!(header(a, "x-context-tenant"), Some("acme"));
+    let d = f.check(
+        "GET",
+        "/health/context",
+        &[("x-context-tenant", "evil"), ("x-context-subject", "root")],
+    );
+    assert_eq!(
+        allowed(&d).remove_headers,
+        vec!["x-context-tenant", "x-context-subject"]
+    );
+}
+
+#[test]
+fn public_paths_and_preflight_need_no_token() {
+    let mut f = fixture(json!({}));
+    assert!(matches!(
+        f.check("GET", "/health/context", &[]).outcome,
+        Outcome::Allow(_)
+    ));
+    assert!(matches!(
+        f.check("GET", "/.well-known/jwks.json", &[]).outcome,
+        Outcome::Allow(_)
+    ));
+    assert_eq!(
+        denied(&f.check("POST", "/health/context", &[])),
+        Reason::MissingToken
+    );
+    assert_eq!(
+        denied(&f.check("GET", "/health/context-admin", &[])),
+        Reason::MissingToken
+    );
+    let preflight = [
+        ("origin", "https://app"),
+        ("access-control-request-method", "PUT"),
+    ];
+    assert!(matches!(
+        f.check("OPTIONS", "/v1/contexts/x", &preflight).outcome,
+        Outcome::Allow(_)
+    ));
+    assert_eq!(
+        denied(&f.check("OPTIONS", "/v1/contexts/x", &[])),
+        Reason::MissingToken
+    );
+}
+
+#[test]
+fn token_sources_and_conflicts() {
+    let mut f = fixture(json!({"token_sources": [
+        {"header": "authorization", "prefix": "Bearer "},
+        {"query": "access_token"},
+        {"cookie": "ctx_token"}
+    ]}));
+    let token = f.token(json!({}));
+    let other = f.token(json!({"sub": "bob"}));
+    let path = format!("/v1/contexts/projects/a?access_token={token}");
+    assert!(matches!(
+        f.check("GET", &path, &[]).outcome,
+        Outcome::Allow(_)
+    ));
+    let cookie = format!("theme=dark; ctx_token={token}");
+    assert!(matches!(
+        f.check("GET", "/v1/contexts/projects/a", &[("cookie", &cookie)])
+            .outcome,
+        Outcome::Allow(_)
+    ));
+    let same = format!("Bearer {token}");
+    assert!(
+        matches!(
+            f.check("GET", &path, &[("authorization", &same)]).outcome,
+            Outcome::Allow(_)
+        ),
+        "same token twice is fine"
+    );
+    let different = format!("Bearer {other}");
+    assert_eq!(
+        denied(&f.check("GET", &path, &[("authorization", &different)])),
+        Reason::MultipleTokens
+    );
+    let auth1 = format!("Bearer {token}");
+    let auth2 = format!("bearer {other}");
+    assert_eq!(
+        denied(&f.check(
+            "GET",
+            "/v1/contexts/projects/a",
+            &[("authorization", &auth1), ("authorization", &auth2)]
+        )),
+        Reason::MultipleTokens
+    );
+    assert_eq!(
+        denied(&f.check(
+            "GET",
+            "/v1/contexts/projects/a",
+            &[("authorization", "Basic dXNlcjpwdw==")]
+        )),
+        Reason::MissingToken
+    );
+    assert_eq!(
+        denied(&f.check(
+            "GET",
+            "/v1/contexts/projects/a",
+            &[("authorization", "Bearer ")]
+        )),
+        Reason::MalformedToken
+    );
+}
+
+#[test]
+fn scope_rules_apply_per_operation() {
+    let mut f = fixture(json!({}));
+    let token = f.token(json!({"context_scopes": ["read:projects/*", "write:projects/engineering", "admin:projects/engineering/ai-platform"]}));
+    let ok = |f: &mut Fixture, m: &str, p: &str| {
+        matches!(f.bearer(m, p, &token).outcome, Outcome::Allow(_))
+    };
+    assert!(ok(&mut f, "GET", "/v1/contexts/projects/marketing"));
+    assert!(
+        !ok(&mut f, "GET", "/v1/contexts/projects"),
+        "PATH/* excludes PATH"
+    );
+    assert!(ok(&mut f, "PUT", "/v1/contexts/projects/engineering/x"));
+    assert!(
+        !ok(&mut f, "PUT", "/v1/contexts/projects/engineering-secret"),
+        "per segment"
+    );
+    assert!(!ok(&mut f, "DELETE", "/v1/contexts/projects/engineering/x"));
+    assert!(ok(
+        &mut f,
+        "DELETE",
+        "/v1/contexts/projects/engineering/ai-platform/models"
+    ));
+    assert!(ok(
+        &mut f,
+        "POST",
+        "/v1/graph/traverse?context=projects/marketing"
+    ));
+    assert!(!ok(
+        &mut f,
+        "PUT",
+        "/v1/contexts/projects/x/../engineering/../marketing"
+    ));
+    assert!(ok(&mut f, "PUT", "/v1/contexts/Projects/ENGINEERING"));
+    let d = f.bearer("PUT", "/v1/contexts/projects/marketing", &token);
+    match &d.outcome {
+        Outcome::Deny(denial) => {
+            assert_eq!(denial.reason, Reason::InsufficientScope);
+            assert_eq!(
+                denial.required_scope.as_deref(),
+                Some("write:projects/marketing")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Traversal leaves the operation's prefix: it matches nothing.
+    assert_eq!(
+        denied(&f.bearer("GET", "/v1/contexts/projects/%2e%2e/%2e%2e/x", &token)),
+        Reason::UnknownOperation
+    );
+    assert_eq!(
+        denied(&f.bearer("GET", "/v1/%2e%2e/%2e%2e/%2e%2e/x", &token)),
+        Reason::InvalidPath
+    );
+    assert_eq!(
+        denied(&f.bearer("POST", "/v1/graph/traverse", &token)),
+        Reason::InvalidContext
+    );
+    assert_eq!(
+        denied(&f.bearer("GET", "/v1/unknown", &token)),
+        Reason::UnknownOperation
+    );
+}
+
+#[test]
+fn unmatched_requests_can_require_just_a_token() {
+    let mut f = fixture(json!({"unmatched_requests": "authenticate"}));
+    let token = f.token(json!({}));
+    assert!(matches!(
+        f.bearer("GET", "/v1/anything", &token).outcome,
+        Outcome::Allow(_)
+    ));
+    assert_eq!(
+        denied(&f.check("GET", "/v1/anything", &[])),
+        Reason::MissingToken
+    );
+}
+
+#[test]
+fn token_failures_have_distinct_reasons() {
+    let mut f = fixture(json!({}));
+    let path = "/v1/contexts/projects/a";
+    let cases = [
+        (json!({"exp": NOW - 61}), Reason::TokenExpired),
+        (json!({"nbf": NOW + 61}), Reason::TokenNotYetValid),
+        (json!({"iss": "https://other"}), Reason::UnknownIssuer),
+        (json!({"aud": "other-api"}), Reason::AudienceNotAllowed),
+        (json!({"exp": null}), Reason::MissingClaim),
+        (json!({"tenant_id": null}), Reason::MissingClaim),
+        (json!({"sub": null}), Reason::MissingClaim),
+    ];
+    for (claims, reason) in cases {
+        let token = f.token(claims.clone());
+        assert_eq!(denied(&f.bearer("GET", path, &token)), reason, "{claims}");
+    }
+    for claims in [json!({"exp": NOW - 59}), json!({"nbf": NOW + 59})] {
+        let token = f.token(claims.clone());
+        assert!(
+            matches!(f.bearer("GET", path, &token).outcome, Outcome::Allow(_)),
+            "inside skew: {claims}"
+        );
+    }
+    let token = f.token(json!({}));
+    let mut tampered = token.clone();
+    tampered.pop();
+    tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert!(matches!(
+        denied(&f.bearer("GET", path, &tampered)),
+        Reason::BadSignature | Reason::MalformedToken
+    ));
+    let big = "a".repeat(9000);
+    assert_eq!(denied(&f.bearer("GET", path, &big)), Reason::TokenTooLarge);
+    assert_eq!(
+        denied(&f.bearer("GET", path, "not.a.jwt")),
+        Reason::MalformedToken
+    );
+}
+
+#[test]
+fn refusals_are_cached_briefly() {
+    let mut f = fixture(json!({}));
+    let token = f.token(json!({"aud": "other"}));
+    assert_eq!(
+        f.bearer("GET", "/v1/contexts/projects/a", &token).cache,
+        CacheUse::Miss
+    );
+    assert_eq!(
+        f.bearer("GET", "/v1/contexts/projects/a", &token).cache,
+        CacheUse::Hit
+    );
+}
+
+#[test]
+fn cached_identities_expire_with_the_token() {
+    let mut f = fixture(json!({}));
+    let token = f.token(json!({"exp": NOW + 5}));
+    let headers: Vec<(String, Vec<u8>)> = vec![(
+        "authorization".into(),
+        format!("Bearer {token}").into_bytes(),
+    )];
+    let request = RequestHead {
+        method: "GET",
+        path: "/v1/contexts/projects/a",
+        headers: &headers,
+    };
+    assert!(matches!(
+        f.auth.check(&mut f.state, &request, NOW).outcome,
+        Outcome::Allow(_)
+    ));
+    let later = f.auth.check(&mut f.state, &request, NOW + 5 + 60 + 1);
+    assert_eq!(later.cache, CacheUse::Miss);
+    assert_eq!(denied(&later), Reason::TokenExpired);
+}
+
+#[test]
+fn delegation_rules() {
+    let mut f = fixture(json!({}));
+    let path = "/v1/contexts/projects/engineering/doc";
+    let rights = json!({"can_delegate": true, "max_delegation_depth": 2, "delegatable_scopes": ["read:projects/engineering"]});
+    let agent = json!({"sub": "agent-7"});
+    let two = json!({"sub": "agent-7", "act": {"sub": "planner"}});
+    let three = json!({"sub": "a", "act": {"sub": "b", "act": {"sub": "c"}}});
+
+    let token = f.token(json!({"act": agent, "delegation_rights": rights}));
+    let d = f.bearer("GET", path, &token);
+    assert_eq!(
+        header(allowed(&d), "x-context-actor-chain"),
+        Some("agent-7")
+    );
+    let token = f.token(json!({"act": two, "delegation_rights": rights}));
+    assert_eq!(
+        header(
+            allowed(&f.bearer("GET", path, &token)),
+            "x-context-actor-chain"
+        ),
+        Some("agent-7,planner")
+    );
+
+    let token = f.token(json!({"act": three, "delegation_rights": rights}));
+    assert_eq!(
+        denied(&f.bearer("GET", path, &token)),
+        Reason::DelegationTooDeep
+    );
+    let token = f.token(json!({"act": agent}));
+    assert_eq!(
+        denied(&f.bearer("GET", path, &token)),
+        Reason::DelegationNotAllowed
+    );
+    let token = f.token(json!({"act": agent, "delegation_rights": {"can_delegate": false, "max_delegation_depth": 3, "delegatable_scopes": ["read:projects"]}}));
+    assert_eq!(
+        denied(&f.bearer("GET", path, &token)),
+        Reason::DelegationNotAllowed
+    );
+    let token = f.token(json!({"act": agent, "delegation_rights": rights}));
+    assert_eq!(
+        denied(&f.bearer("PUT", path, &token)),
+        Reason::DelegationScopeNotDelegable,
+        "write is not delegatable"
+    );
+    assert_eq!(
+        denied(&f.bearer("GET", "/v1/contexts/projects/marketing", &token)),
+        Reason::DelegationScopeNotDelegable
+    );
+}
+
+#[test]
+fn configuration_errors_name_the_field() {
+    let key = ES256KeyPair::generate();
+    let err = |extra: Value| {
+        Auth::from_json(config(&key, extra).to_string().as_bytes())
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    assert!(err(json!({"bogus": 1})).contains("unknown field `bogus`"));
+    assert!(err(json!({"max_token_bytes": "big"})).starts_with("max_token_bytes:"));
+    assert!(err(json!({"providers": []})).starts_with("providers:"));
+    assert!(
+        err(json!({"token_sources": [{"header": "a", "query": "b"}]}))
+            .starts_with("token_sources[0]")
+    );
+    assert!(
+        err(json!({"identity_headers": {"tenant": "X-Tenant"}})).starts_with("identity_headers")
+    );
+    assert!(err(json!({"operations": [{"name": "r", "methods": ["GET"], "path": "/x", "action": "read"}]})).starts_with("operations[0]"));
+    let weak = json!({"providers": [{"name": "h", "issuer": "i", "jwks": {"inline": {"keys": [{"kty": "oct", "alg": "HS256", "k": b64(&[1; 16])}]}}}]});
+    let message = err(weak);
+    assert!(
+        message.starts_with("providers[0].jwks.inline") && message.contains("at least 32"),
+        "{message}"
+    );
+    let dup = json!({"providers": [
+        {"name": "a", "issuer": "i", "jwks": {"inline": jwks(&key)}},
+        {"name": "b", "issuer": "i", "jwks": {"inline": jwks(&key)}}
+    ]});
+    assert!(err(dup).starts_with("providers[1].issuer"));
+    assert!(err(json!({"providers": [{"name": "a", "issuer": "i", "jwks": {"remote": {"cluster": "c", "bogus": 1}}}]}))
+        .contains("providers[0].jwks.remote"));
+}
+
+#[test]
+fn several_providers_each_with_their_keys() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let hs = HS256Key::from_bytes(&[9u8; 32]).with_key_id("h1");
+    let config = json!({
+        "providers": [
+            {"name": "es", "issuer": "https://es", "jwks": {"inline": jwks(&key)}},
+            {"name": "hs", "issuer": "https://hs", "tenant": "globex", "algorithms": ["HS256"],
+             "jwks": {"inline": {"keys": [{"kty": "oct", "kid": "h1", "alg": "HS256", "k": b64(&[9u8; 32])}]}}}
+        ],
+        "unmatched_requests": "authenticate"
+    });
+    let auth = Auth::from_json(config.to_string().as_bytes()).unwrap();
+    let mut state = auth.new_state();
+    let claims = |iss: &str| {
+        let custom: ExtraClaims = serde_json::from_value(json!({"tenant_id": "acme"})).unwrap();
+        Claims::with_custom_claims(custom, Duration::from_secs(600))
+            .with_issuer(iss)
+            .with_subject("s")
+    };
+    let check = |state: &mut AuthState, token: String| {
+        let headers = vec![(
+            "authorization".to_owned(),
+            format!("Bearer {token}").into_bytes(),
+        )];
+        let request = RequestHead {
+            method: "GET",
+            path: "/x",
+            headers: &headers,
+        };
+        auth.check(state, &request, Clock::now_since_epoch().as_secs())
+    };
+    assert!(matches!(
+        check(&mut state, key.sign(claims("https://es")).unwrap()).outcome,
+        Outcome::Allow(_)
+    ));
+    // The HS provider pins its tenant: a token claiming another is refused.
+    assert_eq!(
+        denied(&check(
+            &mut state,
+            hs.authenticate(claims("https://hs")).unwrap()
+        )),
+        Reason::MalformedToken
+    );
+    // A token signed by one provider's key but claiming the other issuer.
+    assert_eq!(
+        denied(&check(&mut state, key.sign(claims("https://hs")).unwrap())),
+        Reason::UnsupportedAlgorithm
+    );
+}

@@ -1,0 +1,814 @@
+//! JSON Web Keys and JWT signature verification, on top of jwt-simple.
+//!
+//! jwt-simple does the cryptography and the time checks. This module adds
+//! what a gateway needs around it:
+//!
+//! * JWK Set parsing into verifiers, one per (key, algorithm) pair. A key
+//!   whose JWK names an `alg` only ever verifies that algorithm; a key type
+//!   never verifies another type's algorithm, so an RSA public key can never
+//!   be used as an HMAC secret (algorithm confusion).
+//! * Header screening before any key is touched: `alg=none` and unknown
+//!   algorithms, `crit`, key material or key URLs carried by the token
+//!   (`jku`, `x5u`, `jwk`, `x5c`: never fetched, never trusted) and nested
+//!   JWTs (`cty: JWT`) are refused.
+//! * `kid` matching, and a typed error for every way a token can fail, so
+//!   each failure has its own reason in responses and metrics.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use jwt_simple::JWTError;
+use jwt_simple::prelude::*;
+use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder};
+use serde_json::{Map, Value};
+
+/// Claims that are not registered JWT claims (`tenant_id`, `context_scopes`,
+/// `act`, ...), kept as JSON so claim names are configurable.
+pub type ExtraClaims = Map<String, Value>;
+pub type TokenClaims = JWTClaims<ExtraClaims>;
+
+/// The algorithms ctxgate verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 12] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+        Algorithm::HS256,
+        Algorithm::HS384,
+        Algorithm::HS512,
+    ];
+
+    pub fn from_name(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::HS256 => "HS256",
+            Algorithm::HS384 => "HS384",
+            Algorithm::HS512 => "HS512",
+        }
+    }
+
+    /// Shortest HMAC secret accepted: the hash output size (RFC 7518 3.2).
+    fn min_hmac_secret(self) -> Option<usize> {
+        match self {
+            Algorithm::HS256 => Some(32),
+            Algorithm::HS384 => Some(48),
+            Algorithm::HS512 => Some(64),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One usable (key, algorithm) pair.
+enum Verifier {
+    RS256(RS256PublicKey),
+    RS384(RS384PublicKey),
+    RS512(RS512PublicKey),
+    PS256(PS256PublicKey),
+    PS384(PS384PublicKey),
+    PS512(PS512PublicKey),
+    ES256(ES256PublicKey),
+    ES384(ES384PublicKey),
+    EdDSA(Ed25519PublicKey),
+    HS256(HS256Key),
+    HS384(HS384Key),
+    HS512(HS512Key),
+}
+
+impl Verifier {
+    fn algorithm(&self) -> Algorithm {
+        match self {
+            Verifier::RS256(_) => Algorithm::RS256,
+            Verifier::RS384(_) => Algorithm::RS384,
+            Verifier::RS512(_) => Algorithm::RS512,
+            Verifier::PS256(_) => Algorithm::PS256,
+            Verifier::PS384(_) => Algorithm::PS384,
+            Verifier::PS512(_) => Algorithm::PS512,
+            Verifier::ES256(_) => Algorithm::ES256,
+            Verifier::ES384(_) => Algorithm::ES384,
+            Verifier::EdDSA(_) => Algorithm::EdDSA,
+            Verifier::HS256(_) => Algorithm::HS256,
+            Verifier::HS384(_) => Algorithm::HS384,
+            Verifier::HS512(_) => Algorithm::HS512,
+        }
+    }
+
+    fn verify(
+        &self,
+        token: &str,
+        options: VerificationOptions,
+    ) -> Result<TokenClaims, jwt_simple::Error> {
+        let options = Some(options);
+        match self {
+            Verifier::RS256(k) => k.verify_token(token, options),
+            Verifier::RS384(k) => k.verify_token(token, options),
+            Verifier::RS512(k) => k.verify_token(token, options),
+            Verifier::PS256(k) => k.verify_token(token, options),
+            Verifier::PS384(k) => k.verify_token(token, options),
+            Verifier::PS512(k) => k.verify_token(token, options),
+            Verifier::ES256(k) => k.verify_token(token, options),
+            Verifier::ES384(k) => k.verify_token(token, options),
+            Verifier::EdDSA(k) => k.verify_token(token, options),
+            Verifier::HS256(k) => k.verify_token(token, options),
+            Verifier::HS384(k) => k.verify_token(token, options),
+            Verifier::HS512(k) => k.verify_token(token, options),
+        }
+    }
+}
+
+struct KeyEntry {
+    kid: Option<String>,
+    verifiers: Vec<Verifier>,
+}
+
+/// A parsed JWK Set: the keys one provider trusts.
+#[derive(Default)]
+pub struct KeySet {
+    keys: Vec<KeyEntry>,
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| (&k.kid, k.verifiers.len())))
+            .finish()
+    }
+}
+
+/// A JWK Set that cannot be used at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksError {
+    NotJson(String),
+    NoKeysArray,
+    NoUsableKeys(Vec<String>),
+}
+
+impl fmt::Display for JwksError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwksError::NotJson(e) => write!(f, "not a JSON document: {e}"),
+            JwksError::NoKeysArray => f.write_str("no \"keys\" array"),
+            JwksError::NoUsableKeys(problems) if problems.is_empty() => {
+                f.write_str("the key set is empty")
+            }
+            JwksError::NoUsableKeys(problems) => {
+                write!(f, "no usable key: {}", problems.join("; "))
+            }
+        }
+    }
+}
+
+/// A parsed key set, with the keys that were skipped and why.
+#[derive(Debug)]
+pub struct ParsedJwks {
+    pub keys: KeySet,
+    pub skipped: Vec<String>,
+}
+
+impl KeySet {
+    /// Parses a JWK Set (`{"keys": [...]}`). Keys that cannot be used
+    /// (encryption keys, unknown types, weak secrets, bad encodings) are
+    /// skipped and reported; a set with no usable key is an error.
+    pub fn parse(json: &str) -> Result<ParsedJwks, JwksError> {
+        let document: Value =
+            serde_json::from_str(json).map_err(|e| JwksError::NotJson(e.to_string()))?;
+        let keys = document
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or(JwksError::NoKeysArray)?;
+        let mut set = KeySet::default();
+        let mut skipped = Vec::new();
+        for (index, jwk) in keys.iter().enumerate() {
+            let label = jwk.get("kid").and_then(Value::as_str).map_or_else(
+                || format!("keys[{index}]"),
+                |kid| format!("keys[{index}] (kid {kid})"),
+            );
+            match parse_jwk(jwk) {
+                Ok(entry) => set.keys.push(entry),
+                Err(problem) => skipped.push(format!("{label}: {problem}")),
+            }
+        }
+        if set.keys.is_empty() {
+            return Err(JwksError::NoUsableKeys(skipped));
+        }
+        Ok(ParsedJwks { keys: set, skipped })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Verifies `token` (whose header was screened into `header`) with the
+    /// matching key: by `kid` when the token names one, else every key of
+    /// the token's algorithm in turn.
+    pub fn verify(
+        &self,
+        token: &str,
+        header: &TokenHeader,
+        options: &VerificationOptions,
+    ) -> Result<TokenClaims, TokenError> {
+        let mut candidates = self
+            .keys
+            .iter()
+            .filter(|key| header.kid.is_none() || key.kid == header.kid)
+            .peekable();
+        if header.kid.is_some() && candidates.peek().is_none() {
+            return Err(TokenError::UnknownKid);
+        }
+        let mut last_error = TokenError::AlgorithmMismatch;
+        for key in candidates {
+            for verifier in key.verifiers.iter().filter(|v| v.algorithm() == header.alg) {
+                match verifier.verify(token, options.clone()) {
+                    Ok(claims) => return Ok(claims),
+                    Err(e) => {
+                        let error = TokenError::from_jwt_simple(&e);
+                        // A signature that does not verify with this key may
+                        // verify with the next one; anything else is final.
+                        if error != TokenError::BadSignature {
+                            return Err(error);
+                        }
+                        last_error = error;
+                    }
+                }
+            }
+        }
+        Err(last_error)
+    }
+}
+
+fn b64(jwk: &Value, member: &str) -> Result<Vec<u8>, String> {
+    let text = jwk
+        .get(member)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("missing \"{member}\""))?;
+    Base64UrlSafeNoPadding::decode_to_vec(text, Some(b"="))
+        .map_err(|_| format!("\"{member}\" is not base64url"))
+        .and_then(|bytes| {
+            if bytes.is_empty() {
+                Err(format!("\"{member}\" is empty"))
+            } else {
+                Ok(bytes)
+            }
+        })
+}
+
+fn parse_jwk(jwk: &Value) -> Result<KeyEntry, String> {
+    let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_owned);
+    if let Some(usage) = jwk.get("use").and_then(Value::as_str) {
+        if usage != "sig" {
+            return Err(format!("\"use\" is \"{usage}\", not \"sig\""));
+        }
+    }
+    let declared = match jwk.get("alg") {
+        None => None,
+        Some(Value::String(name)) => {
+            Some(Algorithm::from_name(name).ok_or_else(|| format!("unsupported \"alg\" {name}"))?)
+        }
+        Some(_) => return Err("\"alg\" is not a string".into()),
+    };
+    let kty = jwk
+        .get("kty")
+        .and_then(Value::as_str)
+        .ok_or("missing \"kty\"")?;
+    let crv = jwk.get("crv").and_then(Value::as_str);
+    let family: &[Algorithm] = match (kty, crv) {
+        ("RSA", _) => &[
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        ("EC", Some("P-256")) => &[Algorithm::ES256],
+        ("EC", Some("P-384")) => &[Algorithm::ES384],
+        ("OKP", Some("Ed25519")) => &[Algorithm::EdDSA],
+        ("oct", _) => &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+        (kty, crv) => {
+            return Err(format!(
+                "unsupported key type {kty}{}",
+                crv.map(|c| format!("/{c}")).unwrap_or_default()
+            ));
+        }
+    };
+    let algorithms: Vec<Algorithm> = match declared {
+        Some(alg) if family.contains(&alg) => vec![alg],
+        Some(alg) => return Err(format!("\"alg\" {alg} does not fit key type {kty}")),
+        None => family.to_vec(),
+    };
+    let mut verifiers = Vec::new();
+    let mut problems = Vec::new();
+    for alg in algorithms {
+        match build_verifier(jwk, alg) {
+            Ok(v) => verifiers.push(v),
+            Err(e) => problems.push(e),
+        }
+    }
+    if verifiers.is_empty() {
+        return Err(problems.join(", "));
+    }
+    Ok(KeyEntry { kid, verifiers })
+}
+
+fn build_verifier(jwk: &Value, alg: Algorithm) -> Result<Verifier, String> {
+    let invalid = |e: jwt_simple::Error| format!("invalid {alg} key: {e}");
+    let rsa = || -> Result<(Vec<u8>, Vec<u8>), String> { Ok((b64(jwk, "n")?, b64(jwk, "e")?)) };
+    let ec = |size: usize| -> Result<Vec<u8>, String> {
+        let (x, y) = (b64(jwk, "x")?, b64(jwk, "y")?);
+        if x.len() != size || y.len() != size {
+            return Err(format!("EC coordinates must be {size} bytes"));
+        }
+        let mut point = Vec::with_capacity(1 + 2 * size);
+        point.push(0x04);
+        point.extend_from_slice(&x);
+        point.extend_from_slice(&y);
+        Ok(point)
+    };
+    let secret = || -> Result<Vec<u8>, String> {
+        let k = b64(jwk, "k")?;
+        let min = alg.min_hmac_secret().unwrap_or(0);
+        if k.len() < min {
+            return Err(format!(
+                "{alg} secret is {} bytes, at least {min} are required",
+                k.len()
+            ));
+        }
+        Ok(k)
+    };
+    Ok(match alg {
+        Algorithm::RS256 => rsa()
+            .and_then(|(n, e)| RS256PublicKey::from_components(&n, &e).map_err(invalid))
+            .map(Verifier::RS256)?,
+        Algorithm::RS384 => rsa()
+            .and_then(|(n, e)| RS384PublicKey::from_components(&n, &e).map_err(invalid))
+            .map(Verifier::RS384)?,
+        Algorithm::RS512 => rsa()
+            .and_then(|(n, e)| RS512PublicKey::from_components(&n, &e).map_err(invalid))
+            .map(Verifier::RS512)?,
+        Algorithm::PS256 => rsa()
+            .and_then(|(n, e)| PS256PublicKey::from_components(&n, &e).map_err(invalid))
+            .map(Verifier::PS256)?,
+        Algorithm::PS384 => rsa()
+            .and_then(|(n, e)| PS384PublicKey::from_components(&n, &e).map_err(invalid))
+            .map(Verifier::PS384)?,
+        Algorithm::PS512 => rsa()
+            .and_then(|(n, e)| PS512PublicKey::from_components(&n, &e).map_err(invalid))
+            .map(Verifier::PS512)?,
+        Algorithm::ES256 => ec(32)
+            .and_then(|p| ES256PublicKey::from_bytes(&p).map_err(invalid))
+            .map(Verifier::ES256)?,
+        Algorithm::ES384 => ec(48)
+            .and_then(|p| ES384PublicKey::from_bytes(&p).map_err(invalid))
+            .map(Verifier::ES384)?,
+        Algorithm::EdDSA => {
+            let x = b64(jwk, "x")?;
+            Ed25519PublicKey::from_bytes(&x)
+                .map(Verifier::EdDSA)
+                .map_err(invalid)?
+        }
+        Algorithm::HS256 => Verifier::HS256(HS256Key::from_bytes(&secret()?)),
+        Algorithm::HS384 => Verifier::HS384(HS384Key::from_bytes(&secret()?)),
+        Algorithm::HS512 => Verifier::HS512(HS512Key::from_bytes(&secret()?)),
+    })
+}
+
+/// Every way a token can fail verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    Malformed(String),
+    TooLarge,
+    UnsupportedAlgorithm(String),
+    /// A header member ctxgate refuses (`crit`, `jku`, `x5u`, `jwk`, `x5c`,
+    /// `cty: JWT`).
+    ForbiddenHeader(&'static str),
+    UnknownKid,
+    AlgorithmMismatch,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    IssuerMismatch,
+    AudienceNotAllowed,
+    MissingClaim(&'static str),
+}
+
+impl TokenError {
+    fn from_jwt_simple(error: &jwt_simple::Error) -> TokenError {
+        match error.downcast_ref::<JWTError>() {
+            Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => {
+                TokenError::BadSignature
+            }
+            Some(JWTError::TokenHasExpired) => TokenError::Expired,
+            Some(JWTError::TokenNotValidYet | JWTError::ClockDrift) => TokenError::NotYetValid,
+            Some(JWTError::RequiredIssuerMismatch | JWTError::RequiredIssuerMissing) => {
+                TokenError::IssuerMismatch
+            }
+            Some(JWTError::RequiredAudienceMismatch | JWTError::RequiredAudienceMissing) => {
+                TokenError::AudienceNotAllowed
+            }
+            Some(JWTError::TokenTooLong | JWTError::HeaderTooLarge) => TokenError::TooLarge,
+            Some(JWTError::AlgorithmMismatch) => TokenError::AlgorithmMismatch,
+            Some(JWTError::UnknownCriticalExtension) => TokenError::ForbiddenHeader("crit"),
+            Some(JWTError::WeakKey) => TokenError::AlgorithmMismatch,
+            Some(other) => TokenError::Malformed(other.to_string()),
+            None => TokenError::Malformed(error.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenError::Malformed(why) => write!(f, "malformed token: {why}"),
+            TokenError::TooLarge => f.write_str("token is too large"),
+            TokenError::UnsupportedAlgorithm(alg) => write!(f, "algorithm {alg} is not accepted"),
+            TokenError::ForbiddenHeader(member) => {
+                write!(f, "token header member {member} is not accepted")
+            }
+            TokenError::UnknownKid => f.write_str("no key matches the token's kid"),
+            TokenError::AlgorithmMismatch => f.write_str("no key of the token's algorithm"),
+            TokenError::BadSignature => f.write_str("signature verification failed"),
+            TokenError::Expired => f.write_str("token has expired"),
+            TokenError::NotYetValid => f.write_str("token is not valid yet"),
+            TokenError::IssuerMismatch => f.write_str("issuer is not accepted"),
+            TokenError::AudienceNotAllowed => f.write_str("audience is not allowed"),
+            TokenError::MissingClaim(claim) => write!(f, "token has no {claim} claim"),
+        }
+    }
+}
+
+/// The screened header of a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenHeader {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+}
+
+/// Splits a compact JWS into its three parts, checking the shape only.
+fn split_compact(token: &str) -> Result<(&str, &str, &str), TokenError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed(
+            "a JWT has exactly three dot-separated parts".into(),
+        ));
+    };
+    let is_b64url = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if header.is_empty()
+        || payload.is_empty()
+        || signature.is_empty()
+        || ![header, payload, signature].iter().all(|p| is_b64url(p))
+    {
+        return Err(TokenError::Malformed(
+            "JWT parts must be non-empty base64url".into(),
+        ));
+    }
+    Ok((header, payload, signature))
+}
+
+fn decode_json_part(part: &str, what: &str) -> Result<Map<String, Value>, TokenError> {
+    let bytes = Base64UrlSafeNoPadding::decode_to_vec(part, None)
+        .map_err(|_| TokenError::Malformed(format!("{what} is not base64url")))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(TokenError::Malformed(format!(
+            "{what} is not a JSON object"
+        ))),
+    }
+}
+
+/// Screens a token's header and reads its unverified issuer, which picks
+/// the provider (and so the keys) that must then verify the signature.
+pub fn inspect(
+    token: &str,
+    allowed: &HashSet<Algorithm>,
+) -> Result<(TokenHeader, Option<String>), TokenError> {
+    let (header_b64, payload_b64, _) = split_compact(token)?;
+    if header_b64.len() > 4096 {
+        return Err(TokenError::TooLarge);
+    }
+    let header = decode_json_part(header_b64, "header")?;
+    let alg_name = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or_else(|| TokenError::Malformed("header has no alg".into()))?;
+    let alg = Algorithm::from_name(alg_name)
+        .filter(|a| allowed.contains(a))
+        .ok_or_else(|| TokenError::UnsupportedAlgorithm(alg_name.chars().take(16).collect()))?;
+    for member in ["crit", "jku", "x5u", "jwk", "x5c"] {
+        if let Some((name, _)) = header.get_key_value(member) {
+            return Err(TokenError::ForbiddenHeader(match name.as_str() {
+                "crit" => "crit",
+                "jku" => "jku",
+                "x5u" => "x5u",
+                "jwk" => "jwk",
+                _ => "x5c",
+            }));
+        }
+    }
+    if header
+        .get("cty")
+        .and_then(Value::as_str)
+        .is_some_and(|cty| cty.eq_ignore_ascii_case("JWT"))
+    {
+        return Err(TokenError::ForbiddenHeader("cty"));
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(TokenError::Malformed("kid is not a string".into())),
+    };
+    let payload = decode_json_part(payload_b64, "payload")?;
+    let issuer = payload
+        .get("iss")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    Ok((TokenHeader { alg, kid }, issuer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jwt_simple::reexports::ct_codecs::Encoder;
+
+    fn enc(bytes: &[u8]) -> String {
+        jwt_simple::reexports::ct_codecs::Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap()
+    }
+
+    fn all() -> HashSet<Algorithm> {
+        Algorithm::ALL.into_iter().collect()
+    }
+
+    fn es256_jwks(kp: &ES256KeyPair, kid: &str) -> String {
+        let point = kp.public_key().public_key().to_bytes_uncompressed();
+        serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+            "x": enc(&point[1..33]), "y": enc(&point[33..65]),
+        }]})
+        .to_string()
+    }
+
+    fn options(now: u64) -> VerificationOptions {
+        VerificationOptions {
+            artificial_time: Some(UnixTimeStamp::from_secs(now)),
+            time_tolerance: Some(Duration::from_secs(60)),
+            ..Default::default()
+        }
+    }
+
+    fn token_with(kp: &ES256KeyPair, kid: &str, exp_in: u64) -> String {
+        let claims = Claims::with_custom_claims(ExtraClaims::new(), Duration::from_secs(exp_in))
+            .with_issuer("iss");
+        ES256KeyPair::from_bytes(&kp.to_bytes())
+            .unwrap()
+            .with_key_id(kid)
+            .sign(claims)
+            .unwrap()
+    }
+
+    #[test]
+    fn es256_round_trip_and_kid_matching() {
+        let kp = ES256KeyPair::generate();
+        let keys = KeySet::parse(&es256_jwks(&kp, "k1")).unwrap().keys;
+        let token = token_with(&kp, "k1", 600);
+        let (header, issuer) = inspect(&token, &all()).unwrap();
+        assert_eq!(issuer.as_deref(), Some("iss"));
+        let now = Clock::now_since_epoch().as_secs();
+        assert!(keys.verify(&token, &header, &options(now)).is_ok());
+
+        let other = token_with(&kp, "k2", 600);
+        let (header, _) = inspect(&other, &all()).unwrap();
+        assert_eq!(
+            keys.verify(&other, &header, &options(now)).unwrap_err(),
+            TokenError::UnknownKid
+        );
+    }
+
+    #[test]
+    fn expiry_respects_the_skew() {
+        let kp = ES256KeyPair::generate();
+        let keys = KeySet::parse(&es256_jwks(&kp, "k1")).unwrap().keys;
+        let token = token_with(&kp, "k1", 100);
+        let (header, _) = inspect(&token, &all()).unwrap();
+        let now = Clock::now_since_epoch().as_secs();
+        assert!(
+            keys.verify(&token, &header, &options(now + 150)).is_ok(),
+            "inside skew"
+        );
+        assert_eq!(
+            keys.verify(&token, &header, &options(now + 170))
+                .unwrap_err(),
+            TokenError::Expired
+        );
+    }
+
+    #[test]
+    fn a_wrong_key_is_a_bad_signature() {
+        let kp = ES256KeyPair::generate();
+        let keys = KeySet::parse(&es256_jwks(&ES256KeyPair::generate(), "k1"))
+            .unwrap()
+            .keys;
+        let token = token_with(&kp, "k1", 600);
+        let (header, _) = inspect(&token, &all()).unwrap();
+        let now = Clock::now_since_epoch().as_secs();
+        assert_eq!(
+            keys.verify(&token, &header, &options(now)).unwrap_err(),
+            TokenError::BadSignature
+        );
+    }
+
+    fn forge(header: serde_json::Value, payload: serde_json::Value) -> String {
+        format!(
+            "{}.{}.{}",
+            enc(header.to_string().as_bytes()),
+            enc(payload.to_string().as_bytes()),
+            enc(b"sig")
+        )
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_before_any_key() {
+        let p = serde_json::json!({"iss": "x"});
+        let inspect_err = |h| inspect(&forge(h, p.clone()), &all()).unwrap_err();
+        assert!(matches!(
+            inspect_err(serde_json::json!({"alg": "none"})),
+            TokenError::UnsupportedAlgorithm(_)
+        ));
+        assert!(matches!(
+            inspect_err(serde_json::json!({"alg": "ES256K"})),
+            TokenError::UnsupportedAlgorithm(_)
+        ));
+        assert_eq!(
+            inspect_err(serde_json::json!({"alg": "ES256", "crit": ["exp"]})),
+            TokenError::ForbiddenHeader("crit")
+        );
+        assert_eq!(
+            inspect_err(serde_json::json!({"alg": "ES256", "jku": "http://evil"})),
+            TokenError::ForbiddenHeader("jku")
+        );
+        assert_eq!(
+            inspect_err(serde_json::json!({"alg": "ES256", "x5u": "http://evil"})),
+            TokenError::ForbiddenHeader("x5u")
+        );
+        assert_eq!(
+            inspect_err(serde_json::json!({"alg": "ES256", "jwk": {}})),
+            TokenError::ForbiddenHeader("jwk")
+        );
+        assert_eq!(
+            inspect_err(serde_json::json!({"alg": "ES256", "cty": "jwt"})),
+            TokenError::ForbiddenHeader("cty")
+        );
+        assert!(matches!(
+            inspect_err(serde_json::json!({"alg": "ES256", "kid": 7})),
+            TokenError::Malformed(_)
+        ));
+        let only_es: HashSet<_> = [Algorithm::ES256].into();
+        assert!(matches!(
+            inspect(
+                &forge(serde_json::json!({"alg": "RS256"}), p.clone()),
+                &only_es
+            )
+            .unwrap_err(),
+            TokenError::UnsupportedAlgorithm(_)
+        ));
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused() {
+        for bad in [
+            "",
+            "abc",
+            "a.b",
+            "a.b.c.d",
+            "a..c",
+            "a.b.c d",
+            "!!.b.c",
+            "e30.e30.",
+            "bm90anNvbg.e30.c2ln",
+        ] {
+            assert!(
+                matches!(inspect(bad, &all()), Err(TokenError::Malformed(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn rsa_key_never_verifies_hmac() {
+        // The classic confusion attack: sign HS256 with the RSA public key
+        // bytes as the secret. An RSA JWK has no HMAC verifier at all.
+        let kp = RS256KeyPair::generate(2048).unwrap();
+        let c = kp.public_key().to_components();
+        let jwks = serde_json::json!({"keys": [{"kty": "RSA", "kid": "r", "n": enc(&c.n), "e": enc(&c.e)}]}).to_string();
+        let keys = KeySet::parse(&jwks).unwrap().keys;
+        let secret = kp.public_key().to_pem().unwrap();
+        let claims = Claims::with_custom_claims(ExtraClaims::new(), Duration::from_secs(600));
+        let token = HS256Key::from_bytes(secret.as_bytes())
+            .with_key_id("r")
+            .authenticate(claims)
+            .unwrap();
+        let (header, _) = inspect(&token, &all()).unwrap();
+        let now = Clock::now_since_epoch().as_secs();
+        assert_eq!(
+            keys.verify(&token, &header, &options(now)).unwrap_err(),
+            TokenError::AlgorithmMismatch
+        );
+    }
+
+    #[test]
+    fn jwk_alg_pins_the_algorithm() {
+        let kp = RS256KeyPair::generate(2048).unwrap();
+        let c = kp.public_key().to_components();
+        let jwks = serde_json::json!({"keys": [{"kty": "RSA", "kid": "r", "alg": "RS256", "n": enc(&c.n), "e": enc(&c.e)}]}).to_string();
+        let keys = KeySet::parse(&jwks).unwrap().keys;
+        let ps = PS256KeyPair::from_der(&kp.to_der().unwrap())
+            .unwrap()
+            .with_key_id("r");
+        let claims = Claims::with_custom_claims(ExtraClaims::new(), Duration::from_secs(600));
+        let token = ps.sign(claims).unwrap();
+        let (header, _) = inspect(&token, &all()).unwrap();
+        let now = Clock::now_since_epoch().as_secs();
+        assert_eq!(
+            keys.verify(&token, &header, &options(now)).unwrap_err(),
+            TokenError::AlgorithmMismatch
+        );
+    }
+
+    #[test]
+    fn weak_hmac_secrets_and_odd_keys_are_skipped() {
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "oct", "kid": "short", "alg": "HS256", "k": enc(&[7u8; 16])},
+            {"kty": "oct", "kid": "ok", "alg": "HS256", "k": enc(&[7u8; 32])},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "AQAB", "e": "AQAB"},
+            {"kty": "EC", "crv": "P-521", "kid": "p521", "x": "AA", "y": "AA"},
+            {"kty": "oct", "kid": "mismatch", "alg": "RS256", "k": enc(&[7u8; 64])},
+        ]})
+        .to_string();
+        let parsed = KeySet::parse(&jwks).unwrap();
+        assert_eq!(parsed.keys.len(), 1);
+        assert_eq!(parsed.skipped.len(), 4, "{:?}", parsed.skipped);
+        assert!(parsed.skipped.iter().any(|s| s.contains("at least 32")));
+        // An HS512-capable secret of 48 bytes only serves HS256 and HS384.
+        let jwks = serde_json::json!({"keys": [{"kty": "oct", "k": enc(&[1u8; 48])}]}).to_string();
+        assert_eq!(
+            KeySet::parse(&jwks).unwrap().keys.keys[0].verifiers.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn unusable_sets_are_errors() {
+        assert!(matches!(KeySet::parse("nope"), Err(JwksError::NotJson(_))));
+        assert_eq!(KeySet::parse("{}").unwrap_err(), JwksError::NoKeysArray);
+        assert_eq!(
+            KeySet::parse(r#"{"keys": []}"#).unwrap_err(),
+            JwksError::NoUsableKeys(vec![])
+        );
+    }
+}

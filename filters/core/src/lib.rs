@@ -1,0 +1,16 @@
+//! ctxgate's filter logic, in plain Rust.
+//!
+//! Nothing here knows about proxy-wasm: every function takes plain values
+//! (headers, paths, the current time, a [`shared::SharedStore`]) and returns
+//! a decision. The filter crates under `filters/` are thin glue that feed
+//! Envoy's view of a request into these functions and apply the result.
+//! That split keeps the logic testable natively and on wasm32-wasip1, and
+//! keeps the glue readable.
+
+pub mod auth;
+pub mod http;
+pub mod jwt;
+pub mod operation;
+pub mod path;
+pub mod scope;
+pub mod shared;

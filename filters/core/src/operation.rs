@@ -1,0 +1,480 @@
+//! The operation map: which API call a request is, and which context it
+//! touches.
+//!
+//! `GET /v1/contexts/projects/eng` is the operation `read` on the context
+//! `projects/eng`; `POST /v1/graph/traverse?context=projects/eng` is
+//! `graph_traversal` on the same context. The auth filter asks whether the
+//! token's scopes allow the operation's action on that context; the rate
+//! limiter charges by the operation's cost. Both use this one map.
+//!
+//! Path templates are literal segments, `*` (any one segment) and a final
+//! `{context}` that captures the rest of the path (one or more segments).
+//! Alternatively `context_param` takes the context from a query parameter.
+//! Templates match the canonical request path (see [`crate::path`]), so
+//! `/v1//contexts/./x` and `/v1/contexts/x` are the same request.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::path::{
+    ContextPath, PathError, canonical_segments, percent_decode, query_values, split_path_query,
+};
+use crate::scope::Action;
+
+/// One entry of the operation map, as written in the plugin configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperationRule {
+    /// Operation name, e.g. `read`, `write`, `complex_query`,
+    /// `graph_traversal`. The rate limiter prices operations by this name.
+    pub name: String,
+    /// HTTP methods, upper case (`GET`, `HEAD`, ...).
+    pub methods: Vec<String>,
+    /// Path template, e.g. `/v1/contexts/{context}` or `/v1/query`.
+    pub path: String,
+    /// Query parameter holding the context path, for templates without
+    /// `{context}` (e.g. `context` for `/v1/query?context=projects/a`).
+    #[serde(default)]
+    pub context_param: Option<String>,
+    /// The scope action the operation needs on its context.
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplateSegment {
+    Literal(String),
+    AnyOne,
+}
+
+#[derive(Debug, Clone)]
+enum ContextSource {
+    /// The path segments after the template's literal part.
+    Tail,
+    /// A query parameter.
+    Query(String),
+}
+
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    name: String,
+    methods: Vec<String>,
+    prefix: Vec<TemplateSegment>,
+    context: ContextSource,
+    action: Action,
+}
+
+/// A configuration mistake in the operation map, naming the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationConfigError {
+    pub index: usize,
+    pub message: String,
+}
+
+impl fmt::Display for OperationConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "operations[{}]: {}", self.index, self.message)
+    }
+}
+
+/// The matched operation of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation<'a> {
+    pub name: &'a str,
+    pub action: Action,
+    pub context: ContextPath,
+}
+
+/// Outcome of looking a request up in the map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperationMatch<'a> {
+    Matched(Operation<'a>),
+    /// The request path itself could not be canonicalized.
+    InvalidPath(PathError),
+    /// A rule matched but its context is missing, repeated or invalid.
+    InvalidContext {
+        operation: &'a str,
+        problem: ContextProblem,
+    },
+    NoMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextProblem {
+    Missing,
+    Repeated,
+    Invalid(PathError),
+}
+
+impl fmt::Display for ContextProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ContextProblem::Missing => f.write_str("the context parameter is missing"),
+            ContextProblem::Repeated => {
+                f.write_str("the context parameter is given more than once")
+            }
+            ContextProblem::Invalid(e) => write!(f, "invalid context path: {e}"),
+        }
+    }
+}
+
+/// The compiled operation map.
+#[derive(Debug, Clone, Default)]
+pub struct OperationMap {
+    rules: Vec<CompiledRule>,
+}
+
+impl OperationMap {
+    pub fn compile(rules: &[OperationRule]) -> Result<OperationMap, OperationConfigError> {
+        let compiled = rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| {
+                compile_rule(rule).map_err(|message| OperationConfigError { index, message })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(OperationMap { rules: compiled })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Finds the first rule matching `method` and the raw `:path` (with
+    /// query). `path_segments` are the canonical segments of the path part,
+    /// computed once by the caller and shared with other matchers.
+    pub fn lookup<'a>(
+        &'a self,
+        method: &str,
+        path_segments: &[String],
+        query: &str,
+    ) -> OperationMatch<'a> {
+        for rule in &self.rules {
+            if !rule.methods.iter().any(|m| m == method) {
+                continue;
+            }
+            let Some(tail) = match_prefix(&rule.prefix, path_segments) else {
+                continue;
+            };
+            let context = match &rule.context {
+                ContextSource::Tail => {
+                    if tail.is_empty() {
+                        continue;
+                    }
+                    ContextPath::from_segments(tail.to_vec()).map_err(ContextProblem::Invalid)
+                }
+                ContextSource::Query(param) => {
+                    if !tail.is_empty() {
+                        continue;
+                    }
+                    context_from_query(query, param)
+                }
+            };
+            return match context {
+                Ok(context) => OperationMatch::Matched(Operation {
+                    name: &rule.name,
+                    action: rule.action,
+                    context,
+                }),
+                Err(problem) => OperationMatch::InvalidContext {
+                    operation: &rule.name,
+                    problem,
+                },
+            };
+        }
+        OperationMatch::NoMatch
+    }
+
+    /// Convenience for callers holding only the raw `:path`.
+    pub fn lookup_raw<'a>(&'a self, method: &str, raw_path: &str) -> OperationMatch<'a> {
+        let (path, query) = split_path_query(raw_path);
+        match canonical_segments(path) {
+            Ok(segments) => self.lookup(method, &segments, query),
+            Err(e) => OperationMatch::InvalidPath(e),
+        }
+    }
+}
+
+fn match_prefix<'s>(prefix: &[TemplateSegment], segments: &'s [String]) -> Option<&'s [String]> {
+    if segments.len() < prefix.len() {
+        return None;
+    }
+    let (head, tail) = segments.split_at(prefix.len());
+    let matches = prefix.iter().zip(head).all(|(want, have)| match want {
+        TemplateSegment::AnyOne => true,
+        TemplateSegment::Literal(literal) => literal == have,
+    });
+    matches.then_some(tail)
+}
+
+fn context_from_query(query: &str, param: &str) -> Result<ContextPath, ContextProblem> {
+    let mut values = query_values(query, param);
+    let first = values.next().ok_or(ContextProblem::Missing)?;
+    if values.next().is_some() {
+        return Err(ContextProblem::Repeated);
+    }
+    // Query values are decoded here, then the path is canonicalized (which
+    // decodes nothing further: a `%` left over is refused as double encoding).
+    let decoded = percent_decode(first).map_err(ContextProblem::Invalid)?;
+    let decoded =
+        String::from_utf8(decoded).map_err(|_| ContextProblem::Invalid(PathError::InvalidUtf8))?;
+    if decoded.contains('%') {
+        return Err(ContextProblem::Invalid(PathError::DoubleEncoded));
+    }
+    ContextPath::parse(&decoded).map_err(ContextProblem::Invalid)
+}
+
+fn compile_rule(rule: &OperationRule) -> Result<CompiledRule, String> {
+    if rule.name.is_empty() {
+        return Err("name: must not be empty".into());
+    }
+    if rule.methods.is_empty() {
+        return Err("methods: at least one method is required".into());
+    }
+    for method in &rule.methods {
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(format!(
+                "methods: '{method}' must be an upper-case HTTP method"
+            ));
+        }
+    }
+    if !rule.path.starts_with('/') {
+        return Err(format!("path: '{}' must start with '/'", rule.path));
+    }
+    let raw_segments: Vec<&str> = rule.path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut prefix = Vec::new();
+    let mut has_tail = false;
+    for (i, segment) in raw_segments.iter().enumerate() {
+        match *segment {
+            "{context}" if i + 1 == raw_segments.len() => has_tail = true,
+            "{context}" => return Err("path: {context} must be the last segment".into()),
+            "*" => prefix.push(TemplateSegment::AnyOne),
+            "." | ".." => return Err(format!("path: '{segment}' segments are not allowed")),
+            s if s.contains(['{', '}', '*', '%', '?']) => {
+                return Err(format!(
+                    "path: segment '{s}' may not contain '{{', '}}', '*', '%' or '?'"
+                ));
+            }
+            s => prefix.push(TemplateSegment::Literal(s.to_owned())),
+        }
+    }
+    let context = match (has_tail, &rule.context_param) {
+        (true, None) => ContextSource::Tail,
+        (false, Some(param)) if !param.is_empty() => ContextSource::Query(param.clone()),
+        (true, Some(_)) => {
+            return Err("context_param: not allowed with a {context} path segment".into());
+        }
+        (false, _) => {
+            return Err("path: needs a final {context} segment, or set context_param".into());
+        }
+    };
+    Ok(CompiledRule {
+        name: rule.name.clone(),
+        methods: rule.methods.clone(),
+        prefix,
+        context,
+        action: rule.action,
+    })
+}
+
+/// The demo API's operation map, used by `make run` and the tests.
+pub fn demo_rules() -> Vec<OperationRule> {
+    let rule =
+        |name: &str, methods: &[&str], path: &str, param: Option<&str>, action| OperationRule {
+            name: name.into(),
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            path: path.into(),
+            context_param: param.map(str::to_owned),
+            action,
+        };
+    vec![
+        rule(
+            "read",
+            &["GET", "HEAD"],
+            "/v1/contexts/{context}",
+            None,
+            Action::Read,
+        ),
+        rule(
+            "write",
+            &["PUT", "POST", "PATCH"],
+            "/v1/contexts/{context}",
+            None,
+            Action::Write,
+        ),
+        rule(
+            "delete",
+            &["DELETE"],
+            "/v1/contexts/{context}",
+            None,
+            Action::Admin,
+        ),
+        rule(
+            "complex_query",
+            &["POST"],
+            "/v1/query",
+            Some("context"),
+            Action::Read,
+        ),
+        rule(
+            "graph_traversal",
+            &["POST"],
+            "/v1/graph/traverse",
+            Some("context"),
+            Action::Read,
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> OperationMap {
+        OperationMap::compile(&demo_rules()).unwrap()
+    }
+
+    fn matched(map: &OperationMap, method: &str, path: &str) -> (String, Action, String) {
+        match map.lookup_raw(method, path) {
+            OperationMatch::Matched(op) => (op.name.to_owned(), op.action, op.context.to_string()),
+            other => panic!("{method} {path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn demo_api_maps_to_operations() {
+        let map = demo();
+        assert_eq!(
+            matched(&map, "GET", "/v1/contexts/projects/eng"),
+            ("read".into(), Action::Read, "projects/eng".into())
+        );
+        assert_eq!(matched(&map, "HEAD", "/v1/contexts/a").0, "read");
+        assert_eq!(matched(&map, "PATCH", "/v1/contexts/a").1, Action::Write);
+        assert_eq!(matched(&map, "DELETE", "/v1/contexts/a").1, Action::Admin);
+        assert_eq!(
+            matched(&map, "POST", "/v1/query?x=1&context=projects%2Feng"),
+            ("complex_query".into(), Action::Read, "projects/eng".into())
+        );
+        assert_eq!(
+            matched(&map, "POST", "/v1/graph/traverse?context=a/b").0,
+            "graph_traversal"
+        );
+    }
+
+    #[test]
+    fn paths_are_canonicalized_before_matching() {
+        let map = demo();
+        assert_eq!(
+            matched(&map, "GET", "/v1//contexts/./Projects/x/../Eng").2,
+            "projects/eng"
+        );
+        assert_eq!(
+            map.lookup_raw("GET", "/v1/contexts/../admin/x"),
+            OperationMatch::NoMatch
+        );
+        assert_eq!(
+            map.lookup_raw("GET", "/../x"),
+            OperationMatch::InvalidPath(PathError::EscapesRoot)
+        );
+    }
+
+    #[test]
+    fn contexts_must_be_present_and_unique() {
+        let map = demo();
+        assert_eq!(
+            map.lookup_raw("GET", "/v1/contexts"),
+            OperationMatch::NoMatch
+        );
+        assert_eq!(
+            map.lookup_raw("GET", "/v1/contexts/"),
+            OperationMatch::NoMatch
+        );
+        assert_eq!(
+            map.lookup_raw("POST", "/v1/query"),
+            OperationMatch::InvalidContext {
+                operation: "complex_query",
+                problem: ContextProblem::Missing
+            }
+        );
+        assert_eq!(
+            map.lookup_raw("POST", "/v1/query?context=a&context=b"),
+            OperationMatch::InvalidContext {
+                operation: "complex_query",
+                problem: ContextProblem::Repeated
+            }
+        );
+        assert_eq!(
+            map.lookup_raw("POST", "/v1/query?context=a%252Fb"),
+            OperationMatch::InvalidContext {
+                operation: "complex_query",
+                problem: ContextProblem::Invalid(PathError::DoubleEncoded)
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_methods_and_paths_do_not_match() {
+        let map = demo();
+        assert_eq!(
+            map.lookup_raw("OPTIONS", "/v1/contexts/a"),
+            OperationMatch::NoMatch
+        );
+        assert_eq!(
+            map.lookup_raw("GET", "/v2/contexts/a"),
+            OperationMatch::NoMatch
+        );
+        assert_eq!(
+            map.lookup_raw("POST", "/v1/query/extra?context=a"),
+            OperationMatch::NoMatch
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_reported_with_their_index() {
+        let mut rules = demo_rules();
+        rules.push(OperationRule {
+            name: "x".into(),
+            methods: vec!["get".into()],
+            path: "/a/{context}".into(),
+            context_param: None,
+            action: Action::Read,
+        });
+        let err = OperationMap::compile(&rules).unwrap_err();
+        assert_eq!(err.index, 5);
+        assert!(err.to_string().contains("methods"), "{err}");
+
+        let bad = |path: &str, param: Option<&str>| {
+            OperationMap::compile(&[OperationRule {
+                name: "x".into(),
+                methods: vec!["GET".into()],
+                path: path.into(),
+                context_param: param.map(Into::into),
+                action: Action::Read,
+            }])
+            .unwrap_err()
+            .message
+        };
+        assert!(bad("/a/{context}/b", None).contains("last segment"));
+        assert!(bad("/a", None).contains("context_param"));
+        assert!(bad("/a/{context}", Some("c")).contains("context_param"));
+        assert!(bad("a/{context}", None).contains("start with"));
+        assert!(bad("/a*/{context}", None).contains("may not contain"));
+    }
+
+    #[test]
+    fn star_segments_match_one_segment() {
+        let map = OperationMap::compile(&[OperationRule {
+            name: "tenant_read".into(),
+            methods: vec!["GET".into()],
+            path: "/t/*/contexts/{context}".into(),
+            context_param: None,
+            action: Action::Read,
+        }])
+        .unwrap();
+        assert_eq!(matched(&map, "GET", "/t/acme/contexts/a/b").2, "a/b");
+        assert_eq!(
+            map.lookup_raw("GET", "/t/contexts/a"),
+            OperationMatch::NoMatch
+        );
+    }
+}

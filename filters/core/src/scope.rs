@@ -1,0 +1,302 @@
+//! Hierarchical context scopes such as `write:projects/engineering/*`.
+//!
+//! A scope `ACTION:PATH` grants ACTION and every lower action
+//! (admin > write > read) on PATH and on its whole subtree. A `*` segment
+//! matches exactly one segment, so `read:projects/*` grants everything below
+//! `projects` but not `projects` itself. Matching is per segment, never per
+//! character: `projects/eng` grants nothing under `projects/engineering`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::path::{ContextPath, canonical_segments};
+
+/// What an operation does to a context, ordered by privilege.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+            Action::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = ScopeError;
+    fn from_str(s: &str) -> Result<Self, ScopeError> {
+        match s {
+            "read" => Ok(Action::Read),
+            "write" => Ok(Action::Write),
+            "admin" => Ok(Action::Admin),
+            _ => Err(ScopeError::UnknownAction),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeError {
+    MissingColon,
+    UnknownAction,
+    EmptyPath,
+    InvalidPath,
+    PartialWildcard,
+}
+
+impl fmt::Display for ScopeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ScopeError::MissingColon => "scope must look like ACTION:PATH",
+            ScopeError::UnknownAction => "scope action must be read, write or admin",
+            ScopeError::EmptyPath => "scope path is empty",
+            ScopeError::InvalidPath => "scope path is not a valid context path",
+            ScopeError::PartialWildcard => "'*' must be a whole path segment",
+        })
+    }
+}
+
+impl std::error::Error for ScopeError {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    AnyOne,
+}
+
+/// One parsed scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    action: Action,
+    pattern: Vec<Segment>,
+}
+
+impl Scope {
+    pub fn parse(text: &str) -> Result<Scope, ScopeError> {
+        let (action, path) = text.split_once(':').ok_or(ScopeError::MissingColon)?;
+        let action = action.parse()?;
+        let segments = canonical_segments(path).map_err(|_| ScopeError::InvalidPath)?;
+        if segments.is_empty() {
+            return Err(ScopeError::EmptyPath);
+        }
+        let pattern = segments
+            .into_iter()
+            .map(|segment| match segment.as_str() {
+                "*" => Ok(Segment::AnyOne),
+                s if s.contains('*') => Err(ScopeError::PartialWildcard),
+                s => Ok(Segment::Literal(s.to_lowercase())),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Scope { action, pattern })
+    }
+
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// Does this scope allow `action` on `path`?
+    pub fn grants(&self, action: Action, path: &ContextPath) -> bool {
+        self.action >= action && self.covers(path)
+    }
+
+    /// Is `path` this scope's path or below it?
+    fn covers(&self, path: &ContextPath) -> bool {
+        let segments = path.segments();
+        segments.len() >= self.pattern.len()
+            && self
+                .pattern
+                .iter()
+                .zip(segments)
+                .all(|(want, have)| match want {
+                    Segment::AnyOne => true,
+                    Segment::Literal(literal) => literal == have,
+                })
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.action)?;
+        for (i, segment) in self.pattern.iter().enumerate() {
+            if i > 0 {
+                f.write_str("/")?;
+            }
+            match segment {
+                Segment::AnyOne => f.write_str("*")?,
+                Segment::Literal(s) => f.write_str(s)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The scopes a token carries. Unparseable entries grant nothing and are
+/// counted so an operator can see a misbehaving issuer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeSet {
+    scopes: Vec<Scope>,
+    rejected: usize,
+}
+
+impl ScopeSet {
+    pub fn parse<'a>(texts: impl IntoIterator<Item = &'a str>) -> ScopeSet {
+        let mut set = ScopeSet::default();
+        for text in texts {
+            match Scope::parse(text) {
+                Ok(scope) => set.scopes.push(scope),
+                Err(_) => set.rejected += 1,
+            }
+        }
+        set
+    }
+
+    pub fn grants(&self, action: Action, path: &ContextPath) -> bool {
+        self.scopes.iter().any(|s| s.grants(action, path))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scopes.is_empty()
+    }
+
+    pub fn rejected(&self) -> usize {
+        self.rejected
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Scope> {
+        self.scopes.iter()
+    }
+}
+
+/// The scope string a request needs, as reported in `WWW-Authenticate`.
+pub fn required_scope(action: Action, path: &ContextPath) -> String {
+    format!("{action}:{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(p: &str) -> ContextPath {
+        ContextPath::parse(p).unwrap()
+    }
+
+    fn grants(scope: &str, action: Action, p: &str) -> bool {
+        Scope::parse(scope).unwrap().grants(action, &path(p))
+    }
+
+    #[test]
+    fn a_scope_grants_its_path_and_subtree() {
+        assert!(grants(
+            "read:projects/engineering",
+            Action::Read,
+            "projects/engineering"
+        ));
+        assert!(grants(
+            "read:projects/engineering",
+            Action::Read,
+            "projects/engineering/ai/x"
+        ));
+        assert!(!grants(
+            "read:projects/engineering",
+            Action::Read,
+            "projects"
+        ));
+        assert!(!grants(
+            "read:projects/engineering",
+            Action::Read,
+            "projects/marketing"
+        ));
+    }
+
+    #[test]
+    fn higher_actions_imply_lower_ones() {
+        assert!(grants("admin:projects/a", Action::Read, "projects/a"));
+        assert!(grants("admin:projects/a", Action::Write, "projects/a/b"));
+        assert!(grants("write:projects/a", Action::Read, "projects/a"));
+        assert!(!grants("write:projects/a", Action::Admin, "projects/a"));
+        assert!(!grants("read:projects/a", Action::Write, "projects/a"));
+    }
+
+    #[test]
+    fn trailing_star_grants_the_subtree_but_not_the_node() {
+        assert!(grants(
+            "read:projects/*",
+            Action::Read,
+            "projects/engineering"
+        ));
+        assert!(grants(
+            "read:projects/*",
+            Action::Read,
+            "projects/engineering/deep/er"
+        ));
+        assert!(!grants("read:projects/*", Action::Read, "projects"));
+    }
+
+    #[test]
+    fn inner_star_matches_exactly_one_segment() {
+        let scope = "write:projects/*/docs";
+        assert!(grants(scope, Action::Write, "projects/eng/docs"));
+        assert!(grants(scope, Action::Write, "projects/eng/docs/readme"));
+        assert!(!grants(scope, Action::Write, "projects/eng/wiki"));
+        assert!(!grants(scope, Action::Write, "projects/docs"));
+    }
+
+    #[test]
+    fn matching_is_per_segment_not_per_prefix() {
+        assert!(!grants(
+            "read:projects/eng",
+            Action::Read,
+            "projects/engineering"
+        ));
+        assert!(!grants("read:proj", Action::Read, "projects"));
+    }
+
+    #[test]
+    fn scopes_are_canonicalized_like_paths() {
+        assert!(grants(
+            "read:Projects//Eng/",
+            Action::Read,
+            "projects/eng/x"
+        ));
+        assert_eq!(
+            Scope::parse("read:projects/x/../y").unwrap().to_string(),
+            "read:projects/y"
+        );
+    }
+
+    #[test]
+    fn malformed_scopes_are_refused() {
+        assert_eq!(Scope::parse("projects/a"), Err(ScopeError::MissingColon));
+        assert_eq!(
+            Scope::parse("delete:projects/a"),
+            Err(ScopeError::UnknownAction)
+        );
+        assert_eq!(Scope::parse("read:"), Err(ScopeError::EmptyPath));
+        assert_eq!(Scope::parse("read:/"), Err(ScopeError::EmptyPath));
+        assert_eq!(Scope::parse("read:proj*"), Err(ScopeError::PartialWildcard));
+        assert_eq!(Scope::parse("read:../x"), Err(ScopeError::InvalidPath));
+    }
+
+    #[test]
+    fn scope_sets_ignore_garbage() {
+        let set = ScopeSet::parse(["read:projects/a", "nonsense", "write:projects/b"]);
+        assert_eq!(set.rejected(), 1);
+        assert!(set.grants(Action::Write, &path("projects/b/c")));
+        assert!(!set.grants(Action::Write, &path("projects/a")));
+    }
+}
