@@ -233,7 +233,9 @@ impl HttpContext for AuthRequest {
         let shared = &self.shared;
         let decision: Decision = {
             let mut state = shared.state.borrow_mut();
-            shared.auth.check(&mut state, &request, glue::now_secs())
+            shared
+                .auth
+                .check(&mut state, &SharedData, &request, glue::now_secs())
         };
         shared.metrics.record(&decision);
         if let Some(provider) = decision.unknown_kid_provider {

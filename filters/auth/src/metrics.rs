@@ -8,7 +8,7 @@
 //! | `ctxgate_auth.allowed` | counter | requests with a verified token that were let through |
 //! | `ctxgate_auth.passthrough` | counter | CORS preflights and public paths (no token needed) |
 //! | `ctxgate_auth.denied.<reason>` | counter | refusals, one counter per reason code |
-//! | `ctxgate_auth.cache.hit` / `.miss` | counter | verified-token cache lookups |
+//! | `ctxgate_auth.cache.hit` / `.shared_hit` / `.miss` | counter | verified-token cache lookups: this worker's cache, the cross-worker cache, neither |
 //! | `ctxgate_auth.jwks.<provider>.fetch_success` / `.fetch_failure` | counter | remote JWKS fetches by this Envoy |
 //! | `ctxgate_auth.jwks.<provider>.installed` | counter | key sets installed by a worker (fetched or from shared data) |
 //! | `ctxgate_auth.jwks.<provider>.early_refresh` | counter | refreshes brought forward by an unknown `kid` |
@@ -31,6 +31,7 @@ pub struct Metrics {
     passthrough: Counter,
     denied: HashMap<Reason, Counter>,
     cache_hit: Counter,
+    cache_shared_hit: Counter,
     cache_miss: Counter,
     jwks: Vec<JwksMetrics>,
 }
@@ -56,6 +57,7 @@ impl Metrics {
                 })
                 .collect(),
             cache_hit: Counter::new("ctxgate_auth.cache.hit"),
+            cache_shared_hit: Counter::new("ctxgate_auth.cache.shared_hit"),
             cache_miss: Counter::new("ctxgate_auth.cache.miss"),
             jwks: auth
                 .providers
@@ -68,6 +70,7 @@ impl Metrics {
     pub fn record(&self, decision: &Decision) {
         match decision.cache {
             CacheUse::Hit => self.cache_hit.inc(),
+            CacheUse::SharedHit => self.cache_shared_hit.inc(),
             CacheUse::Miss => self.cache_miss.inc(),
             CacheUse::NotNeeded => {}
         }

@@ -1,16 +1,19 @@
 //! Remote JWK Sets, fetched once for all workers.
 //!
+//! (`<config>` below is the configuration's fingerprint: two different
+//! configurations in one VM never share keys or schedules.)
+//!
 //! Each worker VM has its own root context and timer, but a provider's keys
 //! should be fetched by one of them at a time and shared with the rest.
 //! Two shared-data keys per remote provider do that:
 //!
-//! * `ctxgate_auth.jwks.<provider>.schedule` holds `next_ms failures
+//! * `ctxgate_auth.<config>.jwks.<provider>.schedule` holds `next_ms failures
 //!   last_success_ms`. A VM whose tick finds `next_ms` passed claims the
 //!   fetch by moving `next_ms` past the fetch timeout with compare-and-swap;
 //!   only the VM whose swap succeeds fetches. It then sets the next refresh
 //!   (success) or the next retry with exponential backoff (failure). If it
 //!   never reports back, the claim simply expires.
-//! * `ctxgate_auth.jwks.<provider>.keys` holds the last good JWK Set. Every
+//! * `ctxgate_auth.<config>.jwks.<provider>.keys` holds the last good JWK Set. Every
 //!   VM installs it when its CAS version changes. A failed fetch never
 //!   touches it: the last-known-good keys stay in force.
 //!
@@ -117,8 +120,11 @@ impl JwksSync {
                 p.remote.clone().map(|config| RemoteProvider {
                     provider: index,
                     config,
-                    schedule_key: format!("ctxgate_auth.jwks.{}.schedule", p.name),
-                    keys_key: format!("ctxgate_auth.jwks.{}.keys", p.name),
+                    schedule_key: format!(
+                        "ctxgate_auth.{}.jwks.{}.schedule",
+                        auth.fingerprint, p.name
+                    ),
+                    keys_key: format!("ctxgate_auth.{}.jwks.{}.keys", auth.fingerprint, p.name),
                     installed_cas: None,
                     in_flight_since_ms: None,
                 })
@@ -358,7 +364,7 @@ mod tests {
         a.init_shared(&store);
         a.tick(&store, 0);
         a.fetch_completed(0, &store, 10, Ok((200, JWKS.as_bytes().to_vec())));
-        let good = store.get("ctxgate_auth.jwks.idp.keys").unwrap().0;
+        let good = store.get(&a.remotes[0].keys_key).unwrap().0;
 
         assert_eq!(a.tick(&store, 60_010).fetch.len(), 1);
         let outcome = a.fetch_completed(0, &store, 60_020, Ok((503, Vec::new())));
@@ -369,7 +375,7 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(store.get("ctxgate_auth.jwks.idp.keys").unwrap().0, good);
+        assert_eq!(store.get(&a.remotes[0].keys_key).unwrap().0, good);
 
         assert!(a.tick(&store, 60_500).fetch.is_empty());
         assert_eq!(a.tick(&store, 61_020).fetch.len(), 1);
@@ -381,7 +387,7 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(store.get("ctxgate_auth.jwks.idp.keys").unwrap().0, good);
+        assert_eq!(store.get(&a.remotes[0].keys_key).unwrap().0, good);
         let outcome = {
             a.tick(&store, 63_030);
             a.fetch_completed(0, &store, 63_040, Err("connection refused".into()))

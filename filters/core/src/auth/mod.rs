@@ -22,6 +22,7 @@ pub mod config;
 pub mod denial;
 pub mod identity;
 pub mod jwks_sync;
+pub mod shared_cache;
 
 use std::collections::HashSet;
 use std::rc::Rc;
@@ -34,10 +35,12 @@ use crate::jwt::{Algorithm, KeySet, TokenError, inspect};
 use crate::operation::{Operation, OperationMap, OperationMatch};
 use crate::path::{canonical_segments, percent_decode, query_values, split_path_query};
 use crate::scope::required_scope;
-use cache::{TokenCache, Verdict};
+use crate::shared::SharedStore;
+use cache::TokenCache;
 use config::{AuthConfig, ConfigError, JwksConfig, RemoteJwksConfig, Unmatched};
 use denial::{Denial, Reason};
 use identity::{ClaimRules, Identity};
+use shared_cache::{SharedEntry, SharedTokenCache};
 
 pub use config::IdentityHeaders;
 
@@ -93,7 +96,10 @@ pub struct Auth {
     pub cache_max_entries: usize,
     failure_ttl_seconds: u64,
     max_ttl_seconds: u64,
-    pub shared_cache_slots: u32,
+    shared_cache: SharedTokenCache,
+    /// Short digest of the configuration; namespaces shared-data keys so
+    /// different configurations in one VM never share state.
+    pub fingerprint: String,
     all_algorithms: HashSet<Algorithm>,
 }
 
@@ -109,7 +115,10 @@ pub struct AuthState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheUse {
     NotNeeded,
+    /// Found in this worker's cache.
     Hit,
+    /// Found in the cross-worker cache in shared data.
+    SharedHit,
     Miss,
 }
 
@@ -152,7 +161,7 @@ struct SharedOperation<'a> {
 
 impl Auth {
     /// Compiles a parsed configuration.
-    pub fn new(config: AuthConfig) -> Result<Auth, ConfigError> {
+    pub fn new(config: AuthConfig, fingerprint: String) -> Result<Auth, ConfigError> {
         config.validate()?;
         let operations = crate::operation::OperationMap::compile(&config.operations)
             .map_err(|e| ConfigError::new(format!("operations[{}]", e.index), e.message))?;
@@ -253,14 +262,17 @@ impl Auth {
             cache_max_entries: config.cache.max_entries,
             failure_ttl_seconds: config.cache.failure_ttl_seconds,
             max_ttl_seconds: config.cache.max_ttl_seconds,
-            shared_cache_slots: config.cache.shared_slots,
+            shared_cache: SharedTokenCache::new(&fingerprint, config.cache.shared_slots),
+            fingerprint,
             all_algorithms: Algorithm::ALL.into_iter().collect(),
         })
     }
 
     /// Parses and compiles the plugin configuration.
     pub fn from_json(json: &[u8]) -> Result<Auth, ConfigError> {
-        Auth::new(config::parse_json(json)?)
+        let digest = hmac_sha256::Hash::hash(json);
+        let fingerprint = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        Auth::new(config::parse_json(json)?, fingerprint)
     }
 
     /// Fresh per-VM state: inline keys installed, remote keys pending.
@@ -276,7 +288,13 @@ impl Auth {
     }
 
     /// Decides on one request. `now` is unix seconds.
-    pub fn check(&self, state: &mut AuthState, request: &RequestHead<'_>, now: u64) -> Decision {
+    pub fn check(
+        &self,
+        state: &mut AuthState,
+        store: &dyn SharedStore,
+        request: &RequestHead<'_>,
+        now: u64,
+    ) -> Decision {
         let mut allowed = Allowed {
             remove_headers: self
                 .headers
@@ -292,7 +310,7 @@ impl Auth {
             cache: CacheUse::NotNeeded,
             unknown_kid_provider: None,
         };
-        match self.authorize(state, request, now, &mut allowed, &mut decision) {
+        match self.authorize(state, store, request, now, &mut allowed, &mut decision) {
             Ok(()) => decision.outcome = Outcome::Allow(allowed),
             Err(denial) => decision.outcome = Outcome::Deny(denial),
         }
@@ -302,6 +320,7 @@ impl Auth {
     fn authorize(
         &self,
         state: &mut AuthState,
+        store: &dyn SharedStore,
         request: &RequestHead<'_>,
         now: u64,
         allowed: &mut Allowed,
@@ -340,7 +359,7 @@ impl Auth {
                 format!("token exceeds {} bytes", self.max_token_bytes),
             ));
         }
-        let identity = self.verify(state, &token, now, decision)?;
+        let identity = self.verify(state, store, &token, now, decision)?;
         match &operation {
             Some(op) => self.check_scopes(&identity, op)?,
             None if self.unmatched == Unmatched::Authenticate => {}
@@ -445,10 +464,11 @@ impl Auth {
         found.ok_or_else(|| Denial::new(Reason::MissingToken, "a bearer token is required"))
     }
 
-    /// Verifies a token, through the cache.
+    /// Verifies a token, through this worker's cache, then the shared one.
     fn verify(
         &self,
         state: &mut AuthState,
+        store: &dyn SharedStore,
         token: &str,
         now: u64,
         decision: &mut Decision,
@@ -457,88 +477,71 @@ impl Auth {
             decision.cache = CacheUse::Hit;
             return verdict;
         }
+        if let Some(identity) = self.shared_lookup(store, token, now) {
+            decision.cache = CacheUse::SharedHit;
+            let expires_at = self.cache_expiry(&identity, now);
+            state
+                .cache
+                .insert(token, Ok(identity.clone()), expires_at, now);
+            return Ok(identity);
+        }
         decision.cache = CacheUse::Miss;
-        let (verdict, provider) = self.verify_uncached(state, token, now);
-        let expires_at = match &verdict {
-            Ok(identity) => identity
-                .valid_until
-                .unwrap_or(u64::MAX)
-                .min(now.saturating_add(self.max_ttl_seconds)),
-            Err(denial) if denial.reason.is_cacheable() => {
-                now.saturating_add(self.failure_ttl_seconds)
+        let verified = self.verify_uncached(state, token, now);
+        let (verdict, expires_at) = match verified {
+            Ok((identity, provider, payload)) => {
+                let valid_until = self.cache_expiry(&identity, now);
+                let entry = SharedEntry {
+                    provider,
+                    valid_until,
+                    payload,
+                };
+                self.shared_cache.put(store, token, &entry);
+                (Ok(identity), valid_until)
             }
-            Err(denial) => {
+            Err((denial, provider)) => {
+                let expires_at = if denial.reason.is_cacheable() {
+                    now.saturating_add(self.failure_ttl_seconds)
+                } else {
+                    now
+                };
                 if denial.reason == Reason::UnknownKid {
                     decision.unknown_kid_provider = provider
                         .filter(|i| self.providers.get(*i).is_some_and(|p| p.remote.is_some()));
                 }
-                now
+                (Err(denial), expires_at)
             }
         };
         state.cache.insert(token, verdict.clone(), expires_at, now);
         verdict
     }
 
-    /// Verifies a token without the cache. Also returns the provider that
-    /// was tried, if the token named a known issuer.
-    pub fn verify_uncached(
-        &self,
-        state: &AuthState,
-        token: &str,
-        now: u64,
-    ) -> (Verdict, Option<usize>) {
-        let (header, issuer) = match inspect(token, &self.all_algorithms) {
-            Ok(found) => found,
-            Err(e) => return (Err(Denial::from_token_error(&e)), None),
-        };
-        let Some(index) = issuer
-            .as_deref()
-            .and_then(|iss| self.providers.iter().position(|p| p.issuer == iss))
-        else {
-            return (
-                Err(Denial::new(
-                    Reason::UnknownIssuer,
-                    "the token's issuer is not trusted",
-                )),
-                None,
-            );
-        };
-        let verdict = self.verify_with(index, state, token, &header, now);
-        (verdict, Some(index))
+    /// How long a verified identity may be served from a cache.
+    fn cache_expiry(&self, identity: &Identity, now: u64) -> u64 {
+        identity
+            .valid_until
+            .unwrap_or(u64::MAX)
+            .min(now.saturating_add(self.max_ttl_seconds))
     }
 
-    fn verify_with(
+    /// Rebuilds an identity another worker verified. The payload was
+    /// written by a ctxgate VM after checking the signature, so only the
+    /// claim rules run again.
+    fn shared_lookup(
         &self,
-        index: usize,
-        state: &AuthState,
+        store: &dyn SharedStore,
         token: &str,
-        header: &crate::jwt::TokenHeader,
         now: u64,
-    ) -> Verdict {
-        let (Some(provider), Some(keys)) = (self.providers.get(index), state.keys.get(index))
-        else {
-            return Err(Denial::new(
-                Reason::UnknownIssuer,
-                "the token's issuer is not trusted",
-            ));
-        };
-        if !provider.algorithms.contains(&header.alg) {
-            return Err(Denial::from_token_error(&TokenError::UnsupportedAlgorithm(
-                header.alg.to_string(),
-            )));
-        }
-        let Some(keys) = keys else {
-            return Err(Denial::new(
-                Reason::KeysUnavailable,
-                "the issuer's signing keys are not available yet",
-            ));
-        };
-        let mut options = provider.options.clone();
-        options.artificial_time = Some(UnixTimeStamp::from_secs(now));
-        let claims = keys
-            .verify(token, header, &options)
-            .map_err(|e| Denial::from_token_error(&e))?;
-        let rules = ClaimRules {
+    ) -> Option<Rc<Identity>> {
+        let entry = self.shared_cache.get(store, token, now)?;
+        let provider = self.providers.get(entry.provider)?;
+        let claims: crate::jwt::TokenClaims = serde_json::from_slice(&entry.payload).ok()?;
+        Identity::from_claims(&claims, &self.claim_rules(provider))
+            .ok()
+            .map(Rc::new)
+    }
+
+    fn claim_rules<'a>(&'a self, provider: &'a Provider) -> ClaimRules<'a> {
+        ClaimRules {
             provider: &provider.name,
             tenant_claim: &provider.tenant_claim,
             fixed_tenant: provider.fixed_tenant.as_deref(),
@@ -546,10 +549,57 @@ impl Auth {
             default_tier: &self.default_tier,
             require_expiration: provider.require_expiration,
             skew_seconds: provider.skew_seconds,
+        }
+    }
+
+    /// Verifies a token without any cache: the identity, its provider and
+    /// the verified payload, or the refusal and the provider tried.
+    #[allow(clippy::type_complexity)]
+    pub fn verify_uncached(
+        &self,
+        state: &AuthState,
+        token: &str,
+        now: u64,
+    ) -> Result<(Rc<Identity>, usize, Vec<u8>), (Denial, Option<usize>)> {
+        let (header, issuer) = inspect(token, &self.all_algorithms)
+            .map_err(|e| (Denial::from_token_error(&e), None))?;
+        let Some(index) = issuer
+            .as_deref()
+            .and_then(|iss| self.providers.iter().position(|p| p.issuer == iss))
+        else {
+            return Err((
+                Denial::new(Reason::UnknownIssuer, "the token's issuer is not trusted"),
+                None,
+            ));
         };
-        Identity::from_claims(&claims, &rules)
-            .map(Rc::new)
-            .map_err(|e| Denial::from_token_error(&e))
+        let fail = |denial: Denial| (denial, Some(index));
+        let (Some(provider), Some(keys)) = (self.providers.get(index), state.keys.get(index))
+        else {
+            return Err(fail(Denial::new(
+                Reason::UnknownIssuer,
+                "the token's issuer is not trusted",
+            )));
+        };
+        if !provider.algorithms.contains(&header.alg) {
+            return Err(fail(Denial::from_token_error(
+                &TokenError::UnsupportedAlgorithm(header.alg.to_string()),
+            )));
+        }
+        let Some(keys) = keys else {
+            return Err(fail(Denial::new(
+                Reason::KeysUnavailable,
+                "the issuer's signing keys are not available yet",
+            )));
+        };
+        let mut options = provider.options.clone();
+        options.artificial_time = Some(UnixTimeStamp::from_secs(now));
+        let claims = keys
+            .verify(token, &header, &options)
+            .map_err(|e| fail(Denial::from_token_error(&e)))?;
+        let identity = Identity::from_claims(&claims, &self.claim_rules(provider))
+            .map_err(|e| fail(Denial::from_token_error(&e)))?;
+        let payload = serde_json::to_vec(&claims).unwrap_or_default();
+        Ok((Rc::new(identity), index, payload))
     }
 
     /// Scope and delegation checks for a matched operation.

@@ -13,6 +13,7 @@ const ISS: &str = "https://idp.test";
 struct Fixture {
     auth: Auth,
     state: AuthState,
+    store: crate::shared::MemoryStore,
     key: ES256KeyPair,
 }
 
@@ -46,7 +47,12 @@ fn fixture(extra: Value) -> Fixture {
     let key = ES256KeyPair::generate().with_key_id("k1");
     let auth = Auth::from_json(config(&key, extra).to_string().as_bytes()).unwrap();
     let state = auth.new_state();
-    Fixture { auth, state, key }
+    Fixture {
+        auth,
+        state,
+        store: crate::shared::MemoryStore::default(),
+        key,
+    }
 }
 
 impl Fixture {
@@ -91,7 +97,7 @@ impl Fixture {
             path,
             headers: &headers,
         };
-        self.auth.check(&mut self.state, &request, NOW)
+        self.auth.check(&mut self.state, &self.store, &request, NOW)
     }
 
     fn bearer(&mut self, method: &str, path: &str, token: &str) -> Decision {
@@ -413,10 +419,15 @@ fn cached_identities_expire_with_the_token() {
         headers: &headers,
     };
     assert!(matches!(
-        f.auth.check(&mut f.state, &request, NOW).outcome,
+        f.auth.check(&mut f.state, &f.store, &request, NOW).outcome,
         Outcome::Allow(_)
     ));
-    let later = f.auth.check(&mut f.state, &request, NOW + 5 + 60 + 1);
+    let later = f.auth.check(
+        &mut f.state,
+        &crate::shared::MemoryStore::default(),
+        &request,
+        NOW + 5 + 60 + 1,
+    );
     assert_eq!(later.cache, CacheUse::Miss);
     assert_eq!(denied(&later), Reason::TokenExpired);
 }
@@ -537,7 +548,12 @@ fn several_providers_each_with_their_keys() {
             path: "/x",
             headers: &headers,
         };
-        auth.check(state, &request, Clock::now_since_epoch().as_secs())
+        auth.check(
+            state,
+            &crate::shared::MemoryStore::default(),
+            &request,
+            Clock::now_since_epoch().as_secs(),
+        )
     };
     assert!(matches!(
         check(&mut state, key.sign(claims("https://es")).unwrap()).outcome,
@@ -555,5 +571,52 @@ fn several_providers_each_with_their_keys() {
     assert_eq!(
         denied(&check(&mut state, key.sign(claims("https://hs")).unwrap())),
         Reason::UnsupportedAlgorithm
+    );
+}
+
+#[test]
+fn workers_share_verifications_through_shared_data() {
+    let mut f = fixture(json!({}));
+    let token = f.token(json!({}));
+    assert_eq!(
+        f.bearer("GET", "/v1/contexts/projects/a", &token).cache,
+        CacheUse::Miss
+    );
+    // A second worker: its own state, the same shared data.
+    let mut other = f.auth.new_state();
+    let headers = vec![(
+        "authorization".to_owned(),
+        format!("Bearer {token}").into_bytes(),
+    )];
+    let request = RequestHead {
+        method: "GET",
+        path: "/v1/contexts/projects/a",
+        headers: &headers,
+    };
+    let d = f.auth.check(&mut other, &f.store, &request, NOW);
+    assert_eq!(d.cache, CacheUse::SharedHit);
+    assert_eq!(header(allowed(&d), "x-context-tenant"), Some("acme"));
+    assert_eq!(
+        f.auth.check(&mut other, &f.store, &request, NOW).cache,
+        CacheUse::Hit
+    );
+    // Refusals are not shared.
+    let bad = f.token(json!({"aud": "other"}));
+    assert_eq!(
+        denied(&f.bearer("GET", "/v1/contexts/projects/a", &bad)),
+        Reason::AudienceNotAllowed
+    );
+    let headers = vec![(
+        "authorization".to_owned(),
+        format!("Bearer {bad}").into_bytes(),
+    )];
+    let request = RequestHead {
+        method: "GET",
+        path: "/v1/contexts/projects/a",
+        headers: &headers,
+    };
+    assert_eq!(
+        f.auth.check(&mut other, &f.store, &request, NOW).cache,
+        CacheUse::Miss
     );
 }

@@ -1,0 +1,55 @@
+# ctxgate: `make run` serves the demo gateway, `make test` runs every test.
+# Both set up whatever a fresh clone lacks (scripts/bootstrap).
+
+SHELL := /bin/bash
+FILTERS := auth
+WASM_TARGET := wasm32-wasip1
+WASM_DIR := target/$(WASM_TARGET)/wasm
+export CARGO_TARGET_WASM32_WASIP1_RUNNER := node --no-warnings $(CURDIR)/scripts/wasi-run.mjs
+
+.PHONY: all bootstrap build run test test-unit test-wasm test-e2e lint fmt bench clean
+
+all: build
+
+bootstrap:
+	@./scripts/bootstrap
+
+## build: every filter for wasm32-wasip1 (release, LTO, panic=abort) into dist/
+build: bootstrap
+	cargo build --profile wasm --target $(WASM_TARGET) $(addprefix -p ctxgate-,$(FILTERS))
+	@mkdir -p dist
+	@for f in $(FILTERS); do cp $(WASM_DIR)/ctxgate_$$f.wasm dist/; done
+	@ls -l dist/*.wasm
+
+## run: the demo gateway on 127.0.0.1:10000 (admin 127.0.0.1:9901)
+run: build
+	./scripts/run
+
+## test: formatting, lints, unit tests (native and wasm32-wasip1), end-to-end through Envoy
+test: build lint test-unit test-wasm test-e2e
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test-unit:
+	cargo test --workspace --exclude ctxgate-e2e
+
+## the core logic compiled to wasm32-wasip1, run under Node's WASI
+test-wasm: bootstrap
+	cargo test --target $(WASM_TARGET) -p ctxgate-core
+
+test-e2e: build
+	cargo build --release -p ctxgate-demo
+	cargo test -p ctxgate-e2e
+
+fmt:
+	cargo fmt --all
+
+## bench: throughput and latency against bare Envoy and native filters
+bench: build
+	cargo run --release -p ctxgate-e2e --bin ctxgate-bench -- --out docs/benchmarks.md
+
+clean:
+	cargo clean
+	rm -rf dist

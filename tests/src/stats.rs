@@ -1,0 +1,115 @@
+//! Reading Envoy's stats through the admin interface.
+//!
+//! Metrics a wasm module defines with proxy-wasm `define_metric` show up in
+//! Envoy 1.40 as:
+//!
+//! - admin `/stats`: `wasmcustom.<name as defined>`, e.g. a counter defined
+//!   as `ctxgate_test.hits` is `wasmcustom.ctxgate_test.hits`;
+//! - admin `/stats/prometheus`: the `wasmcustom.` prefix is dropped and dots
+//!   become underscores, without Envoy's usual `envoy_` prefix:
+//!   `# TYPE ctxgate_test_hits counter` / `ctxgate_test_hits{} 2`.
+//!
+//! They are process-wide: every worker's VM increments the same counter, so
+//! the value is the total over all workers. A gauge set with `record_metric`
+//! is likewise one value. Values are live: admin reads them from the store,
+//! there is no flush interval to wait for. Envoy's own request counters are
+//! incremented when a stream ends, which can be a moment after the client
+//! got its response, hence [`Envoy::wait_for_counter`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::envoy::Envoy;
+
+/// Prefix Envoy puts before the names of metrics defined by wasm modules.
+pub const WASM_METRIC_PREFIX: &str = "wasmcustom.";
+
+impl Envoy {
+    /// All counters and gauges (histograms and text readouts are skipped).
+    pub fn stats(&self) -> HashMap<String, u64> {
+        self.stats_query("/stats?format=json")
+    }
+
+    /// Counters and gauges whose name matches the RE2 `regex`; cheaper than
+    /// [`Envoy::stats`] when polling.
+    pub fn stats_matching(&self, regex: &str) -> HashMap<String, u64> {
+        self.stats_query(&format!(
+            "/stats?format=json&filter={}",
+            percent_encode(regex)
+        ))
+    }
+
+    /// Value of the counter or gauge `name`, 0 if Envoy has no such stat
+    /// (Envoy creates many stats lazily, on first use).
+    pub fn counter(&self, name: &str) -> u64 {
+        let exact = format!("^{}$", regex_escape(name));
+        self.stats_matching(&exact).get(name).copied().unwrap_or(0)
+    }
+
+    /// Value of a metric a wasm module defined as `name` (see module docs).
+    pub fn wasm_metric(&self, name: &str) -> u64 {
+        self.counter(&format!("{WASM_METRIC_PREFIX}{name}"))
+    }
+
+    /// Waits up to 5 s for counter `name` to reach `value`; returns its last
+    /// value so the assertion message shows it.
+    pub fn wait_for_counter(&self, name: &str, value: u64) -> u64 {
+        let mut last = 0;
+        crate::eventually(Duration::from_secs(5), || {
+            last = self.counter(name);
+            last >= value
+        });
+        last
+    }
+
+    /// The Prometheus exposition text (`/stats/prometheus`).
+    pub fn prometheus(&self) -> String {
+        self.admin_get("/stats/prometheus")
+            .expect_status(200)
+            .text()
+    }
+
+    fn stats_query(&self, path: &str) -> HashMap<String, u64> {
+        let body = self.admin_get(path).expect_status(200).json();
+        let mut stats = HashMap::new();
+        for entry in body
+            .get("stats")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            // Histograms come as {"histograms": ...} without a name.
+            let name = entry.get("name").and_then(Value::as_str);
+            let value = entry.get("value").and_then(Value::as_u64);
+            if let (Some(name), Some(value)) = (name, value) {
+                stats.insert(name.to_owned(), value);
+            }
+        }
+        stats
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
