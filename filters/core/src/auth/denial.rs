@@ -114,6 +114,8 @@ impl Reason {
                 Some("invalid_request")
             }
             Reason::InsufficientScope
+            | Reason::DelegationNotAllowed
+            | Reason::DelegationTooDeep
             | Reason::DelegationScopeNotDelegable
             | Reason::UnknownOperation => Some("insufficient_scope"),
             _ => Some("invalid_token"),
