@@ -238,14 +238,13 @@ impl HttpContext for AuthRequest {
                 .check(&mut state, &SharedData, &request, glue::now_secs())
         };
         shared.metrics.record(&decision);
-        if let Some(provider) = decision.unknown_kid_provider {
-            if shared
+        if let Some(provider) = decision.unknown_kid_provider
+            && shared
                 .sync
                 .borrow()
                 .request_early_refresh(provider, &SharedData, glue::now_ms())
-            {
-                shared.metrics.jwks(provider, |m| m.early_refresh);
-            }
+        {
+            shared.metrics.jwks(provider, |m| m.early_refresh);
         }
         match decision.outcome {
             Outcome::Allow(allowed) => {

@@ -297,10 +297,10 @@ fn b64(jwk: &Value, member: &str) -> Result<Vec<u8>, String> {
 
 fn parse_jwk(jwk: &Value) -> Result<KeyEntry, String> {
     let kid = jwk.get("kid").and_then(Value::as_str).map(str::to_owned);
-    if let Some(usage) = jwk.get("use").and_then(Value::as_str) {
-        if usage != "sig" {
-            return Err(format!("\"use\" is \"{usage}\", not \"sig\""));
-        }
+    if let Some(usage) = jwk.get("use").and_then(Value::as_str)
+        && usage != "sig"
+    {
+        return Err(format!("\"use\" is \"{usage}\", not \"sig\""));
     }
     let declared = match jwk.get("alg") {
         None => None,

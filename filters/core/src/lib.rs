@@ -12,5 +12,6 @@ pub mod http;
 pub mod jwt;
 pub mod operation;
 pub mod path;
+pub mod ratelimit;
 pub mod scope;
 pub mod shared;

@@ -39,6 +39,16 @@ pub fn set_request_header(name: &str, value: &str) {
     let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
 }
 
+pub fn set_response_header(name: &str, value: &str) {
+    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+}
+
+/// An Envoy attribute (`source.address`, `route_name`, ...) as text.
+pub fn property_string(path: &[&str]) -> Option<String> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// Writes Envoy filter state (`wasm.<key>`) for the filters that follow.
 pub fn set_filter_state(key: &str, value: &[u8]) {
     let _ = hostcalls::set_property(vec![key], Some(value));

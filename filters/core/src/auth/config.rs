@@ -389,13 +389,13 @@ impl AuthConfig {
             if p.scopes_claim.is_empty() {
                 return Err(ConfigError::new(field("scopes_claim"), "must not be empty"));
             }
-            if let Some(tenant) = &p.tenant {
-                if !super::identity::is_valid_tenant(tenant) {
-                    return Err(ConfigError::new(
-                        field("tenant"),
-                        format!("'{tenant}' is not a valid tenant id"),
-                    ));
-                }
+            if let Some(tenant) = &p.tenant
+                && !super::identity::is_valid_tenant(tenant)
+            {
+                return Err(ConfigError::new(
+                    field("tenant"),
+                    format!("'{tenant}' is not a valid tenant id"),
+                ));
             }
             if let JwksConfig::Remote(r) = &p.jwks {
                 let field = |f: &str| format!("providers[{i}].jwks.remote.{f}");

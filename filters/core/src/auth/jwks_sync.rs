@@ -30,6 +30,8 @@ use crate::shared::{Cas, Change, SharedStore, Update, update};
 /// Attempts at a CAS update of the schedule before giving up until the next
 /// tick (another VM is updating it; that VM does the work).
 const CAS_ATTEMPTS: u32 = 4;
+/// Retry delay while a provider has never had keys.
+const INITIAL_RETRY_MS: u64 = 500;
 /// Extra time a fetch claim lasts beyond the fetch timeout.
 const CLAIM_MARGIN_MS: u64 = 5_000;
 
@@ -148,15 +150,16 @@ impl JwksSync {
     pub fn tick(&mut self, store: &dyn SharedStore, now_ms: u64) -> TickResult {
         let mut result = TickResult::default();
         for (slot, remote) in self.remotes.iter_mut().enumerate() {
-            if let Some((body, cas)) = store.get(&remote.keys_key) {
-                if !body.is_empty() && remote.installed_cas != Some(cas) {
-                    remote.installed_cas = Some(cas);
-                    if let Some(keys) = std::str::from_utf8(&body)
-                        .ok()
-                        .and_then(|b| KeySet::parse(b).ok())
-                    {
-                        result.install.push((remote.provider, Rc::new(keys.keys)));
-                    }
+            if let Some((body, cas)) = store.get(&remote.keys_key)
+                && !body.is_empty()
+                && remote.installed_cas != Some(cas)
+            {
+                remote.installed_cas = Some(cas);
+                if let Some(keys) = std::str::from_utf8(&body)
+                    .ok()
+                    .and_then(|b| KeySet::parse(b).ok())
+                {
+                    result.install.push((remote.provider, Rc::new(keys.keys)));
                 }
             }
             let claim_ms = remote.config.timeout_ms.saturating_add(CLAIM_MARGIN_MS);
@@ -242,7 +245,13 @@ impl JwksSync {
             }
             Err(reason) => {
                 let failures = previous.failures.saturating_add(1);
-                let retry_ms = backoff_ms(&remote.config, failures);
+                // Until a first key set arrives every token of this provider
+                // is refused, so retry quickly; afterwards back off.
+                let retry_ms = if previous.last_success_ms == 0 {
+                    backoff_ms(&remote.config, failures).min(INITIAL_RETRY_MS)
+                } else {
+                    backoff_ms(&remote.config, failures)
+                };
                 let next = Schedule {
                     next_ms: now_ms.saturating_add(retry_ms),
                     failures,
@@ -399,6 +408,18 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn the_first_fetch_is_retried_quickly() {
+        let auth = auth();
+        let store = MemoryStore::default();
+        let mut a = JwksSync::new(&auth);
+        a.init_shared(&store);
+        a.tick(&store, 0);
+        let outcome = a.fetch_completed(0, &store, 10, Err("connection refused".into()));
+        assert!(matches!(outcome, Some(FetchOutcome::Failed { retry_in_ms: 500, .. })));
+        assert_eq!(a.tick(&store, 510).fetch.len(), 1);
     }
 
     #[test]

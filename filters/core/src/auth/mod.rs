@@ -451,10 +451,10 @@ impl Auth {
                             continue;
                         };
                         for pair in header.split(';') {
-                            if let Some((k, v)) = pair.trim().split_once('=') {
-                                if k == name {
-                                    offer(v.trim_matches('"').to_owned(), None)?;
-                                }
+                            if let Some((k, v)) = pair.trim().split_once('=')
+                                && k == name
+                            {
+                                offer(v.trim_matches('"').to_owned(), None)?;
                             }
                         }
                     }

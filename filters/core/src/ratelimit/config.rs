@@ -1,0 +1,518 @@
+//! The rate-limit filter's plugin configuration (JSON), and its validation.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::Deserialize;
+
+use crate::auth::config::{ConfigError, check_header_name};
+use crate::operation::OperationRule;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Operation map used when the auth filter did not run before this one
+    /// (otherwise the operation comes from its filter state).
+    #[serde(default)]
+    pub operations: Vec<OperationRule>,
+    /// Cost of each operation, in read-equivalents.
+    #[serde(default = "defaults::costs")]
+    pub costs: BTreeMap<String, u32>,
+    /// Cost of requests whose operation is unknown or not priced.
+    #[serde(default = "defaults::one")]
+    pub default_cost: u32,
+    /// Cost multipliers by `content-length`.
+    #[serde(default = "defaults::payload_bands")]
+    pub payload_bands: Vec<Band>,
+    /// Cost multipliers by the depth of the context path.
+    #[serde(default)]
+    pub depth_bands: Vec<Band>,
+    /// Cost multipliers by a numeric request header (e.g. a declared
+    /// fan-out). Only meaningful for headers the client cannot abuse to
+    /// lower its cost: multipliers are at least 1.
+    #[serde(default)]
+    pub header_factor: Option<HeaderFactor>,
+    /// What a bucket is keyed by, in order: `tenant`, `subject`,
+    /// `operation`, `route`.
+    #[serde(default = "defaults::key")]
+    pub key: Vec<KeyPart>,
+    /// How requests without a verified identity are keyed.
+    #[serde(default)]
+    pub anonymous: AnonymousConfig,
+    /// Limits per tier.
+    #[serde(default = "defaults::tiers")]
+    pub tiers: BTreeMap<String, Vec<LimitConfig>>,
+    /// Per-tenant overrides: a tier, or explicit limits.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantConfig>,
+    /// Tier used when the identity names none, or one not configured.
+    #[serde(default = "defaults::default_tier")]
+    pub default_tier: String,
+    /// Take limits from the token's `rate_limits` claim
+    /// (`requests_per_minute`, `context_operations_per_hour`) when present.
+    #[serde(default)]
+    pub use_token_limits: bool,
+    /// Upper bound on limits a token may claim (protects against an
+    /// issuer handing out absurd limits).
+    #[serde(default = "defaults::max_token_limit")]
+    pub max_token_limit: u64,
+    /// Shared-data slots holding buckets (memory bound: slots x ways
+    /// entries, each a few dozen bytes).
+    #[serde(default = "defaults::slots")]
+    pub slots: u32,
+    /// Buckets per slot.
+    #[serde(default = "defaults::ways")]
+    pub ways: u32,
+    /// Compare-and-swap attempts before giving up on a bucket update.
+    #[serde(default = "defaults::cas_attempts")]
+    pub cas_attempts: u32,
+    /// What happens when every attempt lost the race: `allow` or `deny`.
+    #[serde(default)]
+    pub on_contention: Contention,
+    /// Add `x-ratelimit-*` headers to responses that were let through.
+    #[serde(default = "defaults::yes")]
+    pub response_headers: bool,
+    #[serde(default)]
+    pub adaptive: Option<AdaptiveConfig>,
+    #[serde(default)]
+    pub global: Option<GlobalConfig>,
+}
+
+/// A cost multiplier applying above a threshold; the highest matching
+/// band wins.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Band {
+    pub above: u64,
+    pub multiplier: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderFactor {
+    pub header: String,
+    pub bands: Vec<Band>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyPart {
+    Tenant,
+    Subject,
+    Operation,
+    Route,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnonymousConfig {
+    /// `client_address` (the downstream address Envoy saw) or `header`.
+    pub by: AnonymousKey,
+    /// For `by: header`: the header holding the client key (for example
+    /// `x-forwarded-for` set by a trusted edge).
+    pub header: Option<String>,
+    /// The tier whose limits apply to anonymous clients.
+    pub tier: String,
+}
+
+impl Default for AnonymousConfig {
+    fn default() -> Self {
+        AnonymousConfig {
+            by: AnonymousKey::ClientAddress,
+            header: None,
+            tier: "anonymous".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnonymousKey {
+    ClientAddress,
+    Header,
+}
+
+/// One limit: `limit` units per `window_seconds`, as a token bucket of
+/// capacity `burst` (default `limit`) refilled continuously.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    pub name: String,
+    pub limit: u64,
+    pub window_seconds: u64,
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// `cost` (default): requests consume their cost; `requests`: each
+    /// request consumes 1.
+    #[serde(default)]
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counts {
+    #[default]
+    Cost,
+    Requests,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    #[serde(default)]
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub limits: Option<Vec<LimitConfig>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Contention {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// Shrink limits when the upstream struggles, as seen from the gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConfig {
+    /// Upstream latency (EWMA) above which limits shrink.
+    pub latency_threshold_ms: u64,
+    /// Factor applied to limits while latency is above the threshold.
+    #[serde(default = "defaults::latency_multiplier")]
+    pub latency_multiplier: f64,
+    /// Weight of a new latency sample in the EWMA (0-1].
+    #[serde(default = "defaults::ewma_alpha")]
+    pub ewma_alpha: f64,
+    /// Requests in flight to the upstream (all workers) above which new
+    /// requests are refused with 503. 0 disables.
+    #[serde(default)]
+    pub max_in_flight: u64,
+    /// How often workers publish and combine their measurements.
+    #[serde(default = "defaults::publish_interval_ms")]
+    pub publish_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalConfig {
+    /// `hierarchical`: local buckets decide until a tenant nears its global
+    /// limit, then the RLS decides; `always`: the RLS decides every request.
+    #[serde(default)]
+    pub mode: GlobalMode,
+    /// Envoy cluster of the rate-limit service (gRPC, HTTP/2).
+    pub cluster: String,
+    /// RLS domain.
+    #[serde(default = "defaults::domain")]
+    pub domain: String,
+    /// Deadline of an RLS call, enforced by the filter.
+    #[serde(default = "defaults::rls_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Fraction of the global limit below which local buckets decide alone.
+    #[serde(default = "defaults::sync_threshold")]
+    pub sync_threshold: f64,
+    /// How often local consumption is reported to the RLS.
+    #[serde(default = "defaults::sync_interval_ms")]
+    pub sync_interval_ms: u64,
+    /// When the RLS fails or is late: `local_fallback`, `allow` or `deny`.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    /// Status for `failure_mode: deny`.
+    #[serde(default = "defaults::deny_status")]
+    pub deny_status: u16,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GlobalMode {
+    #[default]
+    Hierarchical,
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    #[default]
+    LocalFallback,
+    Allow,
+    Deny,
+}
+
+mod defaults {
+    use std::collections::BTreeMap;
+
+    use super::{Band, Counts, LimitConfig};
+
+    pub fn costs() -> BTreeMap<String, u32> {
+        [
+            ("read", 1),
+            ("write", 2),
+            ("delete", 2),
+            ("complex_query", 5),
+            ("graph_traversal", 10),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+    pub fn one() -> u32 {
+        1
+    }
+    pub fn payload_bands() -> Vec<Band> {
+        vec![
+            Band {
+                above: 100 * 1024,
+                multiplier: 2,
+            },
+            Band {
+                above: 1024 * 1024,
+                multiplier: 4,
+            },
+        ]
+    }
+    pub fn key() -> Vec<super::KeyPart> {
+        vec![super::KeyPart::Tenant]
+    }
+    fn per_minute(limit: u64) -> LimitConfig {
+        LimitConfig {
+            name: "per_minute".into(),
+            limit,
+            window_seconds: 60,
+            burst: None,
+            counts: Counts::Cost,
+        }
+    }
+    pub fn tiers() -> BTreeMap<String, Vec<LimitConfig>> {
+        [
+            ("anonymous", 60),
+            ("free", 300),
+            ("standard", 1200),
+            ("premium", 6000),
+        ]
+        .into_iter()
+        .map(|(tier, limit)| (tier.to_owned(), vec![per_minute(limit)]))
+        .collect()
+    }
+    pub fn default_tier() -> String {
+        "standard".into()
+    }
+    pub fn max_token_limit() -> u64 {
+        1_000_000
+    }
+    pub fn slots() -> u32 {
+        4096
+    }
+    pub fn ways() -> u32 {
+        4
+    }
+    pub fn cas_attempts() -> u32 {
+        16
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn latency_multiplier() -> f64 {
+        0.6
+    }
+    pub fn ewma_alpha() -> f64 {
+        0.2
+    }
+    pub fn publish_interval_ms() -> u64 {
+        100
+    }
+    pub fn domain() -> String {
+        "ctxgate".into()
+    }
+    pub fn rls_timeout_ms() -> u64 {
+        20
+    }
+    pub fn sync_threshold() -> f64 {
+        0.8
+    }
+    pub fn sync_interval_ms() -> u64 {
+        200
+    }
+    pub fn deny_status() -> u16 {
+        500
+    }
+}
+
+fn check_limits(field: &str, limits: &[LimitConfig]) -> Result<(), ConfigError> {
+    if limits.is_empty() || limits.len() > 4 {
+        return Err(ConfigError::new(field, "give between 1 and 4 limits"));
+    }
+    let mut names = HashSet::new();
+    for (i, l) in limits.iter().enumerate() {
+        let f = |name: &str| format!("{field}[{i}].{name}");
+        if l.name.is_empty() || !names.insert(&l.name) {
+            return Err(ConfigError::new(f("name"), "must be non-empty and unique"));
+        }
+        if l.limit == 0 || l.limit > 1_000_000_000 {
+            return Err(ConfigError::new(
+                f("limit"),
+                "must be between 1 and 1000000000",
+            ));
+        }
+        if l.window_seconds == 0 || l.window_seconds > 31 * 24 * 3600 {
+            return Err(ConfigError::new(
+                f("window_seconds"),
+                "must be between 1 and 2678400",
+            ));
+        }
+        if l.burst.is_some_and(|b| b == 0 || b > 1_000_000_000) {
+            return Err(ConfigError::new(
+                f("burst"),
+                "must be between 1 and 1000000000",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_bands(field: &str, bands: &[Band]) -> Result<(), ConfigError> {
+    for (i, b) in bands.iter().enumerate() {
+        if !(1..=1000).contains(&b.multiplier) {
+            return Err(ConfigError::new(
+                format!("{field}[{i}].multiplier"),
+                "must be between 1 and 1000",
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl RateLimitConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, cost) in &self.costs {
+            if !(1..=10_000).contains(cost) {
+                return Err(ConfigError::new(
+                    format!("costs.{name}"),
+                    "must be between 1 and 10000",
+                ));
+            }
+        }
+        if !(1..=10_000).contains(&self.default_cost) {
+            return Err(ConfigError::new(
+                "default_cost",
+                "must be between 1 and 10000",
+            ));
+        }
+        check_bands("payload_bands", &self.payload_bands)?;
+        check_bands("depth_bands", &self.depth_bands)?;
+        if let Some(h) = &self.header_factor {
+            check_header_name("header_factor.header", &h.header)?;
+            check_bands("header_factor.bands", &h.bands)?;
+        }
+        if self.key.is_empty() {
+            return Err(ConfigError::new("key", "name at least one part"));
+        }
+        if self.anonymous.by == AnonymousKey::Header {
+            match &self.anonymous.header {
+                Some(h) => check_header_name("anonymous.header", h)?,
+                None => {
+                    return Err(ConfigError::new(
+                        "anonymous.header",
+                        "required with by: header",
+                    ));
+                }
+            }
+        }
+        if self.tiers.is_empty() {
+            return Err(ConfigError::new("tiers", "configure at least one tier"));
+        }
+        for (tier, limits) in &self.tiers {
+            check_limits(&format!("tiers.{tier}"), limits)?;
+        }
+        for required in [&self.default_tier, &self.anonymous.tier] {
+            if !self.tiers.contains_key(required) {
+                return Err(ConfigError::new(
+                    "tiers",
+                    format!("tier '{required}' is used but not configured"),
+                ));
+            }
+        }
+        for (tenant, t) in &self.tenants {
+            let field = format!("tenants.{tenant}");
+            match (&t.tier, &t.limits) {
+                (Some(tier), None) if self.tiers.contains_key(tier) => {}
+                (Some(tier), None) => {
+                    return Err(ConfigError::new(
+                        format!("{field}.tier"),
+                        format!("tier '{tier}' is not configured"),
+                    ));
+                }
+                (None, Some(limits)) => check_limits(&format!("{field}.limits"), limits)?,
+                _ => return Err(ConfigError::new(field, "set exactly one of tier, limits")),
+            }
+        }
+        if !(1..=65_536).contains(&self.slots) {
+            return Err(ConfigError::new("slots", "must be between 1 and 65536"));
+        }
+        if !(1..=16).contains(&self.ways) {
+            return Err(ConfigError::new("ways", "must be between 1 and 16"));
+        }
+        if !(1..=1000).contains(&self.cas_attempts) {
+            return Err(ConfigError::new(
+                "cas_attempts",
+                "must be between 1 and 1000",
+            ));
+        }
+        if let Some(a) = &self.adaptive {
+            if !(a.latency_multiplier > 0.0 && a.latency_multiplier <= 1.0) {
+                return Err(ConfigError::new(
+                    "adaptive.latency_multiplier",
+                    "must be in (0, 1]",
+                ));
+            }
+            if !(a.ewma_alpha > 0.0 && a.ewma_alpha <= 1.0) {
+                return Err(ConfigError::new("adaptive.ewma_alpha", "must be in (0, 1]"));
+            }
+            if a.latency_threshold_ms == 0 {
+                return Err(ConfigError::new(
+                    "adaptive.latency_threshold_ms",
+                    "must be positive",
+                ));
+            }
+            if !(10..=10_000).contains(&a.publish_interval_ms) {
+                return Err(ConfigError::new(
+                    "adaptive.publish_interval_ms",
+                    "must be between 10 and 10000",
+                ));
+            }
+        }
+        if let Some(g) = &self.global {
+            if g.cluster.is_empty() {
+                return Err(ConfigError::new("global.cluster", "must not be empty"));
+            }
+            if g.domain.is_empty() {
+                return Err(ConfigError::new("global.domain", "must not be empty"));
+            }
+            if !(1..=10_000).contains(&g.timeout_ms) {
+                return Err(ConfigError::new(
+                    "global.timeout_ms",
+                    "must be between 1 and 10000",
+                ));
+            }
+            if !(g.sync_threshold > 0.0 && g.sync_threshold <= 1.0) {
+                return Err(ConfigError::new(
+                    "global.sync_threshold",
+                    "must be in (0, 1]",
+                ));
+            }
+            if !(10..=60_000).contains(&g.sync_interval_ms) {
+                return Err(ConfigError::new(
+                    "global.sync_interval_ms",
+                    "must be between 10 and 60000",
+                ));
+            }
+            if !(400..=599).contains(&g.deny_status) {
+                return Err(ConfigError::new(
+                    "global.deny_status",
+                    "must be a 4xx or 5xx status",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

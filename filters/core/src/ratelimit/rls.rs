@@ -1,0 +1,225 @@
+//! The Envoy Rate Limit Service messages (`envoy.service.ratelimit.v3`),
+//! as sent over `dispatch_grpc_call`.
+//!
+//! Only the fields ctxgate reads or writes are declared; their numbers and
+//! types are those of the official protos (`envoy/service/ratelimit/v3/
+//! rls.proto`, `envoy/extensions/common/ratelimit/v3/ratelimit.proto`), so
+//! any standard RLS (envoyproxy/ratelimit, Limitador, ctxgate-rls) can
+//! answer. Protobuf ignores undeclared fields on decode.
+
+use prost::Message;
+
+pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
+pub const METHOD: &str = "ShouldRateLimit";
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RateLimitRequest {
+    #[prost(string, tag = "1")]
+    pub domain: String,
+    #[prost(message, repeated, tag = "2")]
+    pub descriptors: Vec<RateLimitDescriptor>,
+    #[prost(uint32, tag = "3")]
+    pub hits_addend: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RateLimitDescriptor {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<DescriptorEntry>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct DescriptorEntry {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RateLimitResponse {
+    #[prost(int32, tag = "1")]
+    pub overall_code: i32,
+    #[prost(message, repeated, tag = "2")]
+    pub statuses: Vec<DescriptorStatus>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct DescriptorStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(message, optional, tag = "2")]
+    pub current_limit: Option<RateLimit>,
+    #[prost(uint32, tag = "3")]
+    pub limit_remaining: u32,
+    #[prost(message, optional, tag = "4")]
+    pub duration_until_reset: Option<ProtoDuration>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RateLimit {
+    #[prost(uint32, tag = "1")]
+    pub requests_per_unit: u32,
+    #[prost(int32, tag = "2")]
+    pub unit: i32,
+    #[prost(string, tag = "3")]
+    pub name: String,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, Message)]
+pub struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+pub const CODE_OK: i32 = 1;
+pub const CODE_OVER_LIMIT: i32 = 2;
+
+/// Seconds in an RLS `RateLimit.Unit`.
+pub fn unit_seconds(unit: i32) -> Option<u64> {
+    match unit {
+        1 => Some(1),
+        2 => Some(60),
+        3 => Some(3600),
+        4 => Some(86_400),
+        5 => Some(30 * 86_400),
+        6 => Some(365 * 86_400),
+        7 => Some(7 * 86_400),
+        _ => None,
+    }
+}
+
+/// Builds the serialized request for one descriptor.
+pub fn encode_request(domain: &str, entries: &[(String, String)], hits: u64) -> Vec<u8> {
+    RateLimitRequest {
+        domain: domain.to_owned(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: entries
+                .iter()
+                .map(|(k, v)| DescriptorEntry {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+        }],
+        hits_addend: u32::try_from(hits).unwrap_or(u32::MAX),
+    }
+    .encode_to_vec()
+}
+
+/// What ctxgate takes from an RLS answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RlsAnswer {
+    pub over_limit: bool,
+    /// The limit that applied, if the RLS has one for this descriptor.
+    pub limit: Option<u64>,
+    /// The limit's window, seconds.
+    pub window_seconds: Option<u64>,
+    pub remaining: u64,
+    /// Milliseconds until the RLS window resets.
+    pub reset_in_ms: Option<u64>,
+}
+
+impl RlsAnswer {
+    /// The RLS count after this request, if it can be known.
+    pub fn used(&self) -> Option<u64> {
+        self.limit.map(|l| {
+            if self.over_limit {
+                l
+            } else {
+                l.saturating_sub(self.remaining)
+            }
+        })
+    }
+}
+
+/// Parses a serialized `RateLimitResponse`. An unparseable answer or an
+/// `UNKNOWN` code is an error, handled like an unreachable RLS.
+pub fn decode_response(bytes: &[u8]) -> Result<RlsAnswer, String> {
+    let response =
+        RateLimitResponse::decode(bytes).map_err(|e| format!("undecodable RLS response: {e}"))?;
+    let over_limit = match response.overall_code {
+        CODE_OK => false,
+        CODE_OVER_LIMIT => true,
+        other => return Err(format!("RLS answered with code {other}")),
+    };
+    let status = response.statuses.first();
+    let limit = status.and_then(|s| s.current_limit.as_ref());
+    let reset_in_ms = status
+        .and_then(|s| s.duration_until_reset.as_ref())
+        .map(|d| {
+            let seconds = u64::try_from(d.seconds).unwrap_or(0);
+            let nanos = u64::try_from(d.nanos).unwrap_or(0);
+            seconds
+                .saturating_mul(1000)
+                .saturating_add(nanos / 1_000_000)
+        });
+    Ok(RlsAnswer {
+        over_limit,
+        limit: limit.map(|l| u64::from(l.requests_per_unit)),
+        window_seconds: limit.and_then(|l| unit_seconds(l.unit)),
+        remaining: status.map_or(0, |s| u64::from(s.limit_remaining)),
+        reset_in_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_carry_domain_descriptor_and_hits() {
+        let bytes = encode_request("ctxgate", &[("tenant".into(), "acme".into())], 10);
+        let request = RateLimitRequest::decode(bytes.as_slice()).unwrap();
+        assert_eq!(request.domain, "ctxgate");
+        assert_eq!(request.hits_addend, 10);
+        assert_eq!(
+            request.descriptors[0].entries[0],
+            DescriptorEntry {
+                key: "tenant".into(),
+                value: "acme".into()
+            }
+        );
+    }
+
+    #[test]
+    fn answers_are_read() {
+        let response = RateLimitResponse {
+            overall_code: CODE_OVER_LIMIT,
+            statuses: vec![DescriptorStatus {
+                code: CODE_OVER_LIMIT,
+                current_limit: Some(RateLimit {
+                    requests_per_unit: 100,
+                    unit: 2,
+                    name: "t".into(),
+                }),
+                limit_remaining: 0,
+                duration_until_reset: Some(ProtoDuration {
+                    seconds: 12,
+                    nanos: 500_000_000,
+                }),
+            }],
+        };
+        let answer = decode_response(&response.encode_to_vec()).unwrap();
+        assert!(answer.over_limit);
+        assert_eq!(
+            (answer.limit, answer.window_seconds, answer.reset_in_ms),
+            (Some(100), Some(60), Some(12_500))
+        );
+        assert_eq!(answer.used(), Some(100));
+        assert!(decode_response(b"\xff\xff").is_err());
+        assert!(
+            decode_response(
+                &RateLimitResponse {
+                    overall_code: 0,
+                    statuses: vec![]
+                }
+                .encode_to_vec()
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,451 @@
+//! The rate-limit decision in plain Rust, on an in-memory shared store.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::auth::identity::RateLimitClaims;
+use crate::shared::MemoryStore;
+
+const NOW: u64 = 1_800_000_000_000;
+
+fn limiter(extra: Value) -> RateLimiter {
+    let mut config = json!({
+        "tiers": {
+            "anonymous": [{"name": "per_minute", "limit": 5, "window_seconds": 60}],
+            "standard": [{"name": "per_minute", "limit": 100, "window_seconds": 60}],
+            "premium": [{"name": "per_minute", "limit": 1000, "window_seconds": 60}]
+        },
+        "slots": 64
+    });
+    if let (Some(target), Value::Object(extra)) = (config.as_object_mut(), extra) {
+        target.extend(extra);
+    }
+
+    RateLimiter::from_json(config.to_string().as_bytes()).unwrap()
+}
+
+fn identity(tenant: &str, tier: &str) -> SharedIdentity {
+    SharedIdentity {
+        tenant: tenant.into(),
+        subject: "alice".into(),
+        tier: tier.into(),
+        issuer: "iss".into(),
+        actors: vec![],
+        rate_limits: None,
+    }
+}
+
+struct Req {
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(String, Vec<u8>)>,
+    identity: Option<SharedIdentity>,
+    operation: Option<&'static str>,
+    client: Option<&'static str>,
+}
+
+fn req(identity: Option<SharedIdentity>, operation: Option<&'static str>) -> Req {
+    Req {
+        method: "GET",
+        path: "/v1/contexts/projects/a",
+        headers: vec![],
+        identity,
+        operation,
+        client: Some("10.0.0.7:5123"),
+    }
+}
+
+impl Req {
+    fn header(mut self, name: &str, value: &str) -> Req {
+        self.headers.push((name.into(), value.as_bytes().to_vec()));
+        self
+    }
+
+    fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
+            head: RequestHead {
+                method: self.method,
+                path: self.path,
+                headers: &self.headers,
+            },
+            identity: self.identity.clone(),
+            operation: self.operation.map(|name| SharedOperation {
+                name: name.into(),
+                context: "projects/a".into(),
+            }),
+            client_address: self.client.map(str::to_owned),
+            route: None,
+        }
+    }
+}
+
+fn check(
+    l: &RateLimiter,
+    state: &mut LimiterState,
+    store: &MemoryStore,
+    r: &Req,
+    now: u64,
+) -> Step {
+    l.check(state, store, &r.facts(), now)
+}
+
+fn admitted(step: &Step) -> &Admitted {
+    match step {
+        Step::Allow(a) => a,
+        other => panic!("expected Allow, got {other:?}"),
+    }
+}
+
+fn refused(step: &Step) -> &Refused {
+    match step {
+        Step::Deny(r) => r,
+        other => panic!("expected Deny, got {other:?}"),
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn setup(extra: Value) -> (RateLimiter, LimiterState, MemoryStore) {
+    let l = limiter(extra);
+    let store = MemoryStore::default();
+    l.table.init_shared(&store);
+    (l, LimiterState::default(), store)
+}
+
+#[test]
+fn operations_are_priced() {
+    let (l, _, _) = setup(json!({}));
+    let cost = |op: Option<&'static str>, headers: &[(&str, &str)]| {
+        let mut r = req(Some(identity("acme", "standard")), op);
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        let facts = r.facts();
+        l.cost(&facts, facts.operation.as_ref())
+    };
+    assert_eq!(cost(Some("read"), &[]), 1);
+    assert_eq!(cost(Some("write"), &[]), 2);
+    assert_eq!(cost(Some("complex_query"), &[]), 5);
+    assert_eq!(cost(Some("graph_traversal"), &[]), 10);
+    assert_eq!(cost(Some("unknown"), &[]), 1);
+    assert_eq!(cost(None, &[]), 1);
+    assert_eq!(cost(Some("write"), &[("content-length", "200000")]), 4);
+    assert_eq!(cost(Some("write"), &[("content-length", "2000000")]), 8);
+    assert_eq!(cost(Some("write"), &[("content-length", "junk")]), 2);
+}
+
+#[test]
+fn depth_and_header_bands_apply_when_configured() {
+    let (l, _, _) = setup(json!({
+        "depth_bands": [{"above": 1, "multiplier": 3}],
+        "header_factor": {"header": "x-context-fanout", "bands": [{"above": 100, "multiplier": 2}]}
+    }));
+    let r = req(Some(identity("acme", "standard")), Some("read")).header("x-context-fanout", "500");
+    let facts = r.facts();
+    assert_eq!(
+        l.cost(&facts, facts.operation.as_ref()),
+        6,
+        "depth 2 > 1 (x3) and fan-out 500 > 100 (x2)"
+    );
+}
+
+#[test]
+fn n_requests_of_cost_c_consume_exactly_n_times_c() {
+    let (l, mut state, store) = setup(json!({}));
+    let r = req(Some(identity("acme", "standard")), Some("graph_traversal"));
+    for _ in 0..7 {
+        admitted(&check(&l, &mut state, &store, &r, NOW));
+    }
+    let limits = l.limits(r.identity.as_ref(), 1.0);
+    let hash = BucketTable::hash_key("tenant=acme|");
+    assert_eq!(
+        l.table.peek(&store, hash, &limits.specs, NOW),
+        Some(vec![30])
+    );
+    for _ in 0..3 {
+        admitted(&check(&l, &mut state, &store, &r, NOW));
+    }
+    let step = check(&l, &mut state, &store, &r, NOW);
+    let refusal = refused(&step);
+    assert_eq!(refusal.refusal, Refusal::LocalLimit);
+    assert_eq!(refusal.reply.status, 429);
+    assert_eq!(
+        header(&refusal.reply.headers, "x-ratelimit-remaining"),
+        Some("0")
+    );
+    assert_eq!(
+        header(&refusal.reply.headers, "x-ratelimit-limit"),
+        Some("100, 100;w=60")
+    );
+}
+
+#[test]
+fn refusals_name_the_limit_and_wait() {
+    let (l, mut state, store) = setup(json!({}));
+    let r = req(Some(identity("acme", "standard")), Some("graph_traversal"));
+    for _ in 0..10 {
+        admitted(&check(&l, &mut state, &store, &r, NOW));
+    }
+    let step = check(&l, &mut state, &store, &r, NOW);
+    let refusal = refused(&step);
+    // Empty bucket of 100/min: 10 tokens take 6 s.
+    assert_eq!(header(&refusal.reply.headers, "retry-after"), Some("6"));
+    let body: Value = serde_json::from_slice(&refusal.reply.body).unwrap();
+    assert_eq!(body["limit"]["name"], "per_minute");
+    assert_eq!(body["cost"], 10);
+    assert!(body["message"].as_str().unwrap().contains("tenant acme"));
+    assert_eq!(
+        refusal.reply.details,
+        "ctxgate_ratelimit_refused{local_limit}"
+    );
+}
+
+#[test]
+fn tenants_are_charged_by_identity_never_by_header() {
+    let (l, mut state, store) = setup(json!({}));
+    let mallory = req(
+        Some(identity("mallory", "standard")),
+        Some("graph_traversal"),
+    )
+    .header("x-context-tenant", "acme");
+    for _ in 0..10 {
+        admitted(&check(&l, &mut state, &store, &mallory, NOW));
+    }
+    refused(&check(&l, &mut state, &store, &mallory, NOW));
+    let acme = req(Some(identity("acme", "standard")), Some("graph_traversal"));
+    admitted(&check(&l, &mut state, &store, &acme, NOW));
+}
+
+#[test]
+fn anonymous_clients_are_keyed_by_address() {
+    let (l, mut state, store) = setup(json!({}));
+    let a = req(None, None);
+    for _ in 0..5 {
+        admitted(&check(&l, &mut state, &store, &a, NOW));
+    }
+    refused(&check(&l, &mut state, &store, &a, NOW));
+    let mut b = req(None, None);
+    b.client = Some("10.0.0.8:1");
+    admitted(&check(&l, &mut state, &store, &b, NOW));
+    assert_eq!(strip_port("[::1]:80"), "::1");
+    assert_eq!(strip_port("10.1.2.3"), "10.1.2.3");
+}
+
+#[test]
+fn limits_come_from_claims_tenants_and_tiers() {
+    let (l, _, _) = setup(json!({
+        "use_token_limits": true,
+        "tenants": {"globex": {"tier": "premium"}, "initech": {"limits": [{"name": "tiny", "limit": 2, "window_seconds": 1}]}}
+    }));
+    let capacity = |id: SharedIdentity| {
+        l.limits(Some(&id), 1.0)
+            .specs
+            .iter()
+            .map(|s| s.capacity / MILLI)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(capacity(identity("acme", "standard")), vec![100]);
+    assert_eq!(
+        capacity(identity("acme", "no-such-tier")),
+        vec![100],
+        "unknown tiers fall back to the default"
+    );
+    assert_eq!(capacity(identity("globex", "standard")), vec![1000]);
+    assert_eq!(capacity(identity("initech", "premium")), vec![2]);
+    let mut claimed = identity("acme", "standard");
+    claimed.rate_limits = Some(RateLimitClaims {
+        tier: None,
+        requests_per_minute: Some(30),
+        context_operations_per_hour: Some(500),
+    });
+    assert_eq!(capacity(claimed), vec![30, 500]);
+    let (l, _, _) = setup(json!({}));
+    let mut claimed = identity("acme", "standard");
+    claimed.rate_limits = Some(RateLimitClaims {
+        tier: None,
+        requests_per_minute: Some(30),
+        context_operations_per_hour: None,
+    });
+    assert_eq!(
+        l.limits(Some(&claimed), 1.0).specs[0].capacity / MILLI,
+        100,
+        "claims ignored unless allowed"
+    );
+}
+
+#[test]
+fn the_adaptive_multiplier_shrinks_limits() {
+    let (l, _, _) = setup(json!({}));
+    let specs = l.limits(Some(&identity("acme", "standard")), 0.6).specs;
+    assert_eq!(specs[0].capacity, 60 * MILLI);
+}
+
+fn hierarchical() -> Value {
+    json!({"global": {"cluster": "rls", "domain": "ctxgate", "sync_threshold": 0.8}})
+}
+
+fn answer(over: bool, limit: u64, remaining: u64) -> rls::RlsAnswer {
+    rls::RlsAnswer {
+        over_limit: over,
+        limit: Some(limit),
+        window_seconds: Some(60),
+        remaining,
+        reset_in_ms: Some(30_000),
+    }
+}
+
+#[test]
+fn hierarchical_mode_goes_local_below_the_threshold_and_global_above() {
+    let (l, mut state, store) = setup(hierarchical());
+    let r = req(Some(identity("acme", "premium")), Some("read"));
+    // Nothing known yet: the RLS decides.
+    let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+        panic!()
+    };
+    assert_eq!(
+        call.descriptor,
+        vec![("tenant".to_owned(), "acme".to_owned())]
+    );
+    let admitted = l
+        .on_rls_answer(&store, &call, &answer(false, 100, 99), NOW)
+        .unwrap();
+    assert_eq!(admitted.decided_by, DecidedBy::Rls);
+    assert_eq!(
+        header(&admitted.response_headers, "x-ratelimit-remaining"),
+        Some("99")
+    );
+    // Known usage 1/100: local until the projected usage reaches 80.
+    for _ in 0..78 {
+        assert_eq!(admitted_local(&l, &mut state, &store, &r), DecidedBy::Local);
+    }
+    let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+        panic!("80/100 reached")
+    };
+    assert_eq!(
+        call.piggybacked, 78,
+        "local admissions travel with the first global question"
+    );
+    let message =
+        <rls::RateLimitRequest as prost::Message>::decode(call.message.as_slice()).unwrap();
+    assert_eq!(message.hits_addend, 79);
+    let refused = l
+        .on_rls_answer(&store, &call, &answer(true, 100, 0), NOW)
+        .unwrap_err();
+    assert_eq!(refused.refusal, Refusal::GlobalLimit);
+    assert_eq!(refused.reply.status, 429);
+    assert!(
+        matches!(check(&l, &mut state, &store, &r, NOW), Step::AskRls(_)),
+        "stays global"
+    );
+}
+
+fn admitted_local(
+    l: &RateLimiter,
+    state: &mut LimiterState,
+    store: &MemoryStore,
+    r: &Req,
+) -> DecidedBy {
+    admitted(&check(l, state, store, r, NOW)).decided_by
+}
+
+#[test]
+fn local_admissions_are_reported_and_failures_keep_them() {
+    let (l, mut state, store) = setup(hierarchical());
+    let r = req(Some(identity("acme", "premium")), Some("write"));
+    let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+        panic!()
+    };
+    l.on_rls_answer(&store, &call, &answer(false, 1000, 998), NOW)
+        .unwrap();
+    for _ in 0..5 {
+        admitted_local(&l, &mut state, &store, &r);
+    }
+    let reports = l.sync_reports(&mut state, &store);
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].hits, 10);
+    assert!(
+        l.sync_reports(&mut state, &store).is_empty(),
+        "claimed once"
+    );
+    l.on_sync_failure(&mut state, &store, reports.into_iter().next().unwrap());
+    let reports = l.sync_reports(&mut state, &store);
+    assert_eq!(reports[0].hits, 10, "given back after a failure");
+    l.on_sync_answer(&store, &reports[0], &answer(false, 1000, 900), NOW);
+    let view = bucket::global_view(&l.table, &store, reports[0].key_hash).unwrap();
+    assert_eq!(view.used, 100, "the RLS count replaces the estimate");
+}
+
+#[test]
+fn failure_modes() {
+    for (mode, expect) in [
+        (
+            "local_fallback",
+            Some(DecidedBy::Fallback(FailureMode::LocalFallback)),
+        ),
+        ("allow", Some(DecidedBy::Fallback(FailureMode::Allow))),
+        ("deny", None),
+    ] {
+        let (l, mut state, store) =
+            setup(json!({"global": {"cluster": "rls", "failure_mode": mode, "deny_status": 503}}));
+        let r = req(Some(identity("acme", "premium")), Some("read"));
+        let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+            panic!()
+        };
+        match (l.on_rls_failure(&store, &call), expect) {
+            (Ok(a), Some(by)) => assert_eq!(a.decided_by, by, "{mode}"),
+            (Err(refused), None) => {
+                assert_eq!(refused.reply.status, 503);
+                assert_eq!(refused.refusal, Refusal::RlsUnavailable);
+            }
+            (other, _) => panic!("{mode}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn local_fallback_still_refuses_what_the_local_bucket_refuses() {
+    let (l, mut state, store) = setup(json!({"global": {"cluster": "rls", "mode": "always"}}));
+    let r = req(Some(identity("acme", "standard")), Some("graph_traversal"));
+    for _ in 0..10 {
+        let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+            panic!()
+        };
+        l.on_rls_failure(&store, &call).unwrap();
+    }
+    assert_eq!(
+        refused(&check(&l, &mut state, &store, &r, NOW)).refusal,
+        Refusal::LocalLimit
+    );
+}
+
+#[test]
+fn bad_configuration_names_the_field() {
+    let err = |extra: Value| {
+        let mut config = json!({});
+        if let (Some(t), Value::Object(e)) = (config.as_object_mut(), extra) {
+            t.extend(e);
+        }
+        RateLimiter::from_json(config.to_string().as_bytes())
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    assert!(err(json!({"costs": {"read": 0}})).starts_with("costs.read"));
+    assert!(
+        err(json!({"tiers": {"standard": [{"name": "m", "limit": 0, "window_seconds": 60}]}}))
+            .contains("limit")
+    );
+    assert!(err(json!({"default_tier": "gold"})).contains("gold"));
+    assert!(err(json!({"tenants": {"a": {"tier": "gold"}}})).starts_with("tenants.a.tier"));
+    assert!(
+        err(json!({"global": {"cluster": "rls", "sync_threshold": 1.5}}))
+            .starts_with("global.sync_threshold")
+    );
+    assert!(err(json!({"key": ["tenant", "planet"]})).starts_with("key"));
+    assert!(err(json!({"bogus": true})).contains("bogus"));
+}

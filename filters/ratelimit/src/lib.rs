@@ -1,0 +1,468 @@
+//! ctxgate ratelimit: the proxy-wasm glue around `ctxgate_core::ratelimit`.
+//!
+//! Each request's context reads the identity and operation the auth filter
+//! left in filter state, asks [`RateLimiter::check`], and applies the step:
+//! forward, refuse, or pause and ask the Rate Limit Service over gRPC.
+//!
+//! The root context (one per worker VM) runs a short timer that
+//! * enforces the RLS deadline itself: a call that has not answered by its
+//!   deadline is cancelled and the failure mode applies, even if Envoy
+//!   queued the call somewhere;
+//! * reports locally admitted consumption to the RLS every
+//!   `sync_interval_ms` (hierarchical mode);
+//! * publishes and combines the adaptive measurements.
+
+mod metrics;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use ctxgate_core::auth::OPERATION_FILTER_STATE;
+use ctxgate_core::auth::identity::{IDENTITY_FILTER_STATE, SharedIdentity};
+use ctxgate_core::http::RequestHead;
+use ctxgate_core::ratelimit::adaptive::Adaptive;
+use ctxgate_core::ratelimit::rls::{self, decode_response};
+use ctxgate_core::ratelimit::{
+    Admitted, LimiterState, RateLimiter, Refused, RequestFacts, RlsCall, SharedOperation, Step,
+    SyncReport,
+};
+use ctxgate_glue::{self as glue, SharedData};
+use metrics::Metrics;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RateLimitRoot::default()) });
+}}
+
+/// Timer resolution when RLS calls may be pending (deadline enforcement).
+const WATCHDOG_TICK: Duration = Duration::from_millis(5);
+
+/// A paused request waiting for the RLS.
+struct Pending {
+    token: u32,
+    deadline_ms: u64,
+    call: Box<RlsCall>,
+}
+
+/// What the watchdog decided for a request whose RLS call was late; the
+/// request's context picks it up in its response callback.
+struct Resolved {
+    admitted: Option<Admitted>,
+    resumed_ms: u64,
+}
+
+struct Shared {
+    limiter: RateLimiter,
+    state: RefCell<LimiterState>,
+    pending: RefCell<HashMap<u32, Pending>>,
+    resolved: RefCell<HashMap<u32, Resolved>>,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct RateLimitRoot {
+    shared: Option<Rc<Shared>>,
+    /// Sync reports in flight: call token -> report.
+    reports: HashMap<u32, SyncReport>,
+    next_sync_ms: u64,
+    next_publish_ms: u64,
+}
+
+impl Context for RateLimitRoot {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let (Some(shared), Some(report)) = (&self.shared, self.reports.remove(&token_id)) else {
+            return;
+        };
+        let body = self
+            .get_grpc_call_response_body(0, response_size)
+            .unwrap_or_default();
+        match (status_code, decode_response(&body)) {
+            (0, Ok(answer)) => {
+                shared.metrics.sync_ok.inc();
+                shared
+                    .limiter
+                    .on_sync_answer(&SharedData, &report, &answer, glue::now_ms());
+            }
+            (status, result) => {
+                shared.metrics.sync_failed.inc();
+                log::debug!(
+                    "RLS sync report failed: grpc status {status}, {:?}",
+                    result.err()
+                );
+                shared
+                    .limiter
+                    .on_sync_failure(&mut shared.state.borrow_mut(), &SharedData, report);
+            }
+        }
+    }
+}
+
+impl RootContext for RateLimitRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        let limiter = match RateLimiter::from_json(&config) {
+            Ok(limiter) => limiter,
+            Err(e) => {
+                log::error!("invalid configuration: {e}");
+                return false;
+            }
+        };
+        limiter.table.init_shared(&SharedData);
+        let adaptive = limiter
+            .adaptive
+            .clone()
+            .map(|a| Adaptive::new(a, &limiter.fingerprint, &SharedData));
+        let tick = match (&limiter.global, &adaptive) {
+            (Some(_), _) => Some(WATCHDOG_TICK),
+            (None, Some(a)) => Some(Duration::from_millis(a.publish_interval_ms())),
+            (None, None) => None,
+        };
+        if let Some(tick) = tick {
+            glue::set_tick_period(tick);
+        }
+        log::info!(
+            "configured: {} slots, global {}, adaptive {}",
+            limiter.table.slot_count(),
+            limiter
+                .global
+                .as_ref()
+                .map_or("off".to_owned(), |g| format!(
+                    "{:?} via cluster {}",
+                    g.mode, g.cluster
+                )),
+            if adaptive.is_some() { "on" } else { "off" },
+        );
+        let state = LimiterState {
+            adaptive,
+            ..LimiterState::default()
+        };
+        let metrics = Metrics::new();
+        self.shared = Some(Rc::new(Shared {
+            limiter,
+            state: RefCell::new(state),
+            pending: RefCell::new(HashMap::new()),
+            resolved: RefCell::new(HashMap::new()),
+            metrics,
+        }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let now = glue::now_ms();
+        shared.enforce_deadlines(now);
+        if let Some(global) = &shared.limiter.global
+            && now >= self.next_sync_ms
+        {
+            self.next_sync_ms = now.saturating_add(global.sync_interval_ms);
+            let reports = shared
+                .limiter
+                .sync_reports(&mut shared.state.borrow_mut(), &SharedData);
+            for report in reports {
+                let timeout = Duration::from_millis(global.timeout_ms.max(100));
+                match self.dispatch_grpc_call(
+                    &global.cluster,
+                    rls::SERVICE,
+                    rls::METHOD,
+                    vec![],
+                    Some(&report.message),
+                    timeout,
+                ) {
+                    Ok(token) => {
+                        shared.metrics.sync_sent.inc();
+                        self.reports.insert(token, report);
+                    }
+                    Err(_) => {
+                        shared.metrics.sync_failed.inc();
+                        shared.limiter.on_sync_failure(
+                            &mut shared.state.borrow_mut(),
+                            &SharedData,
+                            report,
+                        );
+                    }
+                }
+            }
+        }
+        let mut state = shared.state.borrow_mut();
+        if let Some(adaptive) = state.adaptive.as_mut()
+            && now >= self.next_publish_ms
+        {
+            self.next_publish_ms = now.saturating_add(adaptive.publish_interval_ms());
+            adaptive.publish_and_combine(&SharedData, now);
+            let combined = adaptive.combined();
+            shared
+                .metrics
+                .record_adaptive(&combined, adaptive.in_flight());
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.clone()?;
+        Some(Box::new(RateLimitRequest {
+            shared,
+            context_id,
+            admitted: None,
+            started_ms: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl Shared {
+    /// Requests whose RLS call missed its deadline get the failure mode now.
+    fn enforce_deadlines(&self, now: u64) {
+        let late: Vec<(u32, Pending)> = {
+            let mut pending = self.pending.borrow_mut();
+            let ids: Vec<u32> = pending
+                .iter()
+                .filter(|(_, p)| now >= p.deadline_ms)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pending.remove(&id).map(|p| (id, p)))
+                .collect()
+        };
+        for (context_id, pending) in late {
+            self.metrics.rls_timeout.inc();
+            if hostcalls::set_effective_context(context_id).is_err() {
+                continue;
+            }
+            let _ = hostcalls::cancel_grpc_call(pending.token);
+            let outcome = self.limiter.on_rls_failure(&SharedData, &pending.call);
+            let admitted = self.apply(outcome);
+            self.resolved.borrow_mut().insert(
+                context_id,
+                Resolved {
+                    admitted,
+                    resumed_ms: now,
+                },
+            );
+        }
+    }
+
+    /// Sends the refusal, or resumes the paused request. Returns what was
+    /// admitted, for the response headers.
+    fn apply(&self, outcome: Result<Admitted, Refused>) -> Option<Admitted> {
+        match outcome {
+            Ok(admitted) => {
+                self.metrics.allowed(&admitted);
+                self.state
+                    .borrow_mut()
+                    .adaptive
+                    .as_mut()
+                    .map(Adaptive::started);
+                let _ = hostcalls::resume_http_request();
+                Some(admitted)
+            }
+            Err(refused) => {
+                self.metrics.refused(refused.refusal);
+                glue::send_local_reply(&refused.reply);
+                None
+            }
+        }
+    }
+}
+
+struct RateLimitRequest {
+    shared: Rc<Shared>,
+    context_id: u32,
+    admitted: Option<Admitted>,
+    /// When the request was let through (adaptive latency), if it was.
+    started_ms: Option<u64>,
+}
+
+impl RateLimitRequest {
+    fn facts_and_check(&self) -> Step {
+        let headers = glue::request_headers();
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        let identity = glue::filter_state(IDENTITY_FILTER_STATE)
+            .and_then(|v| serde_json::from_slice::<SharedIdentity>(&v).ok());
+        let operation = glue::filter_state(OPERATION_FILTER_STATE)
+            .and_then(|v| serde_json::from_slice::<SharedOperation>(&v).ok());
+        let client_address = if identity.is_none() {
+            glue::property_string(&["source", "address"])
+        } else {
+            None
+        };
+        let route = if self.shared.limiter.keys_by_route() {
+            glue::property_string(&["route_name"])
+        } else {
+            None
+        };
+        let facts = RequestFacts {
+            head: RequestHead {
+                method: &method,
+                path: &path,
+                headers: &headers,
+            },
+            identity,
+            operation,
+            client_address,
+            route,
+        };
+        let mut state = self.shared.state.borrow_mut();
+        let step = self
+            .shared
+            .limiter
+            .check(&mut state, &SharedData, &facts, glue::now_ms());
+        self.shared.metrics.record_state(&mut state);
+        step
+    }
+
+    fn finish(&mut self) {
+        if let Some(started) = self.started_ms.take() {
+            let latency = glue::now_ms().saturating_sub(started);
+            if let Some(a) = self.shared.state.borrow_mut().adaptive.as_mut() {
+                a.finished(Some(latency));
+            }
+        }
+    }
+}
+
+impl Context for RateLimitRequest {
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        let Some(pending) = self.shared.pending.borrow_mut().remove(&self.context_id) else {
+            // The watchdog already applied the failure mode.
+            return;
+        };
+        let body = self
+            .get_grpc_call_response_body(0, response_size)
+            .unwrap_or_default();
+        let shared = Rc::clone(&self.shared);
+        let outcome = match (status_code, decode_response(&body)) {
+            (0, Ok(answer)) => {
+                shared.metrics.rls_ok.inc();
+                shared
+                    .limiter
+                    .on_rls_answer(&SharedData, &pending.call, &answer, glue::now_ms())
+            }
+            (status, result) => {
+                shared.metrics.rls_failed.inc();
+                log::debug!("RLS call failed: grpc status {status}, {:?}", result.err());
+                shared.limiter.on_rls_failure(&SharedData, &pending.call)
+            }
+        };
+        self.admitted = shared.apply(outcome);
+        if self.admitted.is_some() {
+            self.started_ms = Some(glue::now_ms());
+        }
+    }
+}
+
+impl HttpContext for RateLimitRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let shared = Rc::clone(&self.shared);
+        match self.facts_and_check() {
+            Step::Allow(admitted) => {
+                shared.metrics.allowed(&admitted);
+                self.admitted = Some(admitted);
+                self.started_ms = Some(glue::now_ms());
+                shared
+                    .state
+                    .borrow_mut()
+                    .adaptive
+                    .as_mut()
+                    .map(Adaptive::started);
+                Action::Continue
+            }
+            Step::Deny(refused) => {
+                shared.metrics.refused(refused.refusal);
+                glue::send_local_reply(&refused.reply);
+                Action::Pause
+            }
+            Step::AskRls(call) => {
+                let timeout = Duration::from_millis(call.timeout_ms);
+                let dispatched = self.dispatch_grpc_call(
+                    &call.cluster,
+                    rls::SERVICE,
+                    rls::METHOD,
+                    vec![],
+                    Some(&call.message),
+                    timeout,
+                );
+                match dispatched {
+                    Ok(token) => {
+                        shared.metrics.rls_sent.inc();
+                        let deadline_ms = glue::now_ms().saturating_add(call.timeout_ms);
+                        shared.pending.borrow_mut().insert(
+                            self.context_id,
+                            Pending {
+                                token,
+                                deadline_ms,
+                                call,
+                            },
+                        );
+                        Action::Pause
+                    }
+                    Err(status) => {
+                        shared.metrics.rls_failed.inc();
+                        log::warn!("cannot call the RLS cluster {}: {status:?}", call.cluster);
+                        match shared.limiter.on_rls_failure(&SharedData, &call) {
+                            Ok(admitted) => {
+                                shared.metrics.allowed(&admitted);
+                                self.admitted = Some(admitted);
+                                self.started_ms = Some(glue::now_ms());
+                                shared
+                                    .state
+                                    .borrow_mut()
+                                    .adaptive
+                                    .as_mut()
+                                    .map(Adaptive::started);
+                                Action::Continue
+                            }
+                            Err(refused) => {
+                                shared.metrics.refused(refused.refusal);
+                                glue::send_local_reply(&refused.reply);
+                                Action::Pause
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(resolved) = self.shared.resolved.borrow_mut().remove(&self.context_id) {
+            if resolved.admitted.is_some() {
+                self.started_ms = Some(resolved.resumed_ms);
+            }
+            self.admitted = resolved.admitted;
+        }
+        if let Some(admitted) = &self.admitted {
+            for (name, value) in &admitted.response_headers {
+                glue::set_response_header(name, value);
+            }
+        }
+        self.finish();
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // A request that never got response headers (reset, timeout).
+        if let Some(_started) = self.started_ms.take()
+            && let Some(a) = self.shared.state.borrow_mut().adaptive.as_mut()
+        {
+            a.finished(None);
+        }
+        self.shared.pending.borrow_mut().remove(&self.context_id);
+        self.shared.resolved.borrow_mut().remove(&self.context_id);
+    }
+}
