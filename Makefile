@@ -2,7 +2,7 @@
 # Both set up whatever a fresh clone lacks (scripts/bootstrap).
 
 SHELL := /bin/bash
-FILTERS := auth ratelimit
+FILTERS := auth ratelimit tagging breaker
 WASM_TARGET := wasm32-wasip1
 WASM_DIR := target/$(WASM_TARGET)/wasm
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node --no-warnings $(CURDIR)/scripts/wasi-run.mjs

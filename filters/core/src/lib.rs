@@ -8,6 +8,7 @@
 //! keeps the glue readable.
 
 pub mod auth;
+pub mod breaker;
 pub mod http;
 pub mod jwt;
 pub mod operation;
@@ -15,3 +16,4 @@ pub mod path;
 pub mod ratelimit;
 pub mod scope;
 pub mod shared;
+pub mod tagging;

@@ -55,6 +55,10 @@ pub struct AuthConfig {
     pub max_delegation_depth: u32,
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Token claims (string values) passed on to later filters in filter
+    /// state, e.g. `["data_region"]` for region tagging.
+    #[serde(default)]
+    pub filter_state_claims: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -6,6 +6,8 @@
 //! break the request. Tenants are held to a strict alphabet because they
 //! key rate limits, routing and shared-data slots.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -87,6 +89,10 @@ pub struct SharedIdentity {
     pub actors: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimitClaims>,
+    /// String claims the auth filter is configured to pass on
+    /// (`filter_state_claims`), e.g. a data-residency region for tagging.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
 }
 
 /// Filter-state key holding [`SharedIdentity`] as JSON.
@@ -101,6 +107,8 @@ pub struct ClaimRules<'a> {
     pub default_tier: &'a str,
     pub require_expiration: bool,
     pub skew_seconds: u64,
+    /// Claims copied into [`SharedIdentity::claims`] when they are strings.
+    pub forwarded_claims: &'a [String],
 }
 
 fn malformed(why: &str) -> TokenError {
@@ -197,6 +205,17 @@ impl Identity {
             issuer: issuer.clone(),
             actors: actors.clone(),
             rate_limits: rate_limits.clone(),
+            claims: rules
+                .forwarded_claims
+                .iter()
+                .filter_map(|name| {
+                    let value = extra
+                        .get(name)
+                        .and_then(Value::as_str)
+                        .filter(|v| is_valid_label(v))?;
+                    Some((name.clone(), value.to_owned()))
+                })
+                .collect(),
         };
         let filter_state =
             serde_json::to_vec(&shared).map_err(|e| TokenError::Malformed(e.to_string()))?;
@@ -275,6 +294,7 @@ mod tests {
             default_tier: "standard",
             require_expiration: true,
             skew_seconds: 60,
+            forwarded_claims: &[],
         }
     }
 

@@ -418,7 +418,13 @@ mod tests {
         a.init_shared(&store);
         a.tick(&store, 0);
         let outcome = a.fetch_completed(0, &store, 10, Err("connection refused".into()));
-        assert!(matches!(outcome, Some(FetchOutcome::Failed { retry_in_ms: 500, .. })));
+        assert!(matches!(
+            outcome,
+            Some(FetchOutcome::Failed {
+                retry_in_ms: 500,
+                ..
+            })
+        ));
         assert_eq!(a.tick(&store, 510).fetch.len(), 1);
     }
 

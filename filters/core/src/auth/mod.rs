@@ -100,6 +100,7 @@ pub struct Auth {
     /// Short digest of the configuration; namespaces shared-data keys so
     /// different configurations in one VM never share state.
     pub fingerprint: String,
+    filter_state_claims: Vec<String>,
     all_algorithms: HashSet<Algorithm>,
 }
 
@@ -152,11 +153,15 @@ pub struct Decision {
     pub unknown_kid_provider: Option<usize>,
 }
 
-#[derive(Serialize)]
-struct SharedOperation<'a> {
-    name: &'a str,
-    action: &'a str,
-    context: String,
+/// The matched operation, as later filters read it from filter state
+/// (`ctxgate.operation`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SharedOperation {
+    pub name: String,
+    #[serde(default)]
+    pub action: String,
+    #[serde(default)]
+    pub context: String,
 }
 
 impl Auth {
@@ -264,6 +269,7 @@ impl Auth {
             max_ttl_seconds: config.cache.max_ttl_seconds,
             shared_cache: SharedTokenCache::new(&fingerprint, config.cache.shared_slots),
             fingerprint,
+            filter_state_claims: config.filter_state_claims,
             all_algorithms: Algorithm::ALL.into_iter().collect(),
         })
     }
@@ -549,6 +555,7 @@ impl Auth {
             default_tier: &self.default_tier,
             require_expiration: provider.require_expiration,
             skew_seconds: provider.skew_seconds,
+            forwarded_claims: &self.filter_state_claims,
         }
     }
 
@@ -679,8 +686,8 @@ impl Auth {
                 .set_headers
                 .push((h.context_path.clone(), context.clone()));
             let shared = SharedOperation {
-                name: op.name,
-                action: op.action.as_str(),
+                name: op.name.to_owned(),
+                action: op.action.as_str().to_owned(),
                 context,
             };
             if let Ok(json) = serde_json::to_vec(&shared) {

@@ -26,7 +26,6 @@ pub mod rls;
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::config::{ConfigError, parse_json};
@@ -39,13 +38,7 @@ use config::{
     KeyPart, LimitConfig, RateLimitConfig,
 };
 
-/// The operation the auth filter matched, as read from filter state.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct SharedOperation {
-    pub name: String,
-    #[serde(default)]
-    pub context: String,
-}
+pub use crate::auth::SharedOperation;
 
 /// Everything the decision needs to know about a request.
 pub struct RequestFacts<'a> {
@@ -289,6 +282,7 @@ impl RateLimiter {
         {
             OperationMatch::Matched(op) => Some(SharedOperation {
                 name: op.name.to_owned(),
+                action: op.action.as_str().to_owned(),
                 context: op.context.to_string(),
             }),
             _ => None,

@@ -32,6 +32,7 @@ fn identity(tenant: &str, tier: &str) -> SharedIdentity {
         issuer: "iss".into(),
         actors: vec![],
         rate_limits: None,
+        claims: Default::default(),
     }
 }
 
@@ -71,6 +72,7 @@ impl Req {
             identity: self.identity.clone(),
             operation: self.operation.map(|name| SharedOperation {
                 name: name.into(),
+                action: "read".into(),
                 context: "projects/a".into(),
             }),
             client_address: self.client.map(str::to_owned),

@@ -1,0 +1,470 @@
+//! Circuit breakers shared by every worker of one Envoy.
+//!
+//! One breaker per upstream class (`context_repository`,
+//! `context_processor`, ...), selected by route, cluster or tag. A breaker
+//! is closed until, over a rolling window of at least `min_requests`
+//! requests, the failure rate reaches `error_threshold_percent`; it then
+//! opens for `reset_timeout_ms`, during which requests are refused (503) or
+//! sent to a fallback route (tagged with a header the route table matches).
+//! After the timeout it is half-open: up to `half_open_probes` requests go
+//! through as probes; if they all succeed it closes, if one fails it opens
+//! again.
+//!
+//! The state and the window live in one shared-data key per breaker and
+//! change only by compare-and-swap, so all workers trip and recover
+//! together and no outcome is lost. The window is ten buckets of a tenth of
+//! `window_seconds`, each stamped with its period so stale buckets are
+//! ignored without a timer.
+
+pub mod config;
+
+use std::fmt;
+
+use serde_json::json;
+
+use crate::auth::config::{ConfigError, check_header_name, parse_json};
+use crate::http::{LocalReply, RequestHead};
+use crate::shared::{Change, SharedStore, Update, update};
+use config::{BreakerConfig, BreakersConfig, OpenAction};
+
+const BUCKETS: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl State {
+    pub fn code(self) -> u64 {
+        match self {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> State {
+        match code {
+            1 => State::Open,
+            2 => State::HalfOpen,
+            _ => State::Closed,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Bucket {
+    period: u64,
+    total: u32,
+    failures: u32,
+}
+
+/// A breaker's shared record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    state: State,
+    /// When the breaker last opened (also identifies a half-open round).
+    opened_at_ms: u64,
+    probes_in_flight: u32,
+    probes_succeeded: u32,
+    buckets: [Bucket; BUCKETS],
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record {
+            state: State::Closed,
+            opened_at_ms: 0,
+            probes_in_flight: 0,
+            probes_succeeded: 0,
+            buckets: [Bucket::default(); BUCKETS],
+        }
+    }
+}
+
+impl Record {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 8 + 8 + BUCKETS * 16);
+        out.push(u8::try_from(self.state.code()).unwrap_or(0));
+        out.extend_from_slice(&self.opened_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.probes_in_flight.to_le_bytes());
+        out.extend_from_slice(&self.probes_succeeded.to_le_bytes());
+        for b in &self.buckets {
+            out.extend_from_slice(&b.period.to_le_bytes());
+            out.extend_from_slice(&b.total.to_le_bytes());
+            out.extend_from_slice(&b.failures.to_le_bytes());
+        }
+        out
+    }
+
+    /// A record that does not decode (never written) is a closed breaker.
+    fn decode(bytes: &[u8]) -> Record {
+        Record::try_decode(bytes).unwrap_or_default()
+    }
+
+    fn try_decode(bytes: &[u8]) -> Option<Record> {
+        let (&state, mut rest) = bytes.split_first()?;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let (head, tail) = rest.split_at_checked(n)?;
+            rest = tail;
+            Some(head)
+        };
+        let u64_of = |b: &[u8]| b.try_into().ok().map(u64::from_le_bytes);
+        let u32_of = |b: &[u8]| b.try_into().ok().map(u32::from_le_bytes);
+        let opened_at_ms = u64_of(take(8)?)?;
+        let probes_in_flight = u32_of(take(4)?)?;
+        let probes_succeeded = u32_of(take(4)?)?;
+        let mut buckets = [Bucket::default(); BUCKETS];
+        for bucket in &mut buckets {
+            *bucket = Bucket {
+                period: u64_of(take(8)?)?,
+                total: u32_of(take(4)?)?,
+                failures: u32_of(take(4)?)?,
+            };
+        }
+        Some(Record {
+            state: State::from_code(state),
+            opened_at_ms,
+            probes_in_flight,
+            probes_succeeded,
+            buckets,
+        })
+    }
+
+    /// Requests and failures in the window ending at `period`.
+    fn window(&self, period: u64) -> (u64, u64) {
+        self.buckets
+            .iter()
+            .filter(|b| b.period + (BUCKETS as u64) > period && b.period <= period)
+            .fold((0, 0), |(t, f), b| {
+                (t + u64::from(b.total), f + u64::from(b.failures))
+            })
+    }
+
+    fn count(&mut self, period: u64, failed: bool) {
+        let index = usize::try_from(period % BUCKETS as u64).unwrap_or(0);
+        if let Some(bucket) = self.buckets.get_mut(index) {
+            if bucket.period != period {
+                *bucket = Bucket {
+                    period,
+                    total: 0,
+                    failures: 0,
+                };
+            }
+            bucket.total = bucket.total.saturating_add(1);
+            bucket.failures = bucket.failures.saturating_add(u32::from(failed));
+        }
+    }
+}
+
+/// How a request passed the breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Closed: a normal request.
+    Pass,
+    /// Half-open: a probe of the round that started at `round`.
+    Probe { round: u64 },
+    /// Open: refused with this reply.
+    Reject(LocalReply),
+    /// Open with a fallback: forward with this request header set, and mark
+    /// the response with the other header.
+    Fallback {
+        request_header: (String, String),
+        response_header: (String, String),
+    },
+}
+
+/// A state change worth logging and counting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Opened,
+    HalfOpened,
+    Closed,
+}
+
+/// One configured breaker.
+pub struct Breaker {
+    pub config: BreakerConfig,
+    key: String,
+    attempts: u32,
+}
+
+impl Breaker {
+    fn period(&self, now_ms: u64) -> u64 {
+        let bucket_ms = (self.config.window_seconds.saturating_mul(1000) / BUCKETS as u64).max(1);
+        now_ms / bucket_ms
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Creates the shared key. Call from `on_configure`.
+    pub fn init_shared(&self, store: &dyn SharedStore) {
+        store.ensure(&self.key, &Record::default().encode());
+    }
+
+    /// The state right now (metrics, tests).
+    pub fn state(&self, store: &dyn SharedStore) -> State {
+        store
+            .get(&self.key)
+            .map_or(State::Closed, |(v, _)| Record::decode(&v).state)
+    }
+
+    /// Decides whether a request may go to the upstream class.
+    pub fn admit(
+        &self,
+        store: &dyn SharedStore,
+        request: &RequestHead<'_>,
+        now_ms: u64,
+    ) -> (Admission, Option<Transition>) {
+        enum Gate {
+            Pass,
+            Wait(u64),
+            Probe { round: u64, first: bool },
+        }
+        let reset_ms = self.config.reset_timeout_ms;
+        let outcome = update(store, &self.key, self.attempts, |value| {
+            let mut record = Record::decode(value);
+            let reopens_at = record.opened_at_ms.saturating_add(reset_ms);
+            match record.state {
+                State::Closed => Change::Keep(Gate::Pass),
+                State::Open if now_ms < reopens_at => Change::Keep(Gate::Wait(reopens_at - now_ms)),
+                State::Open => {
+                    record.state = State::HalfOpen;
+                    record.probes_in_flight = 1;
+                    record.probes_succeeded = 0;
+                    Change::Write(
+                        record.encode(),
+                        Gate::Probe {
+                            round: record.opened_at_ms,
+                            first: true,
+                        },
+                    )
+                }
+                State::HalfOpen
+                    if record.probes_in_flight + record.probes_succeeded
+                        < self.config.half_open_probes =>
+                {
+                    record.probes_in_flight += 1;
+                    Change::Write(
+                        record.encode(),
+                        Gate::Probe {
+                            round: record.opened_at_ms,
+                            first: false,
+                        },
+                    )
+                }
+                // Probe budget used: wait for the probes' verdict.
+                State::HalfOpen => Change::Keep(Gate::Wait(reset_ms.min(1000))),
+            }
+        });
+        match outcome {
+            Update::Written(Gate::Probe { round, first }) => (
+                Admission::Probe { round },
+                first.then_some(Transition::HalfOpened),
+            ),
+            Update::Unchanged(Gate::Wait(wait_ms)) => (self.open_admission(request, wait_ms), None),
+            // Closed; or the record is missing or too contended to update:
+            // fail open, as an unreachable breaker store should.
+            _ => (Admission::Pass, None),
+        }
+    }
+
+    fn open_admission(&self, request: &RequestHead<'_>, wait_ms: u64) -> Admission {
+        match &self.config.on_open {
+            OpenAction::Reject => {
+                let retry = wait_ms.div_ceil(1000).max(1);
+                let body = json!({
+                    "error": "circuit_open",
+                    "message": format!("{} is unavailable (circuit breaker open); retry in {retry} s", self.config.name),
+                    "breaker": self.config.name,
+                    "retry_after_seconds": retry,
+                });
+                let mut reply = LocalReply::json_error(
+                    request,
+                    503,
+                    &body,
+                    vec![("retry-after".into(), retry.to_string())],
+                    format!("ctxgate_breaker_open{{{}}}", self.config.name),
+                );
+                reply.grpc_status = reply.grpc_status.map(|_| 14);
+                Admission::Reject(reply)
+            }
+            OpenAction::Fallback {
+                request_header,
+                request_value,
+                response_header,
+                response_value,
+            } => Admission::Fallback {
+                request_header: (request_header.clone(), request_value.clone()),
+                response_header: (response_header.clone(), response_value.clone()),
+            },
+        }
+    }
+
+    /// Is this status a failure of the upstream class?
+    pub fn is_failure(&self, status: u16) -> bool {
+        match &self.config.failure_statuses {
+            Some(statuses) => statuses.contains(&status),
+            None => (500..=599).contains(&status),
+        }
+    }
+
+    /// Records the outcome of a request admitted by [`Breaker::admit`].
+    /// `failed: None` means the request ended without an upstream outcome
+    /// (client went away): a probe slot is released, nothing is counted.
+    pub fn record(
+        &self,
+        store: &dyn SharedStore,
+        admission: &Admission,
+        failed: Option<bool>,
+        now_ms: u64,
+    ) -> Option<Transition> {
+        let period = self.period(now_ms);
+        let c = &self.config;
+        let outcome = update(store, &self.key, self.attempts, |value| {
+            let mut record = Record::decode(value);
+            let mut transition = None;
+            match (admission, failed) {
+                (Admission::Probe { round }, outcome) => {
+                    if record.state != State::HalfOpen || record.opened_at_ms != *round {
+                        // A probe of an earlier round: its answer is stale.
+                        return Change::Keep(None);
+                    }
+                    record.probes_in_flight = record.probes_in_flight.saturating_sub(1);
+                    match outcome {
+                        Some(true) => {
+                            record.state = State::Open;
+                            record.opened_at_ms = now_ms;
+                            record.probes_in_flight = 0;
+                            record.probes_succeeded = 0;
+                            transition = Some(Transition::Opened);
+                        }
+                        Some(false) => {
+                            record.probes_succeeded += 1;
+                            if record.probes_succeeded >= c.half_open_probes {
+                                record = Record::default();
+                                transition = Some(Transition::Closed);
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                (Admission::Pass, Some(failed)) => {
+                    record.count(period, failed);
+                    let (total, failures) = record.window(period);
+                    if record.state == State::Closed
+                        && total >= c.min_requests
+                        && failures.saturating_mul(100)
+                            >= total.saturating_mul(c.error_threshold_percent)
+                    {
+                        record.state = State::Open;
+                        record.opened_at_ms = now_ms;
+                        transition = Some(Transition::Opened);
+                    }
+                }
+                _ => return Change::Keep(None),
+            }
+            Change::Write(record.encode(), transition)
+        });
+        match outcome {
+            Update::Written(transition) => transition,
+            _ => None,
+        }
+    }
+}
+
+/// Which breaker applies to a request, from what Envoy knows about it.
+pub struct Selection<'a> {
+    pub route: Option<&'a str>,
+    pub cluster: Option<&'a str>,
+    pub head: RequestHead<'a>,
+}
+
+pub struct Breakers {
+    pub breakers: Vec<Breaker>,
+    /// Does any selector use the route or cluster name (so the glue must
+    /// look them up)?
+    pub needs_route: bool,
+    pub needs_cluster: bool,
+}
+
+impl Breakers {
+    pub fn from_json(json: &[u8]) -> Result<Breakers, ConfigError> {
+        let digest = hmac_sha256::Hash::hash(json);
+        let fingerprint: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        Breakers::new(parse_json(json)?, &fingerprint)
+    }
+
+    pub fn new(config: BreakersConfig, fingerprint: &str) -> Result<Breakers, ConfigError> {
+        if config.breakers.is_empty() {
+            return Err(ConfigError::new(
+                "breakers",
+                "configure at least one breaker",
+            ));
+        }
+        let mut breakers: Vec<Breaker> = Vec::new();
+        for (i, b) in config.breakers.into_iter().enumerate() {
+            b.validate(&format!("breakers[{i}]"))?;
+            if breakers.iter().any(|other| other.config.name == b.name) {
+                return Err(ConfigError::new(
+                    format!("breakers[{i}].name"),
+                    format!("'{}' is used twice", b.name),
+                ));
+            }
+            if let Some(header) = &b.select.header {
+                check_header_name(&format!("breakers[{i}].select.header.name"), &header.name)?;
+            }
+            let key = format!("ctxgate_cb.{fingerprint}.{}", b.name);
+            breakers.push(Breaker {
+                config: b,
+                key,
+                attempts: config.cas_attempts.max(1),
+            });
+        }
+        let needs_route = breakers.iter().any(|b| b.config.select.routes.is_some());
+        let needs_cluster = breakers.iter().any(|b| b.config.select.clusters.is_some());
+        Ok(Breakers {
+            breakers,
+            needs_route,
+            needs_cluster,
+        })
+    }
+
+    /// The first breaker whose selector matches.
+    pub fn select(&self, selection: &Selection<'_>) -> Option<&Breaker> {
+        self.breakers.iter().find(|b| {
+            let s = &b.config.select;
+            s.routes.as_ref().is_none_or(|r| {
+                selection
+                    .route
+                    .is_some_and(|route| r.iter().any(|x| x == route))
+            }) && s.clusters.as_ref().is_none_or(|c| {
+                selection
+                    .cluster
+                    .is_some_and(|cl| c.iter().any(|x| x == cl))
+            }) && s.header.as_ref().is_none_or(|h| {
+                selection
+                    .head
+                    .header(&h.name)
+                    .is_some_and(|v| h.values.iter().any(|x| x == v))
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

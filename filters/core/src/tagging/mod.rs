@@ -1,0 +1,506 @@
+//! Trusted routing tags.
+//!
+//! Istio VirtualServices (and Envoy route tables) route on request headers.
+//! This filter computes tags from what the gateway knows for sure (the
+//! verified identity, the operation, the request) and sets them as headers
+//! after removing any header of the same name the client sent, so a route
+//! match on `x-context-type: large-context` can only ever see a value the
+//! gateway chose. Envoy re-selects the route after a filter changes request
+//! headers, so the tags steer routing.
+//!
+//! Each tag's value comes from, in order: the first rule (in configuration
+//! order) that matches and sets it; the tenant table; a claim of the
+//! identity (`from_claims`); the default. `tenant` and `context_id` come
+//! from the identity and the operation when nothing else set them, and
+//! `variant` from a stable hash of the tenant (or subject).
+
+pub mod config;
+
+use std::collections::BTreeMap;
+
+use regex::Regex;
+
+use crate::auth::SharedOperation;
+use crate::auth::config::{ConfigError, check_header_name, parse_json};
+use crate::auth::identity::SharedIdentity;
+use crate::http::RequestHead;
+use crate::operation::{OperationMap, OperationMatch};
+use crate::path::{canonical_segments, split_path_query};
+use config::{ConditionConfig, TaggingConfig, VariantConfig, VariantKey};
+
+/// Longest regex (in bytes) accepted in a rule, and the compiled-size cap:
+/// rules are operator-written but a runaway pattern must fail at load.
+const MAX_REGEX_BYTES: usize = 1024;
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+    OneOf(Vec<String>),
+}
+
+impl StringMatch {
+    fn compile(
+        field: &str,
+        exact: &Option<String>,
+        prefix: &Option<String>,
+        regex: &Option<String>,
+        one_of: &Option<Vec<String>>,
+    ) -> Result<StringMatch, ConfigError> {
+        match (exact, prefix, regex, one_of) {
+            (Some(e), None, None, None) => Ok(StringMatch::Exact(e.clone())),
+            (None, Some(p), None, None) => Ok(StringMatch::Prefix(p.clone())),
+            (None, None, Some(r), None) => {
+                if r.len() > MAX_REGEX_BYTES {
+                    return Err(ConfigError::new(
+                        format!("{field}.regex"),
+                        "is longer than 1024 bytes",
+                    ));
+                }
+                // Anchored: a regex must match the whole value, as in Envoy.
+                regex::RegexBuilder::new(&format!("^(?:{r})$"))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map(StringMatch::Regex)
+                    .map_err(|e| ConfigError::new(format!("{field}.regex"), e.to_string()))
+            }
+            (None, None, None, Some(values)) => Ok(StringMatch::OneOf(values.clone())),
+            _ => Err(ConfigError::new(
+                field,
+                "set exactly one of exact, prefix, regex, one_of",
+            )),
+        }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(e) => value == e,
+            StringMatch::Prefix(p) => value.starts_with(p.as_str()),
+            StringMatch::Regex(r) => r.is_match(value),
+            StringMatch::OneOf(values) => values.iter().any(|v| v == value),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Condition {
+    All(Vec<Condition>),
+    Any(Vec<Condition>),
+    Not(Box<Condition>),
+    Method(Vec<String>),
+    Path(StringMatch),
+    HeaderPresent(String, bool),
+    Header(String, StringMatch),
+    Claim(String, StringMatch),
+    Operation(Vec<String>),
+    Size {
+        above: Option<u64>,
+        below: Option<u64>,
+    },
+}
+
+/// Deepest nesting of all/any/not accepted.
+const MAX_DEPTH: usize = 16;
+
+impl Condition {
+    fn compile(
+        field: &str,
+        config: &ConditionConfig,
+        depth: usize,
+    ) -> Result<Condition, ConfigError> {
+        if depth > MAX_DEPTH {
+            return Err(ConfigError::new(field, "conditions are nested too deeply"));
+        }
+        let list = |name: &str, items: &[ConditionConfig]| -> Result<Vec<Condition>, ConfigError> {
+            if items.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}.{name}"),
+                    "must not be empty",
+                ));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Condition::compile(&format!("{field}.{name}[{i}]"), c, depth + 1))
+                .collect()
+        };
+        Ok(match config {
+            ConditionConfig::All(items) => Condition::All(list("all", items)?),
+            ConditionConfig::Any(items) => Condition::Any(list("any", items)?),
+            ConditionConfig::Not(inner) => Condition::Not(Box::new(Condition::compile(
+                &format!("{field}.not"),
+                inner,
+                depth + 1,
+            )?)),
+            ConditionConfig::Method(methods) => {
+                if methods.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{field}.method"),
+                        "must not be empty",
+                    ));
+                }
+                Condition::Method(methods.clone())
+            }
+            ConditionConfig::Path(m) => Condition::Path(StringMatch::compile(
+                &format!("{field}.path"),
+                &m.exact,
+                &m.prefix,
+                &m.regex,
+                &m.one_of,
+            )?),
+            ConditionConfig::Header(h) => {
+                let f = format!("{field}.header");
+                check_header_name(&format!("{f}.name"), &h.name)?;
+                match h.present {
+                    Some(present) => {
+                        if h.exact.is_some()
+                            || h.prefix.is_some()
+                            || h.regex.is_some()
+                            || h.one_of.is_some()
+                        {
+                            return Err(ConfigError::new(
+                                f,
+                                "present cannot be combined with a value match",
+                            ));
+                        }
+                        Condition::HeaderPresent(h.name.clone(), present)
+                    }
+                    None => Condition::Header(
+                        h.name.clone(),
+                        StringMatch::compile(&f, &h.exact, &h.prefix, &h.regex, &h.one_of)?,
+                    ),
+                }
+            }
+            ConditionConfig::Claim(c) => {
+                let f = format!("{field}.claim");
+                if c.name.is_empty() {
+                    return Err(ConfigError::new(format!("{f}.name"), "must not be empty"));
+                }
+                Condition::Claim(
+                    c.name.clone(),
+                    StringMatch::compile(&f, &c.exact, &c.prefix, &c.regex, &c.one_of)?,
+                )
+            }
+            ConditionConfig::Operation(names) => Condition::Operation(names.clone()),
+            ConditionConfig::Size(s) => {
+                if s.above.is_none() && s.below.is_none() {
+                    return Err(ConfigError::new(
+                        format!("{field}.size"),
+                        "set above and/or below",
+                    ));
+                }
+                Condition::Size {
+                    above: s.above,
+                    below: s.below,
+                }
+            }
+        })
+    }
+
+    fn eval(&self, facts: &Facts<'_>) -> bool {
+        match self {
+            Condition::All(items) => items.iter().all(|c| c.eval(facts)),
+            Condition::Any(items) => items.iter().any(|c| c.eval(facts)),
+            Condition::Not(inner) => !inner.eval(facts),
+            Condition::Method(methods) => methods.iter().any(|m| m == facts.head.method),
+            Condition::Path(m) => m.matches(&facts.path),
+            Condition::HeaderPresent(name, present) => facts.head.has_header(name) == *present,
+            Condition::Header(name, m) => facts.head.header(name).is_some_and(|v| m.matches(v)),
+            Condition::Claim(name, m) => facts.claim(name).is_some_and(|v| m.matches(v)),
+            Condition::Operation(names) => facts
+                .operation
+                .as_ref()
+                .is_some_and(|op| names.contains(&op.name)),
+            Condition::Size { above, below } => {
+                let size = facts.size;
+                above.is_none_or(|a| size > a) && below.is_none_or(|b| size < b)
+            }
+        }
+    }
+}
+
+struct Rule {
+    when: Option<Condition>,
+    set: Vec<(String, String)>,
+}
+
+/// What the tagger knows about a request.
+pub struct TagInput<'a> {
+    pub head: RequestHead<'a>,
+    pub identity: Option<SharedIdentity>,
+    pub operation: Option<SharedOperation>,
+}
+
+struct Facts<'a> {
+    head: &'a RequestHead<'a>,
+    identity: Option<&'a SharedIdentity>,
+    operation: Option<SharedOperation>,
+    /// Canonical path, `/`-joined.
+    path: String,
+    size: u64,
+}
+
+impl Facts<'_> {
+    fn claim(&self, name: &str) -> Option<&str> {
+        let identity = self.identity?;
+        match name {
+            "tenant" => Some(&identity.tenant),
+            "subject" => Some(&identity.subject),
+            "tier" => Some(&identity.tier),
+            "issuer" => Some(&identity.issuer),
+            other => identity.claims.get(other).map(String::as_str),
+        }
+    }
+}
+
+/// The tags of one request, and the header changes that carry them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tags {
+    /// Owned headers the client sent: removed before tagging.
+    pub remove_headers: Vec<String>,
+    /// Headers to set, one per tag with a value.
+    pub set_headers: Vec<(String, String)>,
+    pub values: BTreeMap<String, String>,
+}
+
+pub struct Tagger {
+    headers: Vec<(String, String)>,
+    operations: Option<OperationMap>,
+    size_header: Option<String>,
+    rules: Vec<Rule>,
+    tenants: BTreeMap<String, BTreeMap<String, String>>,
+    from_claims: BTreeMap<String, String>,
+    defaults: BTreeMap<String, String>,
+    variant: Option<VariantConfig>,
+}
+
+impl Tagger {
+    pub fn from_json(json: &[u8]) -> Result<Tagger, ConfigError> {
+        Tagger::new(parse_json(json)?)
+    }
+
+    pub fn new(config: TaggingConfig) -> Result<Tagger, ConfigError> {
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for (tag, header) in &config.headers.0 {
+            check_header_name(&format!("headers.{tag}"), header)?;
+            if headers.iter().any(|(_, h)| h == header) {
+                return Err(ConfigError::new(
+                    format!("headers.{tag}"),
+                    format!("'{header}' is used by two tags"),
+                ));
+            }
+            headers.push((tag.clone(), header.clone()));
+        }
+        let known = |field: &str, tag: &str| -> Result<(), ConfigError> {
+            if config.headers.0.contains_key(tag) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
+                    field,
+                    format!("tag '{tag}' has no header in headers"),
+                ))
+            }
+        };
+        let valid_value = |field: &str, value: &str| -> Result<(), ConfigError> {
+            if crate::auth::identity::is_valid_label(value) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
+                    field,
+                    format!("'{value}' is not a valid header value"),
+                ))
+            }
+        };
+        let mut rules = Vec::new();
+        for (i, rule) in config.rules.iter().enumerate() {
+            let field = format!("rules[{i}]");
+            if rule.set.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}.set"),
+                    "must set at least one tag",
+                ));
+            }
+            for (tag, value) in &rule.set {
+                known(&format!("{field}.set.{tag}"), tag)?;
+                valid_value(&format!("{field}.set.{tag}"), value)?;
+            }
+            let when = rule
+                .when
+                .as_ref()
+                .map(|c| Condition::compile(&format!("{field}.when"), c, 0))
+                .transpose()?;
+            rules.push(Rule {
+                when,
+                set: rule
+                    .set
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            });
+        }
+        for (tenant, tags) in &config.tenants {
+            for (tag, value) in tags {
+                known(&format!("tenants.{tenant}.{tag}"), tag)?;
+                valid_value(&format!("tenants.{tenant}.{tag}"), value)?;
+            }
+        }
+        for tag in config.from_claims.keys() {
+            known(&format!("from_claims.{tag}"), tag)?;
+        }
+        for (tag, value) in &config.defaults {
+            known(&format!("defaults.{tag}"), tag)?;
+            valid_value(&format!("defaults.{tag}"), value)?;
+        }
+        if let Some(v) = &config.variant {
+            known("variant", "variant")?;
+            if v.variants.is_empty()
+                || v.variants.iter().map(|w| u64::from(w.weight)).sum::<u64>() == 0
+            {
+                return Err(ConfigError::new(
+                    "variant.variants",
+                    "give at least one variant with a positive weight",
+                ));
+            }
+            for (i, w) in v.variants.iter().enumerate() {
+                valid_value(&format!("variant.variants[{i}].name"), &w.name)?;
+            }
+        }
+        if let Some(h) = &config.size_header {
+            check_header_name("size_header", h)?;
+        }
+        let operations = if config.operations.is_empty() {
+            None
+        } else {
+            Some(
+                OperationMap::compile(&config.operations)
+                    .map_err(|e| ConfigError::new(format!("operations[{}]", e.index), e.message))?,
+            )
+        };
+        Ok(Tagger {
+            headers,
+            operations,
+            size_header: config.size_header,
+            rules,
+            tenants: config.tenants,
+            from_claims: config.from_claims,
+            defaults: config.defaults,
+            variant: config.variant,
+        })
+    }
+
+    /// Computes the tags of a request.
+    pub fn tag(&self, input: &TagInput<'_>) -> Tags {
+        let head = &input.head;
+        let operation = input.operation.clone().or_else(|| {
+            match self.operations.as_ref()?.lookup_raw(head.method, head.path) {
+                OperationMatch::Matched(op) => Some(SharedOperation {
+                    name: op.name.to_owned(),
+                    action: op.action.as_str().to_owned(),
+                    context: op.context.to_string(),
+                }),
+                _ => None,
+            }
+        });
+        let (raw_path, _) = split_path_query(head.path);
+        let path = canonical_segments(raw_path)
+            .map_or_else(|_| raw_path.to_owned(), |s| format!("/{}", s.join("/")));
+        let number = |name: &str| {
+            head.header(name)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let size = number("content-length").max(self.size_header.as_deref().map_or(0, number));
+        let facts = Facts {
+            head,
+            identity: input.identity.as_ref(),
+            operation,
+            path,
+            size,
+        };
+
+        let mut values: BTreeMap<String, String> = BTreeMap::new();
+        for rule in &self.rules {
+            if rule.when.as_ref().is_none_or(|c| c.eval(&facts)) {
+                for (tag, value) in &rule.set {
+                    values.entry(tag.clone()).or_insert_with(|| value.clone());
+                }
+            }
+        }
+        if let Some(identity) = facts.identity {
+            if let Some(tags) = self.tenants.get(&identity.tenant) {
+                for (tag, value) in tags {
+                    values.entry(tag.clone()).or_insert_with(|| value.clone());
+                }
+            }
+            for (tag, claim) in &self.from_claims {
+                if let Some(value) = facts
+                    .claim(claim)
+                    .filter(|v| crate::auth::identity::is_valid_label(v))
+                {
+                    values
+                        .entry(tag.clone())
+                        .or_insert_with(|| value.to_owned());
+                }
+            }
+            values
+                .entry("tenant".into())
+                .or_insert_with(|| identity.tenant.clone());
+            if let Some(variant) = &self.variant {
+                let key = match variant.key {
+                    VariantKey::Tenant => &identity.tenant,
+                    VariantKey::Subject => &identity.subject,
+                };
+                values
+                    .entry("variant".into())
+                    .or_insert_with(|| pick_variant(variant, key).to_owned());
+            }
+        }
+        if let Some(op) = facts.operation.as_ref().filter(|op| !op.context.is_empty()) {
+            values
+                .entry("context_id".into())
+                .or_insert_with(|| op.context.clone());
+        }
+        for (tag, value) in &self.defaults {
+            values.entry(tag.clone()).or_insert_with(|| value.clone());
+        }
+
+        let remove_headers = self
+            .headers
+            .iter()
+            .filter(|(_, h)| head.has_header(h))
+            .map(|(_, h)| h.clone())
+            .collect();
+        let set_headers = self
+            .headers
+            .iter()
+            .filter_map(|(tag, header)| values.get(tag).map(|v| (header.clone(), v.clone())))
+            .collect();
+        Tags {
+            remove_headers,
+            set_headers,
+            values,
+        }
+    }
+}
+
+/// The variant of `key`: a stable hash into the cumulative weights.
+pub fn pick_variant<'a>(config: &'a VariantConfig, key: &str) -> &'a str {
+    let total: u64 = config.variants.iter().map(|v| u64::from(v.weight)).sum();
+    let digest = hmac_sha256::Hash::hash(format!("{}\u{0}{key}", config.salt).as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+    let mut point = u64::from_le_bytes(first) % total.max(1);
+    for variant in &config.variants {
+        let weight = u64::from(variant.weight);
+        if point < weight {
+            return &variant.name;
+        }
+        point -= weight;
+    }
+    config.variants.last().map_or("", |v| v.name.as_str())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,275 @@
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::*;
+
+fn tagger(config: Value) -> Tagger {
+    Tagger::from_json(config.to_string().as_bytes()).unwrap()
+}
+
+fn identity(tenant: &str, tier: &str) -> SharedIdentity {
+    SharedIdentity {
+        tenant: tenant.into(),
+        subject: format!("{tenant}-user"),
+        tier: tier.into(),
+        issuer: "iss".into(),
+        actors: vec![],
+        rate_limits: None,
+        claims: BTreeMap::from([("data_region".to_owned(), "eu".to_owned())]),
+    }
+}
+
+fn op(name: &str, context: &str) -> SharedOperation {
+    SharedOperation {
+        name: name.into(),
+        action: "read".into(),
+        context: context.into(),
+    }
+}
+
+fn tags(
+    t: &Tagger,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    id: Option<SharedIdentity>,
+    operation: Option<SharedOperation>,
+) -> Tags {
+    let headers: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    t.tag(&TagInput {
+        head: RequestHead {
+            method,
+            path,
+            headers: &headers,
+        },
+        identity: id,
+        operation,
+    })
+}
+
+fn demo() -> Tagger {
+    tagger(json!({
+        "size_header": "x-context-size",
+        "rules": [
+            {"name": "large", "when": {"size": {"above": 1048576}}, "set": {"type": "large-context"}},
+            {"name": "graph", "when": {"operation": ["graph_traversal"]}, "set": {"type": "graph", "priority": "high"}},
+            {"name": "premium", "when": {"claim": {"name": "tier", "exact": "premium"}}, "set": {"priority": "high"}},
+            {"name": "batch", "when": {"all": [{"method": ["POST"]}, {"path": {"prefix": "/v1/batch"}}]}, "set": {"priority": "low"}},
+            {"name": "internal", "when": {"header": {"name": "x-debug", "regex": "on|yes"}}, "set": {"type": "debug"}}
+        ],
+        "tenants": {"globex": {"region": "us-east"}},
+        "from_claims": {"region": "data_region"},
+        "defaults": {"type": "standard", "priority": "normal", "region": "us"}
+    }))
+}
+
+#[test]
+fn rules_set_tags_first_match_wins() {
+    let t = demo();
+    let acme = Some(identity("acme", "standard"));
+    let v = tags(
+        &t,
+        "GET",
+        "/v1/contexts/a",
+        &[("content-length", "2000000")],
+        acme.clone(),
+        Some(op("read", "a")),
+    )
+    .values;
+    assert_eq!(v["type"], "large-context");
+    assert_eq!(v["priority"], "normal");
+    let v = tags(
+        &t,
+        "POST",
+        "/v1/graph/traverse",
+        &[],
+        acme.clone(),
+        Some(op("graph_traversal", "p/x")),
+    )
+    .values;
+    assert_eq!(
+        (v["type"].as_str(), v["priority"].as_str()),
+        ("graph", "high")
+    );
+    let v = tags(
+        &t,
+        "GET",
+        "/v1/contexts/a",
+        &[("x-context-size", "5000000")],
+        acme.clone(),
+        Some(op("graph_traversal", "a")),
+    )
+    .values;
+    assert_eq!(v["type"], "large-context", "an earlier rule wins the tag");
+    assert_eq!(v["priority"], "high", "a later rule still sets other tags");
+    let v = tags(
+        &t,
+        "POST",
+        "/v1/batch/x",
+        &[],
+        Some(identity("acme", "premium")),
+        None,
+    )
+    .values;
+    assert_eq!(v["priority"], "high", "premium precedes batch");
+    let v = tags(&t, "GET", "/x", &[("x-debug", "yes")], acme, None).values;
+    assert_eq!(v["type"], "debug");
+}
+
+#[test]
+fn tenant_table_claims_and_defaults_fill_in() {
+    let t = demo();
+    let v = tags(
+        &t,
+        "GET",
+        "/x",
+        &[],
+        Some(identity("globex", "standard")),
+        None,
+    )
+    .values;
+    assert_eq!(v["region"], "us-east", "tenant table before claims");
+    let v = tags(
+        &t,
+        "GET",
+        "/x",
+        &[],
+        Some(identity("acme", "standard")),
+        None,
+    )
+    .values;
+    assert_eq!(v["region"], "eu", "from the data_region claim");
+    assert_eq!(v["tenant"], "acme");
+    let v = tags(&t, "GET", "/x", &[], None, None).values;
+    assert_eq!(v["region"], "us");
+    assert!(!v.contains_key("tenant"), "no identity, no tenant tag");
+}
+
+#[test]
+fn owned_headers_from_the_client_are_removed() {
+    let t = demo();
+    let out = tags(
+        &t,
+        "GET",
+        "/x",
+        &[
+            ("x-context-type", "large-context"),
+            ("x-context-tenant", "evil"),
+            ("x-other", "1"),
+        ],
+        None,
+        None,
+    );
+    assert_eq!(
+        out.remove_headers,
+        vec!["x-context-tenant", "x-context-type"]
+    );
+    assert!(
+        out.set_headers
+            .contains(&("x-context-type".to_owned(), "standard".to_owned()))
+    );
+}
+
+#[test]
+fn context_id_comes_from_the_operation() {
+    let t = tagger(
+        json!({"operations": [{"name": "read", "methods": ["GET"], "path": "/v1/contexts/{context}", "action": "read"}]}),
+    );
+    let v = tags(&t, "GET", "/v1/contexts/Projects//A", &[], None, None).values;
+    assert_eq!(v["context_id"], "projects/a");
+}
+
+#[test]
+fn variants_are_stable_and_follow_the_weights() {
+    let t = tagger(
+        json!({"variant": {"salt": "exp-7", "variants": [{"name": "a", "weight": 70}, {"name": "b", "weight": 30}]}}),
+    );
+    let variant = |tenant: &str| {
+        tags(
+            &t,
+            "GET",
+            "/x",
+            &[],
+            Some(identity(tenant, "standard")),
+            None,
+        )
+        .values["variant"]
+            .clone()
+    };
+    assert_eq!(variant("acme"), variant("acme"));
+    let a = (0..10_000)
+        .filter(|i| variant(&format!("tenant-{i}")) == "a")
+        .count();
+    assert!((6800..=7200).contains(&a), "{a} of 10000 on a");
+}
+
+#[test]
+fn path_conditions_see_the_canonical_path() {
+    let t = tagger(
+        json!({"rules": [{"when": {"path": {"exact": "/v1/admin"}}, "set": {"priority": "low"}}]}),
+    );
+    assert_eq!(
+        tags(&t, "GET", "/v1//x/../admin?q=1", &[], None, None)
+            .values
+            .get("priority")
+            .map(String::as_str),
+        Some("low")
+    );
+}
+
+#[test]
+fn not_and_any_combine() {
+    let t = tagger(
+        json!({"rules": [{"when": {"not": {"any": [{"method": ["GET"]}, {"header": {"name": "x-a", "present": true}}]}}, "set": {"type": "write"}}]}),
+    );
+    assert!(
+        !tags(&t, "GET", "/", &[], None, None)
+            .values
+            .contains_key("type")
+    );
+    assert!(
+        !tags(&t, "PUT", "/", &[("x-a", "")], None, None)
+            .values
+            .contains_key("type")
+    );
+    assert_eq!(
+        tags(&t, "PUT", "/", &[], None, None).values["type"],
+        "write"
+    );
+}
+
+#[test]
+fn bad_rules_fail_with_the_field() {
+    let err = |config: Value| {
+        Tagger::from_json(config.to_string().as_bytes())
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        err(json!({"rules": [{"when": {"path": {"regex": "(unclosed"}}, "set": {"type": "x"}}]}))
+            .starts_with("rules[0].when.path.regex")
+    );
+    assert!(err(json!({"rules": [{"set": {"colour": "x"}}]})).starts_with("rules[0].set.colour"));
+    assert!(err(json!({"rules": [{"when": {"path": {"exact": "/a", "prefix": "/b"}}, "set": {"type": "x"}}]})).starts_with("rules[0].when.path"));
+    assert!(
+        err(json!({"rules": [{"when": {"all": []}, "set": {"type": "x"}}]}))
+            .starts_with("rules[0].when.all")
+    );
+    assert!(
+        err(json!({"rules": [{"set": {"type": "bad\nvalue"}}]})).starts_with("rules[0].set.type")
+    );
+    assert!(err(json!({"headers": {"type": "X-Type"}})).starts_with("headers.type"));
+    assert!(
+        err(json!({"variant": {"variants": [{"name": "a", "weight": 0}]}}))
+            .starts_with("variant.variants")
+    );
+    assert!(
+        err(json!({"rules": [{"when": {"colour": "red"}, "set": {"type": "x"}}]}))
+            .contains("rules[0].when")
+    );
+}

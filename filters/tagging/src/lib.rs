@@ -1,0 +1,106 @@
+//! ctxgate tagging: the proxy-wasm glue around `ctxgate_core::tagging`.
+//!
+//! Reads the identity and operation the auth filter left in filter state,
+//! computes the tags, removes every owned header the client sent and sets
+//! the tags. Envoy re-selects the route after a filter changes request
+//! headers, so the route table (or an Istio VirtualService) sees the tags.
+
+use std::rc::Rc;
+
+use ctxgate_core::auth::identity::{IDENTITY_FILTER_STATE, SharedIdentity};
+use ctxgate_core::auth::{OPERATION_FILTER_STATE, SharedOperation};
+use ctxgate_core::http::RequestHead;
+use ctxgate_core::tagging::{TagInput, Tagger};
+use ctxgate_glue::{self as glue, Counter};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(TaggingRoot::default()) });
+}}
+
+/// Metric: `ctxgate_tagging.tagged` (requests tagged).
+struct Shared {
+    tagger: Tagger,
+    tagged: Counter,
+}
+
+#[derive(Default)]
+struct TaggingRoot {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for TaggingRoot {}
+
+impl RootContext for TaggingRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        match Tagger::from_json(&config) {
+            Ok(tagger) => {
+                self.shared = Some(Rc::new(Shared {
+                    tagger,
+                    tagged: Counter::new("ctxgate_tagging.tagged"),
+                }));
+                log::info!("configured");
+                true
+            }
+            Err(e) => {
+                log::error!("invalid configuration: {e}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(TaggingRequest {
+            shared: self.shared.clone()?,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct TaggingRequest {
+    shared: Rc<Shared>,
+}
+
+impl Context for TaggingRequest {}
+
+impl HttpContext for TaggingRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = glue::request_headers();
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        let identity = glue::filter_state(IDENTITY_FILTER_STATE)
+            .and_then(|v| serde_json::from_slice::<SharedIdentity>(&v).ok());
+        let operation = glue::filter_state(OPERATION_FILTER_STATE)
+            .and_then(|v| serde_json::from_slice::<SharedOperation>(&v).ok());
+        let input = TagInput {
+            head: RequestHead {
+                method: &method,
+                path: &path,
+                headers: &headers,
+            },
+            identity,
+            operation,
+        };
+        let tags = self.shared.tagger.tag(&input);
+        for name in &tags.remove_headers {
+            glue::remove_request_header(name);
+        }
+        for (name, value) in &tags.set_headers {
+            glue::set_request_header(name, value);
+        }
+        self.shared.tagged.inc();
+        Action::Continue
+    }
+}
