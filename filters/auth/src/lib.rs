@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ctxgate_core::auth::jwks_sync::{FetchOutcome, JwksSync};
-use ctxgate_core::auth::{Auth, AuthState, Decision, Outcome};
+use ctxgate_core::auth::{Auth, AuthState, Decision, Outcome, REQUEST_FILTER_STATE};
 use ctxgate_core::http::RequestHead;
 use ctxgate_glue::{self as glue, SharedData};
 use metrics::Metrics;
@@ -254,8 +254,8 @@ impl HttpContext for AuthRequest {
                 for (name, value) in &allowed.set_headers {
                     glue::set_request_header(name, value);
                 }
-                for (key, value) in &allowed.filter_state {
-                    glue::set_filter_state(key, value);
+                if !allowed.filter_state.is_empty() {
+                    glue::set_filter_state(REQUEST_FILTER_STATE, &allowed.filter_state);
                 }
                 Action::Continue
             }

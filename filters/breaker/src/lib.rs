@@ -76,6 +76,7 @@ impl BreakerMetrics {
 
 struct Shared {
     breakers: Breakers,
+    owned_headers: Vec<String>,
     metrics: Vec<BreakerMetrics>,
 }
 
@@ -113,7 +114,12 @@ impl RootContext for BreakerRoot {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        self.shared = Some(Rc::new(Shared { breakers, metrics }));
+        let owned_headers = breakers.owned_headers();
+        self.shared = Some(Rc::new(Shared {
+            breakers,
+            owned_headers,
+            metrics,
+        }));
         glue::set_tick_period(GAUGE_TICK);
         true
     }
@@ -152,7 +158,14 @@ impl Context for BreakerRequest {}
 impl HttpContext for BreakerRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let shared = Rc::clone(&self.shared);
-        let headers = glue::request_headers();
+        let mut headers = glue::request_headers();
+        // A client must not pick the fallback route itself.
+        for name in &shared.owned_headers {
+            if headers.iter().any(|(n, _)| n == name) {
+                glue::remove_request_header(name);
+                headers.retain(|(n, _)| n != name);
+            }
+        }
         let pseudo = |name: &str| {
             headers
                 .iter()

@@ -59,6 +59,14 @@ pub fn filter_state(key: &str) -> Option<Vec<u8>> {
     hostcalls::get_property(vec![key]).ok().flatten()
 }
 
+/// What the auth filter established about this request (nothing if it did
+/// not run or let the request through unauthenticated).
+pub fn shared_request() -> ctxgate_core::auth::SharedRequest {
+    ctxgate_core::auth::SharedRequest::parse(
+        filter_state(ctxgate_core::auth::REQUEST_FILTER_STATE).as_deref(),
+    )
+}
+
 #[link(wasm_import_module = "env")]
 unsafe extern "C" {
     fn proxy_send_local_response(

@@ -19,14 +19,11 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use ctxgate_core::auth::OPERATION_FILTER_STATE;
-use ctxgate_core::auth::identity::{IDENTITY_FILTER_STATE, SharedIdentity};
 use ctxgate_core::http::RequestHead;
 use ctxgate_core::ratelimit::adaptive::Adaptive;
 use ctxgate_core::ratelimit::rls::{self, decode_response};
 use ctxgate_core::ratelimit::{
-    Admitted, LimiterState, RateLimiter, Refused, RequestFacts, RlsCall, SharedOperation, Step,
-    SyncReport,
+    Admitted, LimiterState, RateLimiter, Refused, RequestFacts, RlsCall, Step, SyncReport,
 };
 use ctxgate_glue::{self as glue, SharedData};
 use metrics::Metrics;
@@ -292,10 +289,10 @@ impl RateLimitRequest {
                 .unwrap_or_default()
         };
         let (method, path) = (pseudo(":method"), pseudo(":path"));
-        let identity = glue::filter_state(IDENTITY_FILTER_STATE)
-            .and_then(|v| serde_json::from_slice::<SharedIdentity>(&v).ok());
-        let operation = glue::filter_state(OPERATION_FILTER_STATE)
-            .and_then(|v| serde_json::from_slice::<SharedOperation>(&v).ok());
+        let ctxgate_core::auth::SharedRequest {
+            identity,
+            operation,
+        } = glue::shared_request();
         let client_address = if identity.is_none() {
             glue::property_string(&["source", "address"])
         } else {

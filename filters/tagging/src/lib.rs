@@ -7,8 +7,6 @@
 
 use std::rc::Rc;
 
-use ctxgate_core::auth::identity::{IDENTITY_FILTER_STATE, SharedIdentity};
-use ctxgate_core::auth::{OPERATION_FILTER_STATE, SharedOperation};
 use ctxgate_core::http::RequestHead;
 use ctxgate_core::tagging::{TagInput, Tagger};
 use ctxgate_glue::{self as glue, Counter};
@@ -80,10 +78,10 @@ impl HttpContext for TaggingRequest {
                 .unwrap_or_default()
         };
         let (method, path) = (pseudo(":method"), pseudo(":path"));
-        let identity = glue::filter_state(IDENTITY_FILTER_STATE)
-            .and_then(|v| serde_json::from_slice::<SharedIdentity>(&v).ok());
-        let operation = glue::filter_state(OPERATION_FILTER_STATE)
-            .and_then(|v| serde_json::from_slice::<SharedOperation>(&v).ok());
+        let ctxgate_core::auth::SharedRequest {
+            identity,
+            operation,
+        } = glue::shared_request();
         let input = TagInput {
             head: RequestHead {
                 method: &method,

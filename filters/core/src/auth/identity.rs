@@ -73,7 +73,7 @@ pub struct Identity {
     /// token's `exp` plus the provider's skew), if the token expires.
     pub valid_until: Option<u64>,
     /// The identity as other ctxgate filters read it from Envoy filter
-    /// state (`ctxgate.identity`), serialized once per token.
+    /// state (see [`super::SharedRequest`]), serialized once per token.
     pub filter_state: Vec<u8>,
 }
 
@@ -94,9 +94,6 @@ pub struct SharedIdentity {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims: BTreeMap<String, String>,
 }
-
-/// Filter-state key holding [`SharedIdentity`] as JSON.
-pub const IDENTITY_FILTER_STATE: &str = "ctxgate.identity";
 
 /// How claims map to an identity, per provider.
 pub struct ClaimRules<'a> {

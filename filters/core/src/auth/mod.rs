@@ -44,8 +44,44 @@ use shared_cache::{SharedEntry, SharedTokenCache};
 
 pub use config::IdentityHeaders;
 
-/// Filter-state key holding the matched operation as JSON.
-pub const OPERATION_FILTER_STATE: &str = "ctxgate.operation";
+/// Filter-state key (`wasm.ctxgate.request` in Envoy) holding what the auth
+/// filter established about a request, as a [`SharedRequest`] in JSON.
+/// Later ctxgate filters read it; a client cannot write filter state.
+pub const REQUEST_FILTER_STATE: &str = "ctxgate.request";
+
+/// What later filters learn from the auth filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct SharedRequest {
+    #[serde(default)]
+    pub identity: Option<identity::SharedIdentity>,
+    #[serde(default)]
+    pub operation: Option<SharedOperation>,
+}
+
+impl SharedRequest {
+    /// Parses the filter-state value; anything unreadable is "nothing known".
+    pub fn parse(bytes: Option<&[u8]>) -> SharedRequest {
+        bytes
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Builds the [`SharedRequest`] JSON from the identity's JSON (serialized
+/// once per token) and the operation of this request.
+fn encode_shared_request(identity_json: &[u8], operation: Option<&SharedOperation>) -> Vec<u8> {
+    let operation = operation.and_then(|op| serde_json::to_vec(op).ok());
+    let mut out =
+        Vec::with_capacity(identity_json.len() + operation.as_ref().map_or(0, Vec::len) + 32);
+    out.extend_from_slice(b"{\"identity\":");
+    out.extend_from_slice(identity_json);
+    if let Some(op) = operation {
+        out.extend_from_slice(b",\"operation\":");
+        out.extend_from_slice(&op);
+    }
+    out.push(b'}');
+    out
+}
 
 /// One trusted issuer, compiled.
 pub struct Provider {
@@ -137,8 +173,9 @@ pub struct Allowed {
     pub remove_headers: Vec<String>,
     /// Trusted headers to set.
     pub set_headers: Vec<(String, String)>,
-    /// Values for Envoy filter state, for the filters that follow.
-    pub filter_state: Vec<(&'static str, Vec<u8>)>,
+    /// The [`SharedRequest`] for Envoy filter state (empty: nothing to
+    /// share, e.g. a public path).
+    pub filter_state: Vec<u8>,
     /// Set when the request carried a verified token.
     pub tenant: Option<String>,
 }
@@ -673,10 +710,7 @@ impl Auth {
                 .set_headers
                 .push((h.actor_chain.clone(), identity.actor_chain_header()));
         }
-        allowed.filter_state.push((
-            identity::IDENTITY_FILTER_STATE,
-            identity.filter_state.clone(),
-        ));
+        let mut shared_operation = None;
         if let Some(op) = operation {
             let context = op.context.to_string();
             allowed
@@ -690,10 +724,10 @@ impl Auth {
                 action: op.action.as_str().to_owned(),
                 context,
             };
-            if let Ok(json) = serde_json::to_vec(&shared) {
-                allowed.filter_state.push((OPERATION_FILTER_STATE, json));
-            }
+            shared_operation = Some(shared);
         }
+        allowed.filter_state =
+            encode_shared_request(&identity.filter_state, shared_operation.as_ref());
         allowed.tenant = Some(identity.tenant.clone());
     }
 }

@@ -146,7 +146,12 @@ fn a_valid_token_is_allowed_and_described() {
         vec!["authorization"],
         "the token is not forwarded by default"
     );
-    assert!(a.filter_state.iter().any(|(k, _)| *k == "ctxgate.identity"));
+    let shared = SharedRequest::parse(Some(&a.filter_state));
+    assert_eq!(shared.identity.unwrap().tenant, "acme");
+    assert_eq!(
+        shared.operation.unwrap().context,
+        "projects/engineering/notes"
+    );
     assert_eq!(d.cache, CacheUse::Miss);
     assert_eq!(
         f.bearer("GET", "/v1/contexts/projects/engineering/notes", &token)

@@ -444,6 +444,23 @@ impl Breakers {
         })
     }
 
+    /// Fallback request headers: only a breaker may set them, so any copy a
+    /// client sends is removed (else a client could pick the fallback
+    /// route itself).
+    pub fn owned_headers(&self) -> Vec<String> {
+        let mut headers: Vec<String> = self
+            .breakers
+            .iter()
+            .filter_map(|b| match &b.config.on_open {
+                OpenAction::Fallback { request_header, .. } => Some(request_header.clone()),
+                OpenAction::Reject => None,
+            })
+            .collect();
+        headers.sort();
+        headers.dedup();
+        headers
+    }
+
     /// The first breaker whose selector matches.
     pub fn select(&self, selection: &Selection<'_>) -> Option<&Breaker> {
         self.breakers.iter().find(|b| {
