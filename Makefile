@@ -28,19 +28,23 @@ run: build
 ## test: formatting, lints, unit tests (native and wasm32-wasip1), end-to-end through Envoy
 test: build lint test-unit test-wasm test-e2e
 
+# ctxgate-rls links RocksDB (through limitador): it is built, linted and
+# tested in release only, so that C++ build happens once.
 lint:
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --exclude ctxgate-rls --all-targets -- -D warnings
+	cargo clippy --release -p ctxgate-rls --all-targets -- -D warnings
 
 test-unit:
-	cargo test --workspace --exclude ctxgate-e2e
+	cargo test --workspace --exclude ctxgate-e2e --exclude ctxgate-rls
+	cargo test --release -p ctxgate-rls
 
 ## the core logic compiled to wasm32-wasip1, run under Node's WASI
 test-wasm: bootstrap
 	cargo test --target $(WASM_TARGET) -p ctxgate-core
 
 test-e2e: build
-	cargo build --release -p ctxgate-demo
+	cargo build --release -p ctxgate-demo -p ctxgate-rls
 	cargo test -p ctxgate-e2e
 
 fmt:
