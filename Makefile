@@ -52,6 +52,8 @@ fmt:
 
 ## bench: throughput and latency against bare Envoy and native filters
 bench: build
+	cargo build --profile wasm --target $(WASM_TARGET) -p ctxgate-wasm-floor
+	cargo build --release -p ctxgate-rls
 	cargo run --release -p ctxgate-e2e --bin ctxgate-bench -- --out docs/benchmarks.md
 
 clean:

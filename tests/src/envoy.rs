@@ -103,17 +103,16 @@ impl Envoy {
             if admin.is_none() {
                 admin = read_admin_address(dir.path());
             }
-            if let Some(admin) = admin {
-                if let Some(listener) = ready_listener(admin) {
-                    if TcpStream::connect_timeout(&listener, Duration::from_secs(1)).is_ok() {
-                        return Envoy {
-                            process,
-                            dir,
-                            admin,
-                            listener,
-                        };
-                    }
-                }
+            if let Some(admin) = admin
+                && let Some(listener) = ready_listener(admin)
+                && TcpStream::connect_timeout(&listener, Duration::from_secs(1)).is_ok()
+            {
+                return Envoy {
+                    process,
+                    dir,
+                    admin,
+                    listener,
+                };
             }
             if Instant::now() >= deadline {
                 panic!(
@@ -161,19 +160,19 @@ impl Envoy {
             if admin.is_none() {
                 admin = read_admin_address(dir.path());
             }
-            if let Some(admin) = admin {
-                if is_live(admin) {
-                    let plugin_failed =
-                        read_file(&dir.path().join("envoy.log")).contains("failed to load");
-                    if !plugin_failed && ready_listener(admin).is_some() {
-                        panic!(
-                            "expected Envoy to reject the config, but it started and serves.\n{}",
-                            log_tail(dir.path())
-                        );
-                    }
-                    drop(process);
-                    return full_log(dir.path());
+            if let Some(admin) = admin
+                && is_live(admin)
+            {
+                let plugin_failed =
+                    read_file(&dir.path().join("envoy.log")).contains("failed to load");
+                if !plugin_failed && ready_listener(admin).is_some() {
+                    panic!(
+                        "expected Envoy to reject the config, but it started and serves.\n{}",
+                        log_tail(dir.path())
+                    );
                 }
+                drop(process);
+                return full_log(dir.path());
             }
             if Instant::now() >= deadline {
                 panic!(
@@ -297,7 +296,7 @@ type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
 
 /// Spawns `command` from a thread that lives as long as the process, so the
 /// child's death signal does not fire when the calling test thread ends.
-fn spawn_from_helper_thread(command: Command) -> std::io::Result<Child> {
+pub(crate) fn spawn_from_helper_thread(command: Command) -> std::io::Result<Child> {
     static SPAWNER: OnceLock<mpsc::Sender<SpawnJob>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (jobs, incoming) = mpsc::channel::<SpawnJob>();

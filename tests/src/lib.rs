@@ -36,6 +36,7 @@
 pub mod config;
 pub mod envoy;
 pub mod http;
+pub mod rls;
 pub mod servers;
 pub mod stats;
 
@@ -45,6 +46,7 @@ pub use config::{
 };
 pub use envoy::{Envoy, envoy_binary, process_alive};
 pub use http::{Client, Request, Response, send_raw};
+pub use rls::{Redis, Rls, SlowRls, rls_binary};
 pub use servers::{RecordedRequest, ScriptedResponse, ScriptedServer};
 pub use stats::WASM_METRIC_PREFIX;
 

@@ -231,20 +231,34 @@ impl HttpContext for AuthRequest {
             headers: &headers,
         };
         let shared = &self.shared;
-        let decision: Decision = {
+        let check = || -> Decision {
             let mut state = shared.state.borrow_mut();
             shared
                 .auth
                 .check(&mut state, &SharedData, &request, glue::now_secs())
         };
-        shared.metrics.record(&decision);
-        if let Some(provider) = decision.unknown_kid_provider
-            && shared
+        let mut decision = check();
+        if let Some(stale) = decision.stale_keys {
+            // Another worker may have fetched newer keys since our last
+            // tick: install them and decide again rather than refuse.
+            let newer = shared
                 .sync
-                .borrow()
-                .request_early_refresh(provider, &SharedData, glue::now_ms())
+                .borrow_mut()
+                .newer_shared_keys(stale.provider, &SharedData);
+            if let Some(keys) = newer {
+                shared.install(stale.provider, keys, "shared data");
+                decision = check();
+            }
+        }
+        shared.metrics.record(&decision);
+        if let Some(stale) = decision.stale_keys.filter(|s| s.unknown_kid)
+            && shared.sync.borrow().request_early_refresh(
+                stale.provider,
+                &SharedData,
+                glue::now_ms(),
+            )
         {
-            shared.metrics.jwks(provider, |m| m.early_refresh);
+            shared.metrics.jwks(stale.provider, |m| m.early_refresh);
         }
         match decision.outcome {
             Outcome::Allow(allowed) => {

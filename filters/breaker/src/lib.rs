@@ -180,12 +180,12 @@ impl HttpContext for BreakerRequest {
             headers: &headers,
         };
         let route = if shared.breakers.needs_route {
-            glue::property_string(&["route_name"])
+            glue::property_string(&["xds", "route_name"])
         } else {
             None
         };
         let cluster = if shared.breakers.needs_cluster {
-            glue::property_string(&["cluster_name"])
+            glue::property_string(&["xds", "cluster_name"])
         } else {
             None
         };

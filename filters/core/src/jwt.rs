@@ -237,6 +237,15 @@ impl KeySet {
         self.keys.len()
     }
 
+    /// Does the set still hold a key with this `kid`? Tokens without a
+    /// `kid` were tried against every key, so for them any key will do.
+    pub fn has_kid(&self, kid: Option<&str>) -> bool {
+        match kid {
+            Some(kid) => self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)),
+            None => !self.keys.is_empty(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -432,6 +441,8 @@ pub enum TokenError {
     IssuerMismatch,
     AudienceNotAllowed,
     MissingClaim(&'static str),
+    /// `exp` is further away than the provider allows.
+    LifetimeTooLong,
 }
 
 impl TokenError {
@@ -475,9 +486,15 @@ impl fmt::Display for TokenError {
             TokenError::IssuerMismatch => f.write_str("issuer is not accepted"),
             TokenError::AudienceNotAllowed => f.write_str("audience is not allowed"),
             TokenError::MissingClaim(claim) => write!(f, "token has no {claim} claim"),
+            TokenError::LifetimeTooLong => {
+                f.write_str("token lives longer than the issuer is allowed to grant")
+            }
         }
     }
 }
+
+/// Times from here on (year 2242) are not times.
+const MAX_TIME: f64 = 8_589_934_592.0;
 
 /// The screened header of a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -565,6 +582,19 @@ pub fn inspect(
         Some(_) => return Err(TokenError::Malformed("kid is not a string".into())),
     };
     let payload = decode_json_part(payload_b64, "payload")?;
+    // jwt-simple reads times into a fixed-point type that a huge number
+    // silently wraps: insist on plausible times before it sees them.
+    for claim in ["exp", "nbf", "iat"] {
+        match payload.get(claim) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|t| (0.0..MAX_TIME).contains(&t)) => {}
+            Some(_) => {
+                return Err(TokenError::Malformed(format!(
+                    "{claim} is not a plausible time"
+                )));
+            }
+        }
+    }
     let issuer = payload
         .get("iss")
         .and_then(Value::as_str)

@@ -38,6 +38,9 @@ proxy_wasm::main! {{
 
 /// Timer resolution when RLS calls may be pending (deadline enforcement).
 const WATCHDOG_TICK: Duration = Duration::from_millis(5);
+/// How much later than the filter's deadline Envoy's own call timeout fires.
+const ENVOY_TIMEOUT_SLACK_MS: u64 = 50;
+const GRPC_DEADLINE_EXCEEDED: u32 = 4;
 
 /// A paused request waiting for the RLS.
 struct Pending {
@@ -299,7 +302,7 @@ impl RateLimitRequest {
             None
         };
         let route = if self.shared.limiter.keys_by_route() {
-            glue::property_string(&["route_name"])
+            glue::property_string(&["xds", "route_name"])
         } else {
             None
         };
@@ -351,7 +354,12 @@ impl Context for RateLimitRequest {
                     .on_rls_answer(&SharedData, &pending.call, &answer, glue::now_ms())
             }
             (status, result) => {
-                shared.metrics.rls_failed.inc();
+                // gRPC DEADLINE_EXCEEDED: Envoy's own timer beat ours.
+                if status == GRPC_DEADLINE_EXCEEDED {
+                    shared.metrics.rls_timeout.inc();
+                } else {
+                    shared.metrics.rls_failed.inc();
+                }
                 log::debug!("RLS call failed: grpc status {status}, {:?}", result.err());
                 shared.limiter.on_rls_failure(&SharedData, &pending.call)
             }
@@ -385,7 +393,9 @@ impl HttpContext for RateLimitRequest {
                 Action::Pause
             }
             Step::AskRls(call) => {
-                let timeout = Duration::from_millis(call.timeout_ms);
+                // Envoy's timer is a backstop a little after our own
+                // deadline, which the watchdog enforces (and counts).
+                let timeout = Duration::from_millis(call.timeout_ms + ENVOY_TIMEOUT_SLACK_MS);
                 let dispatched = self.dispatch_grpc_call(
                     &call.cluster,
                     rls::SERVICE,

@@ -67,6 +67,10 @@ impl TokenCache {
         );
     }
 
+    pub fn forget(&mut self, token: &str) {
+        self.entries.remove(token);
+    }
+
     /// Forgets cached refusals, e.g. after new keys arrive: a token refused
     /// for an unknown key may verify now.
     pub fn forget_refusals(&mut self) {

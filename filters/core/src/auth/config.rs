@@ -78,6 +78,9 @@ pub struct ProviderConfig {
     /// Refuse tokens without `exp`.
     #[serde(default = "defaults::yes")]
     pub require_expiration: bool,
+    /// Refuse tokens whose `exp` is further than this from now.
+    #[serde(default)]
+    pub max_lifetime_seconds: Option<u64>,
     /// Accepted algorithms (default: all that the keys support).
     #[serde(default)]
     pub algorithms: Option<Vec<String>>,

@@ -26,6 +26,7 @@ pub enum Reason {
     TokenExpired,
     TokenNotYetValid,
     MissingClaim,
+    LifetimeTooLong,
     AudienceNotAllowed,
     KeysUnavailable,
     InsufficientScope,
@@ -38,7 +39,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::MissingToken,
         Reason::MultipleTokens,
         Reason::MalformedToken,
@@ -52,6 +53,7 @@ impl Reason {
         Reason::TokenExpired,
         Reason::TokenNotYetValid,
         Reason::MissingClaim,
+        Reason::LifetimeTooLong,
         Reason::AudienceNotAllowed,
         Reason::KeysUnavailable,
         Reason::InsufficientScope,
@@ -79,6 +81,7 @@ impl Reason {
             Reason::TokenExpired => "token_expired",
             Reason::TokenNotYetValid => "token_not_yet_valid",
             Reason::MissingClaim => "missing_claim",
+            Reason::LifetimeTooLong => "lifetime_too_long",
             Reason::AudienceNotAllowed => "audience_not_allowed",
             Reason::KeysUnavailable => "keys_unavailable",
             Reason::InsufficientScope => "insufficient_scope",
@@ -148,6 +151,7 @@ impl From<&TokenError> for Reason {
             TokenError::IssuerMismatch => Reason::UnknownIssuer,
             TokenError::AudienceNotAllowed => Reason::AudienceNotAllowed,
             TokenError::MissingClaim(_) => Reason::MissingClaim,
+            TokenError::LifetimeTooLong => Reason::LifetimeTooLong,
         }
     }
 }

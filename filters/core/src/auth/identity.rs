@@ -57,6 +57,11 @@ pub struct RateLimitClaims {
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub provider: String,
+    /// Index of the provider in the configuration.
+    pub provider_index: usize,
+    /// `kid` of the key that verified the token (from its header): cached
+    /// verdicts stop counting once that key is gone from the key set.
+    pub kid: Option<String>,
     pub issuer: String,
     pub subject: String,
     pub tenant: String,
@@ -98,6 +103,7 @@ pub struct SharedIdentity {
 /// How claims map to an identity, per provider.
 pub struct ClaimRules<'a> {
     pub provider: &'a str,
+    pub provider_index: usize,
     pub tenant_claim: &'a str,
     pub fixed_tenant: Option<&'a str>,
     pub scopes_claim: &'a str,
@@ -106,6 +112,10 @@ pub struct ClaimRules<'a> {
     pub skew_seconds: u64,
     /// Claims copied into [`SharedIdentity::claims`] when they are strings.
     pub forwarded_claims: &'a [String],
+    /// Longest accepted time from now to `exp`.
+    pub max_lifetime_seconds: Option<u64>,
+    /// Unix seconds, for the lifetime check.
+    pub now: u64,
 }
 
 fn malformed(why: &str) -> TokenError {
@@ -118,6 +128,13 @@ impl Identity {
         rules: &ClaimRules<'_>,
     ) -> Result<Identity, TokenError> {
         let valid_until = match claims.expires_at {
+            Some(exp)
+                if rules
+                    .max_lifetime_seconds
+                    .is_some_and(|max| exp.as_secs() > rules.now.saturating_add(max)) =>
+            {
+                return Err(TokenError::LifetimeTooLong);
+            }
             Some(exp) => Some(exp.as_secs().saturating_add(rules.skew_seconds)),
             None if rules.require_expiration => return Err(TokenError::MissingClaim("exp")),
             None => None,
@@ -171,6 +188,7 @@ impl Identity {
             .join(" ");
         let rate_limits = match extra.get("rate_limits") {
             None | Some(Value::Null) => None,
+            Some(v) if !v.is_object() => return Err(malformed("rate_limits is not an object")),
             Some(v) => Some(
                 serde_json::from_value::<RateLimitClaims>(v.clone())
                     .map_err(|_| malformed("rate_limits is malformed"))?,
@@ -185,6 +203,9 @@ impl Identity {
         }
         let delegation = match extra.get("delegation_rights") {
             None | Some(Value::Null) => None,
+            Some(v) if !v.is_object() => {
+                return Err(malformed("delegation_rights is not an object"));
+            }
             Some(v) => Some(
                 serde_json::from_value::<DelegationRights>(v.clone())
                     .map_err(|_| malformed("delegation_rights is malformed"))?,
@@ -218,6 +239,8 @@ impl Identity {
             serde_json::to_vec(&shared).map_err(|e| TokenError::Malformed(e.to_string()))?;
         Ok(Identity {
             provider: rules.provider.to_owned(),
+            provider_index: rules.provider_index,
+            kid: None,
             issuer,
             subject,
             tenant: tenant.to_owned(),
@@ -285,6 +308,7 @@ mod tests {
     fn rules() -> ClaimRules<'static> {
         ClaimRules {
             provider: "p",
+            provider_index: 0,
             tenant_claim: "tenant_id",
             fixed_tenant: None,
             scopes_claim: "context_scopes",
@@ -292,6 +316,8 @@ mod tests {
             require_expiration: true,
             skew_seconds: 60,
             forwarded_claims: &[],
+            max_lifetime_seconds: None,
+            now: 0,
         }
     }
 

@@ -147,6 +147,24 @@ impl JwksSync {
         }
     }
 
+    /// Newer keys of `provider` that another worker put in shared data and
+    /// this one has not installed yet (checked on demand, between ticks,
+    /// when a token needs keys this worker lacks).
+    pub fn newer_shared_keys(
+        &mut self,
+        provider: usize,
+        store: &dyn SharedStore,
+    ) -> Option<Rc<KeySet>> {
+        let remote = self.remotes.iter_mut().find(|r| r.provider == provider)?;
+        let (body, cas) = store.get(&remote.keys_key)?;
+        if body.is_empty() || remote.installed_cas == Some(cas) {
+            return None;
+        }
+        remote.installed_cas = Some(cas);
+        let keys = KeySet::parse(std::str::from_utf8(&body).ok()?).ok()?;
+        Some(Rc::new(keys.keys))
+    }
+
     pub fn tick(&mut self, store: &dyn SharedStore, now_ms: u64) -> TickResult {
         let mut result = TickResult::default();
         for (slot, remote) in self.remotes.iter_mut().enumerate() {

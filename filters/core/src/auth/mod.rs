@@ -89,6 +89,7 @@ pub struct Provider {
     pub issuer: String,
     skew_seconds: u64,
     require_expiration: bool,
+    max_lifetime_seconds: Option<u64>,
     algorithms: HashSet<Algorithm>,
     tenant_claim: String,
     fixed_tenant: Option<String>,
@@ -100,6 +101,7 @@ pub struct Provider {
     pub remote: Option<RemoteJwksConfig>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum TokenSource {
     Header {
         name: String,
@@ -107,6 +109,29 @@ enum TokenSource {
     },
     Query(String),
     Cookie(String),
+}
+
+/// The request's token and the sources it was found in.
+struct FoundToken {
+    token: String,
+    sources: Vec<TokenSource>,
+}
+
+impl FoundToken {
+    fn add_source(&mut self, source: &TokenSource) {
+        if !self.sources.contains(source) {
+            self.sources.push(source.clone());
+        }
+    }
+}
+
+/// `name=value` pairs of a `cookie` header.
+fn cookie_pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
+    header.split(';').filter_map(|pair| {
+        pair.trim()
+            .split_once('=')
+            .map(|(k, v)| (k.trim(), v.trim()))
+    })
 }
 
 struct PublicPath {
@@ -148,6 +173,18 @@ pub struct AuthState {
     pub cache: TokenCache,
 }
 
+impl AuthState {
+    /// Is the key that verified `identity` still in its provider's key set?
+    /// A key rotated out (retired or compromised) stops vouching for the
+    /// tokens it signed, even those verified and cached before.
+    fn still_trusted(&self, identity: &Identity) -> bool {
+        self.keys
+            .get(identity.provider_index)
+            .and_then(Option::as_ref)
+            .is_some_and(|keys| keys.has_kid(identity.kid.as_deref()))
+    }
+}
+
 /// How the token cache served a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheUse {
@@ -185,9 +222,17 @@ pub struct Allowed {
 pub struct Decision {
     pub outcome: Outcome,
     pub cache: CacheUse,
-    /// Index of a remote provider whose keys did not know the token's
-    /// `kid`: worth an early refresh (key rotation).
-    pub unknown_kid_provider: Option<usize>,
+    /// A remote provider whose keys this worker lacks (none yet, or not
+    /// the token's `kid`): another worker may already have fetched newer
+    /// ones, and if not an early refresh is worth it (key rotation).
+    pub stale_keys: Option<StaleKeys>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleKeys {
+    pub provider: usize,
+    /// The token named a `kid` the keys do not have.
+    pub unknown_kid: bool,
 }
 
 /// The matched operation, as later filters read it from filter state
@@ -251,6 +296,7 @@ impl Auth {
                 issuer: p.issuer,
                 skew_seconds: p.clock_skew_seconds,
                 require_expiration: p.require_expiration,
+                max_lifetime_seconds: p.max_lifetime_seconds,
                 algorithms,
                 tenant_claim: p.tenant_claim,
                 fixed_tenant: p.tenant,
@@ -351,7 +397,7 @@ impl Auth {
         let mut decision = Decision {
             outcome: Outcome::Deny(Denial::new(Reason::MissingToken, "")),
             cache: CacheUse::NotNeeded,
-            unknown_kid_provider: None,
+            stale_keys: None,
         };
         match self.authorize(state, store, request, now, &mut allowed, &mut decision) {
             Ok(()) => decision.outcome = Outcome::Allow(allowed),
@@ -395,14 +441,15 @@ impl Auth {
                 ));
             }
         };
-        let (token, token_header) = self.extract_token(request, query)?;
+        let found = self.extract_token(request, query)?;
+        let token = &found.token;
         if token.len() > self.max_token_bytes {
             return Err(Denial::new(
                 Reason::TokenTooLarge,
                 format!("token exceeds {} bytes", self.max_token_bytes),
             ));
         }
-        let identity = self.verify(state, store, &token, now, decision)?;
+        let identity = self.verify(state, store, token, now, decision)?;
         match &operation {
             Some(op) => self.check_scopes(&identity, op)?,
             None if self.unmatched == Unmatched::Authenticate => {}
@@ -413,8 +460,8 @@ impl Auth {
                 ));
             }
         }
-        if let Some(header) = token_header.filter(|_| !self.forward_token) {
-            allowed.remove_headers.push(header);
+        if !self.forward_token {
+            self.strip_token(&found, request, allowed);
         }
         self.describe(&identity, operation.as_ref(), allowed);
         Ok(())
@@ -431,26 +478,27 @@ impl Auth {
         })
     }
 
-    /// Finds the request's token. Returns it with the header it came in,
-    /// if it came in a header.
-    fn extract_token(
-        &self,
-        request: &RequestHead<'_>,
-        query: &str,
-    ) -> Result<(String, Option<String>), Denial> {
-        let mut found: Option<(String, Option<String>)> = None;
-        let mut offer = |token: String, header: Option<&str>| -> Result<(), Denial> {
+    /// Finds the request's token, and every place it was found.
+    fn extract_token(&self, request: &RequestHead<'_>, query: &str) -> Result<FoundToken, Denial> {
+        let mut found: Option<FoundToken> = None;
+        let mut offer = |token: &str, source: &TokenSource| -> Result<(), Denial> {
             if token.is_empty() {
                 return Err(Denial::new(Reason::MalformedToken, "the token is empty"));
             }
-            match &found {
-                Some((existing, _)) if *existing != token => Err(Denial::new(
+            match &mut found {
+                Some(existing) if existing.token != token => Err(Denial::new(
                     Reason::MultipleTokens,
                     "the request carries more than one token",
                 )),
-                Some(_) => Ok(()),
+                Some(existing) => {
+                    existing.add_source(source);
+                    Ok(())
+                }
                 None => {
-                    found = Some((token, header.map(str::to_owned)));
+                    found = Some(FoundToken {
+                        token: token.to_owned(),
+                        sources: vec![source.clone()],
+                    });
                     Ok(())
                 }
             }
@@ -465,12 +513,17 @@ impl Auth {
                                 "the token header is not valid UTF-8",
                             ));
                         };
-                        let token = match prefix {
-                            None => Some(value.trim()),
-                            Some(prefix) => strip_prefix_ignore_case(value, prefix).map(str::trim),
-                        };
-                        if let Some(token) = token {
-                            offer(token.to_owned(), Some(name))?;
+                        // Envoy joins repeated headers with commas; a JWT
+                        // never contains one, so each part is a candidate.
+                        for part in value.split(',') {
+                            let token = match prefix {
+                                None => Some(part.trim()),
+                                Some(prefix) => strip_prefix_ignore_case(part.trim_start(), prefix)
+                                    .map(str::trim),
+                            };
+                            if let Some(token) = token {
+                                offer(token, source)?;
+                            }
                         }
                     }
                 }
@@ -485,7 +538,7 @@ impl Auth {
                                     "the token parameter is malformed",
                                 )
                             })?;
-                        offer(decoded, None)?;
+                        offer(&decoded, source)?;
                     }
                 }
                 TokenSource::Cookie(name) => {
@@ -493,11 +546,9 @@ impl Auth {
                         let Ok(header) = std::str::from_utf8(header) else {
                             continue;
                         };
-                        for pair in header.split(';') {
-                            if let Some((k, v)) = pair.trim().split_once('=')
-                                && k == name
-                            {
-                                offer(v.trim_matches('"').to_owned(), None)?;
+                        for (k, v) in cookie_pairs(header) {
+                            if k == name {
+                                offer(v.trim_matches('"'), source)?;
                             }
                         }
                     }
@@ -505,6 +556,47 @@ impl Auth {
             }
         }
         found.ok_or_else(|| Denial::new(Reason::MissingToken, "a bearer token is required"))
+    }
+
+    /// Header changes that take the token out of the request: the upstream
+    /// gets identity headers, not the credential.
+    fn strip_token(&self, found: &FoundToken, request: &RequestHead<'_>, allowed: &mut Allowed) {
+        for source in &found.sources {
+            match source {
+                TokenSource::Header { name, .. } => allowed.remove_headers.push(name.clone()),
+                TokenSource::Query(name) => {
+                    let (path, query) = split_path_query(request.path);
+                    let kept: Vec<&str> = query
+                        .split('&')
+                        .filter(|pair| {
+                            !pair.is_empty() && pair.split('=').next() != Some(name.as_str())
+                        })
+                        .collect();
+                    let new_path = if kept.is_empty() {
+                        path.to_owned()
+                    } else {
+                        format!("{path}?{}", kept.join("&"))
+                    };
+                    allowed.set_headers.push((":path".to_owned(), new_path));
+                }
+                TokenSource::Cookie(name) => {
+                    let kept: Vec<String> = request
+                        .header_values("cookie")
+                        .filter_map(|v| std::str::from_utf8(v).ok())
+                        .flat_map(cookie_pairs)
+                        .filter(|(k, _)| k != name)
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    if kept.is_empty() {
+                        allowed.remove_headers.push("cookie".to_owned());
+                    } else {
+                        allowed
+                            .set_headers
+                            .push(("cookie".to_owned(), kept.join("; ")));
+                    }
+                }
+            }
+        }
     }
 
     /// Verifies a token, through this worker's cache, then the shared one.
@@ -516,11 +608,18 @@ impl Auth {
         now: u64,
         decision: &mut Decision,
     ) -> Result<Rc<Identity>, Denial> {
-        if let Some(verdict) = state.cache.get(token, now) {
-            decision.cache = CacheUse::Hit;
-            return verdict;
+        match state.cache.get(token, now) {
+            Some(Ok(identity)) if !state.still_trusted(&identity) => state.cache.forget(token),
+            Some(verdict) => {
+                decision.cache = CacheUse::Hit;
+                return verdict;
+            }
+            None => {}
         }
-        if let Some(identity) = self.shared_lookup(store, token, now) {
+        if let Some(identity) = self
+            .shared_lookup(store, token, now)
+            .filter(|i| state.still_trusted(i))
+        {
             decision.cache = CacheUse::SharedHit;
             let expires_at = self.cache_expiry(&identity, now);
             state
@@ -536,6 +635,7 @@ impl Auth {
                 let entry = SharedEntry {
                     provider,
                     valid_until,
+                    kid: identity.kid.clone(),
                     payload,
                 };
                 self.shared_cache.put(store, token, &entry);
@@ -547,9 +647,13 @@ impl Auth {
                 } else {
                     now
                 };
-                if denial.reason == Reason::UnknownKid {
-                    decision.unknown_kid_provider = provider
-                        .filter(|i| self.providers.get(*i).is_some_and(|p| p.remote.is_some()));
+                if matches!(denial.reason, Reason::UnknownKid | Reason::KeysUnavailable) {
+                    decision.stale_keys = provider
+                        .filter(|i| self.providers.get(*i).is_some_and(|p| p.remote.is_some()))
+                        .map(|provider| StaleKeys {
+                            provider,
+                            unknown_kid: denial.reason == Reason::UnknownKid,
+                        });
                 }
                 (Err(denial), expires_at)
             }
@@ -578,14 +682,17 @@ impl Auth {
         let entry = self.shared_cache.get(store, token, now)?;
         let provider = self.providers.get(entry.provider)?;
         let claims: crate::jwt::TokenClaims = serde_json::from_slice(&entry.payload).ok()?;
-        Identity::from_claims(&claims, &self.claim_rules(provider))
-            .ok()
-            .map(Rc::new)
+        let mut identity =
+            Identity::from_claims(&claims, &self.claim_rules(entry.provider, provider, now))
+                .ok()?;
+        identity.kid = entry.kid;
+        Some(Rc::new(identity))
     }
 
-    fn claim_rules<'a>(&'a self, provider: &'a Provider) -> ClaimRules<'a> {
+    fn claim_rules<'a>(&'a self, index: usize, provider: &'a Provider, now: u64) -> ClaimRules<'a> {
         ClaimRules {
             provider: &provider.name,
+            provider_index: index,
             tenant_claim: &provider.tenant_claim,
             fixed_tenant: provider.fixed_tenant.as_deref(),
             scopes_claim: &provider.scopes_claim,
@@ -593,6 +700,8 @@ impl Auth {
             require_expiration: provider.require_expiration,
             skew_seconds: provider.skew_seconds,
             forwarded_claims: &self.filter_state_claims,
+            max_lifetime_seconds: provider.max_lifetime_seconds,
+            now,
         }
     }
 
@@ -640,8 +749,9 @@ impl Auth {
         let claims = keys
             .verify(token, &header, &options)
             .map_err(|e| fail(Denial::from_token_error(&e)))?;
-        let identity = Identity::from_claims(&claims, &self.claim_rules(provider))
+        let mut identity = Identity::from_claims(&claims, &self.claim_rules(index, provider, now))
             .map_err(|e| fail(Denial::from_token_error(&e)))?;
+        identity.kid = header.kid.clone();
         let payload = serde_json::to_vec(&claims).unwrap_or_default();
         Ok((Rc::new(identity), index, payload))
     }

@@ -9,8 +9,8 @@
 //! count times the largest payload, whatever the traffic.
 //!
 //! A slot stores the token's digest (a hit must match all 32 bytes), the
-//! provider, the time the identity stops being valid, and the verified
-//! payload, from which the identity is rebuilt without touching the
+//! provider, the time the identity stops being valid, the verifying key's
+//! `kid`, and the verified payload, from which the identity is rebuilt without touching the
 //! signature again. Refusals are not shared: they are cheap to recompute
 //! relative to the risk of one worker's transient view (keys not yet
 //! fetched) spreading to others.
@@ -26,6 +26,8 @@ const HEADER_LEN: usize = 32 + 2 + 8;
 pub struct SharedEntry {
     pub provider: usize,
     pub valid_until: u64,
+    /// `kid` of the verifying key.
+    pub kid: Option<String>,
     pub payload: Vec<u8>,
 }
 
@@ -62,17 +64,25 @@ impl SharedTokenCache {
         }
         let (digest, key) = self.locate(token);
         let (value, _) = store.get(&key)?;
-        let (header, payload) = value.split_at_checked(HEADER_LEN)?;
-        let (stored_digest, rest) = header.split_at_checked(32)?;
+        let (header, rest) = value.split_at_checked(HEADER_LEN)?;
+        let (stored_digest, fixed) = header.split_at_checked(32)?;
         if stored_digest != digest {
             return None;
         }
-        let (provider, valid_until) = rest.split_at_checked(2)?;
+        let (provider, valid_until) = fixed.split_at_checked(2)?;
         let provider = u16::from_le_bytes(provider.try_into().ok()?);
         let valid_until = u64::from_le_bytes(valid_until.try_into().ok()?);
+        let (&kid_len, rest) = rest.split_first()?;
+        let (kid, payload) = rest.split_at_checked(usize::from(kid_len))?;
+        let kid = if kid.is_empty() {
+            None
+        } else {
+            Some(String::from_utf8(kid.to_vec()).ok()?)
+        };
         (now < valid_until).then(|| SharedEntry {
             provider: usize::from(provider),
             valid_until,
+            kid,
             payload: payload.to_vec(),
         })
     }
@@ -89,6 +99,13 @@ impl SharedTokenCache {
         value.extend_from_slice(&digest);
         value.extend_from_slice(&provider.to_le_bytes());
         value.extend_from_slice(&entry.valid_until.to_le_bytes());
+        // A kid longer than 255 bytes is not cached across workers.
+        let kid = entry.kid.as_deref().unwrap_or("").as_bytes();
+        let Ok(kid_len) = u8::try_from(kid.len()) else {
+            return;
+        };
+        value.push(kid_len);
+        value.extend_from_slice(kid);
         value.extend_from_slice(&entry.payload);
         let _ = store.set(&key, &value, None);
     }
@@ -106,6 +123,7 @@ mod tests {
         let entry = SharedEntry {
             provider: 1,
             valid_until: 200,
+            kid: Some("k".into()),
             payload: b"{\"sub\":\"a\"}".to_vec(),
         };
         cache.put(&store, "token-a", &entry);
@@ -126,6 +144,7 @@ mod tests {
             let entry = SharedEntry {
                 provider: 0,
                 valid_until: 200,
+                kid: Some("k".into()),
                 payload: vec![1],
             };
             cache.put(&store, &format!("token-{i}"), &entry);
@@ -146,6 +165,7 @@ mod tests {
             &SharedEntry {
                 provider: 0,
                 valid_until: 200,
+                kid: Some("k".into()),
                 payload: vec![],
             },
         );
@@ -157,6 +177,7 @@ mod tests {
             &SharedEntry {
                 provider: 0,
                 valid_until: 200,
+                kid: Some("k".into()),
                 payload: vec![],
             },
         );

@@ -625,3 +625,111 @@ fn workers_share_verifications_through_shared_data() {
         CacheUse::Miss
     );
 }
+
+#[test]
+fn repeated_authorization_headers_joined_by_envoy_are_split() {
+    let mut f = fixture(json!({}));
+    let (a, b) = (f.token(json!({})), f.token(json!({"sub": "bob"})));
+    let joined = format!("Bearer {a},Bearer {b}");
+    assert_eq!(
+        denied(&f.check(
+            "GET",
+            "/v1/contexts/projects/x",
+            &[("authorization", &joined)]
+        )),
+        Reason::MultipleTokens
+    );
+    let same = format!("Bearer {a}, Bearer {a}");
+    assert!(matches!(
+        f.check(
+            "GET",
+            "/v1/contexts/projects/x",
+            &[("authorization", &same)]
+        )
+        .outcome,
+        Outcome::Allow(_)
+    ));
+}
+
+#[test]
+fn tokens_are_taken_out_of_queries_and_cookies_too() {
+    let mut f = fixture(json!({"token_sources": [{"query": "access_token"}, {"cookie": "ctx"}]}));
+    let t = f.token(json!({}));
+    let path = format!("/v1/contexts/projects/x?a=1&access_token={t}&b=2");
+    let d = f.check("GET", &path, &[]);
+    assert_eq!(
+        header(allowed(&d), ":path"),
+        Some("/v1/contexts/projects/x?a=1&b=2")
+    );
+    let cookie = format!("theme=dark; ctx={t}; lang=en");
+    let d = f.check("GET", "/v1/contexts/projects/x", &[("cookie", &cookie)]);
+    assert_eq!(header(allowed(&d), "cookie"), Some("theme=dark; lang=en"));
+    let only = format!("ctx={t}");
+    let d = f.check("GET", "/v1/contexts/projects/x", &[("cookie", &only)]);
+    assert!(allowed(&d).remove_headers.contains(&"cookie".to_owned()));
+}
+
+#[test]
+fn a_rotated_out_key_stops_vouching_for_cached_tokens() {
+    let mut f = fixture(json!({}));
+    let token = f.token(json!({}));
+    assert!(matches!(
+        f.bearer("GET", "/v1/contexts/projects/a", &token).outcome,
+        Outcome::Allow(_)
+    ));
+    assert_eq!(
+        f.bearer("GET", "/v1/contexts/projects/a", &token).cache,
+        CacheUse::Hit
+    );
+    // The key set rotates: k1 is gone, another key takes its place.
+    let other = ES256KeyPair::generate().with_key_id("k2");
+    let mut jwks = jwks(&other);
+    jwks["keys"][0]["kid"] = json!("k2");
+    let keys = crate::jwt::KeySet::parse(&jwks.to_string()).unwrap().keys;
+    f.state.keys[0] = Some(std::rc::Rc::new(keys));
+    let d = f.bearer("GET", "/v1/contexts/projects/a", &token);
+    assert_eq!(
+        d.cache,
+        CacheUse::Miss,
+        "neither cache may answer for a removed key"
+    );
+    assert_eq!(denied(&d), Reason::UnknownKid);
+}
+
+#[test]
+fn implausible_claims_are_refused() {
+    let mut f = fixture(json!({}));
+    let path = "/v1/contexts/projects/a";
+    let t = f.token(json!({"exp": 1e300}));
+    assert_eq!(denied(&f.bearer("GET", path, &t)), Reason::MalformedToken);
+    let t = f.token(
+        json!({"act": {"sub": "agent"}, "delegation_rights": [true, 5, ["read:projects/*"]]}),
+    );
+    assert_eq!(denied(&f.bearer("GET", path, &t)), Reason::MalformedToken);
+    let t = f.token(json!({"rate_limits": "premium"}));
+    assert_eq!(denied(&f.bearer("GET", path, &t)), Reason::MalformedToken);
+}
+
+#[test]
+fn providers_can_cap_token_lifetimes() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut config = config(&key, json!({}));
+    config["providers"][0]["max_lifetime_seconds"] = json!(3600);
+    let auth = Auth::from_json(config.to_string().as_bytes()).unwrap();
+    let mut f = Fixture {
+        state: auth.new_state(),
+        auth,
+        store: crate::shared::MemoryStore::default(),
+        key,
+    };
+    let long = f.token(json!({"exp": NOW + 7200}));
+    assert_eq!(
+        denied(&f.bearer("GET", "/v1/contexts/projects/a", &long)),
+        Reason::LifetimeTooLong
+    );
+    let short = f.token(json!({"exp": NOW + 600}));
+    assert!(matches!(
+        f.bearer("GET", "/v1/contexts/projects/a", &short).outcome,
+        Outcome::Allow(_)
+    ));
+}

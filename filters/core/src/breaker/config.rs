@@ -53,6 +53,10 @@ pub struct BreakerConfig {
     pub on_open: OpenAction,
 }
 
+/// Route and cluster names are those Envoy selected when the request
+/// arrived (`xds.route_name`, `xds.cluster_name`). Behind a filter that
+/// changes routing headers (tagging, or a breaker's fallback) the final
+/// route may differ: select on the tag header there.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
@@ -65,6 +69,9 @@ pub struct Selector {
     /// A request header (e.g. a tag set by the tagging filter) and values.
     #[serde(default)]
     pub header: Option<HeaderSelector>,
+    /// Several header tests, any of which selects the request.
+    #[serde(default)]
+    pub any_header: Option<Vec<HeaderSelector>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -200,6 +207,14 @@ impl BreakerConfig {
                     ));
                 }
             }
+        }
+        if let Some(any) = &self.select.any_header
+            && (any.is_empty() || any.iter().any(|h| h.values.is_empty()))
+        {
+            return Err(ConfigError::new(
+                f("select.any_header"),
+                "give headers with at least one value each",
+            ));
         }
         if let Some(h) = &self.select.header
             && h.values.is_empty()

@@ -428,6 +428,12 @@ impl Breakers {
             if let Some(header) = &b.select.header {
                 check_header_name(&format!("breakers[{i}].select.header.name"), &header.name)?;
             }
+            for (j, header) in b.select.any_header.iter().flatten().enumerate() {
+                check_header_name(
+                    &format!("breakers[{i}].select.any_header[{j}].name"),
+                    &header.name,
+                )?;
+            }
             let key = format!("ctxgate_cb.{fingerprint}.{}", b.name);
             breakers.push(Breaker {
                 config: b,
@@ -465,22 +471,26 @@ impl Breakers {
     pub fn select(&self, selection: &Selection<'_>) -> Option<&Breaker> {
         self.breakers.iter().find(|b| {
             let s = &b.config.select;
-            s.routes.as_ref().is_none_or(|r| {
-                selection
-                    .route
-                    .is_some_and(|route| r.iter().any(|x| x == route))
-            }) && s.clusters.as_ref().is_none_or(|c| {
-                selection
-                    .cluster
-                    .is_some_and(|cl| c.iter().any(|x| x == cl))
-            }) && s.header.as_ref().is_none_or(|h| {
-                selection
-                    .head
-                    .header(&h.name)
-                    .is_some_and(|v| h.values.iter().any(|x| x == v))
-            })
+            let named = |names: &Option<Vec<String>>, actual: Option<&str>| {
+                names
+                    .as_ref()
+                    .is_none_or(|names| actual.is_some_and(|a| names.iter().any(|n| n == a)))
+            };
+            named(&s.routes, selection.route)
+                && named(&s.clusters, selection.cluster)
+                && s.header
+                    .as_ref()
+                    .is_none_or(|h| header_matches(&selection.head, h))
+                && s.any_header
+                    .as_ref()
+                    .is_none_or(|any| any.iter().any(|h| header_matches(&selection.head, h)))
         })
     }
+}
+
+fn header_matches(head: &RequestHead<'_>, selector: &config::HeaderSelector) -> bool {
+    head.header(&selector.name)
+        .is_some_and(|v| selector.values.iter().any(|x| x == v))
 }
 
 #[cfg(test)]

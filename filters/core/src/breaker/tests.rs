@@ -270,3 +270,38 @@ fn bad_configuration_names_the_field() {
             .starts_with("breakers[0].failure_statuses")
     );
 }
+
+#[test]
+fn any_header_selects_on_one_of_several_tags() {
+    let bs = Breakers::from_json(
+        json!({"breakers": [{"name": "processor", "select": {"any_header": [
+            {"name": "x-context-type", "values": ["large-context"]},
+            {"name": "x-context-priority", "values": ["high"]}
+        ]}}]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let pick = |headers: &[(String, Vec<u8>)]| {
+        let head = RequestHead {
+            method: "GET",
+            path: "/",
+            headers,
+        };
+        bs.select(&Selection {
+            route: None,
+            cluster: None,
+            head,
+        })
+        .is_some()
+    };
+    assert!(pick(&[("x-context-priority".to_owned(), b"high".to_vec())]));
+    assert!(pick(&[(
+        "x-context-type".to_owned(),
+        b"large-context".to_vec()
+    )]));
+    assert!(!pick(&[(
+        "x-context-type".to_owned(),
+        b"standard".to_vec()
+    )]));
+}

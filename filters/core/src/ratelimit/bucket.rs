@@ -223,6 +223,11 @@ fn encode_slot(entries: &[Entry]) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Take {
     pub allowed: bool,
+    /// Admitted locally, but the RLS must decide (global limiting).
+    pub ask_rls: bool,
+    /// Refused because the RLS reported the key over its limit for the
+    /// rest of its window (hierarchical mode).
+    pub global_exhausted: bool,
     /// The most constrained limit: index, remaining whole tokens, capacity
     /// in whole tokens, seconds until full again (or, when refused, until
     /// the request would fit).
@@ -242,7 +247,7 @@ pub struct Tightest {
 }
 
 /// How a request should change the global view when it is admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GlobalAction {
     /// No global limiting.
     None,
@@ -251,6 +256,12 @@ pub enum GlobalAction {
     /// The RLS decides: hand over (zero) the unreported consumption so the
     /// caller can send it with this request's hits.
     ClaimUnreported,
+    /// Decide here, atomically with the bucket update: count locally while
+    /// the known global usage stays below `threshold` of the RLS limit and
+    /// this Envoy's unreported consumption within `budget_share` of it
+    /// (so several gateways together cannot pass the limit between two
+    /// RLS answers); else claim for the RLS.
+    Hierarchical { threshold: f64, budget_share: f64 },
 }
 
 /// The table of buckets.
@@ -474,7 +485,12 @@ fn consume(
     global: GlobalAction,
     now_ms: u64,
 ) -> (Take, u64) {
-    let mut allowed = true;
+    // The RLS already said this key is over its limit for the rest of the
+    // window: refuse here instead of asking it again for every request.
+    let global_exhausted = matches!(global, GlobalAction::Hierarchical { .. })
+        && entry.global.is_known(now_ms)
+        && entry.global.used >= entry.global.limit;
+    let mut allowed = !global_exhausted;
     let mut refilled = Vec::with_capacity(specs.len());
     let mut stamps = Vec::with_capacity(specs.len());
     for (state, spec) in entry.limits.iter().zip(specs) {
@@ -531,9 +547,28 @@ fn consume(
         }
     }
     let mut claimed = 0;
+    let mut ask_rls = false;
     if allowed {
-        match global {
-            GlobalAction::None => {}
+        let action = match global {
+            GlobalAction::Hierarchical {
+                threshold,
+                budget_share,
+            } => {
+                let view = &entry.global;
+                let limit = view.limit as f64;
+                let local = view.is_known(now_ms)
+                    && (view.used.saturating_add(cost) as f64) < threshold * limit
+                    // (+1e-6: 0.2 x 100 is 19.999... in floating point.)
+                    && (view.unreported.saturating_add(cost) as f64) <= (budget_share * limit + 1e-6).floor().max(1.0);
+                if local {
+                    GlobalAction::CountLocally
+                } else {
+                    GlobalAction::ClaimUnreported
+                }
+            }
+            other => other,
+        };
+        match action {
             GlobalAction::CountLocally => {
                 entry.global.used = entry.global.used.saturating_add(cost);
                 entry.global.unreported = entry.global.unreported.saturating_add(cost);
@@ -541,12 +576,16 @@ fn consume(
             GlobalAction::ClaimUnreported => {
                 claimed = entry.global.unreported;
                 entry.global.unreported = 0;
+                ask_rls = true;
             }
+            GlobalAction::None | GlobalAction::Hierarchical { .. } => {}
         }
     }
     (
         Take {
             allowed,
+            ask_rls,
+            global_exhausted,
             tightest,
             global: entry.global,
             evicted: false,

@@ -211,6 +211,13 @@ pub struct GlobalConfig {
     /// Fraction of the global limit below which local buckets decide alone.
     #[serde(default = "defaults::sync_threshold")]
     pub sync_threshold: f64,
+    /// How many gateways (Envoy processes) share the global limit, at most.
+    /// Between two RLS answers each admits locally at most
+    /// `(1 - sync_threshold) / gateways` of the limit, so together they
+    /// cannot pass it. Too high only costs RLS calls; too low risks
+    /// over-admission near the limit.
+    #[serde(default = "defaults::gateways")]
+    pub gateways: u32,
     /// How often local consumption is reported to the RLS.
     #[serde(default = "defaults::sync_interval_ms")]
     pub sync_interval_ms: u64,
@@ -329,6 +336,9 @@ mod defaults {
     }
     pub fn sync_threshold() -> f64 {
         0.8
+    }
+    pub fn gateways() -> u32 {
+        4
     }
     pub fn sync_interval_ms() -> u64 {
         200
@@ -498,6 +508,12 @@ impl RateLimitConfig {
                 return Err(ConfigError::new(
                     "global.sync_threshold",
                     "must be in (0, 1]",
+                ));
+            }
+            if !(1..=1000).contains(&g.gateways) {
+                return Err(ConfigError::new(
+                    "global.gateways",
+                    "must be between 1 and 1000",
                 ));
             }
             if !(10..=60_000).contains(&g.sync_interval_ms) {

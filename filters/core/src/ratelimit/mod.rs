@@ -442,24 +442,18 @@ impl RateLimiter {
             .map_or(1.0, adaptive::Adaptive::multiplier);
         let limits = self.limits(facts.identity.as_ref(), multiplier);
 
-        // Does the RLS get a say, and is this request inside the local zone?
+        // Does the RLS get a say? The local/global split is decided inside
+        // the bucket update, atomically.
         let global_action = match &self.global {
             None => GlobalAction::None,
             Some(g) if g.mode == GlobalMode::Always => GlobalAction::ClaimUnreported,
-            Some(g) => match bucket::global_view(&self.table, store, hash) {
-                Some(view) if view.is_known(now_ms) => {
-                    let projected = view.used.saturating_add(cost) as f64;
-                    if projected < g.sync_threshold * view.limit as f64 {
-                        GlobalAction::CountLocally
-                    } else {
-                        GlobalAction::ClaimUnreported
-                    }
-                }
-                _ => GlobalAction::ClaimUnreported,
+            Some(g) => GlobalAction::Hierarchical {
+                threshold: g.sync_threshold,
+                budget_share: (1.0 - g.sync_threshold) / g.gateways as f64,
             },
         };
 
-        let (local, claimed) = match self.table.take(
+        let (local, claimed, ask_rls) = match self.table.take(
             store,
             hash,
             &limits.specs,
@@ -481,6 +475,18 @@ impl RateLimiter {
                             decided_by: DecidedBy::Local,
                         }),
                         claimed_unreported,
+                        take.ask_rls,
+                    )
+                } else if take.global_exhausted {
+                    let reply =
+                        self.global_refusal_reply(request, &label, &take.global, cost, now_ms);
+                    (
+                        Err(Refused {
+                            reply,
+                            refusal: Refusal::GlobalLimit,
+                        }),
+                        0,
+                        false,
                     )
                 } else {
                     let reply =
@@ -491,6 +497,7 @@ impl RateLimiter {
                             refusal: Refusal::LocalLimit,
                         }),
                         0,
+                        false,
                     )
                 }
             }
@@ -504,6 +511,7 @@ impl RateLimiter {
                             decided_by: DecidedBy::Contention,
                         }),
                         0,
+                        false,
                     ),
                     Contention::Deny => {
                         let body = json!({"error": "rate_limited", "message": "the rate limiter is saturated; retry shortly"});
@@ -520,14 +528,15 @@ impl RateLimiter {
                                 refusal: Refusal::Contention,
                             }),
                             0,
+                            false,
                         )
                     }
                 }
             }
         };
 
-        match (&self.global, global_action, local) {
-            (_, GlobalAction::CountLocally, Ok(admitted)) => {
+        match (&self.global, ask_rls, local) {
+            (Some(_), false, Ok(admitted)) if admitted.decided_by == DecidedBy::Local => {
                 if state.dirty.len() < MAX_DIRTY || state.dirty.contains_key(&hash) {
                     state.dirty.entry(hash).or_insert(descriptor);
                 } else {
@@ -535,9 +544,7 @@ impl RateLimiter {
                 }
                 Step::Allow(admitted)
             }
-            (Some(g), GlobalAction::ClaimUnreported, Ok(admitted))
-                if admitted.decided_by == DecidedBy::Local =>
-            {
+            (Some(g), true, Ok(admitted)) if admitted.decided_by == DecidedBy::Local => {
                 Step::AskRls(Box::new(RlsCall {
                     message: rls::encode_request(
                         &g.domain,
@@ -724,6 +731,45 @@ impl RateLimiter {
         self.table
             .return_unreported(store, report.key_hash, report.hits);
         state.dirty.insert(report.key_hash, report.descriptor);
+    }
+
+    /// 429 for a key the RLS reported over its limit, answered locally.
+    fn global_refusal_reply(
+        &self,
+        request: &RequestHead<'_>,
+        label: &str,
+        view: &bucket::GlobalView,
+        cost: u64,
+        now_ms: u64,
+    ) -> LocalReply {
+        let reset = view.reset_ms.saturating_sub(now_ms).div_ceil(1000).max(1);
+        let limit = view.limit;
+        let mut headers = if self.response_headers {
+            vec![
+                ("x-ratelimit-limit".into(), limit.to_string()),
+                ("x-ratelimit-remaining".into(), "0".into()),
+                ("x-ratelimit-reset".into(), reset.to_string()),
+            ]
+        } else {
+            Vec::new()
+        };
+        headers.push(("retry-after".into(), reset.to_string()));
+        let body = json!({
+            "error": "rate_limited",
+            "message": format!("{label} exceeded its global limit of {limit} for this window"),
+            "limit": {"scope": "global", "limit": limit},
+            "cost": cost,
+            "retry_after_seconds": reset,
+        });
+        let mut reply = LocalReply::json_error(
+            request,
+            429,
+            &body,
+            headers,
+            "ctxgate_ratelimit_refused{global_limit}".into(),
+        );
+        reply.grpc_status = reply.grpc_status.map(|_| 8);
+        reply
     }
 
     fn headers(&self, limits: &Limits, tightest: &Tightest) -> Vec<(String, String)> {

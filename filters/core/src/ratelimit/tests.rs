@@ -303,7 +303,8 @@ fn answer(over: bool, limit: u64, remaining: u64) -> rls::RlsAnswer {
 
 #[test]
 fn hierarchical_mode_goes_local_below_the_threshold_and_global_above() {
-    let (l, mut state, store) = setup(hierarchical());
+    let (l, mut state, store) =
+        setup(json!({"global": {"cluster": "rls", "sync_threshold": 0.8, "gateways": 1}}));
     let r = req(Some(identity("acme", "premium")), Some("read"));
     // Nothing known yet: the RLS decides.
     let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
@@ -321,29 +322,65 @@ fn hierarchical_mode_goes_local_below_the_threshold_and_global_above() {
         header(&admitted.response_headers, "x-ratelimit-remaining"),
         Some("99")
     );
-    // Known usage 1/100: local until the projected usage reaches 80.
-    for _ in 0..78 {
+    // Known usage 1/100: local, until this gateway's unreported consumption
+    // reaches its budget, (1 - 0.8) / 1 gateway of the limit = 20.
+    for _ in 0..20 {
+        assert_eq!(admitted_local(&l, &mut state, &store, &r), DecidedBy::Local);
+    }
+    let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+        panic!("budget used")
+    };
+    assert_eq!(
+        call.piggybacked, 20,
+        "local admissions travel with the next global question"
+    );
+    let message =
+        <rls::RateLimitRequest as prost::Message>::decode(call.message.as_slice()).unwrap();
+    assert_eq!(message.hits_addend, 21);
+    // Another gateway has been busy: the RLS count is 75 now.
+    l.on_rls_answer(&store, &call, &answer(false, 100, 25), NOW)
+        .unwrap();
+    for _ in 0..4 {
         assert_eq!(admitted_local(&l, &mut state, &store, &r), DecidedBy::Local);
     }
     let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
         panic!("80/100 reached")
     };
-    assert_eq!(
-        call.piggybacked, 78,
-        "local admissions travel with the first global question"
-    );
-    let message =
-        <rls::RateLimitRequest as prost::Message>::decode(call.message.as_slice()).unwrap();
-    assert_eq!(message.hits_addend, 79);
-    let refused = l
+    let over = l
         .on_rls_answer(&store, &call, &answer(true, 100, 0), NOW)
         .unwrap_err();
-    assert_eq!(refused.refusal, Refusal::GlobalLimit);
-    assert_eq!(refused.reply.status, 429);
-    assert!(
-        matches!(check(&l, &mut state, &store, &r, NOW), Step::AskRls(_)),
-        "stays global"
-    );
+    assert_eq!(over.refusal, Refusal::GlobalLimit);
+    assert_eq!(over.reply.status, 429);
+    // Over the limit for the rest of the window: refused without asking.
+    let step = check(&l, &mut state, &store, &r, NOW);
+    let refusal = refused(&step);
+    assert_eq!(refusal.refusal, Refusal::GlobalLimit);
+    assert_eq!(header(&refusal.reply.headers, "retry-after"), Some("30"));
+    // A new window: the RLS decides again.
+    assert!(matches!(
+        check(&l, &mut state, &store, &r, NOW + 30_000),
+        Step::AskRls(_)
+    ));
+}
+
+#[test]
+fn more_gateways_mean_smaller_local_budgets() {
+    let (l, mut state, store) =
+        setup(json!({"global": {"cluster": "rls", "sync_threshold": 0.8, "gateways": 4}}));
+    let r = req(Some(identity("acme", "premium")), Some("read"));
+    let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+        panic!()
+    };
+    l.on_rls_answer(&store, &call, &answer(false, 1000, 999), NOW)
+        .unwrap();
+    // (1 - 0.8) / 4 of 1000 = 50.
+    for _ in 0..50 {
+        assert_eq!(admitted_local(&l, &mut state, &store, &r), DecidedBy::Local);
+    }
+    assert!(matches!(
+        check(&l, &mut state, &store, &r, NOW),
+        Step::AskRls(_)
+    ));
 }
 
 fn admitted_local(

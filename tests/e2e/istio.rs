@@ -1,0 +1,1021 @@
+//! The Istio manifests in `istio/`, checked the way a cluster and the ctxgate
+//! filters will read them, without a cluster:
+//!
+//! * every Istio object against the served version of its CRD in Istio's
+//!   own bundle (`../shared/istio-crds/customresourcedefinitions.gen.yaml`,
+//!   or `$CTXGATE_ISTIO_CRDS`): the JSON schema, strict about unknown fields
+//!   as Kubernetes is, and the CRDs' CEL rules (see `istio/crd.rs`);
+//! * Kubernetes built-ins (Deployment, Service, ConfigMap, ...): they parse
+//!   and carry an apiVersion, a kind and valid metadata;
+//! * each WasmPlugin's `pluginConfig` through its filter's own parser, as
+//!   the plugin receives it from Istio;
+//! * the references between files that a typo would break without any
+//!   error from Kubernetes: plugin order, Envoy cluster names, subsets,
+//!   gateway, route names, matched header values, the RLS limits;
+//! * and broken copies of the real manifests, built in memory, to show that
+//!   each of these checks fails when it should.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "istio/crd.rs"]
+mod crd;
+#[path = "istio/manifests.rs"]
+mod manifests;
+#[path = "istio/yaml.rs"]
+mod yaml;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::LazyLock;
+
+use crd::Crds;
+use ctxgate_core::auth::Auth;
+use ctxgate_core::auth::config::{AuthConfig, JwksConfig, parse_json};
+use ctxgate_core::breaker::Breakers;
+use ctxgate_core::breaker::config::{BreakersConfig, OpenAction};
+use ctxgate_core::ratelimit::RateLimiter;
+use ctxgate_core::ratelimit::config::{KeyPart, RateLimitConfig};
+use ctxgate_core::tagging::Tagger;
+use ctxgate_core::tagging::config::TaggingConfig;
+use manifests::{IstioCluster, Object, plugin_config_json, repo_root};
+use serde_json::{Value, json};
+
+/// The four plugins, in the order they must run on the gateway.
+const PLUGINS: [&str; 4] = [
+    "ctxgate-auth",
+    "ctxgate-ratelimit",
+    "ctxgate-tagging",
+    "ctxgate-breaker",
+];
+
+static CRDS: LazyLock<Crds> = LazyLock::new(|| {
+    let path = std::env::var_os("CTXGATE_ISTIO_CRDS").map_or_else(
+        || repo_root().join("../shared/istio-crds/customresourcedefinitions.gen.yaml"),
+        PathBuf::from,
+    );
+    Crds::load(&path).unwrap_or_else(|e| panic!("{e}"))
+});
+
+static OBJECTS: LazyLock<Vec<Object>> = LazyLock::new(|| {
+    let objects = manifests::load(&repo_root().join("istio")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!objects.is_empty(), "istio/ holds no manifest");
+    objects
+});
+
+fn all(kind: &str) -> Vec<&'static Object> {
+    OBJECTS.iter().filter(|o| o.kind() == kind).collect()
+}
+
+fn one(kind: &str, name: &str) -> &'static Object {
+    let found: Vec<_> = all(kind).into_iter().filter(|o| o.name() == name).collect();
+    match found.as_slice() {
+        [o] => o,
+        _ => panic!(
+            "expected exactly one {kind} named {name} in istio/, found {}",
+            found.len()
+        ),
+    }
+}
+
+/// A plugin's configuration as its filter receives it (JSON text).
+fn plugin_config(name: &str) -> Vec<u8> {
+    let config = &one("WasmPlugin", name).spec()["pluginConfig"];
+    assert!(config.is_object(), "WasmPlugin {name} has no pluginConfig");
+    serde_json::to_vec(&plugin_config_json(config)).unwrap()
+}
+
+fn auth_config() -> AuthConfig {
+    parse_json(&plugin_config("ctxgate-auth")).unwrap()
+}
+
+fn ratelimit_config() -> RateLimitConfig {
+    parse_json(&plugin_config("ctxgate-ratelimit")).unwrap()
+}
+
+fn tagging_config() -> TaggingConfig {
+    parse_json(&plugin_config("ctxgate-tagging")).unwrap()
+}
+
+fn breakers_config() -> BreakersConfig {
+    parse_json(&plugin_config("ctxgate-breaker")).unwrap()
+}
+
+/// Every `http` entry of every VirtualService.
+fn http_routes() -> Vec<(&'static Object, &'static Value)> {
+    all("VirtualService")
+        .into_iter()
+        .flat_map(|vs| {
+            vs.spec()["http"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |route| (vs, route))
+        })
+        .collect()
+}
+
+/// The Service behind `<name>.<namespace>.svc.cluster.local`, if istio/ has it.
+fn service_for_host(host: &str) -> Option<&'static Object> {
+    let (name, rest) = host.split_once('.')?;
+    let namespace = rest.strip_suffix(".svc.cluster.local")?;
+    all("Service")
+        .into_iter()
+        .find(|s| s.name() == name && s.namespace() == namespace)
+}
+
+/// Is an object exported (`exportTo`) to workloads of `namespace`?
+fn visible_in(object: &Object, namespace: &str) -> bool {
+    match object.spec()["exportTo"].as_array() {
+        None => true,
+        Some(to) => to.iter().any(|ns| {
+            ns == "*" || ns == namespace || (ns == "." && object.namespace() == namespace)
+        }),
+    }
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The manifests as they are.
+
+#[test]
+fn every_istio_object_is_valid_against_its_crd() {
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut cel_rules = 0;
+    for object in OBJECTS.iter().filter(|o| o.is_istio()) {
+        match CRDS.validate(&object.value) {
+            Ok(checked) => {
+                cel_rules += checked.cel_rules;
+                *kinds.entry(object.kind()).or_default() += 1;
+            }
+            Err(errors) => failures.push(format!("{object}:\n    {}", errors.join("\n    "))),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "rejected by Istio's CRDs:\n{}",
+        failures.join("\n")
+    );
+    for kind in [
+        "WasmPlugin",
+        "VirtualService",
+        "DestinationRule",
+        "ServiceEntry",
+        "Gateway",
+        "AuthorizationPolicy",
+    ] {
+        assert!(kinds.contains_key(kind), "istio/ has no {kind}");
+    }
+    eprintln!(
+        "{} Istio objects valid against {} served CRD versions ({kinds:?}); {cel_rules} CEL rules held",
+        kinds.values().sum::<usize>(),
+        CRDS.versions()
+    );
+}
+
+#[test]
+fn kubernetes_objects_are_well_formed() {
+    // Built-in kinds istio/ may use; a new one is added here deliberately.
+    let builtins = [
+        ("v1", "Namespace"),
+        ("v1", "Service"),
+        ("v1", "ServiceAccount"),
+        ("v1", "ConfigMap"),
+        ("apps/v1", "Deployment"),
+        ("policy/v1", "PodDisruptionBudget"),
+    ];
+    let meta = jsonschema::draft7::new(&crd::object_meta_schema()).unwrap();
+    let namespaces: BTreeSet<&str> = all("Namespace").iter().map(|n| n.name()).collect();
+    let mut seen = BTreeSet::new();
+    let mut failures = Vec::new();
+    for object in OBJECTS.iter() {
+        let mut fail = |message: String| failures.push(format!("{object}: {message}"));
+        if object.api_version().is_empty() || object.kind().is_empty() {
+            fail("apiVersion and kind are required".into());
+            continue;
+        }
+        for error in meta.iter_errors(&object.value["metadata"]) {
+            fail(format!("metadata{}: {error}", error.instance_path()));
+        }
+        if object.is_istio() {
+            if !CRDS.defines_group(object.group()) {
+                fail(format!("no Istio CRD defines the group {}", object.group()));
+            }
+        } else if !builtins.contains(&(object.api_version(), object.kind())) {
+            fail(format!(
+                "{} {} is not a built-in kind this test knows",
+                object.api_version(),
+                object.kind()
+            ));
+        }
+        if object.kind() == "Namespace" {
+            continue;
+        }
+        // Explicit namespaces: `kubectl apply -f istio/` must not depend on
+        // the current context's namespace.
+        match object.namespace() {
+            "istio-system" => {}
+            ns if namespaces.contains(ns) => {}
+            "" => fail("metadata.namespace is not set".into()),
+            ns => fail(format!(
+                "namespace {ns} is neither istio-system nor created in istio/"
+            )),
+        }
+        if !seen.insert((object.kind(), object.namespace(), object.name())) {
+            fail("defined twice".into());
+        }
+    }
+    for deployment in all("Deployment") {
+        let template = &deployment.spec()["template"];
+        let labels = template["metadata"]["labels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let selector = deployment.spec()["selector"]["matchLabels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        if selector.is_empty() || selector.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+            failures.push(format!(
+                "{deployment}: selector does not match the pod template's labels"
+            ));
+        }
+        for container in template["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if container["image"].as_str().is_none_or(str::is_empty) {
+                failures.push(format!("{deployment}: container without image"));
+            }
+        }
+    }
+    // Every Service selects pods of a Deployment, on ports they expose.
+    for service in all("Service") {
+        let selector = service.spec()["selector"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let backing = all("Deployment").into_iter().find(|d| {
+            d.namespace() == service.namespace()
+                && selector
+                    .iter()
+                    .all(|(k, v)| d.spec()["template"]["metadata"]["labels"][k] == *v)
+        });
+        let Some(deployment) = backing else {
+            failures.push(format!(
+                "{service}: no Deployment in istio/ has pods it selects"
+            ));
+            continue;
+        };
+        let container_ports: Vec<&Value> = deployment.spec()["template"]["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+            .collect();
+        for port in service.spec()["ports"].as_array().into_iter().flatten() {
+            let target = if port["targetPort"].is_null() {
+                &port["port"]
+            } else {
+                &port["targetPort"]
+            };
+            let exposed = container_ports
+                .iter()
+                .any(|p| p["containerPort"] == *target || p["name"] == *target);
+            if !exposed {
+                failures.push(format!(
+                    "{service}: targetPort {target} is not a port of {deployment}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn plugin_configs_are_accepted_by_their_filters() {
+    type Parser = fn(&[u8]) -> Result<(), String>;
+    let parsers: [(&str, Parser); 4] = [
+        ("ctxgate-auth", |j| {
+            Auth::from_json(j).map(drop).map_err(|e| e.to_string())
+        }),
+        ("ctxgate-ratelimit", |j| {
+            RateLimiter::from_json(j)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }),
+        ("ctxgate-tagging", |j| {
+            Tagger::from_json(j).map(drop).map_err(|e| e.to_string())
+        }),
+        ("ctxgate-breaker", |j| {
+            Breakers::from_json(j).map(drop).map_err(|e| e.to_string())
+        }),
+    ];
+    let plugins = all("WasmPlugin");
+    assert_eq!(
+        plugins.iter().map(|p| p.name()).collect::<BTreeSet<_>>(),
+        PLUGINS.into_iter().collect::<BTreeSet<_>>(),
+        "one WasmPlugin per filter"
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    for plugin in plugins {
+        let name = plugin.name();
+        let (_, parse) = parsers.iter().find(|(n, _)| *n == name).unwrap();
+        if let Err(e) = parse(&plugin_config(name)) {
+            panic!("{plugin}: the filter refuses its pluginConfig: {e}");
+        }
+        let spec = plugin.spec();
+        // Images are tagged with the workspace version they are built from.
+        assert_eq!(
+            spec["url"],
+            format!("oci://ghcr.io/ctxgate/{name}:{version}"),
+            "{plugin}"
+        );
+        // The proxy-wasm root id, as in envoy/demo.yaml.
+        assert_eq!(spec["pluginName"], name.replace('-', "_"), "{plugin}");
+        // Routing trusts the headers these plugins own: none may be skipped.
+        assert_eq!(spec["failStrategy"], "FAIL_CLOSE", "{plugin}");
+        assert_eq!(spec["type"], "HTTP", "{plugin}");
+    }
+}
+
+#[test]
+fn plugins_run_in_order_auth_ratelimit_tagging_breaker() {
+    // Istio inserts WasmPlugins by phase (AUTHN before Istio's authn filter,
+    // AUTHZ before its authz filter, STATS before its stats filter,
+    // unspecified just before the router), then by priority, highest first.
+    let phase_rank = |phase: &Value| match phase.as_str() {
+        Some("AUTHN") => 0,
+        Some("AUTHZ") => 1,
+        Some("STATS") => 2,
+        _ => 3,
+    };
+    let mut chain: Vec<(i64, i64, &str)> = all("WasmPlugin")
+        .iter()
+        .map(|p| {
+            let spec = p.spec();
+            (
+                phase_rank(&spec["phase"]),
+                -spec["priority"].as_i64().unwrap_or(0),
+                p.name(),
+            )
+        })
+        .collect();
+    chain.sort();
+    for pair in chain.windows(2) {
+        assert_ne!(
+            (pair[0].0, pair[0].1),
+            (pair[1].0, pair[1].1),
+            "{} and {} share phase and priority: their order would depend on their names",
+            pair[0].2,
+            pair[1].2
+        );
+    }
+    let order: Vec<&str> = chain.iter().map(|(_, _, name)| *name).collect();
+    assert_eq!(order, PLUGINS);
+}
+
+#[test]
+fn plugins_and_routes_are_on_the_same_gateway() {
+    let gateways = all("Gateway");
+    assert_eq!(gateways.len(), 1, "one Gateway for the context API");
+    let gateway = gateways[0];
+    let selector = &gateway.spec()["selector"];
+    for plugin in all("WasmPlugin") {
+        // A WasmPlugin with a selector applies to workloads of its own
+        // namespace (all namespaces from the root namespace, istio-system).
+        assert_eq!(plugin.namespace(), gateway.namespace(), "{plugin}");
+        assert_eq!(
+            &plugin.spec()["selector"]["matchLabels"],
+            selector,
+            "{plugin}: not the Gateway's workload"
+        );
+    }
+    let served: Vec<&str> = gateway.spec()["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| strings(&s["hosts"]))
+        .collect();
+    for vs in all("VirtualService") {
+        let gateway_ref = format!("{}/{}", gateway.namespace(), gateway.name());
+        assert_eq!(
+            strings(&vs.spec()["gateways"]),
+            [gateway_ref.as_str()],
+            "{vs}"
+        );
+        for host in strings(&vs.spec()["hosts"]) {
+            let bound = [
+                format!("{}/{host}", vs.namespace()),
+                format!("*/{host}"),
+                host.to_owned(),
+            ];
+            assert!(
+                served.iter().any(|s| bound.iter().any(|b| b == s)),
+                "{vs}: the Gateway does not accept {host} from namespace {}",
+                vs.namespace()
+            );
+        }
+    }
+}
+
+#[test]
+fn routes_use_subsets_their_destination_rules_define() {
+    let mut used = BTreeSet::new();
+    for (vs, route) in http_routes() {
+        for destination in route["route"].as_array().unwrap() {
+            let host = destination["destination"]["host"].as_str().unwrap();
+            assert!(
+                service_for_host(host).is_some() || host.ends_with(".svc.cluster.local"),
+                "{vs}: destination {host} is not a cluster-local service name"
+            );
+            let Some(subset) = destination["destination"]["subset"].as_str() else {
+                continue;
+            };
+            let defined = all("DestinationRule").into_iter().any(|dr| {
+                dr.spec()["host"] == host
+                    && visible_in(dr, "istio-system")
+                    && dr.spec()["subsets"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|s| s["name"] == subset)
+            });
+            assert!(
+                defined,
+                "{vs}: no DestinationRule defines subset {subset} of {host}"
+            );
+            used.insert((host.to_owned(), subset.to_owned()));
+        }
+    }
+    for dr in all("DestinationRule") {
+        let host = dr.spec()["host"].as_str().unwrap();
+        for subset in dr.spec()["subsets"].as_array().into_iter().flatten() {
+            let name = subset["name"].as_str().unwrap();
+            assert!(
+                used.contains(&(host.to_owned(), name.to_owned())),
+                "{dr}: subset {name} is routed to by no VirtualService"
+            );
+        }
+    }
+    // Breakers select by headers the tagging plugin sets, and any route
+    // they name exists (Envoy route name = http[].name).
+    let tagging: serde_json::Value =
+        serde_json::from_slice(&plugin_config("ctxgate-tagging")).unwrap();
+    let tagging_headers: BTreeSet<String> = tagging["headers"]
+        .as_object()
+        .map(|h| {
+            h.values()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_else(|| {
+            [
+                "x-context-tenant",
+                "x-context-type",
+                "x-context-priority",
+                "x-context-region",
+                "x-context-id",
+                "x-context-variant",
+            ]
+            .map(str::to_owned)
+            .into()
+        });
+    for breaker in breakers_config().breakers {
+        for header in breaker
+            .select
+            .header
+            .iter()
+            .chain(breaker.select.any_header.iter().flatten())
+        {
+            assert!(
+                tagging_headers.contains(&header.name),
+                "breaker {} selects on {}, which ctxgate-tagging does not set",
+                breaker.name,
+                header.name
+            );
+        }
+    }
+    let route_names: BTreeSet<&str> = http_routes()
+        .iter()
+        .filter_map(|(_, route)| route["name"].as_str())
+        .collect();
+    for breaker in breakers_config().breakers {
+        for route in breaker.select.routes.iter().flatten() {
+            assert!(
+                route_names.contains(route.as_str()),
+                "breaker {} selects route {route}, which no VirtualService names",
+                breaker.name
+            );
+        }
+        for cluster in breaker.select.clusters.iter().flatten() {
+            IstioCluster::parse(cluster).unwrap();
+        }
+    }
+}
+
+#[test]
+fn routing_matches_only_headers_the_plugins_set() {
+    // Header -> the values a plugin can give it (None: any value, e.g. a
+    // tenant id from a verified token).
+    let mut owned: BTreeMap<String, (&str, Option<BTreeSet<String>>)> = BTreeMap::new();
+    for header in auth_config().identity_headers.all() {
+        owned.insert(header.to_owned(), ("ctxgate-auth", None));
+    }
+    let tagging = tagging_config();
+    for (tag, header) in &tagging.headers.0 {
+        let free = ["tenant", "context_id"].contains(&tag.as_str())
+            || tagging.from_claims.contains_key(tag);
+        let values = (!free).then(|| {
+            let mut values: BTreeSet<String> = tagging
+                .rules
+                .iter()
+                .filter_map(|r| r.set.get(tag).cloned())
+                .chain(tagging.tenants.values().filter_map(|t| t.get(tag).cloned()))
+                .chain(tagging.defaults.get(tag).cloned())
+                .collect();
+            if tag == "variant" {
+                values.extend(
+                    tagging
+                        .variant
+                        .iter()
+                        .flat_map(|v| v.variants.iter().map(|w| w.name.clone())),
+                );
+            }
+            values
+        });
+        // A header both plugins set (x-context-tenant) keeps the wider set.
+        owned
+            .entry(header.clone())
+            .or_insert(("ctxgate-tagging", values));
+    }
+    for breaker in breakers_config().breakers {
+        if let OpenAction::Fallback {
+            request_header,
+            request_value,
+            ..
+        } = breaker.on_open
+        {
+            let entry = owned
+                .entry(request_header)
+                .or_insert(("ctxgate-breaker", Some(BTreeSet::new())));
+            if let Some(values) = &mut entry.1 {
+                values.insert(request_value);
+            }
+        }
+    }
+    let mut matched = 0;
+    for (vs, route) in http_routes() {
+        for rule in route["match"].as_array().into_iter().flatten() {
+            for (header, condition) in rule["headers"].as_object().into_iter().flatten() {
+                let Some((plugin, values)) = owned.get(header) else {
+                    panic!(
+                        "{vs}: route {} matches {header}, which no ctxgate plugin sets: a client could choose it",
+                        route["name"]
+                    );
+                };
+                matched += 1;
+                let (Some(values), Some(exact)) = (values, condition["exact"].as_str()) else {
+                    continue;
+                };
+                assert!(
+                    values.contains(exact),
+                    "{vs}: route {} matches {header}: {exact}, but {plugin} only sets {values:?}",
+                    route["name"]
+                );
+            }
+        }
+    }
+    assert!(matched >= 4, "the routes match on the plugins' headers");
+    // Consistent hashing keys on a header the gateway sets, too.
+    for dr in all("DestinationRule") {
+        let hash = &dr.spec()["trafficPolicy"]["loadBalancer"]["consistentHash"]["httpHeaderName"];
+        if let Some(header) = hash.as_str() {
+            assert!(
+                owned.contains_key(header),
+                "{dr}: hashes on {header}, which no ctxgate plugin sets"
+            );
+        }
+    }
+    // A fallback breaker has a route to fall back to.
+    for breaker in breakers_config().breakers {
+        if let OpenAction::Fallback {
+            request_header,
+            request_value,
+            ..
+        } = &breaker.on_open
+        {
+            let routed = http_routes().iter().any(|(_, route)| {
+                route["match"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m["headers"][request_header]["exact"] == *request_value)
+            });
+            assert!(
+                routed,
+                "breaker {} falls back with {request_header}: {request_value}, which no route matches",
+                breaker.name
+            );
+        }
+    }
+}
+
+#[test]
+fn plugin_clusters_are_services_of_the_mesh() {
+    // ctxgate-auth: the JWKS cluster is a ServiceEntry port the gateway
+    // sees, spoken to in plain HTTP with TLS originated by a DestinationRule.
+    let auth = auth_config();
+    for provider in &auth.providers {
+        let JwksConfig::Remote(remote) = &provider.jwks else {
+            continue;
+        };
+        let cluster = IstioCluster::parse(&remote.cluster).unwrap();
+        assert_eq!(cluster.subset, "", "provider {}", provider.name);
+        let entry = all("ServiceEntry")
+            .into_iter()
+            .find(|se| {
+                strings(&se.spec()["hosts"]).contains(&cluster.host.as_str())
+                    && visible_in(se, "istio-system")
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no ServiceEntry visible to istio-system has host {}",
+                    cluster.host
+                )
+            });
+        let port = entry.spec()["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["number"] == cluster.port)
+            .unwrap_or_else(|| panic!("{entry}: no port {}", cluster.port));
+        assert_eq!(
+            port["protocol"], "HTTP",
+            "{entry}: the plugin sends plain HTTP; TLS must be originated by Envoy"
+        );
+        let tls = all("DestinationRule")
+            .into_iter()
+            .find(|dr| dr.spec()["host"] == cluster.host.as_str() && visible_in(dr, "istio-system"))
+            .map(|dr| &dr.spec()["trafficPolicy"]["tls"])
+            .unwrap_or_else(|| panic!("no DestinationRule originates TLS to {}", cluster.host));
+        assert_eq!(tls["mode"], "SIMPLE");
+        assert_eq!(tls["sni"], cluster.host.as_str());
+        assert_eq!(
+            remote.authority.as_deref(),
+            Some(cluster.host.as_str()),
+            "the Host header of the JWKS fetch"
+        );
+        assert!(
+            provider.issuer.contains(&cluster.host),
+            "issuer {} is served elsewhere",
+            provider.issuer
+        );
+    }
+
+    // ctxgate-ratelimit: the RLS cluster is a port of a Service istio/
+    // defines, declared gRPC so Envoy speaks HTTP/2 to it.
+    let global = ratelimit_config()
+        .global
+        .expect("the rate limiter has a global RLS");
+    let cluster = IstioCluster::parse(&global.cluster).unwrap();
+    let service = service_for_host(&cluster.host)
+        .unwrap_or_else(|| panic!("no Service in istio/ for {}", cluster.host));
+    let port = service.spec()["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == cluster.port)
+        .unwrap_or_else(|| panic!("{service}: no port {}", cluster.port));
+    let grpc = port["appProtocol"] == "grpc"
+        || port["name"]
+            .as_str()
+            .is_some_and(|n| n == "grpc" || n.starts_with("grpc-"));
+    assert!(
+        grpc,
+        "{service}: port {} must be declared gRPC (HTTP/2)",
+        cluster.port
+    );
+}
+
+#[test]
+fn rls_limits_load_in_ctxgate_rls() {
+    let deployment = one("Deployment", "ctxgate-rls");
+    let pod = &deployment.spec()["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args = strings(&container["args"]);
+    let arg = |flag: &str| {
+        let i = args
+            .iter()
+            .position(|a| *a == flag)
+            .unwrap_or_else(|| panic!("ctxgate-rls without {flag}"));
+        args[i + 1]
+    };
+    // The flags ctxgate-rls has (services/rls/src/bin/ctxgate-rls.rs).
+    let listen_port: u16 = arg("--listen").rsplit_once(':').unwrap().1.parse().unwrap();
+    assert!(arg("--redis-url").starts_with("redis://"));
+    assert_eq!(container["ports"][0]["containerPort"], listen_port);
+
+    // The ConfigMap the --config directory is mounted from.
+    let config_dir = arg("--config").trim_end_matches('/');
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str().unwrap().trim_end_matches('/') == config_dir)
+        .unwrap_or_else(|| panic!("nothing is mounted at --config {config_dir}"));
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let config_map = one("ConfigMap", volume["configMap"]["name"].as_str().unwrap());
+
+    // Lay the files out as the kubelet mounts a ConfigMap: each key a
+    // symlink through `..data` to a timestamped directory.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("..2026_01_01_00_00_00.000000001");
+    std::fs::create_dir(&data).unwrap();
+    std::os::unix::fs::symlink(data.file_name().unwrap(), dir.path().join("..data")).unwrap();
+    for (key, text) in config_map.value["data"].as_object().unwrap() {
+        std::fs::write(data.join(key), text.as_str().unwrap()).unwrap();
+        std::os::unix::fs::symlink(PathBuf::from("..data").join(key), dir.path().join(key))
+            .unwrap();
+    }
+    // ctxgate-rls itself must accept the mounted directory: start the
+    // release binary on it (built by `make test-e2e`) and wait for its
+    // "listening" line, or its refusal.
+    let binary = ctxgate_e2e::repo_root().join("target/release/ctxgate-rls");
+    assert!(
+        binary.is_file(),
+        "{} is missing: run `make test-e2e`",
+        binary.display()
+    );
+    let mut rls = std::process::Command::new(&binary)
+        .args(["--listen", "127.0.0.1:0", "--config"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(rls.stderr.take().unwrap()),
+        &mut first_line,
+    )
+    .unwrap();
+    let _ = rls.kill();
+    let _ = rls.wait();
+    let ratelimit = ratelimit_config();
+    let global = ratelimit.global.as_ref().unwrap();
+    assert!(
+        first_line.contains("listening") && first_line.contains(&global.domain),
+        "{config_map}: ctxgate-rls did not start on it: {first_line}"
+    );
+
+    // The domain has limits for the descriptors the plugin sends: a
+    // top-level entry for the first key part, and for anonymous clients.
+    let mut keys = BTreeSet::new();
+    for (_, text) in config_map.value["data"].as_object().unwrap() {
+        for line in text.as_str().unwrap().lines() {
+            if let Some(key) = line
+                .trim_start()
+                .strip_prefix("- key:")
+                .or_else(|| line.trim_start().strip_prefix("key:"))
+            {
+                keys.insert(key.trim().to_owned());
+            }
+        }
+    }
+    let first = match ratelimit.key.first() {
+        Some(KeyPart::Tenant) | None => "tenant",
+        Some(KeyPart::Subject) => "subject",
+        Some(KeyPart::Operation) => "operation",
+        Some(KeyPart::Route) => "route",
+    };
+    for key in [first, "client"] {
+        assert!(
+            keys.contains(key),
+            "{config_map}: no limit keyed by {key} for the plugin's descriptors"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Broken copies: each check can fail.
+
+fn manifest(kind: &str, name: &str) -> Value {
+    one(kind, name).value.clone()
+}
+
+/// Sets the field at a JSON pointer; its parent must exist.
+fn set(value: &mut Value, pointer: &str, new: Value) {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    let parent = value
+        .pointer_mut(parent)
+        .unwrap_or_else(|| panic!("{parent} is not in the manifest"));
+    match parent {
+        Value::Array(items) => items[key.parse::<usize>().unwrap()] = new,
+        _ => parent[key] = new,
+    }
+}
+
+/// The errors for a broken object; it must have some, one containing `expected`.
+fn assert_rejected(object: &Value, expected: &str) {
+    match CRDS.validate(object) {
+        Ok(_) => panic!("accepted a broken object (expected an error about {expected:?})"),
+        Err(errors) => assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "expected an error about {expected:?}, got {errors:#?}"
+        ),
+    }
+}
+
+#[test]
+fn a_misspelt_field_in_consistent_hash_is_rejected() {
+    let mut dr = manifest("DestinationRule", "context-api");
+    let hash = dr
+        .pointer_mut("/spec/trafficPolicy/loadBalancer/consistentHash")
+        .unwrap();
+    let header = hash
+        .as_object_mut()
+        .unwrap()
+        .remove("httpHeaderName")
+        .unwrap();
+    hash["httpHeader"] = header;
+    assert_rejected(&dr, "httpHeader");
+}
+
+#[test]
+fn a_wrong_type_is_rejected() {
+    let mut dr = manifest("DestinationRule", "context-api");
+    set(
+        &mut dr,
+        "/spec/trafficPolicy/loadBalancer/consistentHash/ringHash/minimumRingSize",
+        json!("1024"),
+    );
+    assert_rejected(
+        &dr,
+        "/spec/trafficPolicy/loadBalancer/consistentHash/ringHash/minimumRingSize",
+    );
+    let mut dr = manifest("DestinationRule", "context-api");
+    set(
+        &mut dr,
+        "/spec/trafficPolicy/connectionPool/http/http2MaxRequests",
+        json!(1u64 << 31),
+    );
+    assert_rejected(
+        &dr,
+        "/spec/trafficPolicy/connectionPool/http/http2MaxRequests",
+    );
+}
+
+#[test]
+fn two_hash_keys_are_rejected() {
+    // consistentHash takes one of httpHeaderName, httpCookie, useSourceIp,
+    // httpQueryParameterName (a oneOf in the schema).
+    let mut dr = manifest("DestinationRule", "context-api");
+    set(
+        &mut dr,
+        "/spec/trafficPolicy/loadBalancer/consistentHash/useSourceIp",
+        json!(true),
+    );
+    assert_rejected(&dr, "/spec/trafficPolicy/loadBalancer/consistentHash");
+}
+
+#[test]
+fn an_invalid_route_match_is_rejected() {
+    let mut vs = manifest("VirtualService", "context-api");
+    let matcher = vs.pointer_mut("/spec/http/1/match/0").unwrap();
+    let headers = matcher.as_object_mut().unwrap().remove("headers").unwrap();
+    matcher["header"] = headers;
+    assert_rejected(&vs, "header");
+
+    let mut vs = manifest("VirtualService", "context-api");
+    set(
+        &mut vs,
+        "/spec/http/1/match/0/headers/x-context-type/prefix",
+        json!("large"),
+    );
+    assert_rejected(&vs, "/spec/http/1/match/0/headers/x-context-type");
+}
+
+#[test]
+fn a_timeout_without_unit_is_rejected_by_the_crd_rule() {
+    for timeout in ["15", "15sec", "1.5.0s", ""] {
+        let mut vs = manifest("VirtualService", "context-api");
+        set(&mut vs, "/spec/http/0/timeout", json!(timeout));
+        assert_rejected(&vs, "/spec/http/0/timeout");
+    }
+    let mut vs = manifest("VirtualService", "context-api");
+    set(&mut vs, "/spec/http/0/timeout", json!("500us"));
+    assert_rejected(&vs, "greater than 1ms");
+    for timeout in ["1.5s", "300ms", "2h45m", "1m0.5s"] {
+        let mut vs = manifest("VirtualService", "context-api");
+        set(&mut vs, "/spec/http/0/timeout", json!(timeout));
+        CRDS.validate(&vs)
+            .unwrap_or_else(|e| panic!("{timeout}: {e:?}"));
+    }
+}
+
+#[test]
+fn broken_wasm_plugins_are_rejected() {
+    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    set(&mut plugin, "/spec/failStrategy", json!("FAIL_CLOSED"));
+    assert_rejected(&plugin, "/spec/failStrategy");
+
+    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    set(&mut plugin, "/spec/phase", json!("AUTHENTICATION"));
+    assert_rejected(&plugin, "/spec/phase");
+
+    // CEL rules of the CRD.
+    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    plugin["spec"]["targetRefs"] =
+        json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "ctxgate"}]);
+    assert_rejected(&plugin, "only one of targetRefs or selector can be set");
+
+    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    set(
+        &mut plugin,
+        "/spec/url",
+        json!("ftp://ghcr.io/ctxgate/ctxgate-auth:0.1.0"),
+    );
+    assert_rejected(&plugin, "url must have schema one of");
+
+    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    set(
+        &mut plugin,
+        "/spec/selector/matchLabels/istio",
+        json!("ingress*"),
+    );
+    assert_rejected(&plugin, "wildcard not allowed");
+
+    // x-kubernetes-list-type: map (env entries are keyed by name).
+    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    plugin["spec"]["vmConfig"] =
+        json!({"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]});
+    assert_rejected(&plugin, "/spec/vmConfig/env/1: duplicate");
+
+    // pluginConfig is free-form for Istio (x-kubernetes-preserve-unknown-
+    // fields); the filter's own parser is what catches a mistake there.
+    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    let provider = plugin
+        .pointer_mut("/spec/pluginConfig/providers/0")
+        .unwrap();
+    let issuer = provider.as_object_mut().unwrap().remove("issuer").unwrap();
+    provider["isuer"] = issuer;
+    CRDS.validate(&plugin).unwrap();
+    let config = serde_json::to_vec(&plugin_config_json(&plugin["spec"]["pluginConfig"])).unwrap();
+    let error = Auth::from_json(&config)
+        .err()
+        .expect("the filter accepted a misspelt field");
+    assert!(error.to_string().contains("isuer"), "{error}");
+}
+
+#[test]
+fn metadata_and_unknown_top_level_fields_are_rejected() {
+    let mut gateway = manifest("Gateway", "ctxgate-gateway");
+    set(&mut gateway, "/metadata/name", json!("Ctxgate_Gateway"));
+    assert_rejected(&gateway, "/metadata/name");
+
+    let mut gateway = manifest("Gateway", "ctxgate-gateway");
+    gateway["metadata"]["label"] = json!({"app": "ctxgate"});
+    assert_rejected(&gateway, "label");
+
+    let mut gateway = manifest("Gateway", "ctxgate-gateway");
+    let spec = gateway.as_object_mut().unwrap().remove("spec").unwrap();
+    gateway["sepc"] = spec;
+    assert_rejected(&gateway, "sepc");
+
+    let mut entry = manifest("ServiceEntry", "ctxgate-idp");
+    set(&mut entry, "/spec/hosts/0", json!("*"));
+    assert_rejected(&entry, "/spec/hosts/0");
+}
+
+#[test]
+fn plugin_config_numbers_travel_as_protobuf_doubles() {
+    assert_eq!(plugin_config_json(&json!({"a": 300})), json!({"a": 300}));
+    assert_eq!(plugin_config_json(&json!([0.5, -2])), json!([0.5, -2]));
+    // Past 2^53 a Struct cannot hold an integer exactly.
+    assert_eq!(
+        plugin_config_json(&json!((1u64 << 53) + 1)),
+        json!(1u64 << 53)
+    );
+    assert!(crd::parse_go_duration("1h30m") == Some(5_400_000_000_000));
+    assert!(crd::parse_go_duration("-1.5s") == Some(-1_500_000_000));
+    assert!(crd::parse_go_duration("10").is_none());
+}

@@ -1,0 +1,199 @@
+//! The benchmark's rows, as data.
+//!
+//! A [`Scenario`] is a name, the HTTP filters in front of the router, and
+//! what the load generator sends. Everything else is the same for every row:
+//! one listener, one route answering `200 ok` itself (`direct_response`, no
+//! upstream), the same request path, the same Envoy binary and worker count.
+//! Adding a row (rate limiting, tagging, breaker, the full chain) means
+//! adding an entry to [`all`].
+
+use ctxgate_demo::keys::KID_ES256;
+use ctxgate_e2e::{HttpFilter, RawFilter, WasmFilter};
+use serde_json::{Value, json};
+
+/// Every request goes to this path: a `read` of the context
+/// `projects/bench` in the operation map below.
+pub const PATH: &str = "/v1/contexts/projects/bench";
+/// The scope every benchmark token carries; it allows [`PATH`].
+pub const SCOPE: &str = "read:projects/*";
+/// Issuer and audience of the demo tokens ([`ctxgate_demo::MintOptions`]
+/// defaults), which every verifying scenario is configured to accept.
+pub const ISSUER: &str = "https://idp.ctxgate.local";
+pub const AUDIENCE: &str = "context-api";
+
+/// What the load generator puts on each request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// `GET` [`PATH`] without credentials.
+    Anonymous,
+    /// The same bearer token on every request.
+    RepeatedToken,
+    /// A bearer token no earlier request carried, from a pre-minted pool.
+    FreshToken,
+}
+
+impl Load {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Load::Anonymous => "no token",
+            Load::RepeatedToken => "one token, reused",
+            Load::FreshToken => "a new token per request",
+        }
+    }
+}
+
+/// One row of the report.
+pub struct Scenario {
+    pub name: &'static str,
+    /// One sentence for the report's "how to read this" list.
+    pub about: &'static str,
+    /// HTTP filters in order; the router is appended by the harness.
+    pub filters: Vec<HttpFilter>,
+    pub load: Load,
+    /// Status a request without a token must get. Checked before each
+    /// run, so a scenario whose filter silently lets everything through
+    /// fails instead of reporting a flattering number.
+    pub unauthenticated_status: Option<u16>,
+}
+
+/// Key material the scenarios are configured with.
+pub struct Fixtures {
+    /// JWK Set holding only the ES256 demo public key.
+    pub jwks: Value,
+}
+
+impl Fixtures {
+    /// Keeps only the ES256 key of the demo JWK Set, so every verifier
+    /// sees the same single key.
+    pub fn from_demo_jwks(jwks: &Value) -> anyhow::Result<Fixtures> {
+        let es256: Vec<Value> = jwks
+            .get("keys")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|key| key.get("kid").and_then(Value::as_str) == Some(KID_ES256))
+            .cloned()
+            .collect();
+        anyhow::ensure!(
+            es256.len() == 1,
+            "the demo JWK Set has no single key with kid {KID_ES256}"
+        );
+        Ok(Fixtures {
+            jwks: json!({ "keys": es256 }),
+        })
+    }
+}
+
+/// Every scenario, in report order. `bare` comes first: ratios are taken
+/// against it.
+pub fn all(fx: &Fixtures) -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "bare",
+            about: "Envoy with only the router: the ceiling every other row is compared with.",
+            filters: vec![],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+        },
+        Scenario {
+            name: "jwt_authn",
+            about: "Envoy's native `jwt_authn`, same ES256 key inline (`local_jwks`), issuer \
+                    and audience checked, required on `/`; no cache, so every request pays \
+                    one ES256 signature verification (BoringSSL).",
+            filters: vec![jwt_authn(fx, false)],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+        },
+        Scenario {
+            name: "jwt_authn+cache",
+            about: "The same with `jwt_cache_config: {jwt_cache_size: 1000}`: the repeated \
+                    token is verified once per worker, then served from the cache.",
+            filters: vec![jwt_authn(fx, true)],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+        },
+        Scenario {
+            name: "ctxgate_auth (repeated token)",
+            about: "Our wasm filter (`dist/ctxgate_auth.wasm`, V8) with an inline ES256 \
+                    provider and an operation map; the path is the operation `read` on \
+                    `projects/bench`, which the token's `read:projects/*` allows. Default \
+                    cache settings: after the first request per worker the token is a \
+                    worker-local cache hit; the filter still matches the operation, checks \
+                    scopes and sets the identity headers on every request.",
+            filters: vec![ctxgate_auth(fx, json!({}))],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+        },
+        Scenario {
+            name: "ctxgate_auth (fresh token)",
+            about: "The same filter, a token no earlier request carried on every request: \
+                    every request misses both caches (worker-local and shared data), is \
+                    verified (ES256 in wasm) and is written to both caches.",
+            filters: vec![ctxgate_auth(fx, json!({}))],
+            load: Load::FreshToken,
+            unauthenticated_status: Some(401),
+        },
+        Scenario {
+            name: "jwt_authn+cache (fresh token)",
+            about: "Native `jwt_authn` with its cache, fresh tokens: the native counterpart \
+                    of the row above (every request a cache miss plus an insert).",
+            filters: vec![jwt_authn(fx, true)],
+            load: Load::FreshToken,
+            unauthenticated_status: Some(401),
+        },
+        Scenario {
+            name: "ctxgate_auth (public path)",
+            about: "Our filter with the benchmarked path declared public, requests without \
+                    a token: what the filter costs before any token work (wasm call, reading \
+                    the request headers, path canonicalization, the public-path match).",
+            filters: vec![ctxgate_auth(
+                fx,
+                json!({ "public_paths": [{ "prefix": "/v1/contexts/projects/bench" }] }),
+            )],
+            load: Load::Anonymous,
+            unauthenticated_status: Some(200),
+        },
+    ]
+}
+
+/// `envoy.filters.http.jwt_authn` with one provider for the demo issuer and
+/// the ES256 key inline, required for every path.
+fn jwt_authn(fx: &Fixtures, cache: bool) -> HttpFilter {
+    let mut provider = json!({
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "local_jwks": { "inline_string": fx.jwks.to_string() },
+    });
+    if let (true, Some(provider)) = (cache, provider.as_object_mut()) {
+        provider.insert("jwt_cache_config".into(), json!({ "jwt_cache_size": 1000 }));
+    }
+    RawFilter(json!({
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": { "demo": provider },
+            "rules": [{ "match": { "prefix": "/" }, "requires": { "provider_name": "demo" } }],
+        },
+    }))
+    .into()
+}
+
+/// The ctxgate auth filter with an inline ES256 provider and the demo
+/// gateway's `read` operation; `extra` is merged over the top-level config.
+fn ctxgate_auth(fx: &Fixtures, extra: Value) -> HttpFilter {
+    let mut config = json!({
+        "providers": [{
+            "name": "demo",
+            "issuer": ISSUER,
+            "audiences": [AUDIENCE],
+            "jwks": { "inline": fx.jwks },
+        }],
+        "operations": [
+            { "name": "read", "methods": ["GET", "HEAD"], "path": "/v1/contexts/{context}", "action": "read" },
+        ],
+    });
+    if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
+        config.extend(extra);
+    }
+    WasmFilter::new("ctxgate_auth").config(config).into()
+}
