@@ -52,9 +52,15 @@ impl RunResult {
 
 /// Runs `scenario` once on a fresh Envoy.
 pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Result<RunResult> {
+    let rls = scenario
+        .needs_rls
+        .then(|| ctxgate_e2e::Rls::start(super::scenarios::RLS_LIMITS, None));
     let mut config = EnvoyConfig::new()
         .concurrency(opts.concurrency)
         .log_level("warning");
+    if let Some(rls) = &rls {
+        config = config.cluster(rls.cluster("ctxgate_rls"));
+    }
     for filter in &scenario.filters {
         config = config.filter(filter.clone());
     }
@@ -80,8 +86,12 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
 
     let before_counts = settled_status_counts(&envoy);
     let before = cpu::sample(envoy.pid())?;
+    let params = wrk::Params {
+        connections: scenario.connections.unwrap_or(opts.wrk.connections),
+        ..opts.wrk.clone()
+    };
     let outcome = wrk::run(
-        &opts.wrk,
+        &params,
         addr,
         PATH,
         &wrk_request(scenario.load, material, &material.measure_pool),
@@ -106,6 +116,7 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
     };
     check_responses(scenario, &result, opts.max_failure_ratio)?;
     drop(envoy);
+    drop(rls);
     Ok(result)
 }
 

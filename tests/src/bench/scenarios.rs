@@ -54,7 +54,23 @@ pub struct Scenario {
     /// run, so a scenario whose filter silently lets everything through
     /// fails instead of reporting a flattering number.
     pub unauthenticated_status: Option<u16>,
+    /// Start `ctxgate-rls` (in memory, [`RLS_LIMITS`]) and give Envoy a
+    /// cluster `ctxgate_rls` pointing at it.
+    pub needs_rls: bool,
+    /// Override wrk's connection count: one connection measures the
+    /// latency of a request on an idle gateway rather than under queueing.
+    pub connections: Option<u32>,
 }
+
+/// Limits of the RLS in benchmark runs: far above anything a run sends, so
+/// every request is admitted and every row measures the admitting path.
+pub const RLS_LIMITS: &str = "domain: ctxgate
+descriptors:
+  - key: tenant
+    rate_limit: {unit: day, requests_per_unit: 4000000000}
+  - key: client
+    rate_limit: {unit: day, requests_per_unit: 4000000000}
+";
 
 /// Key material the scenarios are configured with.
 pub struct Fixtures {
@@ -94,6 +110,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             filters: vec![],
             load: Load::Anonymous,
             unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
         },
         Scenario {
             name: "jwt_authn",
@@ -103,6 +121,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             filters: vec![jwt_authn(fx, false)],
             load: Load::RepeatedToken,
             unauthenticated_status: Some(401),
+            needs_rls: false,
+            connections: None,
         },
         Scenario {
             name: "jwt_authn+cache",
@@ -111,6 +131,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             filters: vec![jwt_authn(fx, true)],
             load: Load::RepeatedToken,
             unauthenticated_status: Some(401),
+            needs_rls: false,
+            connections: None,
         },
         Scenario {
             name: "ctxgate_auth (repeated token)",
@@ -123,6 +145,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             filters: vec![ctxgate_auth(fx, json!({}))],
             load: Load::RepeatedToken,
             unauthenticated_status: Some(401),
+            needs_rls: false,
+            connections: None,
         },
         Scenario {
             name: "ctxgate_auth (fresh token)",
@@ -132,6 +156,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             filters: vec![ctxgate_auth(fx, json!({}))],
             load: Load::FreshToken,
             unauthenticated_status: Some(401),
+            needs_rls: false,
+            connections: None,
         },
         Scenario {
             name: "jwt_authn+cache (fresh token)",
@@ -140,6 +166,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             filters: vec![jwt_authn(fx, true)],
             load: Load::FreshToken,
             unauthenticated_status: Some(401),
+            needs_rls: false,
+            connections: None,
         },
         Scenario {
             name: "ctxgate_auth (public path)",
@@ -152,8 +180,215 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             )],
             load: Load::Anonymous,
             unauthenticated_status: Some(200),
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
+            name: "wasm floor (no-op filter)",
+            about: "A Rust proxy-wasm filter that does nothing (`tests/wasm-floor`, same SDK \
+                    and build profile): what Envoy spends on any wasm filter under V8 before \
+                    it does any work. Every wasm row pays this.",
+            filters: vec![WasmFilter::new(&floor_module()).into()],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
+            name: "local_ratelimit",
+            about: "Envoy's native `local_ratelimit` filter, one token bucket far above the \
+                    load (never refuses): the native baseline for the rate-limit rows.",
+            filters: vec![local_ratelimit()],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
+            name: "ctxgate_ratelimit (local)",
+            about: "Our rate-limit filter alone, local buckets only: every request prices its \
+                    operation and takes tokens from a bucket in shared data by \
+                    compare-and-swap (anonymous key: the client address).",
+            filters: vec![ctxgate_ratelimit(json!({}))],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
+            name: "ctxgate_ratelimit (hierarchical RLS)",
+            about: "The same in `hierarchical` mode against `ctxgate-rls` on loopback: local \
+                    buckets decide while the key is far from its global limit, local \
+                    consumption is reported every 200 ms.",
+            filters: vec![ctxgate_ratelimit(global("hierarchical"))],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: true,
+            connections: None,
+        },
+        Scenario {
+            name: "ctxgate_ratelimit (always RLS)",
+            about: "Every request asks `ctxgate-rls` (mode `always`): the cost of the RLS \
+                    round trip itself (compare p50/p99 with the local row).",
+            filters: vec![ctxgate_ratelimit(global("always"))],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: true,
+            connections: None,
+        },
+        Scenario {
+            name: "auth + ratelimit (local)",
+            about: "Both filters, repeated token: the bucket key is the token's tenant.",
+            filters: vec![ctxgate_auth(fx, json!({})), ctxgate_ratelimit(json!({}))],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
+            name: "auth + ratelimit (hierarchical RLS)",
+            about: "Both filters, repeated token, hierarchical mode against `ctxgate-rls`.",
+            filters: vec![
+                ctxgate_auth(fx, json!({})),
+                ctxgate_ratelimit(global("hierarchical")),
+            ],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: true,
+            connections: None,
+        },
+        Scenario {
+            name: "ctxgate_tagging",
+            about: "The tagging filter alone with three rules (size, operation, claim), a \
+                    tenant table, defaults and a variant split: strips the six owned headers \
+                    and sets the tags.",
+            filters: vec![ctxgate_tagging()],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
+            name: "ctxgate_breaker",
+            about: "The breaker filter alone, one closed breaker guarding every request: \
+                    reads its state on the request, records the outcome on the response \
+                    (a compare-and-swap in shared data per request).",
+            filters: vec![ctxgate_breaker()],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
+            name: "full chain (auth + ratelimit + tagging + breaker)",
+            about: "The demo gateway's chain, repeated token, rate limiting hierarchical \
+                    against `ctxgate-rls`.",
+            filters: vec![
+                ctxgate_auth(fx, json!({})),
+                ctxgate_ratelimit(global("hierarchical")),
+                ctxgate_tagging(),
+                ctxgate_breaker(),
+            ],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: true,
+            connections: None,
+        },
+        Scenario {
+            name: "ctxgate_ratelimit (local, 1 connection)",
+            about: "The local row with a single connection: no queueing, so p50/p99 are \
+                    the latency of one request through the filter.",
+            filters: vec![ctxgate_ratelimit(json!({}))],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: Some(1),
+        },
+        Scenario {
+            name: "ctxgate_ratelimit (always RLS, 1 connection)",
+            about: "Every request asks `ctxgate-rls` on loopback, single connection: the \
+                    difference to the row above is what the RLS path adds to a request.",
+            filters: vec![ctxgate_ratelimit(global("always"))],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: true,
+            connections: Some(1),
         },
     ]
+}
+
+/// The no-op module built by `make bench` (`tests/wasm-floor`).
+fn floor_module() -> String {
+    ctxgate_e2e::repo_root()
+        .join("target/wasm32-wasip1/wasm/ctxgate_wasm_floor.wasm")
+        .display()
+        .to_string()
+}
+
+/// Envoy's native local rate limit, never refusing at benchmark rates.
+fn local_ratelimit() -> HttpFilter {
+    RawFilter(json!({
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "bench",
+            "token_bucket": {"max_tokens": 1000000000, "tokens_per_fill": 1000000000, "fill_interval": "1s"},
+            "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enabled"},
+            "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enforced"},
+        },
+    }))
+    .into()
+}
+
+/// Limits no benchmark run reaches, for every key.
+fn huge_tiers() -> Value {
+    let per_day =
+        json!([{ "name": "per_day", "limit": 1_000_000_000u64, "window_seconds": 86_400 }]);
+    json!({ "anonymous": per_day, "standard": per_day })
+}
+
+fn global(mode: &str) -> Value {
+    json!({ "global": { "mode": mode, "cluster": "ctxgate_rls", "timeout_ms": 100 } })
+}
+
+/// The rate-limit filter with the demo operation map and huge limits;
+/// `extra` is merged over the top-level config.
+fn ctxgate_ratelimit(extra: Value) -> HttpFilter {
+    let mut config = json!({
+        "tiers": huge_tiers(),
+        "operations": [
+            { "name": "read", "methods": ["GET", "HEAD"], "path": "/v1/contexts/{context}", "action": "read" },
+        ],
+    });
+    if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
+        config.extend(extra);
+    }
+    WasmFilter::new("ctxgate_ratelimit").config(config).into()
+}
+
+fn ctxgate_tagging() -> HttpFilter {
+    WasmFilter::new("ctxgate_tagging")
+        .config(json!({
+            "size_header": "x-context-size",
+            "operations": [
+                { "name": "read", "methods": ["GET", "HEAD"], "path": "/v1/contexts/{context}", "action": "read" },
+            ],
+            "rules": [
+                {"when": {"size": {"above": 1048576}}, "set": {"type": "large-context"}},
+                {"when": {"operation": ["graph_traversal", "complex_query"]}, "set": {"type": "compute"}},
+                {"when": {"claim": {"name": "tier", "one_of": ["premium"]}}, "set": {"priority": "high"}},
+            ],
+            "tenants": {"globex": {"region": "eu-west"}},
+            "defaults": {"type": "standard", "priority": "normal", "region": "us-east"},
+            "variant": {"salt": "bench", "variants": [{"name": "a", "weight": 50}, {"name": "b", "weight": 50}]},
+        }))
+        .into()
+}
+
+fn ctxgate_breaker() -> HttpFilter {
+    WasmFilter::new("ctxgate_breaker")
+        .config(json!({ "breakers": [{ "name": "context_repository" }] }))
+        .into()
 }
 
 /// `envoy.filters.http.jwt_authn` with one provider for the demo issuer and

@@ -24,6 +24,7 @@ pub mod bucket;
 pub mod config;
 pub mod rls;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::json;
@@ -169,9 +170,9 @@ pub struct SyncReport {
     pub hits: u64,
 }
 
-struct Limits {
+struct Limits<'a> {
     specs: Vec<LimitSpec>,
-    configs: Vec<LimitConfig>,
+    configs: Cow<'a, [LimitConfig]>,
 }
 
 pub struct RateLimiter {
@@ -335,7 +336,7 @@ impl RateLimiter {
         (key, descriptor, format!("tenant {}", identity.tenant))
     }
 
-    fn limits(&self, identity: Option<&SharedIdentity>, multiplier: f64) -> Limits {
+    fn limits(&self, identity: Option<&SharedIdentity>, multiplier: f64) -> Limits<'_> {
         let configs = self.limit_configs(identity);
         let specs = configs
             .iter()
@@ -353,7 +354,7 @@ impl RateLimiter {
         Limits { specs, configs }
     }
 
-    fn limit_configs(&self, identity: Option<&SharedIdentity>) -> Vec<LimitConfig> {
+    fn limit_configs(&self, identity: Option<&SharedIdentity>) -> Cow<'_, [LimitConfig]> {
         let Some(identity) = identity else {
             return self.tier(&self.anonymous.tier);
         };
@@ -381,12 +382,12 @@ impl RateLimiter {
                 });
             }
             if !limits.is_empty() {
-                return limits;
+                return Cow::Owned(limits);
             }
         }
         if let Some(tenant) = self.tenants.get(&identity.tenant) {
             if let Some(limits) = &tenant.limits {
-                return limits.clone();
+                return Cow::Borrowed(limits);
             }
             if let Some(tier) = &tenant.tier {
                 return self.tier(tier);
@@ -395,12 +396,12 @@ impl RateLimiter {
         self.tier(&identity.tier)
     }
 
-    fn tier(&self, name: &str) -> Vec<LimitConfig> {
-        self.tiers
+    fn tier(&self, name: &str) -> Cow<'_, [LimitConfig]> {
+        let limits = self
+            .tiers
             .get(name)
-            .or_else(|| self.tiers.get(&self.default_tier))
-            .cloned()
-            .unwrap_or_default()
+            .or_else(|| self.tiers.get(&self.default_tier));
+        Cow::Borrowed(limits.map_or(&[][..], Vec::as_slice))
     }
 
     /// Decides on a request.
