@@ -188,7 +188,36 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             about: "A Rust proxy-wasm filter that does nothing (`tests/wasm-floor`, same SDK \
                     and build profile): what Envoy spends on any wasm filter under V8 before \
                     it does any work. Every wasm row pays this.",
-            filters: vec![WasmFilter::new(&floor_module()).into()],
+            filters: vec![floor("")],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
+            name: "wasm floor + read headers",
+            about: "The no-op filter reading all request headers once (one host call).",
+            filters: vec![floor("read_headers")],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
+            name: "wasm floor + set 7 headers",
+            about: "The no-op filter setting seven request headers (seven host calls), as \
+                    ctxgate_auth does for the identity headers.",
+            filters: vec![floor("set_headers")],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
+            name: "wasm floor + filter state + clock + 2 metrics",
+            about: "The no-op filter writing one filter-state value, reading the clock and \
+                    incrementing two counters (four host calls).",
+            filters: vec![floor("filter_state,clock,metrics")],
             load: Load::Anonymous,
             unauthenticated_status: None,
             needs_rls: false,
@@ -317,12 +346,14 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
     ]
 }
 
-/// The no-op module built by `make bench` (`tests/wasm-floor`).
-fn floor_module() -> String {
-    ctxgate_e2e::repo_root()
+/// The no-op module built by `make bench` (`tests/wasm-floor`), making the
+/// host calls `calls` names on every request.
+fn floor(calls: &str) -> HttpFilter {
+    let module = ctxgate_e2e::repo_root()
         .join("target/wasm32-wasip1/wasm/ctxgate_wasm_floor.wasm")
         .display()
-        .to_string()
+        .to_string();
+    WasmFilter::new(&module).config(json!(calls)).into()
 }
 
 /// Envoy's native local rate limit, never refusing at benchmark rates.
