@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use ctxgate_core::auth::jwks_sync::{FetchOutcome, JwksSync};
 use ctxgate_core::auth::{Auth, AuthState, Decision, Outcome, REQUEST_FILTER_STATE};
-use ctxgate_core::http::RequestHead;
 use ctxgate_glue::{self as glue, SharedData};
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -216,20 +215,8 @@ impl Context for AuthRequest {}
 
 impl HttpContext for AuthRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let headers = glue::request_headers();
-        let pseudo = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        let (method, path) = (pseudo(":method"), pseudo(":path"));
-        let request = RequestHead {
-            method: &method,
-            path: &path,
-            headers: &headers,
-        };
+        let snapshot = glue::RequestSnapshot::capture();
+        let request = snapshot.head();
         let shared = &self.shared;
         let check = || -> Decision {
             let mut state = shared.state.borrow_mut();

@@ -9,7 +9,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ctxgate_core::breaker::{Admission, Breakers, Selection, State, Transition};
-use ctxgate_core::http::RequestHead;
 use ctxgate_glue::{self as glue, Counter, Gauge, SharedData};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -158,27 +157,12 @@ impl Context for BreakerRequest {}
 impl HttpContext for BreakerRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let shared = Rc::clone(&self.shared);
-        let mut headers = glue::request_headers();
+        let mut snapshot = glue::RequestSnapshot::capture();
         // A client must not pick the fallback route itself.
         for name in &shared.owned_headers {
-            if headers.iter().any(|(n, _)| n == name) {
-                glue::remove_request_header(name);
-                headers.retain(|(n, _)| n != name);
-            }
+            snapshot.remove(name);
         }
-        let pseudo = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        let (method, path) = (pseudo(":method"), pseudo(":path"));
-        let head = RequestHead {
-            method: &method,
-            path: &path,
-            headers: &headers,
-        };
+        let head = snapshot.head();
         let route = if shared.breakers.needs_route {
             glue::property_string(&["xds", "route_name"])
         } else {

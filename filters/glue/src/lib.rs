@@ -31,6 +31,49 @@ pub fn request_headers() -> Vec<(String, Vec<u8>)> {
     hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
 }
 
+/// The current request's headers, read with one host call, with its method
+/// and path at hand.
+pub struct RequestSnapshot {
+    pub headers: Vec<(String, Vec<u8>)>,
+    method: String,
+    path: String,
+}
+
+impl RequestSnapshot {
+    pub fn capture() -> RequestSnapshot {
+        let headers = request_headers();
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        RequestSnapshot {
+            headers,
+            method,
+            path,
+        }
+    }
+
+    /// Removes a header from the request and from this snapshot.
+    pub fn remove(&mut self, name: &str) {
+        if self.headers.iter().any(|(n, _)| n == name) {
+            remove_request_header(name);
+            self.headers.retain(|(n, _)| n != name);
+        }
+    }
+
+    pub fn head(&self) -> ctxgate_core::http::RequestHead<'_> {
+        ctxgate_core::http::RequestHead {
+            method: &self.method,
+            path: &self.path,
+            headers: &self.headers,
+        }
+    }
+}
+
 pub fn remove_request_header(name: &str) {
     let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
 }

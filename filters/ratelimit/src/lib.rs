@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use ctxgate_core::http::RequestHead;
 use ctxgate_core::ratelimit::adaptive::Adaptive;
 use ctxgate_core::ratelimit::rls::{self, decode_response};
 use ctxgate_core::ratelimit::{
@@ -283,15 +282,7 @@ struct RateLimitRequest {
 
 impl RateLimitRequest {
     fn facts_and_check(&self) -> Step {
-        let headers = glue::request_headers();
-        let pseudo = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        let snapshot = glue::RequestSnapshot::capture();
         let ctxgate_core::auth::SharedRequest {
             identity,
             operation,
@@ -307,11 +298,7 @@ impl RateLimitRequest {
             None
         };
         let facts = RequestFacts {
-            head: RequestHead {
-                method: &method,
-                path: &path,
-                headers: &headers,
-            },
+            head: snapshot.head(),
             identity,
             operation,
             client_address,

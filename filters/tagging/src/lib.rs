@@ -7,7 +7,6 @@
 
 use std::rc::Rc;
 
-use ctxgate_core::http::RequestHead;
 use ctxgate_core::tagging::{TagInput, Tagger};
 use ctxgate_glue::{self as glue, Counter};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -69,25 +68,13 @@ impl Context for TaggingRequest {}
 
 impl HttpContext for TaggingRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let headers = glue::request_headers();
-        let pseudo = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        let snapshot = glue::RequestSnapshot::capture();
         let ctxgate_core::auth::SharedRequest {
             identity,
             operation,
         } = glue::shared_request();
         let input = TagInput {
-            head: RequestHead {
-                method: &method,
-                path: &path,
-                headers: &headers,
-            },
+            head: snapshot.head(),
             identity,
             operation,
         };
