@@ -93,23 +93,6 @@ fn assert_rejected(response: &Response, breaker: &str, max_retry: u64) {
     );
 }
 
-/// Connections each worker accepted so far (`listener.<addr>.worker_<i>.
-/// downstream_cx_total`; the harness binds the listener to port 0).
-fn worker_connections(envoy: &Envoy, workers: usize) -> Vec<u64> {
-    let stats =
-        envoy.stats_matching(r"^listener\.127\.0\.0\.1_0\.worker_[0-9]+\.downstream_cx_total$");
-    (0..workers)
-        .map(|i| {
-            stats
-                .get(&format!(
-                    "listener.127.0.0.1_0.worker_{i}.downstream_cx_total"
-                ))
-                .copied()
-                .unwrap_or(0)
-        })
-        .collect()
-}
-
 #[track_caller]
 fn assert_every_worker_served(before: &[u64], after: &[u64]) {
     assert!(
@@ -206,7 +189,7 @@ fn it_opens_once_on_every_worker_when_errors_cross_the_threshold() {
 
     // Open everywhere: 64 fresh connections spread over the four workers.
     let hits = repo.hits();
-    let before = worker_connections(&envoy, 4);
+    let before = envoy.worker_connections(4);
     let refused: Vec<Response> = concurrently(8, |_| {
         (0..8)
             .map(|_| Request::get("/v1/contexts/y").send(addr))
@@ -215,7 +198,7 @@ fn it_opens_once_on_every_worker_when_errors_cross_the_threshold() {
     .into_iter()
     .flatten()
     .collect();
-    assert_every_worker_served(&before, &worker_connections(&envoy, 4));
+    assert_every_worker_served(&before, &envoy.worker_connections(4));
     let not_refused: Vec<_> = refused
         .iter()
         .filter(|r| !is_rejection(r, "repo", 60))
@@ -664,9 +647,9 @@ fn half_open_lets_only_the_probe_budget_through_then_closes_or_reopens() {
     repo_answers(&repo, 200);
     repo.set_delay(Duration::from_millis(800));
     std::thread::sleep(RESET + Duration::from_millis(200));
-    let before = worker_connections(&envoy, 4);
+    let before = envoy.worker_connections(4);
     let burst = concurrently(32, |_| send());
-    assert_every_worker_served(&before, &worker_connections(&envoy, 4));
+    assert_every_worker_served(&before, &envoy.worker_connections(4));
     let probes = burst.iter().filter(|r| r.status == 200).count();
     let refused = burst.iter().filter(|r| is_rejection(r, "repo", 1)).count();
     assert_eq!(
@@ -731,7 +714,7 @@ fn it_counts_every_outcome_from_every_worker_under_concurrency() {
     let failing = Request::get("/v1/contexts/a").header("x-demo-status", "500");
     let ok = Request::get("/v1/contexts/a");
 
-    let before = worker_connections(&envoy, 4);
+    let before = envoy.worker_connections(4);
     let next = AtomicUsize::new(0);
     let started = Instant::now();
     let statuses: Vec<(bool, u16)> = concurrently(THREADS, |_| {
@@ -759,7 +742,7 @@ fn it_counts_every_outcome_from_every_worker_under_concurrency() {
     .flatten()
     .collect();
     let elapsed = started.elapsed();
-    assert_every_worker_served(&before, &worker_connections(&envoy, 4));
+    assert_every_worker_served(&before, &envoy.worker_connections(4));
     let unexpected: Vec<_> = statuses
         .iter()
         .filter(|(fail, status)| *status != if *fail { 500 } else { 200 })

@@ -180,22 +180,6 @@ fn ok(response: Response) -> Response {
     response.expect_status(200)
 }
 
-/// Connections each worker accepted so far.
-fn worker_connections(envoy: &Envoy, workers: usize) -> Vec<u64> {
-    let stats =
-        envoy.stats_matching(r"^listener\.127\.0\.0\.1_0\.worker_[0-9]+\.downstream_cx_total$");
-    (0..workers)
-        .map(|i| {
-            stats
-                .get(&format!(
-                    "listener.127.0.0.1_0.worker_{i}.downstream_cx_total"
-                ))
-                .copied()
-                .unwrap_or(0)
-        })
-        .collect()
-}
-
 // --- Exact accounting under concurrency -------------------------------------
 
 #[test]
@@ -214,7 +198,7 @@ fn exactly_n_times_c_tokens_are_consumed_by_n_concurrent_requests_of_cost_c() {
     );
     let token = token("concurrent", json!({}));
     let addr = envoy.listener_addr();
-    let before = worker_connections(&envoy, 4);
+    let before = envoy.worker_connections(4);
 
     // N graph traversals at once, each on its own connection so that all
     // four workers (four wasm VMs) update the one shared bucket.
@@ -267,7 +251,7 @@ fn exactly_n_times_c_tokens_are_consumed_by_n_concurrent_requests_of_cost_c() {
     assert_eq!(metric(&envoy, "allowed.local"), N + 1);
     assert_eq!(metric(&envoy, "bucket.contended"), 0);
     assert_eq!(metric(&envoy, "allowed.contention"), 0);
-    let after = worker_connections(&envoy, 4);
+    let after = envoy.worker_connections(4);
     assert!(
         before.iter().zip(&after).all(|(b, a)| a > b),
         "every worker took part: {before:?} -> {after:?}"

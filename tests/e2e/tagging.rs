@@ -791,7 +791,7 @@ fn it_pins_each_context_to_one_host_of_a_ring_hash_cluster() {
             .cluster(Cluster::new("contexts", addrs).lb_policy("RING_HASH")),
     );
     let addr = envoy.listener_addr();
-    let before = worker_connections(&envoy, 2);
+    let before = envoy.worker_connections(2);
     let acme = token("acme", json!({}));
 
     // Every request on its own connection, so both workers (each with its
@@ -833,28 +833,11 @@ fn it_pins_each_context_to_one_host_of_a_ring_hash_cluster() {
         used.len() >= 2,
         "24 contexts all hashed to one host: {hosts:?}"
     );
-    let after = worker_connections(&envoy, 2);
+    let after = envoy.worker_connections(2);
     assert!(
         before.iter().zip(&after).all(|(b, a)| a > b),
         "both workers should have served requests: {before:?} -> {after:?}"
     );
-}
-
-/// Connections each worker accepted so far (`listener.<addr>.worker_<i>.
-/// downstream_cx_total`; the harness binds the listener to port 0).
-fn worker_connections(envoy: &Envoy, workers: usize) -> Vec<u64> {
-    let stats =
-        envoy.stats_matching(r"^listener\.127\.0\.0\.1_0\.worker_[0-9]+\.downstream_cx_total$");
-    (0..workers)
-        .map(|i| {
-            stats
-                .get(&format!(
-                    "listener.127.0.0.1_0.worker_{i}.downstream_cx_total"
-                ))
-                .copied()
-                .unwrap_or(0)
-        })
-        .collect()
 }
 
 /// A weighted A/B split over 10 000 tenants: the shares match the weights

@@ -64,6 +64,20 @@ impl Envoy {
         last
     }
 
+    /// Connections each of the first `workers` workers accepted so far
+    /// (`listener.<addr>.worker_<i>.downstream_cx_total`; the harness binds
+    /// the listener to port 0, hence `127.0.0.1_0`).
+    pub fn worker_connections(&self, workers: usize) -> Vec<u64> {
+        let stats =
+            self.stats_matching(r"^listener\.127\.0\.0\.1_0\.worker_[0-9]+\.downstream_cx_total$");
+        (0..workers)
+            .map(|i| {
+                let name = format!("listener.127.0.0.1_0.worker_{i}.downstream_cx_total");
+                stats.get(&name).copied().unwrap_or(0)
+            })
+            .collect()
+    }
+
     /// The Prometheus exposition text (`/stats/prometheus`).
     pub fn prometheus(&self) -> String {
         self.admin_get("/stats/prometheus")

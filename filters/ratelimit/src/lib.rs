@@ -358,11 +358,12 @@ impl Context for RateLimitRequest {
     }
 }
 
-impl HttpContext for RateLimitRequest {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+impl RateLimitRequest {
+    /// Lets the request through or refuses it, here and now.
+    fn settle(&mut self, outcome: Result<Admitted, Refused>) -> Action {
         let shared = Rc::clone(&self.shared);
-        match self.facts_and_check() {
-            Step::Allow(admitted) => {
+        match outcome {
+            Ok(admitted) => {
                 shared.metrics.allowed(&admitted);
                 self.admitted = Some(admitted);
                 self.started_ms = Some(glue::now_ms());
@@ -374,11 +375,21 @@ impl HttpContext for RateLimitRequest {
                     .map(Adaptive::started);
                 Action::Continue
             }
-            Step::Deny(refused) => {
+            Err(refused) => {
                 shared.metrics.refused(refused.refusal);
                 glue::send_local_reply(&refused.reply);
                 Action::Pause
             }
+        }
+    }
+}
+
+impl HttpContext for RateLimitRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let shared = Rc::clone(&self.shared);
+        match self.facts_and_check() {
+            Step::Allow(admitted) => self.settle(Ok(admitted)),
+            Step::Deny(refused) => self.settle(Err(refused)),
             Step::AskRls(call) => {
                 // Envoy's timer is a backstop a little after our own
                 // deadline, which the watchdog enforces (and counts).
@@ -408,25 +419,8 @@ impl HttpContext for RateLimitRequest {
                     Err(status) => {
                         shared.metrics.rls_failed.inc();
                         log::warn!("cannot call the RLS cluster {}: {status:?}", call.cluster);
-                        match shared.limiter.on_rls_failure(&SharedData, &call) {
-                            Ok(admitted) => {
-                                shared.metrics.allowed(&admitted);
-                                self.admitted = Some(admitted);
-                                self.started_ms = Some(glue::now_ms());
-                                shared
-                                    .state
-                                    .borrow_mut()
-                                    .adaptive
-                                    .as_mut()
-                                    .map(Adaptive::started);
-                                Action::Continue
-                            }
-                            Err(refused) => {
-                                shared.metrics.refused(refused.refusal);
-                                glue::send_local_reply(&refused.reply);
-                                Action::Pause
-                            }
-                        }
+                        let outcome = shared.limiter.on_rls_failure(&SharedData, &call);
+                        self.settle(outcome)
                     }
                 }
             }

@@ -318,6 +318,12 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl From<crate::operation::OperationConfigError> for ConfigError {
+    fn from(e: crate::operation::OperationConfigError) -> ConfigError {
+        ConfigError::new(format!("operations[{}]", e.index), e.message)
+    }
+}
+
 /// Parses JSON into `T`, reporting the path of the offending field.
 pub fn parse_json<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, ConfigError> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);

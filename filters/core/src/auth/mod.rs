@@ -250,8 +250,7 @@ impl Auth {
     /// Compiles a parsed configuration.
     pub fn new(config: AuthConfig, fingerprint: String) -> Result<Auth, ConfigError> {
         config.validate()?;
-        let operations = crate::operation::OperationMap::compile(&config.operations)
-            .map_err(|e| ConfigError::new(format!("operations[{}]", e.index), e.message))?;
+        let operations = crate::operation::OperationMap::compile(&config.operations)?;
         let mut providers = Vec::with_capacity(config.providers.len());
         for (i, p) in config.providers.into_iter().enumerate() {
             let algorithms = match &p.algorithms {

@@ -206,14 +206,10 @@ impl RateLimiter {
 
     pub fn new(config: RateLimitConfig, fingerprint: String) -> Result<RateLimiter, ConfigError> {
         config.validate()?;
-        let operations = if config.operations.is_empty() {
-            None
-        } else {
-            Some(
-                OperationMap::compile(&config.operations)
-                    .map_err(|e| ConfigError::new(format!("operations[{}]", e.index), e.message))?,
-            )
-        };
+        // Only needed when the auth filter did not classify the request.
+        let operations = (!config.operations.is_empty())
+            .then(|| OperationMap::compile(&config.operations))
+            .transpose()?;
         Ok(RateLimiter {
             operations,
             costs: config

@@ -370,14 +370,10 @@ impl Tagger {
         if let Some(h) = &config.size_header {
             check_header_name("size_header", h)?;
         }
-        let operations = if config.operations.is_empty() {
-            None
-        } else {
-            Some(
-                OperationMap::compile(&config.operations)
-                    .map_err(|e| ConfigError::new(format!("operations[{}]", e.index), e.message))?,
-            )
-        };
+        // Only needed when the auth filter did not classify the request.
+        let operations = (!config.operations.is_empty())
+            .then(|| OperationMap::compile(&config.operations))
+            .transpose()?;
         Ok(Tagger {
             headers,
             operations,
