@@ -1,7 +1,8 @@
-//! The alert rules in `observability/alerts.yaml` only name metrics a real
-//! gateway exports: start Envoy with the four filters and the demo's
-//! `stats_tags`, scrape `/stats/prometheus`, and look every metric (and
-//! every label value an alert matches on) up.
+//! The alert rules in `observability/alerts.yaml` and the Grafana dashboard
+//! `observability/grafana-dashboard.json` only name metrics a real gateway
+//! exports: start Envoy with the four filters and the demo's `stats_tags`,
+//! scrape `/stats/prometheus`, and look every metric, every label value a
+//! query matches on and every label it groups by up.
 
 #![allow(
     clippy::unwrap_used,
@@ -45,8 +46,10 @@ fn scrape(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
     metrics
 }
 
-#[test]
-fn every_metric_an_alert_names_is_exported_by_the_gateway() {
+/// Metric name -> label sets seen on a gateway running the four filters.
+type Exported = BTreeMap<String, Vec<BTreeMap<String, String>>>;
+
+fn scrape_gateway() -> Exported {
     let auth = json!({
         "providers": [{"name": "demo", "issuer": "https://idp", "jwks": {"remote": {"cluster": "idp"}}}],
         "public_paths": [{"prefix": "/"}],
@@ -74,59 +77,137 @@ fn every_metric_an_alert_names_is_exported_by_the_gateway() {
     Request::get("/v1/contexts/a").send(envoy.listener_addr());
     // Gauges published on the first ticks.
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let exported = scrape(&envoy.prometheus());
+    scrape(&envoy.prometheus())
+}
+
+/// Checks one PromQL expression against what the gateway exports; returns
+/// the metric names (or name regexes) it uses. `instance` is the label
+/// Prometheus adds when scraping, so it is never looked for.
+fn check_query(what: &str, expr: &str, exported: &Exported) -> Vec<String> {
+    let grouping = Regex::new(r"\b(?:by|without)\s*\(([^)]*)\)").unwrap();
+    let name = Regex::new(r"\b((?:ctxgate|envoy)_[a-z0-9_]+)(\{([^}]*)\})?").unwrap();
+    let regex_name = Regex::new(r#"__name__=~"([^"]+)""#).unwrap();
+    let matcher = Regex::new(r#"([a-z_]+)=~?"([^"]+)""#).unwrap();
+    let group_labels: Vec<String> = grouping
+        .captures_iter(expr)
+        .flat_map(|c| {
+            c[1].split(',')
+                .map(|l| l.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| !l.is_empty() && l != "instance")
+        .collect();
+    // Label names in by (...) are not metrics.
+    let metrics_only = grouping.replace_all(expr, "");
+    let mut used = Vec::new();
+    for c in name.captures_iter(&metrics_only) {
+        // Names inside a quoted regex are handled below.
+        let start = c.get(0).unwrap().start();
+        if metrics_only[..start].matches('"').count() % 2 == 1 {
+            continue;
+        }
+        let metric = &c[1];
+        let series = exported
+            .get(metric)
+            .unwrap_or_else(|| panic!("{what}: {metric} is not exported by the gateway"));
+        for m in c
+            .get(3)
+            .map(|m| matcher.captures_iter(m.as_str()).collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            let (label, value) = (&m[1], &m[2]);
+            if label == "instance" {
+                continue;
+            }
+            let value_re = Regex::new(&format!("^(?:{value})$")).unwrap();
+            assert!(
+                series
+                    .iter()
+                    .any(|labels| labels.get(label).is_some_and(|v| value_re.is_match(v))),
+                "{what}: no {metric} series with {label} matching {value}"
+            );
+        }
+        for label in &group_labels {
+            assert!(
+                series.iter().any(|labels| labels.contains_key(label)),
+                "{what}: {metric} has no label {label} to group by"
+            );
+        }
+        used.push(metric.to_owned());
+    }
+    for c in regex_name.captures_iter(expr) {
+        let re = Regex::new(&format!("^(?:{})$", &c[1])).unwrap();
+        assert!(
+            exported.keys().any(|k| re.is_match(k)),
+            "{what}: no exported metric matches {}",
+            &c[1]
+        );
+        used.push(c[1].to_owned());
+    }
+    used
+}
+
+#[test]
+fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_the_gateway() {
+    let exported = scrape_gateway();
 
     let alerts_text =
         std::fs::read_to_string(repo_root().join("observability/alerts.yaml")).unwrap();
     let alerts = yaml::documents(&alerts_text).unwrap().remove(0);
-    let name = Regex::new(r"\b((?:ctxgate|envoy)_[a-z0-9_]+)(\{([^}]*)\})?").unwrap();
-    let regex_name = Regex::new(r#"__name__=~"([^"]+)""#).unwrap();
-    let matcher = Regex::new(r#"([a-z_]+)=~?"([^"]+)""#).unwrap();
-    let mut checked = BTreeSet::new();
+    let mut alerted = BTreeSet::new();
     for group in alerts["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {
             let alert = rule["alert"].as_str().unwrap();
             let expr = rule["expr"].as_str().unwrap();
-            for c in name.captures_iter(expr) {
-                // Names inside a quoted regex are handled below.
-                let start = c.get(0).unwrap().start();
-                if expr[..start].matches('"').count() % 2 == 1 {
-                    continue;
-                }
-                let metric = &c[1];
-                let series = exported
-                    .get(metric)
-                    .unwrap_or_else(|| panic!("{alert}: {metric} is not exported by the gateway"));
-                for m in c
-                    .get(3)
-                    .map(|m| matcher.captures_iter(m.as_str()).collect::<Vec<_>>())
-                    .unwrap_or_default()
-                {
-                    let (label, value) = (&m[1], &m[2]);
-                    let value_re = Regex::new(&format!("^(?:{value})$")).unwrap();
-                    assert!(
-                        series
-                            .iter()
-                            .any(|labels| labels.get(label).is_some_and(|v| value_re.is_match(v))),
-                        "{alert}: no {metric} series with {label} matching {value}"
-                    );
-                }
-                checked.insert(metric.to_owned());
-            }
-            for c in regex_name.captures_iter(expr) {
-                let re = Regex::new(&format!("^(?:{})$", &c[1])).unwrap();
-                assert!(
-                    exported.keys().any(|k| re.is_match(k)),
-                    "{alert}: no exported metric matches {}",
-                    &c[1]
-                );
-                checked.insert(c[1].to_owned());
-            }
+            alerted.extend(check_query(alert, expr, &exported));
         }
     }
-    println!("{} metric names checked: {checked:?}", checked.len());
-    assert!(
-        checked.len() >= 10,
-        "the alert file names too few metrics: {checked:?}"
+    println!(
+        "alerts: {} metric names checked: {alerted:?}",
+        alerted.len()
     );
+    assert!(
+        alerted.len() >= 10,
+        "the alert file names too few metrics: {alerted:?}"
+    );
+
+    let dashboard_text =
+        std::fs::read_to_string(repo_root().join("observability/grafana-dashboard.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard_text).unwrap();
+    let mut charted = BTreeSet::new();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            charted.extend(check_query(title, expr, &exported));
+            queries += 1;
+        }
+    }
+    // The gateway picker's query, too.
+    let label_values = Regex::new(r"label_values\((\w+),").unwrap();
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(query) = variable["query"]["query"].as_str() {
+            let metric = label_values
+                .captures(query)
+                .map(|c| c[1].to_owned())
+                .unwrap_or_else(|| panic!("unexpected variable query {query}"));
+            assert!(
+                exported.contains_key(&metric),
+                "variable query: {metric} is not exported"
+            );
+        }
+    }
+    println!(
+        "dashboard: {queries} queries, {} metric names checked: {charted:?}",
+        charted.len()
+    );
+    assert!(queries >= 20, "the dashboard has too few queries");
+    // Every ctxgate metric an alert fires on is on the dashboard too.
+    for metric in alerted.iter().filter(|m| m.starts_with("ctxgate_")) {
+        assert!(
+            charted.contains(metric),
+            "{metric} is alerted on but not on the dashboard"
+        );
+    }
 }
