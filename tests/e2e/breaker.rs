@@ -29,6 +29,9 @@ use serde_json::{Value, json};
 /// Header the scripted upstream marks its answers with, so an upstream 5xx
 /// is never mistaken for one Envoy or the breaker generated.
 const FROM_REPO: &str = "x-upstream";
+/// Envoy writes its log file from a flush thread: log lines show up a
+/// little after the event that logged them.
+const LOG_FLUSH: Duration = Duration::from_secs(5);
 
 fn breaker_filter(breakers: Value) -> WasmFilter {
     WasmFilter::new("ctxgate_breaker").config(json!({ "breakers": breakers }))
@@ -225,7 +228,7 @@ fn it_opens_once_on_every_worker_when_errors_cross_the_threshold() {
             ("failures", upstream_failures as u64),
         ]
     );
-    assert!(envoy.log_contains("breaker repo is now open"));
+    assert!(envoy.wait_for_log("breaker repo is now open", LOG_FLUSH));
 }
 
 /// Echo upstreams started for a test; stopped when dropped.
@@ -680,7 +683,7 @@ fn half_open_lets_only_the_probe_budget_through_then_closes_or_reopens() {
         "after closing: {flowing:?}"
     );
     assert_eq!(repo.hits(), 8 + 32);
-    assert!(envoy.log_contains("breaker repo is now closed"));
+    assert!(envoy.wait_for_log("breaker repo is now closed", LOG_FLUSH));
 }
 
 /// No outcome is lost when four workers record at once. With

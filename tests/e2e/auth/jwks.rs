@@ -90,10 +90,11 @@ fn it_answers_503_until_the_first_jwks_fetch_succeeds() {
     assert!(gate.metric("jwks.demo.fetch_success") >= 1);
     assert!(gate.metric("jwks.demo.installed") >= 2);
     assert!(gate.metric("denied.keys_unavailable") >= 2);
-    assert!(
-        gate.envoy
-            .log_contains("JWKS fetch failed (HTTP status 500)")
-    );
+    // Envoy writes its log file from a flush thread: wait for the line.
+    assert!(gate.envoy.wait_for_log(
+        "JWKS fetch failed (HTTP status 500)",
+        Duration::from_secs(5)
+    ));
     gate.assert_vm_healthy();
 }
 
