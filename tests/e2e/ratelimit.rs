@@ -24,19 +24,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Barrier, OnceLock};
+use std::sync::Barrier;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ctxgate_demo::upstream::ShutdownHandle;
-use ctxgate_demo::{DemoKeys, MintAlg, MintOptions};
 use ctxgate_e2e::{
     Client, Cluster, Envoy, EnvoyConfig, Redis, Request, Response, Rls, Route, ScriptedServer,
-    SlowRls, WasmFilter, eventually,
+    SlowRls, WasmFilter, demo_idp, eventually,
 };
 use serde_json::{Value, json};
 
-const ISSUER: &str = "https://idp.ctxgate.local";
-const AUDIENCE: &str = "context-api";
 /// A read (cost 1).
 const READ: &str = "/v1/contexts/projects/a";
 /// A graph traversal (cost 10).
@@ -44,44 +41,15 @@ const GRAPH: &str = "/v1/graph/traverse?context=projects/a";
 
 // --- Tokens, filters, gateways ---------------------------------------------
 
-/// The demo key set, generated once per test binary.
-fn keys() -> &'static DemoKeys {
-    static KEYS: OnceLock<DemoKeys> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("ctxgate-keys-")
-            .tempdir()
-            .unwrap();
-        DemoKeys::load_or_generate(&dir.path().join("keys")).unwrap()
-    })
-}
-
 /// An HS256 token of `user-1` at `tenant`, with every right on
 /// `projects/*` and these extra claims (`rate_limits`).
 fn token(tenant: &str, extra: Value) -> String {
-    let opts = MintOptions {
-        tenant: Some(tenant.to_owned()),
-        scopes: vec!["admin:projects/*".to_owned()],
-        alg: MintAlg::HS256,
-        extra_claims: extra.as_object().cloned().unwrap_or_default(),
-        ..MintOptions::default()
-    };
-    ctxgate_demo::mint(keys(), &opts).unwrap()
+    demo_idp::hs256_token(tenant, "user-1", &extra)
 }
 
 fn auth() -> WasmFilter {
     WasmFilter::new("ctxgate_auth").config(json!({
-        "providers": [{
-            "name": "demo",
-            "issuer": ISSUER,
-            "audiences": [AUDIENCE],
-            "jwks": {"inline": {"keys": [{
-                "kty": "oct",
-                "kid": ctxgate_demo::keys::KID_HS256,
-                "alg": "HS256",
-                "k": keys().hs256_secret_b64(),
-            }]}},
-        }],
+        "providers": [demo_idp::hs256_provider()],
         "operations": [
             {"name": "read", "methods": ["GET", "HEAD"], "path": "/v1/contexts/{context}", "action": "read"},
             {"name": "write", "methods": ["PUT", "POST", "PATCH"], "path": "/v1/contexts/{context}", "action": "write"},

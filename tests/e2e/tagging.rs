@@ -19,17 +19,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::time::Instant;
 
 use ctxgate_core::tagging::config::VariantConfig;
 use ctxgate_demo::upstream::ShutdownHandle;
-use ctxgate_demo::{DemoKeys, MintAlg, MintOptions};
-use ctxgate_e2e::{Client, Cluster, Envoy, EnvoyConfig, Request, Response, Route, WasmFilter};
+use ctxgate_e2e::{
+    Client, Cluster, Envoy, EnvoyConfig, Request, Response, Route, WasmFilter, demo_idp,
+};
 use serde_json::{Value, json};
 
-const ISSUER: &str = "https://idp.ctxgate.local";
-const AUDIENCE: &str = "context-api";
 /// A read of this context is the plain request most cases start from.
 const READ: &str = "/v1/contexts/projects/a";
 const CONTEXT: &str = "projects/a";
@@ -44,35 +42,8 @@ const TAG_HEADERS: [&str; 6] = [
     "x-context-variant",
 ];
 
-/// The demo key set, generated once per test binary into a temp dir that
-/// is removed again (the keys stay in memory).
-fn keys() -> &'static DemoKeys {
-    static KEYS: OnceLock<DemoKeys> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("ctxgate-keys-")
-            .tempdir()
-            .unwrap();
-        DemoKeys::load_or_generate(&dir.path().join("keys")).unwrap()
-    })
-}
-
-/// An HS256 token of `subject` at `tenant` with every right on `projects/*`
-/// and these extra claims (`rate_limits`, `data_region`, ...).
-fn token_for(tenant: &str, subject: &str, extra: &Value) -> String {
-    let opts = MintOptions {
-        sub: subject.to_owned(),
-        tenant: Some(tenant.to_owned()),
-        scopes: vec!["admin:projects/*".to_owned()],
-        alg: MintAlg::HS256,
-        extra_claims: extra.as_object().cloned().unwrap_or_default(),
-        ..MintOptions::default()
-    };
-    ctxgate_demo::mint(keys(), &opts).unwrap()
-}
-
 fn token(tenant: &str, extra: Value) -> String {
-    token_for(tenant, "user-1", &extra)
+    demo_idp::hs256_token(tenant, "user-1", &extra)
 }
 
 fn tier(tier: &str) -> Value {
@@ -94,17 +65,7 @@ fn operations() -> Value {
 /// on to tagging.
 fn auth() -> WasmFilter {
     WasmFilter::new("ctxgate_auth").config(json!({
-        "providers": [{
-            "name": "demo",
-            "issuer": ISSUER,
-            "audiences": [AUDIENCE],
-            "jwks": {"inline": {"keys": [{
-                "kty": "oct",
-                "kid": ctxgate_demo::keys::KID_HS256,
-                "alg": "HS256",
-                "k": keys().hs256_secret_b64(),
-            }]}},
-        }],
+        "providers": [demo_idp::hs256_provider()],
         "operations": operations(),
         "unmatched_requests": "authenticate",
         "public_paths": [{"prefix": "/public"}],
@@ -894,7 +855,7 @@ fn it_splits_tenants_across_variants_by_weight_and_keeps_each_on_its_variant() {
                     let mut seen = Vec::with_capacity(TENANTS / THREADS + 1);
                     for i in (t..TENANTS).step_by(THREADS) {
                         let tenant = format!("tenant-{i:05}");
-                        let token = token_for(&tenant, "user-1", &json!({}));
+                        let token = demo_idp::hs256_token(&tenant, "user-1", &json!({}));
                         let response = client.send(&get("/v1/ping", &token));
                         let landed = landed(&response);
                         let variant = landed
@@ -976,7 +937,7 @@ fn it_splits_tenants_across_variants_by_weight_and_keeps_each_on_its_variant() {
     for i in sample {
         let tenant = format!("tenant-{i:05}");
         for round in 0..6 {
-            let token = token_for(&tenant, &format!("user-{round}"), &json!({}));
+            let token = demo_idp::hs256_token(&tenant, &format!("user-{round}"), &json!({}));
             let mut request = get("/v1/ping", &token);
             if round % 2 == 1 {
                 request = request.header("x-context-variant", if round == 1 { "b" } else { "c" });

@@ -34,6 +34,7 @@
 )]
 
 pub mod config;
+pub mod demo_idp;
 pub mod envoy;
 pub mod http;
 pub mod rls;

@@ -84,6 +84,11 @@ impl FromStr for MintAlg {
     }
 }
 
+/// Issuer of the demo tokens, as the demo gateway's provider expects it.
+pub const DEMO_ISSUER: &str = "https://idp.ctxgate.local";
+/// Audience of the demo tokens, as the demo gateway's provider expects it.
+pub const DEMO_AUDIENCE: &str = "context-api";
+
 /// What to put in a minted token. [`Default`] matches the CLI defaults:
 /// `sub` `user-1`, tenant `acme`, audience `context-api`, issuer
 /// `https://idp.ctxgate.local`, ES256, valid for one hour, no scopes.
@@ -114,8 +119,8 @@ impl Default for MintOptions {
             sub: "user-1".to_string(),
             tenant: Some("acme".to_string()),
             scopes: Vec::new(),
-            aud: vec!["context-api".to_string()],
-            iss: "https://idp.ctxgate.local".to_string(),
+            aud: vec![DEMO_AUDIENCE.to_string()],
+            iss: DEMO_ISSUER.to_string(),
             alg: MintAlg::ES256,
             exp_in: 3600,
             nbf_in: None,

@@ -12,12 +12,12 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use ctxgate_e2e::Redis;
 use ctxgate_rls::config::Domain;
 use ctxgate_rls::{Limits, RlsHandle, StorageConfig, spawn_in_thread};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
@@ -336,97 +336,18 @@ async fn it_starts_each_aligned_window_from_zero() {
 
 // --- Redis ------------------------------------------------------------------
 
-/// A throwaway `redis-server` on 127.0.0.1, killed on drop.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Redis { port, child: None };
-        redis.restart();
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn storage(&self) -> StorageConfig {
-        StorageConfig::Redis {
-            url: self.url(),
-            timeout: Duration::from_millis(500),
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts (again) on the same port, and waits until it answers PING.
-    fn restart(&mut self) {
-        self.stop();
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // If this test process dies without running Drop, take Redis along.
-        #[cfg(target_os = "linux")]
-        unsafe {
-            use std::os::unix::process::CommandExt as _;
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .expect("redis-server must be installed (scripts/bootstrap installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.pings() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server on port {} did not answer PING", self.port);
-    }
-
-    fn pings(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
+fn redis_storage(redis: &Redis) -> StorageConfig {
+    StorageConfig::Redis {
+        url: redis.url(),
+        timeout: Duration::from_millis(500),
     }
 }
 
 #[tokio::test]
 async fn replicas_sharing_redis_share_one_count() {
     let redis = Redis::start();
-    let first = start(redis.storage());
-    let second = start(redis.storage());
+    let first = start(redis_storage(&redis));
+    let second = start(redis_storage(&redis));
     let mut clients = [client(&first).await, client(&second).await];
     let acme: &[(&str, &str)] = &[("tenant", "acme")];
 
@@ -450,13 +371,13 @@ async fn replicas_sharing_redis_share_one_count() {
 #[tokio::test]
 async fn it_starts_each_aligned_window_from_zero_on_redis() {
     let redis = Redis::start();
-    windows_are_aligned_and_start_from_zero(redis.storage()).await;
+    windows_are_aligned_and_start_from_zero(redis_storage(&redis)).await;
 }
 
 #[tokio::test]
 async fn it_answers_unavailable_while_redis_is_down_and_recovers() {
     let mut redis = Redis::start();
-    let rls = start(redis.storage());
+    let rls = start(redis_storage(&redis));
     let mut client = client(&rls).await;
     let t: &[(&str, &str)] = &[("tenant", "t")];
     let response = ask(&mut client, request("ctxgate", &[t], 1)).await;

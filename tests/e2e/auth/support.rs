@@ -14,8 +14,8 @@ use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
 use serde_json::{Map, Value, json};
 use tempfile::TempDir;
 
-pub const ISSUER: &str = "https://idp.ctxgate.local";
-pub const AUDIENCE: &str = "context-api";
+pub const ISSUER: &str = ctxgate_demo::mint::DEMO_ISSUER;
+pub const AUDIENCE: &str = ctxgate_demo::mint::DEMO_AUDIENCE;
 pub const TENANT: &str = "acme";
 pub const SUBJECT: &str = "user-1";
 /// Not the default realm, so the tests see that the configured one is used.

@@ -18,8 +18,8 @@ pub const PATH: &str = "/v1/contexts/projects/bench";
 pub const SCOPE: &str = "read:projects/*";
 /// Issuer and audience of the demo tokens ([`ctxgate_demo::MintOptions`]
 /// defaults), which every verifying scenario is configured to accept.
-pub const ISSUER: &str = "https://idp.ctxgate.local";
-pub const AUDIENCE: &str = "context-api";
+pub const ISSUER: &str = ctxgate_demo::mint::DEMO_ISSUER;
+pub const AUDIENCE: &str = ctxgate_demo::mint::DEMO_AUDIENCE;
 
 /// What the load generator puts on each request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

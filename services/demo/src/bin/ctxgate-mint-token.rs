@@ -35,10 +35,10 @@ struct Args {
     scopes: Vec<String>,
     /// Audience. Repeatable: one gives a string `aud`, several an array;
     /// `--aud ''` omits it.
-    #[arg(long = "aud", value_name = "AUD", default_value = "context-api")]
+    #[arg(long = "aud", value_name = "AUD", default_value = ctxgate_demo::mint::DEMO_AUDIENCE)]
     aud: Vec<String>,
     /// `iss` claim.
-    #[arg(long, default_value = "https://idp.ctxgate.local")]
+    #[arg(long, default_value = ctxgate_demo::mint::DEMO_ISSUER)]
     iss: String,
     /// Signing key: RS256, ES256, EdDSA or HS256.
     #[arg(long, default_value = "ES256", value_name = "ALG")]
