@@ -474,27 +474,7 @@ fn routes_use_subsets_their_destination_rules_define() {
     }
     // Breakers select by headers the tagging plugin sets, and any route
     // they name exists (Envoy route name = http[].name).
-    let tagging: serde_json::Value =
-        serde_json::from_slice(&plugin_config("ctxgate-tagging")).unwrap();
-    let tagging_headers: BTreeSet<String> = tagging["headers"]
-        .as_object()
-        .map(|h| {
-            h.values()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_else(|| {
-            [
-                "x-context-tenant",
-                "x-context-type",
-                "x-context-priority",
-                "x-context-region",
-                "x-context-id",
-                "x-context-variant",
-            ]
-            .map(str::to_owned)
-            .into()
-        });
+    let tagging_headers: BTreeSet<String> = tagging_config().headers.0.into_values().collect();
     for breaker in breakers_config().breakers {
         for header in breaker
             .select

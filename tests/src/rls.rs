@@ -17,7 +17,6 @@
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
@@ -34,6 +33,7 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 
 use crate::config::Cluster;
+use crate::envoy::spawn_guarded;
 
 /// How long a service may take to start listening.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -43,10 +43,7 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// The `ctxgate-rls` binary: `$CTXGATE_RLS`, else
 /// `<repo>/target/release/ctxgate-rls`.
 pub fn rls_binary() -> PathBuf {
-    let path = match std::env::var_os("CTXGATE_RLS") {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => crate::repo_root().join("target/release/ctxgate-rls"),
-    };
+    let path = crate::path_from_env("CTXGATE_RLS", "target/release/ctxgate-rls");
     assert!(
         path.is_file(),
         "ctxgate-rls binary {} not found: run `cargo build --release -p ctxgate-rls` \
@@ -54,27 +51,6 @@ pub fn rls_binary() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Forks `command` from the harness's spawner thread with a parent-death
-/// signal, like Envoy.
-fn spawn_guarded(mut command: Command) -> std::io::Result<Child> {
-    // SAFETY: getpid is async-signal-safe and has no preconditions.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure runs between fork and exec and only calls the
-    // async-signal-safe prctl and getppid; it allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other("test process exited during spawn"));
-            }
-            Ok(())
-        });
-    }
-    crate::envoy::spawn_from_helper_thread(command)
 }
 
 /// Stops `child`: SIGTERM, then SIGKILL after `grace` (zero: SIGKILL now).

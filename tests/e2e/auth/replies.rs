@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use ctxgate_e2e::{Request, eventually};
-use serde_json::json;
 
 use crate::support::*;
 
@@ -14,18 +13,7 @@ fn it_answers_refusals_in_rfc6750_shape() {
     let keys = TestKeys::generate();
     // An access log with Envoy's response code details.
     let gate = Gate::start_with(inline_config(&keys), |envoy| {
-        envoy.hcm_field(
-            "access_log",
-            json!([{
-                "name": "envoy.access_loggers.stdout",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                    "log_format": {"text_format_source": {
-                        "inline_string": "%REQ(:METHOD)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\n"
-                    }},
-                },
-            }]),
-        )
+        envoy.access_log("%REQ(:METHOD)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\n")
     });
     let path = "/v1/contexts/projects/x";
     let expired = keys.token(&ctxgate_demo::MintOptions {
