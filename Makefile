@@ -28,16 +28,12 @@ run: build
 ## test: formatting, lints, unit tests (native and wasm32-wasip1), end-to-end through Envoy
 test: build lint test-unit test-wasm test-e2e
 
-# ctxgate-rls links RocksDB (through limitador): it is built, linted and
-# tested in release only, so that C++ build happens once.
 lint:
 	cargo fmt --all --check
-	cargo clippy --workspace --exclude ctxgate-rls --all-targets -- -D warnings
-	cargo clippy --release -p ctxgate-rls --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 test-unit:
-	cargo test --workspace --exclude ctxgate-e2e --exclude ctxgate-rls
-	cargo test --release -p ctxgate-rls
+	cargo test --workspace --exclude ctxgate-e2e
 
 ## the core logic compiled to wasm32-wasip1, run under Node's WASI
 test-wasm: bootstrap

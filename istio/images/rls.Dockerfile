@@ -10,13 +10,8 @@
 #     -t ghcr.io/ctxgate/ctxgate-rls:0.1.0 .
 #   docker push ghcr.io/ctxgate/ctxgate-rls:0.1.0
 #
-# limitador links RocksDB, whose bindings are generated with libclang at
-# build time (clang, libclang-dev); the binary then needs only glibc and
-# libstdc++, which debian:bookworm-slim has.
+# Pure Rust: the binary needs only glibc, which debian:bookworm-slim has.
 FROM rust:1-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends clang libclang-dev \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p ctxgate-rls

@@ -423,7 +423,6 @@ fn behind_tagging_each_breaker_guards_the_requests_its_tag_selects() {
     };
     let mut config = EnvoyConfig::new()
         .filter(WasmFilter::new("ctxgate_tagging").config(json!({
-            "size_header": "x-context-size",
             "rules": [
                 {"when": {"size": {"above": 1000}}, "set": {"type": "large-context"}},
                 {"when": {"header": {"name": "x-client-class", "exact": "interactive"}},
@@ -457,7 +456,7 @@ fn behind_tagging_each_breaker_guards_the_requests_its_tag_selects() {
     }
     let envoy = Envoy::start(&config);
     let plain = Request::get("/v1/contexts/a");
-    let large = plain.clone().header("x-context-size", "5000");
+    let large = Request::post("/v1/contexts/a").body(vec![b'x'; 5000]);
     let interactive = plain.clone().header("x-client-class", "interactive");
     let spoofed_large = plain.clone().header("x-context-type", "large-context");
     let spoofed_priority = plain.clone().header("x-context-priority", "high");

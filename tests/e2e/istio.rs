@@ -40,6 +40,7 @@ use ctxgate_core::breaker::Breakers;
 use ctxgate_core::breaker::config::{BreakersConfig, OpenAction};
 use ctxgate_core::ratelimit::RateLimiter;
 use ctxgate_core::ratelimit::config::{KeyPart, RateLimitConfig};
+use ctxgate_core::shared::Secret;
 use ctxgate_core::tagging::Tagger;
 use ctxgate_core::tagging::config::TaggingConfig;
 use manifests::{IstioCluster, Object, plugin_config_json, repo_root};
@@ -311,10 +312,12 @@ fn plugin_configs_are_accepted_by_their_filters() {
     type Parser = fn(&[u8]) -> Result<(), String>;
     let parsers: [(&str, Parser); 4] = [
         ("ctxgate-auth", |j| {
-            Auth::from_json(j).map(drop).map_err(|e| e.to_string())
+            Auth::from_json(j, "istio", Secret::from_bytes([0; 16]))
+                .map(drop)
+                .map_err(|e| e.to_string())
         }),
         ("ctxgate-ratelimit", |j| {
-            RateLimiter::from_json(j)
+            RateLimiter::from_json(j, "istio", Secret::from_bytes([0; 16]))
                 .map(drop)
                 .map_err(|e| e.to_string())
         }),
@@ -322,7 +325,9 @@ fn plugin_configs_are_accepted_by_their_filters() {
             Tagger::from_json(j).map(drop).map_err(|e| e.to_string())
         }),
         ("ctxgate-breaker", |j| {
-            Breakers::from_json(j).map(drop).map_err(|e| e.to_string())
+            Breakers::from_json(j, "istio")
+                .map(drop)
+                .map_err(|e| e.to_string())
         }),
     ];
     let plugins = all("WasmPlugin");
@@ -960,7 +965,7 @@ fn broken_wasm_plugins_are_rejected() {
     provider["isuer"] = issuer;
     CRDS.validate(&plugin).unwrap();
     let config = serde_json::to_vec(&plugin_config_json(&plugin["spec"]["pluginConfig"])).unwrap();
-    let error = Auth::from_json(&config)
+    let error = Auth::from_json(&config, "istio", Secret::from_bytes([0; 16]))
         .err()
         .expect("the filter accepted a misspelt field");
     assert!(error.to_string().contains("isuer"), "{error}");

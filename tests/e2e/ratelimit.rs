@@ -758,9 +758,11 @@ fn rls_outage(mode: &str) {
     let decided_by_rls = |envoy: &Envoy| {
         let before = metric(envoy, "allowed.rls");
         let response = read(&acme).send(addr);
+        // The headers describe the tightest limit: the local 1000 per hour
+        // (999 left), not the RLS's 100000.
         metric(envoy, "allowed.rls") > before
             && response.status == 200
-            && response.header("x-ratelimit-limit") == Some("100000, 100000;w=3600")
+            && response.header("x-ratelimit-limit") == Some("1000, 1000;w=3600")
     };
     assert!(
         eventually(Duration::from_secs(10), || decided_by_rls(&envoy)),
@@ -862,12 +864,13 @@ fn with_failure_mode_deny_an_unreachable_or_late_rls_refuses_with_deny_status() 
 // --- Adaptive limits --------------------------------------------------------------
 
 /// ratelimit -> router to the echo upstream; clients are keyed by
-/// `x-client-id` (anonymous tier: 1000 per hour).
+/// the address their (trusted) proxy put in `x-forwarded-for` (anonymous
+/// tier: 1000 per hour).
 fn adaptive_gateway(adaptive: Value, upstream: SocketAddr) -> Envoy {
     Envoy::start(
         &EnvoyConfig::new()
             .filter(ratelimit(json!({
-                "anonymous": {"by": "header", "header": "x-client-id"},
+                "anonymous": {"client": {"source": "forwarded_for", "trusted_hops": 1}},
                 "tiers": {"anonymous": per("per_hour", 1000, 3600), "standard": per("per_hour", 1000, 3600)},
                 "adaptive": adaptive,
             })))
@@ -878,9 +881,9 @@ fn adaptive_gateway(adaptive: Value, upstream: SocketAddr) -> Envoy {
 
 /// A request of client `id` that the upstream answers after `delay_ms`,
 /// on a fresh connection (so the workers share the traffic).
-fn delayed(addr: SocketAddr, id: &str, delay_ms: u64) -> Response {
+fn delayed(addr: SocketAddr, id: u64, delay_ms: u64) -> Response {
     Request::get("/work")
-        .header("x-client-id", id)
+        .header("x-forwarded-for", &client_ip(id))
         .header("x-demo-delay-ms", &delay_ms.to_string())
         .send(addr)
 }
@@ -895,7 +898,7 @@ fn a_slow_upstream_shrinks_the_limits_and_a_fast_one_restores_them() {
     let addr = envoy.listener_addr();
     let gauge = |name: &str| metric(&envoy, &format!("adaptive.{name}"));
 
-    let fast = ok(delayed(addr, "c1", 0));
+    let fast = ok(delayed(addr, 1, 0));
     assert_eq!(fast.header("x-ratelimit-limit"), Some("1000, 1000;w=3600"));
     assert!(eventually(Duration::from_secs(5), || gauge(
         "multiplier_permille"
@@ -904,13 +907,13 @@ fn a_slow_upstream_shrinks_the_limits_and_a_fast_one_restores_them() {
     // Slow responses: the EWMA passes 100 ms and limits shrink to 0.6x.
     std::thread::scope(|s| {
         for _ in 0..6 {
-            s.spawn(|| ok(delayed(addr, "c1", 300)));
+            s.spawn(|| ok(delayed(addr, 1, 300)));
         }
     });
     let mut shrunk = None;
     assert!(
         eventually(Duration::from_secs(10), || {
-            let r = ok(delayed(addr, "c1", 300));
+            let r = ok(delayed(addr, 1, 300));
             shrunk = r.header("x-ratelimit-limit").map(str::to_owned);
             shrunk.as_deref() == Some("600, 600;w=3600")
         }),
@@ -925,7 +928,7 @@ fn a_slow_upstream_shrinks_the_limits_and_a_fast_one_restores_them() {
     let mut restored = None;
     assert!(
         eventually(Duration::from_secs(20), || {
-            let r = ok(delayed(addr, "c1", 0));
+            let r = ok(delayed(addr, 1, 0));
             restored = r.header("x-ratelimit-limit").map(str::to_owned);
             restored.as_deref() == Some("1000, 1000;w=3600")
         }),
@@ -962,7 +965,7 @@ fn requests_beyond_max_in_flight_are_refused_with_503() {
                 let barrier = &barrier;
                 s.spawn(move || {
                     barrier.wait();
-                    delayed(addr, &format!("c{i}"), 1000)
+                    delayed(addr, i as u64, 1000)
                 })
             })
             .collect();
@@ -994,7 +997,7 @@ fn requests_beyond_max_in_flight_are_refused_with_503() {
     );
     // Once they are done, requests pass again.
     assert!(eventually(Duration::from_secs(5), || delayed(
-        addr, "late", 0
+        addr, 9999, 0
     )
     .status
         == 200));
@@ -1019,6 +1022,11 @@ fn memory(envoy: &Envoy) -> (u64, u64, u64) {
     (field("allocated"), field("heap_size"), rss_kb * 1024)
 }
 
+/// A distinct IPv4 address per client number.
+fn client_ip(id: u64) -> String {
+    format!("10.{}.{}.{}", (id >> 16) & 255, (id >> 8) & 255, id & 255)
+}
+
 /// One request per client id in `ids`, over `threads` keep-alive connections.
 fn one_request_per_client(addr: SocketAddr, ids: std::ops::Range<u64>, threads: u64) {
     std::thread::scope(|s| {
@@ -1030,8 +1038,8 @@ fn one_request_per_client(addr: SocketAddr, ids: std::ops::Range<u64>, threads: 
                     .skip(usize::try_from(t).unwrap())
                     .step_by(usize::try_from(threads).unwrap())
                 {
-                    let r = client
-                        .send(&Request::get("/").header("x-client-id", &format!("client-{id}")));
+                    let r =
+                        client.send(&Request::get("/").header("x-forwarded-for", &client_ip(id)));
                     assert_eq!(r.status, 200, "client-{id}: {}", r.text());
                 }
             });
@@ -1043,14 +1051,18 @@ fn one_request_per_client(addr: SocketAddr, ids: std::ops::Range<u64>, threads: 
 fn a_hundred_thousand_tenants_leave_envoy_s_memory_bounded() {
     const SLOTS: u64 = 4096;
     const WAYS: u64 = 4;
-    // A bucket with one limit: key hash 8 + limit count 1 + last use 8 +
-    // global view 4x8 + (tokens 8 + refilled at 8) per limit.
-    const ENTRY_BYTES: u64 = 8 + 1 + 8 + 32 + 16;
+    // A bucket with one limit: key hash 8 + last use 8 + idle at 8 +
+    // global view 4x8 + limit count 1 + (id 4 + level 8 + leaked at 8) per
+    // limit.
+    const ENTRY_BYTES: u64 = 8 + 8 + 8 + 32 + 1 + 20;
     const TABLE_BYTES: u64 = SLOTS * WAYS * ENTRY_BYTES;
     let envoy = Envoy::start(
         &EnvoyConfig::new()
             .filter(ratelimit(json!({
-                "anonymous": {"by": "header", "header": "x-client-id"},
+                "anonymous": {
+                    "client": {"source": "forwarded_for", "trusted_hops": 1},
+                    "slots": SLOTS,
+                },
                 "tiers": tiers(per("per_minute", 1000, 60)),
             })))
             .route(Route::prefix("/").direct(200, "ok")),

@@ -81,7 +81,6 @@ const LARGE: usize = 65_536;
 /// can, the size rule sets `type` before `graph work` can.
 fn tagging_rules() -> Value {
     json!({
-        "size_header": "x-context-size",
         "rules": [
             {"name": "large contexts", "when": {"size": {"above": LARGE}}, "set": {"type": "large-context"}},
             {"name": "bulk writes",
@@ -316,7 +315,7 @@ fn routing_cases() -> Vec<Case> {
             get("/v1/ping", &acme),
             expect("standard", &[]),
         ),
-        // size: content-length and the declared size header
+        // size: content-length, never a size the client only declares
         case(
             "write with a body one byte over the threshold",
             post(READ, &acme, LARGE + 1),
@@ -328,23 +327,20 @@ fn routing_cases() -> Vec<Case> {
             expect("standard", &[id]),
         ),
         case(
-            "read declaring a 10 MiB context",
+            "read declaring a 10 MiB context in a header",
             get(READ, &acme).header("x-context-size", "10485760"),
-            expect("high-memory", &[("type", "large-context"), id]),
-        ),
-        case(
-            "small write declaring a large context",
-            post(READ, &acme, 10).header("x-context-size", &(LARGE + 1).to_string()),
-            expect("high-memory", &[("type", "large-context"), id]),
-        ),
-        case(
-            "read declaring a small context",
-            get(READ, &acme).header("x-context-size", "100"),
             expect("standard", &[id]),
         ),
         case(
-            "read declaring a size that is not a number",
-            get(READ, &acme).header("x-context-size", "lots"),
+            "small write declaring a large context in a header",
+            post(READ, &acme, 10).header("x-context-size", &(LARGE + 1).to_string()),
+            expect("standard", &[id]),
+        ),
+        case(
+            "chunked write of unknown length: the configured default (0 bytes)",
+            Request::new("PUT", READ)
+                .bearer(&acme)
+                .chunked(&vec![b'x'; LARGE * 2], 4096),
             expect("standard", &[id]),
         ),
         // operation
@@ -495,7 +491,7 @@ fn routing_cases() -> Vec<Case> {
         ),
         case(
             "large graph traversal: the size rule's type came first",
-            post(graph, &acme, 2).header("x-context-size", "10485760"),
+            post(graph, &acme, LARGE + 1),
             expect("high-memory", &[("type", "large-context"), id]),
         ),
         case(
@@ -525,7 +521,7 @@ fn routing_cases() -> Vec<Case> {
         case(
             "public path declaring a large context",
             Request::get("/public/info").header("x-context-size", "10485760"),
-            expect("high-memory", &[("tenant", ""), ("type", "large-context")]),
+            expect("standard", &[("tenant", "")]),
         ),
     ]
 }
@@ -714,8 +710,8 @@ fn tagging_alone_still_strips_client_tags() {
                 ),
             ),
             case(
-                "declared large context",
-                spoofed(Request::get(READ).header("x-context-size", "10485760")),
+                "large context",
+                spoofed(Request::post(READ).body(vec![b'x'; LARGE + 1])),
                 expect(
                     "high-memory",
                     &[("tenant", ""), ("type", "large-context"), ("id", CONTEXT)],

@@ -73,6 +73,19 @@ impl Request {
         self
     }
 
+    /// A body sent with `Transfer-Encoding: chunked` in chunks of at most
+    /// `chunk` bytes: a body of unknown length to the gateway.
+    pub fn chunked(self, body: &[u8], chunk: usize) -> Self {
+        let mut framed = Vec::with_capacity(body.len() + 64);
+        for part in body.chunks(chunk.max(1)) {
+            framed.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            framed.extend_from_slice(part);
+            framed.extend_from_slice(b"\r\n");
+        }
+        framed.extend_from_slice(b"0\r\n\r\n");
+        self.header("transfer-encoding", "chunked").body(framed)
+    }
+
     /// JSON body with `Content-Type: application/json`.
     pub fn json(self, body: &Value) -> Self {
         self.header("content-type", "application/json")

@@ -3,11 +3,12 @@
 //! answers too late.
 //!
 //! `ctxgate-rls` runs as a process, from its release build
-//! (`cargo build --release -p ctxgate-rls`), never as a library: linking it
-//! would compile RocksDB (through limitador) a second time, in debug. Like
-//! [`crate::Envoy`], every process here is forked from the harness's
-//! long-lived spawner thread with `PR_SET_PDEATHSIG(SIGKILL)`, so it dies
-//! with the test process, and is killed when its value is dropped.
+//! (`cargo build --release -p ctxgate-rls`), never as a library: the suites
+//! test the binary as deployed (command line, logs, crashes and restarts on
+//! a fixed address). Like [`crate::Envoy`], every process here is forked
+//! from the harness's long-lived spawner thread with
+//! `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the test process, and is
+//! killed when its value is dropped.
 //!
 //! Outage tests need the service to go away and come back *on the same
 //! address*, because Envoy's cluster names a fixed endpoint: [`Rls::stop`]
@@ -252,6 +253,34 @@ impl Redis {
         if let Some(mut child) = self.child.take() {
             stop_child(&mut child, Duration::ZERO);
         }
+    }
+
+    /// Freezes the server (SIGSTOP), like a hung Redis: connections stay
+    /// open and commands wait in its sockets, unanswered, until
+    /// [`Redis::resume`]; then it runs them all.
+    #[track_caller]
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a [paused](Redis::pause) server go on (SIGCONT).
+    #[track_caller]
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    #[track_caller]
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("redis-server is not running");
+        let pid = libc::pid_t::try_from(child.id()).expect("redis-server pid");
+        // SAFETY: the child is not reaped yet (we hold it), so the pid is its own.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            sent,
+            0,
+            "cannot signal redis-server: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Starts (again, empty) on the same port.

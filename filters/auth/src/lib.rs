@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ctxgate_core::auth::jwks_sync::{FetchOutcome, JwksSync};
-use ctxgate_core::auth::{Auth, AuthState, Decision, Outcome, REQUEST_FILTER_STATE};
+use ctxgate_core::auth::{Auth, AuthState, Decision, Outcome, REQUEST_FILTER_STATE, RequestEnv};
 use ctxgate_glue::{self as glue, SharedData};
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -79,13 +79,22 @@ impl Context for AuthRoot {
 impl RootContext for AuthRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let config = self.get_plugin_configuration().unwrap_or_default();
-        let auth = match Auth::from_json(&config) {
+        let namespace = glue::shared_namespace();
+        let secret = match glue::secret(&namespace) {
+            Ok(secret) => secret,
+            Err(e) => {
+                log::error!("cannot start: {e}");
+                return false;
+            }
+        };
+        let auth = match Auth::from_json(&config, &namespace, secret) {
             Ok(auth) => auth,
             Err(e) => {
                 log::error!("invalid configuration: {e}");
                 return false;
             }
         };
+        auth.init_shared(&SharedData);
         let sync = JwksSync::new(&auth);
         sync.init_shared(&SharedData);
         if !sync.is_empty() {
@@ -157,7 +166,7 @@ impl RootContext for AuthRoot {
 }
 
 impl Shared {
-    fn install(&self, provider: usize, keys: Rc<ctxgate_core::jwt::KeySet>, source: &str) {
+    fn install(&self, provider: usize, keys: ctxgate_core::jwt::KeySet, source: &str) {
         let name = self
             .auth
             .providers
@@ -167,12 +176,14 @@ impl Shared {
             "provider {name}: installed {} key(s) from {source}",
             keys.len()
         );
-        let mut state = self.state.borrow_mut();
-        if let Some(slot) = state.keys.get_mut(provider) {
-            *slot = Some(keys);
-        }
-        state.cache.forget_refusals();
+        self.state.borrow_mut().install(provider, keys);
         self.metrics.jwks(provider, |m| m.installed);
+    }
+
+    /// Exports the count of shared-data records that did not decode.
+    fn count_invalid_records(&self) {
+        let total = self.state.borrow().invalid_records + self.sync.borrow().invalid_records;
+        self.metrics.invalid_records(total);
     }
 
     fn apply_fetch(&self, outcome: FetchOutcome) {
@@ -214,15 +225,20 @@ struct AuthRequest {
 impl Context for AuthRequest {}
 
 impl HttpContext for AuthRequest {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let snapshot = glue::RequestSnapshot::capture();
         let request = snapshot.head();
         let shared = &self.shared;
+        let client_address = || glue::property_string(&["source", "address"]);
+        let env = RequestEnv {
+            end_of_stream,
+            client_address: &client_address,
+        };
         let check = || -> Decision {
             let mut state = shared.state.borrow_mut();
             shared
                 .auth
-                .check(&mut state, &SharedData, &request, glue::now_secs())
+                .check(&mut state, &SharedData, &request, &env, glue::now_secs())
         };
         let mut decision = check();
         if let Some(stale) = decision.stale_keys {
@@ -238,6 +254,7 @@ impl HttpContext for AuthRequest {
             }
         }
         shared.metrics.record(&decision);
+        shared.count_invalid_records();
         if let Some(stale) = decision.stale_keys.filter(|s| s.unknown_kid)
             && shared.sync.borrow().request_early_refresh(
                 stale.provider,
@@ -246,6 +263,12 @@ impl HttpContext for AuthRequest {
             )
         {
             shared.metrics.jwks(stale.provider, |m| m.early_refresh);
+        }
+        // Client-sent identity headers go whatever the outcome, before a
+        // refusal is sent: the access log of a refused request must not
+        // show a forged tenant either.
+        for name in &decision.strip {
+            glue::remove_request_header(name);
         }
         match decision.outcome {
             Outcome::Allow(allowed) => {

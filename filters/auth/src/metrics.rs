@@ -12,6 +12,7 @@
 //! | `ctxgate_auth.jwks.<provider>.fetch_success` / `.fetch_failure` | counter | remote JWKS fetches by this Envoy |
 //! | `ctxgate_auth.jwks.<provider>.installed` | counter | key sets installed by a worker (fetched or from shared data) |
 //! | `ctxgate_auth.jwks.<provider>.early_refresh` | counter | refreshes brought forward by an unknown `kid` |
+//! | `ctxgate_auth.shared_record_invalid` | counter | shared-data records (token cache, JWKS, throttle) that did not decode: counted, never trusted |
 
 use std::collections::HashMap;
 
@@ -34,6 +35,8 @@ pub struct Metrics {
     cache_shared_hit: Counter,
     cache_miss: Counter,
     jwks: Vec<JwksMetrics>,
+    invalid_records: Counter,
+    invalid_reported: std::cell::Cell<u64>,
 }
 
 impl Metrics {
@@ -59,11 +62,22 @@ impl Metrics {
             cache_hit: Counter::new("ctxgate_auth.cache.hit"),
             cache_shared_hit: Counter::new("ctxgate_auth.cache.shared_hit"),
             cache_miss: Counter::new("ctxgate_auth.cache.miss"),
+            invalid_records: Counter::new("ctxgate_auth.shared_record_invalid"),
+            invalid_reported: std::cell::Cell::new(0),
             jwks: auth
                 .providers
                 .iter()
                 .map(|p| jwks_metrics(&p.name))
                 .collect(),
+        }
+    }
+
+    /// Adds what this worker counted since the last call.
+    pub fn invalid_records(&self, total: u64) {
+        let new = total.saturating_sub(self.invalid_reported.get());
+        if new > 0 {
+            self.invalid_records.add(new);
+            self.invalid_reported.set(total);
         }
     }
 

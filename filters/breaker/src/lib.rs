@@ -34,6 +34,7 @@ const GAUGE_TICK: Duration = Duration::from_secs(1);
 /// | `ctxgate_breaker.<name>.fallback` | counter | requests sent to the fallback while open |
 /// | `ctxgate_breaker.<name>.probes` | counter | half-open probe requests |
 /// | `ctxgate_breaker.<name>.failures` | counter | upstream outcomes counted as failures |
+/// | `ctxgate_breaker.<name>.shared_record_invalid` | counter | breaker records in shared data that did not decode (the breaker fails open and leaves them alone) |
 struct BreakerMetrics {
     state: Gauge,
     opened: Counter,
@@ -43,6 +44,7 @@ struct BreakerMetrics {
     fallback: Counter,
     probes: Counter,
     failures: Counter,
+    invalid_records: Counter,
 }
 
 impl BreakerMetrics {
@@ -57,6 +59,7 @@ impl BreakerMetrics {
             fallback: c("fallback"),
             probes: c("probes"),
             failures: c("failures"),
+            invalid_records: c("shared_record_invalid"),
         }
     }
 
@@ -89,7 +92,7 @@ impl Context for BreakerRoot {}
 impl RootContext for BreakerRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let config = self.get_plugin_configuration().unwrap_or_default();
-        let breakers = match Breakers::from_json(&config) {
+        let breakers = match Breakers::from_json(&config, &glue::shared_namespace()) {
             Ok(b) => b,
             Err(e) => {
                 log::error!("invalid configuration: {e}");
@@ -127,6 +130,10 @@ impl RootContext for BreakerRoot {
         let Some(shared) = &self.shared else { return };
         for (breaker, metrics) in shared.breakers.breakers.iter().zip(&shared.metrics) {
             metrics.state.set(breaker.state(&SharedData).code());
+            let invalid = breaker.invalid_records.take();
+            if invalid > 0 {
+                metrics.invalid_records.add(invalid);
+            }
         }
     }
 

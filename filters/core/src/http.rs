@@ -42,6 +42,34 @@ impl<'a> RequestHead<'a> {
     }
 }
 
+/// What is known of the request body's size when the headers arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodySize {
+    /// No body.
+    Empty,
+    /// `content-length` (Envoy refuses a body that does not match it, so
+    /// this is a size the client is held to, not merely one it declares).
+    Known(u64),
+    /// Chunked, or HTTP/2 without `content-length`: known only as it streams.
+    Unknown,
+}
+
+impl BodySize {
+    /// `end_of_stream`: the headers ended the request.
+    pub fn of(head: &RequestHead<'_>, end_of_stream: bool) -> BodySize {
+        if end_of_stream {
+            return BodySize::Empty;
+        }
+        match head
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            Some(length) => BodySize::Known(length),
+            None => BodySize::Unknown,
+        }
+    }
+}
+
 /// A response the filter sends instead of forwarding the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalReply {

@@ -157,13 +157,39 @@ impl Verifier {
 
 struct KeyEntry {
     kid: Option<String>,
+    /// RFC 7638 JWK thumbprint (SHA-256): what identifies the key material,
+    /// whatever `kid` it is published under.
+    thumbprint: Thumbprint,
     verifiers: Vec<Verifier>,
 }
+
+/// An RFC 7638 JWK thumbprint.
+pub type Thumbprint = [u8; 32];
 
 /// A parsed JWK Set: the keys one provider trusts.
 #[derive(Default)]
 pub struct KeySet {
     keys: Vec<KeyEntry>,
+    /// Set by the owner when the set is installed: a cached verification
+    /// made with the same version needs no further check.
+    version: u64,
+}
+
+/// Which key verified a token: its thumbprint and the version of the key
+/// set it was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRef {
+    pub thumbprint: Thumbprint,
+    pub version: u64,
+}
+
+/// Whether a JWK Set may contain symmetric (`oct`) keys. An HMAC secret
+/// served by a remote JWKS endpoint is a shared secret published over the
+/// network: refused unless the provider opts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Symmetric {
+    Allow,
+    Refuse,
 }
 
 impl fmt::Debug for KeySet {
@@ -209,6 +235,11 @@ impl KeySet {
     /// (encryption keys, unknown types, weak secrets, bad encodings) are
     /// skipped and reported; a set with no usable key is an error.
     pub fn parse(json: &str) -> Result<ParsedJwks, JwksError> {
+        KeySet::parse_with(json, Symmetric::Allow)
+    }
+
+    /// [`KeySet::parse`], skipping `oct` keys unless `symmetric` allows them.
+    pub fn parse_with(json: &str, symmetric: Symmetric) -> Result<ParsedJwks, JwksError> {
         let document: Value =
             serde_json::from_str(json).map_err(|e| JwksError::NotJson(e.to_string()))?;
         let keys = document
@@ -222,6 +253,14 @@ impl KeySet {
                 || format!("keys[{index}]"),
                 |kid| format!("keys[{index}] (kid {kid})"),
             );
+            if symmetric == Symmetric::Refuse
+                && jwk.get("kty").and_then(Value::as_str) == Some("oct")
+            {
+                skipped.push(format!(
+                    "{label}: symmetric (oct) keys are not accepted from a remote key set"
+                ));
+                continue;
+            }
             match parse_jwk(jwk) {
                 Ok(entry) => set.keys.push(entry),
                 Err(problem) => skipped.push(format!("{label}: {problem}")),
@@ -237,13 +276,26 @@ impl KeySet {
         self.keys.len()
     }
 
-    /// Does the set still hold a key with this `kid`? Tokens without a
-    /// `kid` were tried against every key, so for them any key will do.
-    pub fn has_kid(&self, kid: Option<&str>) -> bool {
-        match kid {
-            Some(kid) => self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)),
-            None => !self.keys.is_empty(),
-        }
+    /// Sets the version recorded in the [`KeyRef`]s of verifications.
+    pub fn with_version(mut self, version: u64) -> KeySet {
+        self.version = version;
+        self
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Does the set still hold the key that verified a token? A key removed
+    /// (or replaced by other material under the same `kid`) stops vouching
+    /// for every token it verified, with or without a `kid`.
+    pub fn vouches_for(&self, key: &KeyRef) -> bool {
+        key.version == self.version || self.holds(&key.thumbprint)
+    }
+
+    /// Is a key with this thumbprint in the set?
+    pub fn holds(&self, thumbprint: &Thumbprint) -> bool {
+        self.keys.iter().any(|k| k.thumbprint == *thumbprint)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -258,34 +310,85 @@ impl KeySet {
         token: &str,
         header: &TokenHeader,
         options: &VerificationOptions,
-    ) -> Result<TokenClaims, TokenError> {
+    ) -> Result<(TokenClaims, KeyRef), Unverified> {
         let mut candidates = self
             .keys
             .iter()
             .filter(|key| header.kid.is_none() || key.kid == header.kid)
             .peekable();
         if header.kid.is_some() && candidates.peek().is_none() {
-            return Err(TokenError::UnknownKid);
+            return Err(Unverified {
+                error: TokenError::UnknownKid,
+                signature_checked: false,
+            });
         }
-        let mut last_error = TokenError::AlgorithmMismatch;
+        let mut last = Unverified {
+            error: TokenError::AlgorithmMismatch,
+            signature_checked: false,
+        };
         for key in candidates {
             for verifier in key.verifiers.iter().filter(|v| v.algorithm() == header.alg) {
                 match verifier.verify(token, options.clone()) {
-                    Ok(claims) => return Ok(claims),
+                    Ok(claims) => {
+                        let key = KeyRef {
+                            thumbprint: key.thumbprint,
+                            version: self.version,
+                        };
+                        return Ok((claims, key));
+                    }
                     Err(e) => {
                         let error = TokenError::from_jwt_simple(&e);
+                        last = Unverified {
+                            error,
+                            signature_checked: true,
+                        };
                         // A signature that does not verify with this key may
                         // verify with the next one; anything else is final.
-                        if error != TokenError::BadSignature {
-                            return Err(error);
+                        if last.error != TokenError::BadSignature {
+                            return Err(last);
                         }
-                        last_error = error;
                     }
                 }
             }
         }
-        Err(last_error)
+        Err(last)
     }
+}
+
+/// A failed verification, and whether it cost signature work (what makes a
+/// refusal worth caching, and worth throttling).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unverified {
+    pub error: TokenError,
+    pub signature_checked: bool,
+}
+
+/// The RFC 7638 thumbprint of a JWK: SHA-256 of its required members, in
+/// lexicographic order, as compact JSON.
+fn thumbprint(jwk: &Value, kty: &str) -> Result<Thumbprint, String> {
+    let members: &[&str] = match kty {
+        "RSA" => &["e", "kty", "n"],
+        "EC" => &["crv", "kty", "x", "y"],
+        "OKP" => &["crv", "kty", "x"],
+        "oct" => &["k", "kty"],
+        other => return Err(format!("unsupported key type {other}")),
+    };
+    let mut canonical = String::from("{");
+    for (i, member) in members.iter().enumerate() {
+        let value = jwk
+            .get(*member)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("missing \"{member}\""))?;
+        if i > 0 {
+            canonical.push(',');
+        }
+        canonical.push('"');
+        canonical.push_str(member);
+        canonical.push_str("\":");
+        canonical.push_str(&Value::String(value.to_owned()).to_string());
+    }
+    canonical.push('}');
+    Ok(hmac_sha256::Hash::hash(canonical.as_bytes()))
 }
 
 fn b64(jwk: &Value, member: &str) -> Result<Vec<u8>, String> {
@@ -359,7 +462,11 @@ fn parse_jwk(jwk: &Value) -> Result<KeyEntry, String> {
     if verifiers.is_empty() {
         return Err(problems.join(", "));
     }
-    Ok(KeyEntry { kid, verifiers })
+    Ok(KeyEntry {
+        kid,
+        thumbprint: thumbprint(jwk, kty)?,
+        verifiers,
+    })
 }
 
 fn build_verifier(jwk: &Value, alg: Algorithm) -> Result<Verifier, String> {
@@ -443,6 +550,11 @@ pub enum TokenError {
     MissingClaim(&'static str),
     /// `exp` is further away than the provider allows.
     LifetimeTooLong,
+    /// The token's tenant is not one its issuer may assert.
+    TenantNotAllowed,
+    /// A scope holds whitespace, `%`, `;`, `\`, a control character or a
+    /// dot segment: it cannot be read one way only.
+    InvalidScopes,
 }
 
 impl TokenError {
@@ -489,6 +601,12 @@ impl fmt::Display for TokenError {
             TokenError::LifetimeTooLong => {
                 f.write_str("token lives longer than the issuer is allowed to grant")
             }
+            TokenError::TenantNotAllowed => {
+                f.write_str("the token claims a tenant its issuer may not assert")
+            }
+            TokenError::InvalidScopes => f.write_str(
+                "a scope holds whitespace, '%', ';', '\\', a control character or a dot segment",
+            ),
         }
     }
 }
@@ -655,7 +773,9 @@ mod tests {
         let other = token_with(&kp, "k2", 600);
         let (header, _) = inspect(&other, &all()).unwrap();
         assert_eq!(
-            keys.verify(&other, &header, &options(now)).unwrap_err(),
+            keys.verify(&other, &header, &options(now))
+                .unwrap_err()
+                .error,
             TokenError::UnknownKid
         );
     }
@@ -673,7 +793,8 @@ mod tests {
         );
         assert_eq!(
             keys.verify(&token, &header, &options(now + 170))
-                .unwrap_err(),
+                .unwrap_err()
+                .error,
             TokenError::Expired
         );
     }
@@ -688,7 +809,9 @@ mod tests {
         let (header, _) = inspect(&token, &all()).unwrap();
         let now = Clock::now_since_epoch().as_secs();
         assert_eq!(
-            keys.verify(&token, &header, &options(now)).unwrap_err(),
+            keys.verify(&token, &header, &options(now))
+                .unwrap_err()
+                .error,
             TokenError::BadSignature
         );
     }
@@ -786,7 +909,9 @@ mod tests {
         let (header, _) = inspect(&token, &all()).unwrap();
         let now = Clock::now_since_epoch().as_secs();
         assert_eq!(
-            keys.verify(&token, &header, &options(now)).unwrap_err(),
+            keys.verify(&token, &header, &options(now))
+                .unwrap_err()
+                .error,
             TokenError::AlgorithmMismatch
         );
     }
@@ -805,7 +930,9 @@ mod tests {
         let (header, _) = inspect(&token, &all()).unwrap();
         let now = Clock::now_since_epoch().as_secs();
         assert_eq!(
-            keys.verify(&token, &header, &options(now)).unwrap_err(),
+            keys.verify(&token, &header, &options(now))
+                .unwrap_err()
+                .error,
             TokenError::AlgorithmMismatch
         );
     }

@@ -9,11 +9,15 @@
 
 pub mod auth;
 pub mod breaker;
+pub mod bucket;
+pub mod client;
 pub mod http;
 pub mod jwt;
 pub mod operation;
 pub mod path;
+pub mod query;
 pub mod ratelimit;
+pub mod record;
 pub mod scope;
 pub mod shared;
 pub mod tagging;

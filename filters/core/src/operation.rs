@@ -7,19 +7,26 @@
 //! token's scopes allow the operation's action on that context; the rate
 //! limiter charges by the operation's cost. Both use this one map.
 //!
-//! Path templates are literal segments, `*` (any one segment) and a final
-//! `{context}` that captures the rest of the path (one or more segments).
-//! Alternatively `context_param` takes the context from a query parameter.
-//! Templates match the canonical request path (see [`crate::path`]), so
-//! `/v1//contexts/./x` and `/v1/contexts/x` are the same request.
+//! Path templates are literal segments (matched ASCII case-insensitively,
+//! so `/V1/Contexts/x` cannot slip past the map as an unmatched request),
+//! `*` (any one segment), `{tenant}` (one segment that must name the
+//! verified tenant) and a final `{context}` that captures the rest of the
+//! path (one or more segments). Alternatively `context_param` takes the
+//! context from a query parameter. Templates match the canonical request
+//! path (see [`crate::path`]), so `/v1//contexts/./x` and `/v1/contexts/x`
+//! are the same request.
+//!
+//! A match also says what the upstream must receive ([`Operation::path`]):
+//! the template's literals as configured, the context canonical and
+//! lowercased. The auth filter forwards that path, so the upstream acts on
+//! exactly the context that was authorized.
 
 use std::fmt;
 
 use serde::Deserialize;
 
-use crate::path::{
-    ContextPath, PathError, canonical_segments, percent_decode, query_values, split_path_query,
-};
+use crate::path::{ContextPath, PathError, canonical_path, canonical_segments, split_path_query};
+use crate::query::{Query, QueryError};
 use crate::scope::Action;
 
 /// One entry of the operation map, as written in the plugin configuration.
@@ -31,7 +38,8 @@ pub struct OperationRule {
     pub name: String,
     /// HTTP methods, upper case (`GET`, `HEAD`, ...).
     pub methods: Vec<String>,
-    /// Path template, e.g. `/v1/contexts/{context}` or `/v1/query`.
+    /// Path template, e.g. `/v1/contexts/{context}`,
+    /// `/v1/tenants/{tenant}/contexts/{context}` or `/v1/query`.
     pub path: String,
     /// Query parameter holding the context path, for templates without
     /// `{context}` (e.g. `context` for `/v1/query?context=projects/a`).
@@ -43,8 +51,13 @@ pub struct OperationRule {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TemplateSegment {
-    Literal(String),
+    /// As configured, and lowercased for matching.
+    Literal {
+        spelling: String,
+        lower: String,
+    },
     AnyOne,
+    Tenant,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +96,14 @@ pub struct Operation<'a> {
     pub name: &'a str,
     pub action: Action,
     pub context: ContextPath,
+    /// The `{tenant}` segment of the path, when the template has one. It
+    /// must equal the verified tenant.
+    pub tenant: Option<String>,
+    /// The canonical path the upstream must receive (without the query).
+    pub path: String,
+    /// The query parameter that carried the context, if any: the upstream
+    /// must receive the canonical context there.
+    pub context_param: Option<&'a str>,
 }
 
 /// Outcome of looking a request up in the map.
@@ -91,6 +112,8 @@ pub enum OperationMatch<'a> {
     Matched(Operation<'a>),
     /// The request path itself could not be canonicalized.
     InvalidPath(PathError),
+    /// The query string could not be read unambiguously.
+    InvalidQuery(QueryError),
     /// A rule matched but its context is missing, repeated or invalid.
     InvalidContext {
         operation: &'a str,
@@ -140,20 +163,28 @@ impl OperationMap {
         self.rules.is_empty()
     }
 
-    /// Finds the first rule matching `method` and the raw `:path` (with
-    /// query). `path_segments` are the canonical segments of the path part,
-    /// computed once by the caller and shared with other matchers.
+    /// The query parameters the map reads (each must appear at most once).
+    pub fn parameters(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().filter_map(|r| match &r.context {
+            ContextSource::Query(param) => Some(param.as_str()),
+            ContextSource::Tail => None,
+        })
+    }
+
+    /// Finds the first rule matching `method`, the canonical segments of the
+    /// path (computed once by the caller and shared with other matchers)
+    /// and the parsed query.
     pub fn lookup<'a>(
         &'a self,
         method: &str,
         path_segments: &[String],
-        query: &str,
+        query: &Query,
     ) -> OperationMatch<'a> {
         for rule in &self.rules {
             if !rule.methods.iter().any(|m| m == method) {
                 continue;
             }
-            let Some(tail) = match_prefix(&rule.prefix, path_segments) else {
+            let Some((head, tail)) = match_prefix(&rule.prefix, path_segments) else {
                 continue;
             };
             let context = match &rule.context {
@@ -170,17 +201,42 @@ impl OperationMap {
                     context_from_query(query, param)
                 }
             };
-            return match context {
-                Ok(context) => OperationMatch::Matched(Operation {
-                    name: &rule.name,
-                    action: rule.action,
-                    context,
-                }),
-                Err(problem) => OperationMatch::InvalidContext {
-                    operation: &rule.name,
-                    problem,
-                },
+            let context = match context {
+                Ok(context) => context,
+                Err(problem) => {
+                    return OperationMatch::InvalidContext {
+                        operation: &rule.name,
+                        problem,
+                    };
+                }
             };
+            let mut forwarded: Vec<&str> = Vec::with_capacity(path_segments.len());
+            let mut tenant = None;
+            for (want, have) in rule.prefix.iter().zip(head) {
+                match want {
+                    TemplateSegment::Literal { spelling, .. } => forwarded.push(spelling),
+                    TemplateSegment::AnyOne => forwarded.push(have),
+                    TemplateSegment::Tenant => {
+                        tenant = Some(have.clone());
+                        forwarded.push(have);
+                    }
+                }
+            }
+            let context_param = match &rule.context {
+                ContextSource::Tail => {
+                    forwarded.extend(context.segments().iter().map(String::as_str));
+                    None
+                }
+                ContextSource::Query(param) => Some(param.as_str()),
+            };
+            return OperationMatch::Matched(Operation {
+                name: &rule.name,
+                action: rule.action,
+                path: canonical_path(&forwarded),
+                context,
+                tenant,
+                context_param,
+            });
         }
         OperationMatch::NoMatch
     }
@@ -188,40 +244,49 @@ impl OperationMap {
     /// Convenience for callers holding only the raw `:path`.
     pub fn lookup_raw<'a>(&'a self, method: &str, raw_path: &str) -> OperationMatch<'a> {
         let (path, query) = split_path_query(raw_path);
-        match canonical_segments(path) {
-            Ok(segments) => self.lookup(method, &segments, query),
-            Err(e) => OperationMatch::InvalidPath(e),
+        let segments = match canonical_segments(path) {
+            Ok(segments) => segments,
+            Err(e) => return OperationMatch::InvalidPath(e),
+        };
+        match Query::parse(query) {
+            Ok(query) => self.lookup(method, &segments, &query),
+            Err(e) => OperationMatch::InvalidQuery(e),
         }
     }
 }
 
-fn match_prefix<'s>(prefix: &[TemplateSegment], segments: &'s [String]) -> Option<&'s [String]> {
+/// The segments matched by the template prefix and the rest.
+fn match_prefix<'s>(
+    prefix: &[TemplateSegment],
+    segments: &'s [String],
+) -> Option<(&'s [String], &'s [String])> {
     if segments.len() < prefix.len() {
         return None;
     }
     let (head, tail) = segments.split_at(prefix.len());
     let matches = prefix.iter().zip(head).all(|(want, have)| match want {
-        TemplateSegment::AnyOne => true,
-        TemplateSegment::Literal(literal) => literal == have,
+        TemplateSegment::AnyOne | TemplateSegment::Tenant => true,
+        TemplateSegment::Literal { lower, .. } if have.is_ascii() => {
+            have.eq_ignore_ascii_case(lower)
+        }
+        TemplateSegment::Literal { lower, .. } => have.to_lowercase() == *lower,
     });
-    matches.then_some(tail)
+    matches.then_some((head, tail))
 }
 
-fn context_from_query(query: &str, param: &str) -> Result<ContextPath, ContextProblem> {
-    let mut values = query_values(query, param);
-    let first = values.next().ok_or(ContextProblem::Missing)?;
-    if values.next().is_some() {
-        return Err(ContextProblem::Repeated);
-    }
-    // Query values are decoded here, then the path is canonicalized (which
-    // decodes nothing further: a `%` left over is refused as double encoding).
-    let decoded = percent_decode(first).map_err(ContextProblem::Invalid)?;
-    let decoded =
-        String::from_utf8(decoded).map_err(|_| ContextProblem::Invalid(PathError::InvalidUtf8))?;
-    if decoded.contains('%') {
+fn context_from_query(query: &Query, param: &str) -> Result<ContextPath, ContextProblem> {
+    let value = query
+        .unique(param)
+        .map_err(|_| ContextProblem::Repeated)?
+        .ok_or(ContextProblem::Missing)?;
+    // The query value is decoded already; the path is canonicalized without
+    // decoding further (a `%` left over is refused as double encoding).
+    let value =
+        std::str::from_utf8(value).map_err(|_| ContextProblem::Invalid(PathError::InvalidUtf8))?;
+    if value.contains('%') {
         return Err(ContextProblem::Invalid(PathError::DoubleEncoded));
     }
-    ContextPath::parse(&decoded).map_err(ContextProblem::Invalid)
+    ContextPath::parse(value).map_err(ContextProblem::Invalid)
 }
 
 fn compile_rule(rule: &OperationRule) -> Result<CompiledRule, String> {
@@ -248,14 +313,21 @@ fn compile_rule(rule: &OperationRule) -> Result<CompiledRule, String> {
         match *segment {
             "{context}" if i + 1 == raw_segments.len() => has_tail = true,
             "{context}" => return Err("path: {context} must be the last segment".into()),
+            "{tenant}" if prefix.contains(&TemplateSegment::Tenant) => {
+                return Err("path: {tenant} may appear only once".into());
+            }
+            "{tenant}" => prefix.push(TemplateSegment::Tenant),
             "*" => prefix.push(TemplateSegment::AnyOne),
             "." | ".." => return Err(format!("path: '{segment}' segments are not allowed")),
-            s if s.contains(['{', '}', '*', '%', '?']) => {
+            s if s.contains(['{', '}', '*', '%', '?', ';', '\\']) => {
                 return Err(format!(
-                    "path: segment '{s}' may not contain '{{', '}}', '*', '%' or '?'"
+                    "path: segment '{s}' may not contain '{{', '}}', '*', '%', '?', ';' or '\\'"
                 ));
             }
-            s => prefix.push(TemplateSegment::Literal(s.to_owned())),
+            s => prefix.push(TemplateSegment::Literal {
+                spelling: s.to_owned(),
+                lower: s.to_lowercase(),
+            }),
         }
     }
     let context = match (has_tail, &rule.context_param) {
@@ -459,6 +531,89 @@ mod tests {
         assert!(bad("/a/{context}", Some("c")).contains("context_param"));
         assert!(bad("a/{context}", None).contains("start with"));
         assert!(bad("/a*/{context}", None).contains("may not contain"));
+    }
+
+    fn forwarded(map: &OperationMap, method: &str, path: &str) -> String {
+        match map.lookup_raw(method, path) {
+            OperationMatch::Matched(op) => op.path,
+            other => panic!("{method} {path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn literals_match_case_insensitively_and_are_forwarded_as_configured() {
+        let map = demo();
+        assert_eq!(
+            matched(&map, "GET", "/V1/Contexts/Projects/ENG"),
+            ("read".into(), Action::Read, "projects/eng".into())
+        );
+        assert_eq!(
+            forwarded(&map, "GET", "/V1//CONTEXTS/./Projects/x/../Eng"),
+            "/v1/contexts/projects/eng"
+        );
+        assert_eq!(
+            forwarded(&map, "GET", "/v1/contexts/a%20b/c%3Fd"),
+            "/v1/contexts/a%20b/c%3Fd"
+        );
+        assert_eq!(forwarded(&map, "POST", "/V1/Query?context=A"), "/v1/query");
+    }
+
+    #[test]
+    fn a_repeated_context_parameter_under_any_spelling_is_refused() {
+        let map = demo();
+        for query in [
+            "context=a&context=b",
+            "context=a&%63ontext=b",
+            "context=a&Context=b",
+            "context=a;context=b",
+        ] {
+            assert_eq!(
+                map.lookup_raw("POST", &format!("/v1/query?{query}")),
+                OperationMatch::InvalidContext {
+                    operation: "complex_query",
+                    problem: ContextProblem::Repeated
+                },
+                "{query}"
+            );
+        }
+        assert!(matches!(
+            map.lookup_raw("POST", "/v1/query?context=%zz"),
+            OperationMatch::InvalidQuery(QueryError::BadEscape)
+        ));
+        assert_eq!(
+            matched(&map, "POST", "/v1/query?CONTEXT=Projects%2FEng").2,
+            "projects/eng"
+        );
+        let mut names: Vec<&str> = map.parameters().collect();
+        names.dedup();
+        assert_eq!(names, ["context"]);
+    }
+
+    #[test]
+    fn tenant_segments_are_captured() {
+        let map = OperationMap::compile(&[OperationRule {
+            name: "read".into(),
+            methods: vec!["GET".into()],
+            path: "/v1/tenants/{tenant}/contexts/{context}".into(),
+            context_param: None,
+            action: Action::Read,
+        }])
+        .unwrap();
+        let OperationMatch::Matched(op) =
+            map.lookup_raw("GET", "/V1/tenants/acme/Contexts/Projects/A")
+        else {
+            panic!()
+        };
+        assert_eq!(op.tenant.as_deref(), Some("acme"));
+        assert_eq!(op.path, "/v1/tenants/acme/contexts/projects/a");
+        let twice = OperationMap::compile(&[OperationRule {
+            name: "x".into(),
+            methods: vec!["GET".into()],
+            path: "/{tenant}/{tenant}/{context}".into(),
+            context_param: None,
+            action: Action::Read,
+        }]);
+        assert!(twice.unwrap_err().message.contains("only once"));
     }
 
     #[test]

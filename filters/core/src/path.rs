@@ -3,7 +3,8 @@
 //! Authorization decisions are only as good as the path they look at. A
 //! client that can make the gateway see `projects/public` while the upstream
 //! serves `projects/secret` owns every scope check. So every path is brought
-//! to one canonical form before anything matches on it:
+//! to one canonical form before anything matches on it, and the upstream is
+//! sent that canonical form (see [`canonical_path`]), never the raw one:
 //!
 //! * percent-escapes are decoded once (`%2F` becomes a separator, exactly as
 //!   a lenient upstream would treat it); a `%` left after decoding means
@@ -11,9 +12,20 @@
 //! * empty segments (`//`) and `.` segments are dropped, `..` removes the
 //!   previous segment and may never climb above the root;
 //! * backslashes, control characters and invalid UTF-8 are refused;
+//! * path parameters (`;` inside a segment, raw or encoded) are refused by
+//!   default: Tomcat, Jetty and other servlet stacks drop `;...` from each
+//!   segment before resolving dot segments, so `/public/..;/secret` is
+//!   `/public/..;/secret` to a gateway that treats `;` as data but
+//!   `/secret` to the upstream;
+//! * characters that Unicode compatibility normalization (NFKC, which some
+//!   upstream frameworks apply to decoded paths) or Windows best-fit
+//!   conversion turns into a path delimiter are refused: `．．` is `..`
+//!   to such an upstream;
 //! * context paths are case-insensitive: they are lowercased.
 
 use std::fmt;
+
+use serde::Deserialize;
 
 /// Longest path, in bytes after decoding, that is considered at all.
 pub const MAX_PATH_BYTES: usize = 2048;
@@ -32,6 +44,28 @@ pub enum PathError {
     ForbiddenCharacter,
     EscapesRoot,
     Empty,
+    /// `;` inside a segment (a path parameter), raw or encoded.
+    Parameter,
+    /// A character that compatibility normalization maps to a delimiter.
+    Confusable,
+}
+
+impl PathError {
+    /// A stable code for metrics and reason strings (`path_parameter`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            PathError::TooLong => "path_too_long",
+            PathError::TooDeep => "path_too_deep",
+            PathError::BadEscape => "bad_escape",
+            PathError::DoubleEncoded => "double_encoded",
+            PathError::InvalidUtf8 => "invalid_utf8",
+            PathError::ForbiddenCharacter => "forbidden_character",
+            PathError::EscapesRoot => "escapes_root",
+            PathError::Empty => "empty_path",
+            PathError::Parameter => "path_parameter",
+            PathError::Confusable => "confusable_character",
+        }
+    }
 }
 
 impl fmt::Display for PathError {
@@ -45,30 +79,53 @@ impl fmt::Display for PathError {
             PathError::ForbiddenCharacter => "path contains a forbidden character",
             PathError::EscapesRoot => "path climbs above the root with '..'",
             PathError::Empty => "context path is empty",
+            PathError::Parameter => "path parameters (';' in a segment) are not accepted",
+            PathError::Confusable => {
+                "path contains a character that some servers read as '/', '\\', '.', ';', '%', '?' or '#'"
+            }
         })
     }
 }
 
 impl std::error::Error for PathError {}
 
+/// What `;` inside a path segment means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParameters {
+    /// Refuse the request (400): upstreams disagree on what `;` means.
+    #[default]
+    Reject,
+    /// `;` is an ordinary character. It is forwarded encoded (`%3B`), which
+    /// no upstream reads as a parameter delimiter.
+    Allow,
+}
+
 /// Decodes `%XX` escapes once. Fails on a truncated or non-hex escape.
 pub fn percent_decode(raw: &str) -> Result<Vec<u8>, PathError> {
-    let bytes = raw.as_bytes();
+    percent_decode_bytes(raw.as_bytes(), false)
+}
+
+/// Decodes `%XX` escapes once, and `+` as a space when `plus_is_space`
+/// (HTML form encoding, used in query strings).
+pub fn percent_decode_bytes(bytes: &[u8], plus_is_space: bool) -> Result<Vec<u8>, PathError> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut iter = bytes.iter().copied();
     while let Some(byte) = iter.next() {
-        if byte == b'%' {
-            let hi = iter
-                .next()
-                .and_then(hex_value)
-                .ok_or(PathError::BadEscape)?;
-            let lo = iter
-                .next()
-                .and_then(hex_value)
-                .ok_or(PathError::BadEscape)?;
-            out.push(hi << 4 | lo);
-        } else {
-            out.push(byte);
+        match byte {
+            b'%' => {
+                let hi = iter
+                    .next()
+                    .and_then(hex_value)
+                    .ok_or(PathError::BadEscape)?;
+                let lo = iter
+                    .next()
+                    .and_then(hex_value)
+                    .ok_or(PathError::BadEscape)?;
+                out.push(hi << 4 | lo);
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            other => out.push(other),
         }
     }
     Ok(out)
@@ -83,10 +140,115 @@ fn hex_value(byte: u8) -> Option<u8> {
     }
 }
 
+fn hex_digit(nibble: u8) -> char {
+    char::from(match nibble {
+        0..=9 => b'0' + nibble,
+        _ => b'A' + (nibble & 0xf) - 10,
+    })
+}
+
+/// Appends `bytes` to `out`, percent-encoding every byte for which `keep`
+/// is false (upper-case hex, as RFC 3986 recommends).
+pub fn percent_encode_into(out: &mut String, bytes: &[u8], keep: impl Fn(u8) -> bool) {
+    for &b in bytes {
+        if keep(b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(hex_digit(b >> 4));
+            out.push(hex_digit(b & 0xf));
+        }
+    }
+}
+
+/// Characters left unencoded in a forwarded path segment: RFC 3986's
+/// `pchar` minus `;` (which is always encoded, see [`PathParameters`]).
+fn segment_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&b)
+}
+
+/// Non-ASCII characters that become a path delimiter (`/ \ . ; % ? #`) under
+/// Unicode NFKC normalization, plus the slash and backslash look-alikes that
+/// Windows best-fit code-page conversion maps to `/` and `\`. The NFKC part
+/// is checked against the Unicode tables by a unit test.
+const CONFUSABLES: &[char] = &[
+    '\u{037E}',
+    '\u{2024}',
+    '\u{2025}',
+    '\u{2026}',
+    '\u{2047}',
+    '\u{2048}',
+    '\u{2049}',
+    '\u{2100}',
+    '\u{2101}',
+    '\u{2105}',
+    '\u{2106}',
+    '\u{2488}',
+    '\u{2489}',
+    '\u{248A}',
+    '\u{248B}',
+    '\u{248C}',
+    '\u{248D}',
+    '\u{248E}',
+    '\u{248F}',
+    '\u{2490}',
+    '\u{2491}',
+    '\u{2492}',
+    '\u{2493}',
+    '\u{2494}',
+    '\u{2495}',
+    '\u{2496}',
+    '\u{2497}',
+    '\u{2498}',
+    '\u{2499}',
+    '\u{249A}',
+    '\u{249B}',
+    '\u{33C2}',
+    '\u{33C7}',
+    '\u{33D8}',
+    '\u{FE14}',
+    '\u{FE16}',
+    '\u{FE19}',
+    '\u{FE30}',
+    '\u{FE52}',
+    '\u{FE54}',
+    '\u{FE56}',
+    '\u{FE5F}',
+    '\u{FE68}',
+    '\u{FE6A}',
+    '\u{FF03}',
+    '\u{FF05}',
+    '\u{FF0E}',
+    '\u{FF0F}',
+    '\u{FF1B}',
+    '\u{FF1F}',
+    '\u{FF3C}',
+    '\u{1F100}',
+    // best-fit slashes and backslashes (not NFKC decompositions)
+    '\u{2044}',
+    '\u{2215}',
+    '\u{2216}',
+    '\u{29F5}',
+    '\u{29F8}',
+    '\u{29F9}',
+];
+
+fn is_confusable(c: char) -> bool {
+    !c.is_ascii() && CONFUSABLES.contains(&c)
+}
+
 /// Splits a raw (still encoded) path into canonical segments: decoded, with
-/// empty and dot segments resolved. Case is preserved; callers lowercase
-/// where the namespace is case-insensitive.
+/// empty and dot segments resolved, path parameters refused. Case is
+/// preserved; callers lowercase where the namespace is case-insensitive.
 pub fn canonical_segments(raw: &str) -> Result<Vec<String>, PathError> {
+    canonical_segments_with(raw, PathParameters::Reject)
+}
+
+/// [`canonical_segments`] with an explicit policy for path parameters.
+pub fn canonical_segments_with(
+    raw: &str,
+    parameters: PathParameters,
+) -> Result<Vec<String>, PathError> {
     if raw.len() > MAX_PATH_BYTES * 3 {
         return Err(PathError::TooLong);
     }
@@ -97,12 +259,7 @@ pub fn canonical_segments(raw: &str) -> Result<Vec<String>, PathError> {
     let decoded = String::from_utf8(decoded).map_err(|_| PathError::InvalidUtf8)?;
     let mut segments: Vec<String> = Vec::new();
     for segment in decoded.split('/') {
-        if segment.chars().any(|c| c == '\\' || c.is_control()) {
-            return Err(PathError::ForbiddenCharacter);
-        }
-        if segment.contains('%') {
-            return Err(PathError::DoubleEncoded);
-        }
+        check_segment(segment, parameters)?;
         match segment {
             "" | "." => {}
             ".." => {
@@ -119,6 +276,41 @@ pub fn canonical_segments(raw: &str) -> Result<Vec<String>, PathError> {
         }
     }
     Ok(segments)
+}
+
+fn check_segment(segment: &str, parameters: PathParameters) -> Result<(), PathError> {
+    for c in segment.chars() {
+        match c {
+            '\\' => return Err(PathError::ForbiddenCharacter),
+            '%' => return Err(PathError::DoubleEncoded),
+            ';' if parameters == PathParameters::Reject => return Err(PathError::Parameter),
+            c if c.is_control() => return Err(PathError::ForbiddenCharacter),
+            c if is_confusable(c) => return Err(PathError::Confusable),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The canonical path for `segments`: `/` plus the segments, each
+/// percent-encoded where RFC 3986 requires it (and `;` always). Decoding it
+/// and canonicalizing again gives back the same segments.
+pub fn canonical_path<S: AsRef<str>>(segments: &[S]) -> String {
+    let mut out = String::with_capacity(
+        segments
+            .iter()
+            .map(|s| s.as_ref().len() + 1)
+            .sum::<usize>()
+            .max(1),
+    );
+    for segment in segments {
+        out.push('/');
+        percent_encode_into(&mut out, segment.as_ref().as_bytes(), segment_char);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 /// A canonical, lowercased, non-empty context path such as
@@ -176,14 +368,6 @@ pub fn split_path_query(path: &str) -> (&str, &str) {
         Some((path, query)) => (path, query),
         None => (path, ""),
     }
-}
-
-/// All values of query parameter `name`, still percent-encoded.
-pub fn query_values<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    query.split('&').filter_map(move |pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then_some(value)
-    })
 }
 
 #[cfg(test)]
@@ -265,6 +449,87 @@ mod tests {
     }
 
     #[test]
+    fn path_parameters_are_refused_raw_or_encoded() {
+        for raw in [
+            "/public/..;/secret",
+            "/public/..%3b/secret",
+            "/public/..%3B/secret",
+            "/public;jsessionid=1/x",
+            "/a/b;",
+            "/;/x",
+        ] {
+            assert_eq!(canonical_segments(raw), Err(PathError::Parameter), "{raw}");
+        }
+        let allowed = canonical_segments_with("/a;b/..;/c", PathParameters::Allow).unwrap();
+        assert_eq!(allowed, ["a;b", "..;", "c"]);
+        assert_eq!(canonical_path(&allowed), "/a%3Bb/..%3B/c");
+    }
+
+    #[test]
+    fn delimiter_look_alikes_are_refused() {
+        for raw in [
+            "/public/\u{FF0E}\u{FF0E}/secret",
+            "/public/%EF%BC%8E%EF%BC%8E/secret",
+            "/a\u{FF0F}b",
+            "/a\u{2215}b",
+            "/a/\u{2025}/b",
+            "/a\u{FE54}b",
+        ] {
+            assert_eq!(canonical_segments(raw), Err(PathError::Confusable), "{raw}");
+        }
+        // Other non-ASCII text is fine.
+        assert_eq!(
+            canonical_segments("/caf%C3%A9/\u{65e5}\u{672c}").unwrap(),
+            ["caf\u{e9}", "\u{65e5}\u{672c}"]
+        );
+    }
+
+    #[test]
+    fn the_confusable_table_covers_every_nfkc_delimiter() {
+        use unicode_normalization::UnicodeNormalization;
+        for c in (0x80..=0x10FFFFu32).filter_map(char::from_u32) {
+            let nfkc: String = std::iter::once(c).nfkc().collect();
+            let delimiter = nfkc.chars().any(|d| "./\\;%?#".contains(d));
+            assert_eq!(
+                delimiter,
+                CONFUSABLES.contains(&c)
+                    && ![
+                        '\u{2044}', '\u{2215}', '\u{2216}', '\u{29F5}', '\u{29F8}', '\u{29F9}'
+                    ]
+                    .contains(&c),
+                "U+{:04X} normalizes to {nfkc:?}",
+                u32::from(c)
+            );
+        }
+    }
+
+    #[test]
+    fn canonical_paths_round_trip() {
+        for raw in [
+            "/",
+            "/a/b",
+            "/a%20b/c%3Fd/%23e",
+            "/caf%C3%A9",
+            "/a+b/c=d/e:f@g",
+            "/x/%7Eme",
+        ] {
+            let segments = canonical_segments(raw).unwrap();
+            let path = canonical_path(&segments);
+            assert_eq!(canonical_segments(&path).unwrap(), segments, "{raw}");
+            assert_eq!(canonical_path(&canonical_segments(&path).unwrap()), path);
+        }
+        assert_eq!(
+            canonical_path(&canonical_segments("/a//./b/../c%2fd").unwrap()),
+            "/a/c/d"
+        );
+        assert_eq!(
+            canonical_path(&canonical_segments("/a%20b/c%3Fd/x%23").unwrap()),
+            "/a%20b/c%3Fd/x%23"
+        );
+        assert_eq!(canonical_path::<&str>(&[]), "/");
+    }
+
+    #[test]
     fn limits_hold() {
         let deep = vec!["a"; MAX_SEGMENTS + 1].join("/");
         assert_eq!(canon(&deep), Err(PathError::TooDeep));
@@ -277,11 +542,6 @@ mod tests {
         assert_eq!(
             split_path_query("/v1/query?context=a%2Fb&x=1"),
             ("/v1/query", "context=a%2Fb&x=1")
-        );
-        let (_, q) = split_path_query("/v1/query?context=a&context=b");
-        assert_eq!(
-            query_values(q, "context").collect::<Vec<_>>(),
-            vec!["a", "b"]
         );
         assert_eq!(split_path_query("/x"), ("/x", ""));
     }

@@ -57,6 +57,9 @@ pub enum ScopeError {
     EmptyPath,
     InvalidPath,
     PartialWildcard,
+    /// Whitespace, `%`, `;`, `\`, a control character or a dot segment:
+    /// a scope that different readers could read differently.
+    Ambiguous,
 }
 
 impl fmt::Display for ScopeError {
@@ -67,6 +70,9 @@ impl fmt::Display for ScopeError {
             ScopeError::EmptyPath => "scope path is empty",
             ScopeError::InvalidPath => "scope path is not a valid context path",
             ScopeError::PartialWildcard => "'*' must be a whole path segment",
+            ScopeError::Ambiguous => {
+                "scope holds whitespace, '%', ';', '\\', a control character or a dot segment"
+            }
         })
     }
 }
@@ -88,6 +94,15 @@ pub struct Scope {
 
 impl Scope {
     pub fn parse(text: &str) -> Result<Scope, ScopeError> {
+        let ambiguous_char =
+            |c: char| c.is_whitespace() || c.is_control() || matches!(c, '%' | ';' | '\\');
+        if text.chars().any(ambiguous_char)
+            || text
+                .split([':', '/'])
+                .any(|segment| segment == "." || segment == "..")
+        {
+            return Err(ScopeError::Ambiguous);
+        }
         let (action, path) = text.split_once(':').ok_or(ScopeError::MissingColon)?;
         let action = action.parse()?;
         let segments = canonical_segments(path).map_err(|_| ScopeError::InvalidPath)?;
@@ -154,15 +169,20 @@ pub struct ScopeSet {
 }
 
 impl ScopeSet {
-    pub fn parse<'a>(texts: impl IntoIterator<Item = &'a str>) -> ScopeSet {
+    /// Parses the scopes of a token. A scope that is merely unknown (an
+    /// action this gateway does not grant, no colon) is skipped and counted;
+    /// an ambiguous one ([`ScopeError::Ambiguous`]) makes the whole set, and
+    /// so the token, invalid: its issuer meant something we cannot know.
+    pub fn parse<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<ScopeSet, ScopeError> {
         let mut set = ScopeSet::default();
         for text in texts {
             match Scope::parse(text) {
                 Ok(scope) => set.scopes.push(scope),
+                Err(ScopeError::Ambiguous) => return Err(ScopeError::Ambiguous),
                 Err(_) => set.rejected += 1,
             }
         }
-        set
+        Ok(set)
     }
 
     pub fn grants(&self, action: Action, path: &ContextPath) -> bool {
@@ -274,8 +294,8 @@ mod tests {
             "projects/eng/x"
         ));
         assert_eq!(
-            Scope::parse("read:projects/x/../y").unwrap().to_string(),
-            "read:projects/y"
+            Scope::parse("read:projects/x/../y"),
+            Err(ScopeError::Ambiguous)
         );
     }
 
@@ -289,12 +309,31 @@ mod tests {
         assert_eq!(Scope::parse("read:"), Err(ScopeError::EmptyPath));
         assert_eq!(Scope::parse("read:/"), Err(ScopeError::EmptyPath));
         assert_eq!(Scope::parse("read:proj*"), Err(ScopeError::PartialWildcard));
-        assert_eq!(Scope::parse("read:../x"), Err(ScopeError::InvalidPath));
+        assert_eq!(Scope::parse("read:../x"), Err(ScopeError::Ambiguous));
+    }
+
+    #[test]
+    fn ambiguous_scopes_are_refused() {
+        for text in [
+            "read:projects/a b",
+            "read:projects%2Fsecret",
+            "read:projects/a;x",
+            "read:projects\\a",
+            "read:projects/\u{7}",
+            "read:projects/./a",
+            "read:projects/a\t",
+        ] {
+            assert_eq!(Scope::parse(text), Err(ScopeError::Ambiguous), "{text:?}");
+            assert_eq!(
+                ScopeSet::parse(["read:projects/ok", text]),
+                Err(ScopeError::Ambiguous)
+            );
+        }
     }
 
     #[test]
     fn scope_sets_ignore_garbage() {
-        let set = ScopeSet::parse(["read:projects/a", "nonsense", "write:projects/b"]);
+        let set = ScopeSet::parse(["read:projects/a", "nonsense", "write:projects/b"]).unwrap();
         assert_eq!(set.rejected(), 1);
         assert!(set.grants(Action::Write, &path("projects/b/c")));
         assert!(!set.grants(Action::Write, &path("projects/a")));

@@ -11,9 +11,23 @@
 //! the same key could both "win". [`SharedStore::ensure`] is therefore only
 //! called while a VM configures itself, before it serves traffic, and only
 //! ever writes an initial value that carries no update.
+//!
+//! Envoy configures a plugin on its main thread first (a "canary" VM whose
+//! configuration must succeed before any worker VM is created), so a value
+//! created in `on_configure` is created by that one VM, before any worker
+//! reads it. [`load_secret`] relies on this, and re-reads what it wrote.
+//!
+//! Everything read from shared data is untrusted input: a record is
+//! decoded with bounds checks and a version (see [`crate::record`]), and
+//! what a record asserts is checked again where it matters.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::Hasher;
+
+use siphasher::sip::SipHasher13;
+
+use crate::record::{self, Kind, RecordError};
 
 /// A CAS token: the version of a value as last read.
 pub type Cas = u32;
@@ -87,6 +101,86 @@ pub fn update<S: SharedStore + ?Sized, T>(
     Update::Contended
 }
 
+/// A per-deployment random key for hashing keys into slots, so that
+/// clients cannot choose keys that land in a given slot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Secret {
+    k0: u64,
+    k1: u64,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    pub const fn from_bytes(bytes: [u8; 16]) -> Secret {
+        let [
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            a6,
+            a7,
+            b0,
+            b1,
+            b2,
+            b3,
+            b4,
+            b5,
+            b6,
+            b7,
+        ] = bytes;
+        Secret {
+            k0: u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+            k1: u64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+        }
+    }
+
+    fn to_bytes(self) -> [u8; 16] {
+        let mut out = [0; 16];
+        let (k0, k1) = out.split_at_mut(8);
+        k0.copy_from_slice(&self.k0.to_le_bytes());
+        k1.copy_from_slice(&self.k1.to_le_bytes());
+        out
+    }
+
+    /// SipHash-1-3 of `bytes` under this key.
+    pub fn hash(&self, bytes: &[u8]) -> u64 {
+        let mut hasher = SipHasher13::new_with_keys(self.k0, self.k1);
+        hasher.write(bytes);
+        hasher.finish()
+    }
+}
+
+const SECRET_VERSION: u8 = 1;
+
+/// The secret stored under `key`, created from `fresh` (random bytes from
+/// the host) if there is none yet. Call from `on_configure` (see the module
+/// documentation). A value that is not a secret record is an error: the
+/// caller refuses to start rather than hash with a secret other workers do
+/// not share.
+pub fn load_secret(
+    store: &dyn SharedStore,
+    key: &str,
+    fresh: [u8; 16],
+) -> Result<Secret, RecordError> {
+    if store.get(key).is_none() {
+        let mut w = record::writer(Kind::Secret, SECRET_VERSION, 16);
+        w.bytes(&Secret::from_bytes(fresh).to_bytes());
+        let _ = store.set(key, &w.finish(), None);
+    }
+    let (value, _) = store.get(key).ok_or(RecordError::NotARecord)?;
+    let mut r = record::reader(&value, Kind::Secret, SECRET_VERSION)?;
+    let secret = Secret::from_bytes(r.array()?);
+    r.end()?;
+    Ok(secret)
+}
+
 /// An in-process store with Envoy's semantics, for tests.
 #[derive(Default)]
 pub struct MemoryStore {
@@ -149,6 +243,23 @@ mod tests {
         store.set("k", b"5", None).unwrap();
         store.ensure("k", b"0");
         assert_eq!(store.get("k").unwrap().0, b"5");
+    }
+
+    #[test]
+    fn the_secret_is_created_once_and_shared() {
+        let store = MemoryStore::default();
+        let first = load_secret(&store, "s", [1; 16]).unwrap();
+        let second = load_secret(&store, "s", [2; 16]).unwrap();
+        assert_eq!(first, second, "the second VM adopts the stored secret");
+        assert_ne!(
+            first.hash(b"acme"),
+            Secret::from_bytes([2; 16]).hash(b"acme")
+        );
+        store.set("s", b"0123456789abcdef", None).unwrap();
+        assert_eq!(
+            load_secret(&store, "s", [3; 16]),
+            Err(RecordError::NotARecord)
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use ctxgate_core::http::LocalReply;
-use ctxgate_core::shared::{Cas, SetError, SharedStore};
+use ctxgate_core::record::RecordError;
+use ctxgate_core::shared::{Cas, Secret, SetError, SharedStore, load_secret};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{MapType, MetricType, Status};
 
@@ -90,6 +91,33 @@ pub fn set_response_header(name: &str, value: &str) {
 pub fn property_string(path: &[&str]) -> Option<String> {
     let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
     String::from_utf8(bytes).ok()
+}
+
+/// The prefix of this plugin's shared-data keys: `ctxgate/<plugin name>`.
+/// The plugin's name (`PluginConfig.name`; Istio sets it to the
+/// WasmPlugin's `<namespace>.<name>`) is stable across configuration pushes
+/// and unique per plugin, so state survives a push, and two plugins that
+/// share a `vm_id` (Istio gives every WasmPlugin the empty one) keep their
+/// records apart.
+pub fn shared_namespace() -> String {
+    let name = property_string(&["plugin_name"]).unwrap_or_default();
+    format!("ctxgate/{name}")
+}
+
+/// Random bytes from the host (WASI `random_get`, which Envoy serves from
+/// its own CSPRNG). `None` if the host refused.
+pub fn random_bytes<const N: usize>() -> Option<[u8; N]> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// The plugin's slot-hashing secret: created once per Envoy in shared data
+/// (see [`load_secret`]).
+pub fn secret(namespace: &str) -> Result<Secret, String> {
+    let fresh = random_bytes::<16>().ok_or("the host gave no random bytes")?;
+    load_secret(&SharedData, &format!("{namespace}.secret"), fresh)
+        .map_err(|e: RecordError| format!("shared-data secret {namespace}.secret: {e}"))
 }
 
 /// Writes Envoy filter state (`wasm.<key>`) for the filters that follow.

@@ -2,14 +2,17 @@
 //!
 //! Each request's context reads the identity and operation the auth filter
 //! left in filter state, asks [`RateLimiter::check`], and applies the step:
-//! forward, refuse, or pause and ask the Rate Limit Service over gRPC.
+//! forward, refuse, or pause and ask the Rate Limit Service over gRPC. A
+//! body of unknown length is charged as it streams.
 //!
 //! The root context (one per worker VM) runs a short timer that
 //! * enforces the RLS deadline itself: a call that has not answered by its
 //!   deadline is cancelled and the failure mode applies, even if Envoy
 //!   queued the call somewhere;
-//! * reports locally admitted consumption to the RLS every
-//!   `sync_interval_ms` (hierarchical mode);
+//! * sends reports to the RLS every `sync_interval_ms`: local consumption
+//!   (hierarchical mode) and every report an earlier call did not get
+//!   acknowledged, with its original id (`x-ctxgate-report` metadata), so
+//!   the RLS counts it once;
 //! * publishes and combines the adaptive measurements.
 
 mod metrics;
@@ -20,9 +23,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ctxgate_core::ratelimit::adaptive::Adaptive;
+use ctxgate_core::ratelimit::report::{REPORT_HEADER, Report};
 use ctxgate_core::ratelimit::rls::{self, decode_response};
 use ctxgate_core::ratelimit::{
-    Admitted, LimiterState, RateLimiter, Refused, RequestFacts, RlsCall, Step, SyncReport,
+    Admitted, LimiterState, RateLimiter, Refused, RequestFacts, RlsCall, Step,
 };
 use ctxgate_glue::{self as glue, SharedData};
 use metrics::Metrics;
@@ -49,7 +53,7 @@ struct Pending {
 }
 
 /// What the watchdog decided for a request whose RLS call was late; the
-/// request's context picks it up in its response callback.
+/// request's context picks it up in its next callback.
 struct Resolved {
     admitted: Option<Admitted>,
     resumed_ms: u64,
@@ -66,10 +70,15 @@ struct Shared {
 #[derive(Default)]
 struct RateLimitRoot {
     shared: Option<Rc<Shared>>,
-    /// Sync reports in flight: call token -> report.
-    reports: HashMap<u32, SyncReport>,
+    /// Reports in flight: call token -> report.
+    reports: HashMap<u32, Report>,
     next_sync_ms: u64,
     next_publish_ms: u64,
+}
+
+/// The gRPC metadata naming a report.
+fn report_metadata(report: &Report) -> String {
+    report.id.header_value()
 }
 
 impl Context for RateLimitRoot {
@@ -80,42 +89,59 @@ impl Context for RateLimitRoot {
         let body = self
             .get_grpc_call_response_body(0, response_size)
             .unwrap_or_default();
+        let mut state = shared.state.borrow_mut();
         match (status_code, decode_response(&body)) {
             (0, Ok(answer)) => {
                 shared.metrics.sync_ok.inc();
-                shared
-                    .limiter
-                    .on_sync_answer(&SharedData, &report, &answer, glue::now_ms());
+                shared.limiter.on_sync_answer(
+                    &mut state,
+                    &SharedData,
+                    &report,
+                    &answer,
+                    glue::now_ms(),
+                );
             }
             (status, result) => {
                 shared.metrics.sync_failed.inc();
                 log::debug!(
-                    "RLS sync report failed: grpc status {status}, {:?}",
+                    "RLS report {} failed: grpc status {status}, {:?}",
+                    report.id.header_value(),
                     result.err()
                 );
-                shared
-                    .limiter
-                    .on_sync_failure(&mut shared.state.borrow_mut(), &SharedData, report);
+                shared.limiter.on_sync_failure(&mut state, report.id);
             }
         }
+        shared.metrics.record_state(&mut state);
     }
 }
 
 impl RootContext for RateLimitRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let config = self.get_plugin_configuration().unwrap_or_default();
-        let limiter = match RateLimiter::from_json(&config) {
+        let namespace = glue::shared_namespace();
+        let (secret, reporter) = match (glue::secret(&namespace), glue::random_bytes::<8>()) {
+            (Ok(secret), Some(reporter)) => (secret, u64::from_le_bytes(reporter)),
+            (Err(e), _) => {
+                log::error!("cannot start: {e}");
+                return false;
+            }
+            (_, None) => {
+                log::error!("cannot start: the host gave no random bytes");
+                return false;
+            }
+        };
+        let limiter = match RateLimiter::from_json(&config, &namespace, secret) {
             Ok(limiter) => limiter,
             Err(e) => {
                 log::error!("invalid configuration: {e}");
                 return false;
             }
         };
-        limiter.table.init_shared(&SharedData);
+        limiter.init_shared(&SharedData);
         let adaptive = limiter
             .adaptive
             .clone()
-            .map(|a| Adaptive::new(a, &limiter.fingerprint, &SharedData));
+            .map(|a| Adaptive::new(a, &limiter.namespace, &SharedData));
         let tick = match (&limiter.global, &adaptive) {
             (Some(_), _) => Some(WATCHDOG_TICK),
             (None, Some(a)) => Some(Duration::from_millis(a.publish_interval_ms())),
@@ -125,8 +151,9 @@ impl RootContext for RateLimitRoot {
             glue::set_tick_period(tick);
         }
         log::info!(
-            "configured: {} slots, global {}, adaptive {}",
+            "configured: {} + {} slots, global {}, adaptive {}",
             limiter.table.slot_count(),
+            limiter.anonymous_table.slot_count(),
             limiter
                 .global
                 .as_ref()
@@ -136,10 +163,8 @@ impl RootContext for RateLimitRoot {
                 )),
             if adaptive.is_some() { "on" } else { "off" },
         );
-        let state = LimiterState {
-            adaptive,
-            ..LimiterState::default()
-        };
+        let mut state = LimiterState::new(&limiter, reporter);
+        state.adaptive = adaptive;
         let metrics = Metrics::new();
         self.shared = Some(Rc::new(Shared {
             limiter,
@@ -161,16 +186,18 @@ impl RootContext for RateLimitRoot {
             && now >= self.next_sync_ms
         {
             self.next_sync_ms = now.saturating_add(global.sync_interval_ms);
-            let reports = shared
-                .limiter
-                .sync_reports(&mut shared.state.borrow_mut(), &SharedData);
+            let reports =
+                shared
+                    .limiter
+                    .sync_reports(&mut shared.state.borrow_mut(), &SharedData, now);
             for report in reports {
                 let timeout = Duration::from_millis(global.timeout_ms.max(100));
+                let id = report_metadata(&report);
                 match self.dispatch_grpc_call(
                     &global.cluster,
                     rls::SERVICE,
                     rls::METHOD,
-                    vec![],
+                    vec![(REPORT_HEADER, id.as_bytes())],
                     Some(&report.message),
                     timeout,
                 ) {
@@ -180,14 +207,13 @@ impl RootContext for RateLimitRoot {
                     }
                     Err(_) => {
                         shared.metrics.sync_failed.inc();
-                        shared.limiter.on_sync_failure(
-                            &mut shared.state.borrow_mut(),
-                            &SharedData,
-                            report,
-                        );
+                        shared
+                            .limiter
+                            .on_sync_failure(&mut shared.state.borrow_mut(), report.id);
                     }
                 }
             }
+            shared.metrics.record_state(&mut shared.state.borrow_mut());
         }
         let mut state = shared.state.borrow_mut();
         if let Some(adaptive) = state.adaptive.as_mut()
@@ -208,6 +234,8 @@ impl RootContext for RateLimitRoot {
             shared,
             context_id,
             admitted: None,
+            waiting: false,
+            refused: false,
             started_ms: None,
         }))
     }
@@ -237,7 +265,9 @@ impl Shared {
                 continue;
             }
             let _ = hostcalls::cancel_grpc_call(pending.token);
-            let outcome = self.limiter.on_rls_failure(&SharedData, &pending.call);
+            let outcome = self
+                .limiter
+                .on_rls_failure(&mut self.state.borrow_mut(), &pending.call);
             let admitted = self.apply(outcome);
             self.resolved.borrow_mut().insert(
                 context_id,
@@ -276,12 +306,16 @@ struct RateLimitRequest {
     shared: Rc<Shared>,
     context_id: u32,
     admitted: Option<Admitted>,
+    /// Paused, waiting for the RLS.
+    waiting: bool,
+    /// A refusal was sent.
+    refused: bool,
     /// When the request was let through (adaptive latency), if it was.
     started_ms: Option<u64>,
 }
 
 impl RateLimitRequest {
-    fn facts_and_check(&self) -> Step {
+    fn facts_and_check(&self, end_of_stream: bool) -> Step {
         let snapshot = glue::RequestSnapshot::capture();
         let ctxgate_core::auth::SharedRequest {
             identity,
@@ -303,6 +337,7 @@ impl RateLimitRequest {
             operation,
             client_address,
             route,
+            end_of_stream,
         };
         let mut state = self.shared.state.borrow_mut();
         let step = self
@@ -321,44 +356,20 @@ impl RateLimitRequest {
             }
         }
     }
-}
 
-impl Context for RateLimitRequest {
-    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
-        let Some(pending) = self.shared.pending.borrow_mut().remove(&self.context_id) else {
-            // The watchdog already applied the failure mode.
-            return;
-        };
-        let body = self
-            .get_grpc_call_response_body(0, response_size)
-            .unwrap_or_default();
-        let shared = Rc::clone(&self.shared);
-        let outcome = match (status_code, decode_response(&body)) {
-            (0, Ok(answer)) => {
-                shared.metrics.rls_ok.inc();
-                shared
-                    .limiter
-                    .on_rls_answer(&SharedData, &pending.call, &answer, glue::now_ms())
+    /// Picks up what the watchdog decided while this request was paused.
+    fn take_resolved(&mut self) {
+        if let Some(resolved) = self.shared.resolved.borrow_mut().remove(&self.context_id) {
+            self.waiting = false;
+            if resolved.admitted.is_some() {
+                self.started_ms = Some(resolved.resumed_ms);
+            } else {
+                self.refused = true;
             }
-            (status, result) => {
-                // gRPC DEADLINE_EXCEEDED: Envoy's own timer beat ours.
-                if status == GRPC_DEADLINE_EXCEEDED {
-                    shared.metrics.rls_timeout.inc();
-                } else {
-                    shared.metrics.rls_failed.inc();
-                }
-                log::debug!("RLS call failed: grpc status {status}, {:?}", result.err());
-                shared.limiter.on_rls_failure(&SharedData, &pending.call)
-            }
-        };
-        self.admitted = shared.apply(outcome);
-        if self.admitted.is_some() {
-            self.started_ms = Some(glue::now_ms());
+            self.admitted = resolved.admitted;
         }
     }
-}
 
-impl RateLimitRequest {
     /// Lets the request through or refuses it, here and now.
     fn settle(&mut self, outcome: Result<Admitted, Refused>) -> Action {
         let shared = Rc::clone(&self.shared);
@@ -378,28 +389,74 @@ impl RateLimitRequest {
             Err(refused) => {
                 shared.metrics.refused(refused.refusal);
                 glue::send_local_reply(&refused.reply);
+                self.refused = true;
                 Action::Pause
             }
         }
     }
 }
 
-impl HttpContext for RateLimitRequest {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+impl Context for RateLimitRequest {
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        let Some(pending) = self.shared.pending.borrow_mut().remove(&self.context_id) else {
+            // The watchdog already applied the failure mode.
+            return;
+        };
+        self.waiting = false;
+        let body = self
+            .get_grpc_call_response_body(0, response_size)
+            .unwrap_or_default();
         let shared = Rc::clone(&self.shared);
-        match self.facts_and_check() {
+        let outcome = {
+            let mut state = shared.state.borrow_mut();
+            match (status_code, decode_response(&body)) {
+                (0, Ok(answer)) => {
+                    shared.metrics.rls_ok.inc();
+                    shared.limiter.on_rls_answer(
+                        &mut state,
+                        &SharedData,
+                        &pending.call,
+                        &answer,
+                        glue::now_ms(),
+                    )
+                }
+                (status, result) => {
+                    // gRPC DEADLINE_EXCEEDED: Envoy's own timer beat ours.
+                    if status == GRPC_DEADLINE_EXCEEDED {
+                        shared.metrics.rls_timeout.inc();
+                    } else {
+                        shared.metrics.rls_failed.inc();
+                    }
+                    log::debug!("RLS call failed: grpc status {status}, {:?}", result.err());
+                    shared.limiter.on_rls_failure(&mut state, &pending.call)
+                }
+            }
+        };
+        self.admitted = shared.apply(outcome);
+        match self.admitted {
+            Some(_) => self.started_ms = Some(glue::now_ms()),
+            None => self.refused = true,
+        }
+    }
+}
+
+impl HttpContext for RateLimitRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let shared = Rc::clone(&self.shared);
+        match self.facts_and_check(end_of_stream) {
             Step::Allow(admitted) => self.settle(Ok(admitted)),
             Step::Deny(refused) => self.settle(Err(refused)),
             Step::AskRls(call) => {
                 // Envoy's timer is a backstop a little after our own
                 // deadline, which the watchdog enforces (and counts).
                 let timeout = Duration::from_millis(call.timeout_ms + ENVOY_TIMEOUT_SLACK_MS);
+                let id = report_metadata(&call.report);
                 let dispatched = self.dispatch_grpc_call(
                     &call.cluster,
                     rls::SERVICE,
                     rls::METHOD,
-                    vec![],
-                    Some(&call.message),
+                    vec![(REPORT_HEADER, id.as_bytes())],
+                    Some(&call.report.message),
                     timeout,
                 );
                 match dispatched {
@@ -414,12 +471,15 @@ impl HttpContext for RateLimitRequest {
                                 call,
                             },
                         );
+                        self.waiting = true;
                         Action::Pause
                     }
                     Err(status) => {
                         shared.metrics.rls_failed.inc();
                         log::warn!("cannot call the RLS cluster {}: {status:?}", call.cluster);
-                        let outcome = shared.limiter.on_rls_failure(&SharedData, &call);
+                        let outcome = shared
+                            .limiter
+                            .on_rls_failure(&mut shared.state.borrow_mut(), &call);
                         self.settle(outcome)
                     }
                 }
@@ -427,16 +487,54 @@ impl HttpContext for RateLimitRequest {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(resolved) = self.shared.resolved.borrow_mut().remove(&self.context_id) {
-            if resolved.admitted.is_some() {
-                self.started_ms = Some(resolved.resumed_ms);
-            }
-            self.admitted = resolved.admitted;
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        self.take_resolved();
+        if self.waiting || self.refused {
+            // The request's headers are paused for the RLS (or refused):
+            // Envoy must buffer the body, not resume the request with it.
+            return Action::Pause;
         }
+        let shared = Rc::clone(&self.shared);
+        let Some(admitted) = self.admitted.as_mut() else {
+            return Action::Continue;
+        };
+        let Some(meter) = admitted.meter.as_mut() else {
+            return Action::Continue;
+        };
+        let chunk = u64::try_from(body_size).unwrap_or(u64::MAX);
+        let charged = shared.limiter.on_body(
+            &mut shared.state.borrow_mut(),
+            &SharedData,
+            meter,
+            chunk,
+            glue::now_ms(),
+        );
+        shared.metrics.record_state(&mut shared.state.borrow_mut());
+        match charged {
+            Ok(Some(view)) => {
+                admitted.view = Some(view);
+                Action::Continue
+            }
+            Ok(None) => Action::Continue,
+            Err(refused) => {
+                shared.metrics.refused(refused.refusal);
+                glue::send_local_reply(&refused.reply);
+                self.refused = true;
+                self.admitted = None;
+                self.started_ms = None;
+                if let Some(a) = shared.state.borrow_mut().adaptive.as_mut() {
+                    a.finished(None);
+                }
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.take_resolved();
         if let Some(admitted) = &self.admitted {
-            for (name, value) in &admitted.response_headers {
-                glue::set_response_header(name, value);
+            for (name, value) in admitted.response_headers() {
+                glue::set_response_header(&name, &value);
             }
         }
         self.finish();

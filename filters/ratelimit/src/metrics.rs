@@ -7,7 +7,12 @@
 //! | `ctxgate_ratelimit.refused.<reason>` | counter | refusals: `local_limit`, `global_limit`, `queue_full`, `contention`, `rls_unavailable` |
 //! | `ctxgate_ratelimit.failure_mode.<mode>` | counter | RLS failures or timeouts handled by the failure mode in force: `local_fallback`, `allow`, `deny` |
 //! | `ctxgate_ratelimit.rls.sent` / `.ok` / `.failed` / `.timeout` | counter | RLS calls deciding a request; `timeout` = deadline enforced by the filter |
-//! | `ctxgate_ratelimit.sync.sent` / `.ok` / `.failed` | counter | background reports of local consumption to the RLS |
+//! | `ctxgate_ratelimit.sync.sent` / `.ok` / `.failed` | counter | background reports to the RLS: local consumption, and retries of reports an RLS call did not acknowledge |
+//! | `ctxgate_ratelimit.reports.pending` | gauge | reports waiting for the RLS to acknowledge them (retried with the same id) |
+//! | `ctxgate_ratelimit.reports.dropped` | counter | reports given up: retried for longer than `report_retry_seconds`, or pushed out of a full outbox |
+//! | `ctxgate_ratelimit.reports.dropped_hits` | counter | units those reports carried |
+//! | `ctxgate_ratelimit.bucket.lost_unreported` | counter | unreported units lost with a bucket replaced in a full slot |
+//! | `ctxgate_ratelimit.shared_record_invalid` | counter | shared-data records that did not decode: the request is handled by `on_contention`, the record is left alone |
 //! | `ctxgate_ratelimit.bucket.evictions` | counter | buckets replaced in a full slot |
 //! | `ctxgate_ratelimit.bucket.contended` | counter | bucket updates that ran out of CAS attempts |
 //! | `ctxgate_ratelimit.sync.dirty_overflow` | counter | keys not tracked for reporting because a worker's set was full |
@@ -17,6 +22,7 @@
 
 use ctxgate_core::ratelimit::adaptive::Combined;
 use ctxgate_core::ratelimit::config::FailureMode;
+use ctxgate_core::ratelimit::report::Dropped;
 use ctxgate_core::ratelimit::{Admitted, DecidedBy, LimiterState, Refusal};
 use ctxgate_glue::{Counter, Gauge};
 
@@ -41,6 +47,12 @@ pub struct Metrics {
     evictions: Counter,
     contended: Counter,
     dirty_overflow: Counter,
+    invalid_records: Counter,
+    lost_unreported: Counter,
+    reports_pending: Gauge,
+    reports_dropped: Counter,
+    reports_dropped_hits: Counter,
+    dropped_seen: std::cell::Cell<Dropped>,
     multiplier: Gauge,
     latency: Gauge,
     in_flight: Gauge,
@@ -74,6 +86,12 @@ impl Metrics {
             evictions: c("bucket.evictions"),
             contended: c("bucket.contended"),
             dirty_overflow: c("sync.dirty_overflow"),
+            invalid_records: c("shared_record_invalid"),
+            lost_unreported: c("bucket.lost_unreported"),
+            reports_pending: g("reports.pending"),
+            reports_dropped: c("reports.dropped"),
+            reports_dropped_hits: c("reports.dropped_hits"),
+            dropped_seen: std::cell::Cell::new(Dropped::default()),
             multiplier: g("adaptive.multiplier_permille"),
             latency: g("adaptive.latency_ewma_ms"),
             in_flight: g("adaptive.in_flight"),
@@ -108,15 +126,35 @@ impl Metrics {
 
     /// Moves the state's event counts into metrics.
     pub fn record_state(&self, state: &mut LimiterState) {
+        let counts = &mut state.counts;
         for (counter, value) in [
-            (self.evictions, &mut state.evictions),
-            (self.contended, &mut state.contended),
-            (self.dirty_overflow, &mut state.dirty_overflow),
+            (self.evictions, &mut counts.evictions),
+            (self.contended, &mut counts.contended),
+            (self.dirty_overflow, &mut counts.dirty_overflow),
+            (self.invalid_records, &mut counts.invalid_records),
+            (self.lost_unreported, &mut counts.lost_unreported),
         ] {
             if *value > 0 {
                 counter.add(std::mem::take(value));
             }
         }
+        if let Some(adaptive) = state.adaptive.as_mut()
+            && adaptive.invalid_records > 0
+        {
+            self.invalid_records
+                .add(std::mem::take(&mut adaptive.invalid_records));
+        }
+        let dropped = state.outbox.dropped;
+        let seen = self.dropped_seen.get();
+        let new = (dropped.expired + dropped.overflow).saturating_sub(seen.expired + seen.overflow);
+        if new > 0 {
+            self.reports_dropped.add(new);
+            self.reports_dropped_hits
+                .add(dropped.hits.saturating_sub(seen.hits));
+            self.dropped_seen.set(dropped);
+        }
+        self.reports_pending
+            .set(u64::try_from(state.outbox.len()).unwrap_or(u64::MAX));
     }
 
     pub fn record_adaptive(&self, combined: &Combined, own_in_flight: u64) {

@@ -67,7 +67,7 @@ struct TaggingRequest {
 impl Context for TaggingRequest {}
 
 impl HttpContext for TaggingRequest {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let snapshot = glue::RequestSnapshot::capture();
         let ctxgate_core::auth::SharedRequest {
             identity,
@@ -77,6 +77,7 @@ impl HttpContext for TaggingRequest {
             head: snapshot.head(),
             identity,
             operation,
+            end_of_stream,
         };
         let tags = self.shared.tagger.tag(&input);
         for name in &tags.remove_headers {

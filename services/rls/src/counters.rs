@@ -1,47 +1,71 @@
-//! Counting, delegated to limitador.
+//! Counting: fixed-window counters, in this process or in Redis, and the
+//! report-id marks that make a retried report count once.
 //!
-//! Each configured node with a `rate_limit` becomes one limitador [`Limit`]
-//! in a namespace of its own ([`Rule::namespace`]), with no conditions, a
-//! window as long as the unit, and two variables:
+//! # What one request does
 //!
-//! * `descriptor`: the request descriptor's entries, so every distinct set of
-//!   values has its own counter;
-//! * `window`: the parity (0 or 1) of the current fixed window, numbered from
-//!   the Unix epoch.
+//! Every limited descriptor of a request is one [`Hit`]: a counter key, a
+//! cost to add (0: only read) and the counter's lifetime. All the hits of a
+//! request, and the mark of its report id when it has one, are applied in
+//! one atomic step ([`Counters::apply`]): if the id was already marked,
+//! nothing is added and the counters are only read; otherwise the id is
+//! marked and every cost added. The step returns every counter's value
+//! after it, which the service compares with the limits. So a report id is
+//! never marked without its hits added, nor its hits added without the
+//! mark.
 //!
-//! limitador starts a counter's expiry at its first hit and expires it one
-//! unit later. A counter first hit in window N therefore dies before window
-//! N + 2 begins, which is the next window with the same parity; and window
-//! N + 1 uses the other counter. So every aligned window starts from zero,
-//! like envoyproxy/ratelimit's (whose keys carry the window start), while
-//! the store holds at most two counters per descriptor value instead of one
-//! per window forever. (Only within a Redis round trip of a window's start
-//! can a hit land on the counter of two windows before.)
+//! # Keys
 //!
-//! A hit is two limitador calls: `update_counters` adds the cost
-//! unconditionally (an atomic `INCRBY` in Redis), then `is_rate_limited` with
-//! a delta of 0 reads the counter back; the descriptor is over the limit when
-//! that value exceeds the limit. So every hit is counted exactly once, and
-//! the number of hits admitted in a window never exceeds the limit across
-//! any number of replicas; under a concurrent burst right at the limit, a
-//! request may see a neighbour's increment and be refused one hit early.
+//! A counter is per (rule, descriptor values, window):
+//! `<namespace>%%<descriptor>%%<window>`, e.g.
+//! `ctxgate-rls/ctxgate/tenant=acme%%tenant=acme%%20453`, where the
+//! namespace is the rule's ([`Rule::namespace`]), the descriptor is its
+//! entries as `key=value/key=value`, both with `% / = { }` percent-escaped
+//! inside names, and the window is the fixed window's number (Unix time
+//! divided by the unit, so windows are aligned to the epoch). Escaped text
+//! never holds `%%`, so the key is unambiguous. A counter lives two windows
+//! from its first hit: past its own window nobody asks for it again, and
+//! the second window is slack for replicas whose clocks disagree.
 //!
-//! Storage is limitador's in-memory store, or its `AsyncRedisStorage`
-//! (every call goes to Redis; not the caching/batching `CachedRedisStorage`,
-//! which would let replicas overshoot). Redis calls are bounded by a timeout;
-//! redis-rs's `ConnectionManager` reconnects on the next call after Redis
-//! comes back, so an outage needs no restart.
+//! Report marks: `ctxgate-rls:report:<reporter hex>:<seq / 4096>`, a 512-byte
+//! bitmap in which the id's bit is `seq % 4096`, living for the dedupe
+//! horizon after its last mark (see [`crate::report`]).
+//!
+//! # Stores
+//!
+//! * Memory: a table of at most `max_counters` counters and one of at most
+//!   `Dedupe::max_chunks` chunks of marks, both forgetting the least
+//!   recently used beyond that, under one lock. A forgotten counter starts
+//!   again from zero; a forgotten chunk can only let a retry count twice
+//!   (counted and logged).
+//! * Redis (standalone or a primary; not Redis Cluster, since one script
+//!   touches the keys of several descriptors): one Lua script per request
+//!   (`src/counters/apply.lua`) marks the id with `SETBIT` (the old
+//!   bit says whether it was seen) and `EXPIRE`, then `INCRBY`s each
+//!   counter, with `EXPIRE` on its first hit, and returns the values. Every
+//!   replica and gateway sharing the Redis shares one exact count. Each
+//!   call is bounded by the timeout; redis-rs's `ConnectionManager`
+//!   reconnects on the next call after Redis comes back, so an outage needs
+//!   no restart.
+//!
+//! A call that times out may still run later: when Redis hangs, the script
+//! waits in its socket and runs when it resumes. Without a report id such a
+//! call counts then, whatever the client concluded; with one, the client's
+//! retry and the late call count once between them.
+//!
+//! (limitador, which counted before, cannot do this: its storage has no
+//! conditional increment and its key format is private.)
 
-use std::collections::HashMap;
+mod lru;
+mod memory;
+mod redis;
+
 use std::fmt;
 use std::time::Duration;
 
-use limitador::limit::{Context, Expression, Limit, Namespace};
-use limitador::storage::redis::AsyncRedisStorage;
-use limitador::{AsyncRateLimiter, CheckResult, RateLimiter};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-
-use crate::config::{Action, Limits, Rule, escape_into};
+use crate::config::{Rule, escape_into};
+use crate::report::{Dedupe, ReportId};
+use memory::Memory;
+use redis::Redis;
 
 /// Where counters live.
 #[derive(Debug, Clone)]
@@ -50,7 +74,7 @@ pub enum StorageConfig {
     /// recently used counters are forgotten (and start again from zero).
     Memory { max_counters: u64 },
     /// In Redis, shared by every replica pointing at the same server.
-    /// `timeout` bounds each hit (connecting included).
+    /// `timeout` bounds each request's script call (connecting included).
     Redis { url: String, timeout: Duration },
 }
 
@@ -90,12 +114,10 @@ fn redact(url: &str) -> String {
 pub enum StorageError {
     /// Could not connect at start.
     Connect { url: String, reason: String },
-    /// A call did not finish within the timeout.
+    /// A call did not finish within the timeout (it may still run later).
     Timeout(Duration),
-    /// limitador or Redis reported an error.
+    /// Redis reported an error, or answered something unexpected.
     Failed(String),
-    /// The limit was not registered: a bug in ctxgate-rls.
-    Unregistered(String),
 }
 
 impl fmt::Display for StorageError {
@@ -108,157 +130,78 @@ impl fmt::Display for StorageError {
                 write!(f, "Redis did not answer within {} ms", t.as_millis())
             }
             StorageError::Failed(reason) => write!(f, "counter storage failed: {reason}"),
-            StorageError::Unregistered(ns) => write!(
-                f,
-                "no limitador limit is registered for {ns} (bug in ctxgate-rls)"
-            ),
         }
     }
 }
 
 impl std::error::Error for StorageError {}
 
-/// What one hit found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One counter a request touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hit {
-    /// The counter, with this hit added, exceeds the limit.
-    pub over: bool,
-    /// Hits left in this window (0 when over).
-    pub remaining: u64,
+    /// See [`counter_key`].
+    pub key: String,
+    /// What to add; 0 only reads.
+    pub cost: u64,
+    /// How long the counter lives after its first hit, in seconds.
+    pub ttl: u64,
 }
 
-enum Limiter {
-    Memory(RateLimiter),
-    Redis(AsyncRateLimiter, Duration),
+/// What [`Counters::apply`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// The report id had already been applied: nothing was added.
+    pub duplicate: bool,
+    /// Each hit's counter after the step, in the order of the hits.
+    pub values: Vec<u64>,
 }
 
-/// The counters of every configured limit.
+enum Store {
+    Memory(Memory),
+    Redis(Redis),
+}
+
+/// The counters of every configured limit, and the report marks.
 pub struct Counters {
-    limiter: Limiter,
+    store: Store,
 }
 
 impl Counters {
-    /// Opens the storage and registers one limitador limit per configured
-    /// `rate_limit`. With Redis, fails if Redis cannot be reached now.
-    pub async fn open(storage: &StorageConfig, limits: &Limits) -> Result<Counters, StorageError> {
-        let limiter = match storage {
+    /// Opens the storage. With Redis, fails if Redis cannot be reached now.
+    pub async fn open(storage: &StorageConfig, dedupe: Dedupe) -> Result<Counters, StorageError> {
+        let store = match storage {
             StorageConfig::Memory { max_counters } => {
-                Limiter::Memory(RateLimiter::new(*max_counters))
+                Store::Memory(Memory::new(*max_counters, dedupe))
             }
             StorageConfig::Redis { url, timeout } => {
-                let connect_error = |reason: String| StorageError::Connect {
-                    url: url.clone(),
-                    reason,
-                };
-                let client =
-                    redis::Client::open(url.as_str()).map_err(|e| connect_error(e.to_string()))?;
-                // No retries inside redis-rs: a failed call fails fast, and the
-                // next call triggers a fresh reconnect. Bounded by `timeout`.
-                let manager_config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(*timeout)
-                    .set_response_timeout(*timeout)
-                    .set_number_of_retries(0);
-                let connect = async {
-                    let manager = ConnectionManager::new_with_config(client, manager_config)
-                        .await
-                        .map_err(|e| connect_error(e.to_string()))?;
-                    AsyncRedisStorage::new_with_conn_manager(manager)
-                        .await
-                        .map_err(|e| connect_error(e.to_string()))
-                };
-                // Connecting plus loading limitador's scripts: a few round trips.
-                let bound = timeout.saturating_mul(3);
-                let storage = tokio::time::timeout(bound, connect).await.map_err(|_| {
-                    connect_error(format!("no answer within {} ms", bound.as_millis()))
-                })??;
-                Limiter::Redis(
-                    AsyncRateLimiter::new_with_storage(Box::new(storage)),
-                    *timeout,
-                )
+                Store::Redis(Redis::open(url, *timeout, dedupe).await?)
             }
         };
-        let counters = Counters { limiter };
-        for rule in limits.rules() {
-            if let Some(limit) = limitador_limit(rule)? {
-                match &counters.limiter {
-                    Limiter::Memory(l) => l.add_limit(limit),
-                    Limiter::Redis(l, _) => l.add_limit(limit),
-                };
-            }
-        }
-        Ok(counters)
+        Ok(Counters { store })
     }
 
-    /// Adds `cost` to the counter of `rule` for these descriptor entries in
-    /// fixed window number `window` (Unix time divided by the unit), and
-    /// reports whether it is now over the limit. `cost` 0 only reads.
-    pub async fn hit(
+    /// Applies a request's hits at `now` (Unix seconds) in one atomic step:
+    /// with a `report` id already applied, only reads the counters. See the
+    /// module docs.
+    pub async fn apply(
         &self,
-        rule: &Rule,
-        entries: &[(&str, &str)],
-        window: u64,
-        cost: u64,
-    ) -> Result<Hit, StorageError> {
-        let namespace = Namespace::from(rule.namespace.as_str());
-        let mut values = HashMap::with_capacity(2);
-        values.insert(DESCRIPTOR.to_owned(), encode(entries));
-        values.insert(WINDOW.to_owned(), (window % 2).to_string());
-        let ctx = Context::from(values);
-        let failed = |e: limitador::errors::LimitadorError| StorageError::Failed(e.to_string());
-        let checked = match &self.limiter {
-            Limiter::Memory(limiter) => {
-                if cost > 0 {
-                    limiter
-                        .update_counters(&namespace, &ctx, cost)
-                        .map_err(failed)?;
-                }
-                limiter
-                    .is_rate_limited(&namespace, &ctx, 0)
-                    .map_err(failed)?
-            }
-            Limiter::Redis(limiter, timeout) => {
-                let call = async {
-                    if cost > 0 {
-                        limiter.update_counters(&namespace, &ctx, cost).await?;
-                    }
-                    limiter.is_rate_limited(&namespace, &ctx, 0).await
-                };
-                tokio::time::timeout(*timeout, call)
-                    .await
-                    .map_err(|_| StorageError::Timeout(*timeout))?
-                    .map_err(failed)?
-            }
-        };
-        hit_from(checked, rule)
+        report: Option<ReportId>,
+        hits: &[Hit],
+        now: u64,
+    ) -> Result<Counted, StorageError> {
+        match &self.store {
+            Store::Memory(memory) => Ok(memory.apply(report, hits, now)),
+            Store::Redis(redis) => redis.apply(report, hits).await,
+        }
     }
 }
 
-const DESCRIPTOR: &str = "descriptor";
-const WINDOW: &str = "window";
-
-fn limitador_limit(rule: &Rule) -> Result<Option<Limit>, StorageError> {
-    let Action::Limit(limit) = &rule.action else {
-        return Ok(None);
-    };
-    let variable = |name: &str| {
-        Expression::parse(name).map_err(|e| {
-            StorageError::Failed(format!("limitador refused the variable {name}: {e}"))
-        })
-    };
-    let mut out = Limit::new(
-        rule.namespace.as_str(),
-        u64::from(limit.requests_per_unit),
-        limit.unit.seconds(),
-        [],
-        [variable(DESCRIPTOR)?, variable(WINDOW)?],
-    );
-    out.set_name(rule.full_key.clone());
-    Ok(Some(out))
-}
-
-/// The descriptor's entries as one unambiguous string: `k=v/k=v`.
-fn encode(entries: &[(&str, &str)]) -> String {
-    let mut out = String::new();
+/// The key of `rule`'s counter for these descriptor entries in fixed window
+/// number `window`: `<namespace>%%<descriptor>%%<window>`.
+pub fn counter_key(rule: &Rule, entries: &[(&str, &str)], window: u64) -> String {
+    let mut out = String::with_capacity(rule.namespace.len() + 32);
+    out.push_str(&rule.namespace);
+    out.push_str("%%");
     for (i, (key, value)) in entries.iter().enumerate() {
         if i > 0 {
             out.push('/');
@@ -267,32 +210,61 @@ fn encode(entries: &[(&str, &str)]) -> String {
         out.push('=');
         escape_into(&mut out, value);
     }
+    out.push_str("%%");
+    out.push_str(&window.to_string());
     out
-}
-
-fn hit_from(checked: CheckResult, rule: &Rule) -> Result<Hit, StorageError> {
-    let Some(counter) = checked.counters.first() else {
-        return Err(StorageError::Unregistered(rule.namespace.clone()));
-    };
-    let remaining = if checked.limited {
-        0
-    } else {
-        counter.remaining().unwrap_or_else(|| counter.max_value())
-    };
-    Ok(Hit {
-        over: checked.limited,
-        remaining,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Action;
+
+    fn rule(namespace: &str) -> Rule {
+        Rule {
+            full_key: String::new(),
+            namespace: namespace.to_owned(),
+            action: Action::Unlimited,
+            line: 1,
+        }
+    }
 
     #[test]
-    fn encodes_entries_unambiguously() {
-        assert_eq!(encode(&[("a", "b"), ("c", "")]), "a=b/c=");
-        assert_ne!(encode(&[("a", "b/c=d")]), encode(&[("a", "b"), ("c", "d")]));
+    fn keys_counters_unambiguously() {
+        let ns = rule("ctxgate-rls/d/tenant");
+        assert_eq!(
+            counter_key(&ns, &[("tenant", "acme")], 7),
+            "ctxgate-rls/d/tenant%%tenant=acme%%7"
+        );
+        assert_eq!(
+            counter_key(&ns, &[("a", "b"), ("c", "")], 7),
+            "ctxgate-rls/d/tenant%%a=b/c=%%7"
+        );
+        assert_ne!(
+            counter_key(&ns, &[("a", "b/c=d")], 7),
+            counter_key(&ns, &[("a", "b"), ("c", "d")], 7)
+        );
+        assert_ne!(
+            counter_key(&ns, &[("a", "b%%1")], 7),
+            counter_key(&ns, &[("a", "b")], 1)
+        );
+        assert_ne!(
+            counter_key(&ns, &[("t", "x")], 1),
+            counter_key(&ns, &[("t", "x")], 2)
+        );
+    }
+
+    #[test]
+    fn keys_marks_per_reporter_and_chunk() {
+        let id = |reporter, seq| ReportId { reporter, seq };
+        assert_eq!(
+            redis::mark_key(id(0xab, 4097)),
+            "ctxgate-rls:report:00000000000000ab:1"
+        );
+        assert_eq!(
+            redis::mark_key(id(0xab, 0)),
+            redis::mark_key(id(0xab, 4095))
+        );
     }
 
     #[test]

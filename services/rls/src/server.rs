@@ -16,12 +16,17 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::Limits;
 use crate::counters::{Counters, StorageConfig};
-use crate::service::RateLimiter;
+use crate::report::Dedupe;
+use crate::service::{RateLimiter, stamp_deadline};
 
 /// Opens the counter storage and builds the service (with Redis: fails if
 /// Redis cannot be reached now).
-pub async fn rate_limiter(limits: Limits, storage: &StorageConfig) -> Result<RateLimiter> {
-    let counters = Counters::open(storage, &limits).await?;
+pub async fn rate_limiter(
+    limits: Limits,
+    storage: &StorageConfig,
+    dedupe: Dedupe,
+) -> Result<RateLimiter> {
+    let counters = Counters::open(storage, dedupe).await?;
     Ok(RateLimiter::new(Arc::new(limits), counters))
 }
 
@@ -43,7 +48,10 @@ pub async fn serve(
     let (drain, draining) = oneshot::channel::<()>();
     let server = Server::builder()
         .add_service(health_service)
-        .add_service(RateLimitServiceServer::new(limiter))
+        .add_service(RateLimitServiceServer::with_interceptor(
+            limiter,
+            stamp_deadline,
+        ))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
@@ -105,8 +113,19 @@ impl Drop for RlsHandle {
 /// Binds `addr` (`127.0.0.1:0` for a free port), opens the storage and
 /// serves on a background thread with its own tokio runtime, so it works
 /// from sync code and from inside any async test alike. Binding, Redis and
-/// runtime errors are returned here, not on the thread.
+/// runtime errors are returned here, not on the thread. Report ids are
+/// remembered as [`Dedupe::default`] says.
 pub fn spawn_in_thread(addr: &str, limits: Limits, storage: StorageConfig) -> Result<RlsHandle> {
+    spawn_in_thread_with(addr, limits, storage, Dedupe::default())
+}
+
+/// [`spawn_in_thread`], remembering report ids as `dedupe` says.
+pub fn spawn_in_thread_with(
+    addr: &str,
+    limits: Limits,
+    storage: StorageConfig,
+    dedupe: Dedupe,
+) -> Result<RlsHandle> {
     let addr = addr.to_owned();
     let (ready, started) = std::sync::mpsc::channel::<Result<SocketAddr>>();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -133,7 +152,7 @@ pub fn spawn_in_thread(addr: &str, limits: Limits, storage: StorageConfig) -> Re
                     let local = listener
                         .local_addr()
                         .context("cannot read the listener address")?;
-                    let limiter = rate_limiter(limits, &storage).await?;
+                    let limiter = rate_limiter(limits, &storage, dedupe).await?;
                     anyhow::Ok((listener, local, limiter))
                 };
                 let (listener, local, limiter) = match setup.await {

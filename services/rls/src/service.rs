@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as ProtoUnit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
@@ -11,10 +11,17 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::config::{Action, Limits, Unit};
-use crate::counters::{Counters, StorageError};
+use crate::config::{Action, Limits, RateLimit, Rule, Unit};
+use crate::counters::{Counters, Hit, StorageError, counter_key};
+use crate::report::{self, ReportId};
+
+/// The most one descriptor adds to a counter in one request. Limits are
+/// u32, so such a cost is over any limit on its own: the answers are the
+/// same as with the full cost, and a 64-bit counter cannot overflow.
+const MAX_COST: u64 = 1 << 32;
 
 /// The gRPC service: the loaded limits and their counters.
 pub struct RateLimiter {
@@ -23,6 +30,19 @@ pub struct RateLimiter {
     /// Whether the last storage call succeeded: storage failures are logged
     /// once when they start and once when they end, not once per request.
     storage_ok: AtomicBool,
+}
+
+/// What becomes of one request descriptor.
+enum Planned<'r> {
+    /// Decided without counting.
+    Answered(DescriptorStatus),
+    /// Limited: its status waits for its counter (the next of the request's
+    /// hits).
+    Limited {
+        rule: &'r Rule,
+        limit: &'r RateLimit,
+        entries: Vec<(&'r str, &'r str)>,
+    },
 }
 
 impl RateLimiter {
@@ -38,10 +58,16 @@ impl RateLimiter {
         &self.limits
     }
 
-    /// Decides one request at time `now` (Unix seconds).
+    /// Decides one request at time `now` (Unix seconds). With a `report`
+    /// id, its hits are added only if that id was not applied before;
+    /// otherwise the answer comes from the counters as they are.
+    ///
+    /// Every descriptor is checked and matched first, so a refused request
+    /// counts nothing; then all its hits are one storage call.
     pub async fn decide(
         &self,
         request: &RateLimitRequest,
+        report: Option<ReportId>,
         now: u64,
     ) -> Result<RateLimitResponse, Status> {
         let domain = self.limits.domain(&request.domain);
@@ -49,8 +75,8 @@ impl RateLimiter {
             tracing::debug!(domain = %request.domain, "unknown domain: every descriptor is OK");
         }
         let request_cost = u64::from(request.hits_addend.max(1));
-        let mut overall = Code::Ok;
-        let mut statuses = Vec::with_capacity(request.descriptors.len());
+        let mut planned = Vec::with_capacity(request.descriptors.len());
+        let mut hits = Vec::new();
         for descriptor in &request.descriptors {
             if descriptor.is_negative_hits {
                 return Err(Status::invalid_argument(
@@ -74,53 +100,99 @@ impl RateLimiter {
                 .as_ref()
                 .map_or(request_cost, |h| h.value);
             let rule = domain.and_then(|d| d.find(entries.iter().copied()));
-            let status = match rule.map(|r| (r, &r.action)) {
-                None => DescriptorStatus {
+            planned.push(match rule.map(|r| (r, &r.action)) {
+                None => Planned::Answered(DescriptorStatus {
                     code: Code::Ok.into(),
                     ..Default::default()
-                },
-                Some((_, Action::Unlimited)) => DescriptorStatus {
+                }),
+                Some((_, Action::Unlimited)) => Planned::Answered(DescriptorStatus {
                     code: Code::Ok.into(),
                     limit_remaining: u32::MAX,
                     ..Default::default()
-                },
+                }),
                 Some((rule, Action::Limit(limit))) => {
-                    let window = limit.unit.seconds();
-                    let hit = self
-                        .counters
-                        .hit(rule, &entries, now / window, cost)
-                        .await
-                        .map_err(|e| self.storage_failed(&e))?;
-                    self.storage_recovered();
-                    let over = hit.over && !limit.shadow_mode;
-                    if hit.over {
-                        tracing::debug!(
-                            limit = %rule.full_key,
-                            shadow_mode = limit.shadow_mode,
-                            descriptor = ?entries,
-                            "over limit"
-                        );
-                    }
-                    if over {
-                        overall = Code::OverLimit;
-                    }
-                    DescriptorStatus {
-                        code: if over { Code::OverLimit } else { Code::Ok }.into(),
-                        current_limit: Some(ProtoRateLimit {
-                            name: limit.name.clone(),
-                            requests_per_unit: limit.requests_per_unit,
-                            unit: proto_unit(limit.unit).into(),
-                        }),
-                        limit_remaining: u32::try_from(hit.remaining).unwrap_or(u32::MAX),
-                        duration_until_reset: Some(ProtoDuration {
-                            seconds: i64::try_from(window - now % window).unwrap_or(i64::MAX),
-                            nanos: 0,
-                        }),
-                        quota: None,
+                    let unit = limit.unit.seconds();
+                    hits.push(Hit {
+                        key: counter_key(rule, &entries, now / unit),
+                        cost: cost.min(MAX_COST),
+                        ttl: unit.saturating_mul(2),
+                    });
+                    Planned::Limited {
+                        rule,
+                        limit,
+                        entries,
                     }
                 }
+            });
+        }
+
+        // Only a request that adds something needs its id marked.
+        let report = report.filter(|_| hits.iter().any(|hit| hit.cost > 0));
+        let mut values = Vec::new().into_iter();
+        if !hits.is_empty() {
+            let counted = self
+                .counters
+                .apply(report, &hits, now)
+                .await
+                .map_err(|e| self.storage_failed(&e))?;
+            self.storage_recovered();
+            if counted.duplicate
+                && let Some(id) = report
+            {
+                tracing::debug!(report = %id, "report already applied: nothing added");
+            }
+            values = counted.values.into_iter();
+        }
+
+        let mut overall = Code::Ok;
+        let mut statuses = Vec::with_capacity(planned.len());
+        for plan in planned {
+            let (rule, limit, entries) = match plan {
+                Planned::Answered(status) => {
+                    statuses.push(status);
+                    continue;
+                }
+                Planned::Limited {
+                    rule,
+                    limit,
+                    entries,
+                } => (rule, limit, entries),
             };
-            statuses.push(status);
+            let Some(value) = values.next() else {
+                return Err(self.storage_failed(&StorageError::Failed(
+                    "fewer counters than descriptors came back".into(),
+                )));
+            };
+            let limit_value = u64::from(limit.requests_per_unit);
+            let over_limit = value > limit_value;
+            if over_limit {
+                tracing::debug!(
+                    limit = %rule.full_key,
+                    shadow_mode = limit.shadow_mode,
+                    descriptor = ?entries,
+                    "over limit"
+                );
+            }
+            let over = over_limit && !limit.shadow_mode;
+            if over {
+                overall = Code::OverLimit;
+            }
+            let window = limit.unit.seconds();
+            statuses.push(DescriptorStatus {
+                code: if over { Code::OverLimit } else { Code::Ok }.into(),
+                current_limit: Some(ProtoRateLimit {
+                    name: limit.name.clone(),
+                    requests_per_unit: limit.requests_per_unit,
+                    unit: proto_unit(limit.unit).into(),
+                }),
+                limit_remaining: u32::try_from(limit_value.saturating_sub(value))
+                    .unwrap_or(u32::MAX),
+                duration_until_reset: Some(ProtoDuration {
+                    seconds: i64::try_from(window - now % window).unwrap_or(i64::MAX),
+                    nanos: 0,
+                }),
+                quota: None,
+            });
         }
         Ok(RateLimitResponse {
             overall_code: overall.into(),
@@ -165,14 +237,149 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The request's report id (see [`crate::report`]); `None` without the
+/// header. A malformed one is refused, so that nothing is counted under an
+/// id the client did not mean.
+fn report_id(metadata: &MetadataMap) -> Result<Option<ReportId>, Status> {
+    let mut values = metadata.get_all(report::HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let refuse = |why: String| {
+        Status::invalid_argument(format!("ctxgate-rls: bad {} header: {why}", report::HEADER))
+    };
+    if values.next().is_some() {
+        return Err(refuse("sent more than once".into()));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| refuse("not visible ASCII".into()))?;
+    ReportId::parse(text).map(Some).ok_or_else(|| {
+        refuse(format!(
+            "expected <16 lowercase hex digits>-<decimal sequence number>, got {:?}",
+            text.get(..64).unwrap_or(text)
+        ))
+    })
+}
+
+/// When the caller stops waiting: the `grpc-timeout` it sent, counted from
+/// when tonic received the call. Put in the request's extensions by
+/// [`stamp_deadline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(pub Instant);
+
+/// A tonic interceptor (it runs when the call arrives, before the message is
+/// read) that records the caller's [`Deadline`].
+///
+/// tonic 0.14 already enforces `grpc-timeout` on the server: when it
+/// elapses, the handler is dropped (an in-flight Redis call with it) and the
+/// caller gets CANCELLED. But tonic polls the handler before its timer, so a
+/// handler first polled after the deadline (a busy runtime after a Redis
+/// hang) would still send its script to Redis. The handler checks this
+/// stamp first and starts no storage call once the deadline has passed.
+pub fn stamp_deadline(mut request: Request<()>) -> Result<Request<()>, Status> {
+    let timeout = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout);
+    if let Some(at) = timeout.and_then(|timeout| Instant::now().checked_add(timeout)) {
+        request.extensions_mut().insert(Deadline(at));
+    }
+    Ok(request)
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit (`H M S m u n`).
+fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    let split = text.len().checked_sub(1)?;
+    let (digits, unit) = (text.get(..split)?, text.get(split..)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 #[tonic::async_trait]
 impl RateLimitService for RateLimiter {
     async fn should_rate_limit(
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        self.decide(request.get_ref(), unix_now())
+        let report = report_id(request.metadata())?;
+        if let Some(Deadline(at)) = request.extensions().get::<Deadline>()
+            && Instant::now() >= *at
+        {
+            tracing::debug!("the caller's deadline passed before counting began: not counted");
+            return Err(Status::deadline_exceeded(
+                "ctxgate-rls: the deadline passed before counting began; nothing was counted",
+            ));
+        }
+        self.decide(request.get_ref(), report, unix_now())
             .await
             .map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("20m"), Some(Duration::from_millis(20)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "m", "20", "20x", "-1m", "123456789m", "1.5S", "20 m"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stamps_the_deadline_on_arrival() {
+        let mut request = Request::new(());
+        request.set_timeout(Duration::from_millis(250));
+        let before = Instant::now();
+        let request = stamp_deadline(request).unwrap();
+        let Deadline(at) = *request.extensions().get::<Deadline>().unwrap();
+        assert!(at >= before + Duration::from_millis(250), "{at:?}");
+        assert!(at <= Instant::now() + Duration::from_millis(250), "{at:?}");
+        let request = stamp_deadline(Request::new(())).unwrap();
+        assert!(request.extensions().get::<Deadline>().is_none());
+    }
+
+    #[test]
+    fn reads_the_report_header() {
+        let mut metadata = MetadataMap::new();
+        assert_eq!(report_id(&metadata).unwrap(), None);
+        metadata.insert(report::HEADER, "00000000000000ff-3".parse().unwrap());
+        assert_eq!(
+            report_id(&metadata).unwrap(),
+            Some(ReportId {
+                reporter: 255,
+                seq: 3
+            })
+        );
+        metadata.append(report::HEADER, "00000000000000ff-4".parse().unwrap());
+        let refused = report_id(&metadata).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().contains("x-ctxgate-report"),
+            "{refused:?}"
+        );
     }
 }

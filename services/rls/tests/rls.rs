@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use ctxgate_e2e::Redis;
 use ctxgate_rls::config::Domain;
-use ctxgate_rls::{Limits, RlsHandle, StorageConfig, spawn_in_thread};
+use ctxgate_rls::service::Deadline;
+use ctxgate_rls::{
+    Dedupe, Limits, RlsHandle, StorageConfig, spawn_in_thread, spawn_in_thread_with,
+};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
@@ -530,4 +533,434 @@ async fn the_binary_serves_a_directory_and_stops_on_sigterm() {
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).unwrap();
     assert!(rest.contains("ctxgate-rls stopped"), "{rest}");
+}
+
+// --- Report ids ---------------------------------------------------------------
+
+const REPORTER: &str = "0123456789abcdef";
+
+/// `request`, carrying report id `id` in `x-ctxgate-report`.
+fn reported(id: &str, request: RateLimitRequest) -> tonic::Request<RateLimitRequest> {
+    let mut request = tonic::Request::new(request);
+    request
+        .metadata_mut()
+        .insert("x-ctxgate-report", id.parse().unwrap());
+    request
+}
+
+/// Sends `request` as report `id` (e.g. `REPORTER-1`).
+async fn report(
+    client: &mut RateLimitServiceClient<Channel>,
+    id: &str,
+    request: RateLimitRequest,
+) -> RateLimitResponse {
+    client
+        .should_rate_limit(reported(id, request))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// What is left of `descriptor`'s limit, read without counting.
+async fn remaining(
+    client: &mut RateLimitServiceClient<Channel>,
+    descriptor: &[(&str, &str)],
+) -> u32 {
+    let mut read = request("ctxgate", &[descriptor], 1);
+    read.descriptors[0].hits_addend = Some(UInt64Value { value: 0 });
+    ask(client, read).await.statuses[0].limit_remaining
+}
+
+fn with_horizon(seconds: u64) -> Dedupe {
+    Dedupe {
+        horizon: Duration::from_secs(seconds),
+        ..Dedupe::default()
+    }
+}
+
+/// The same id counts once, sent twice or ten times at once; other ids and
+/// requests without one count each time.
+async fn a_report_counts_once(storage: StorageConfig) {
+    let rls = start(storage);
+    let mut client = client(&rls).await;
+    let t: &[(&str, &str)] = &[("tenant", "t")];
+    let id = |seq: u32| format!("{REPORTER}-{seq}");
+
+    let first = report(&mut client, &id(1), request("ctxgate", &[t], 5)).await;
+    assert_eq!(first.statuses[0].limit_remaining, 95);
+    let again = report(&mut client, &id(1), request("ctxgate", &[t], 5)).await;
+    assert_eq!(overall(&again), Code::Ok);
+    assert_eq!(
+        again.statuses[0].limit_remaining, 95,
+        "a duplicate adds nothing"
+    );
+    assert_eq!(remaining(&mut client, t).await, 95);
+
+    let sends = (0..10).map(|_| {
+        let mut client = client.clone();
+        let id = id(2);
+        tokio::spawn(async move { report(&mut client, &id, request("ctxgate", &[t], 3)).await })
+    });
+    for send in sends.collect::<Vec<_>>() {
+        // The one applied and its duplicates all see the counter after it.
+        assert_eq!(send.await.unwrap().statuses[0].limit_remaining, 92);
+    }
+    assert_eq!(remaining(&mut client, t).await, 92);
+
+    let other_seq = report(&mut client, &id(3), request("ctxgate", &[t], 1)).await;
+    assert_eq!(other_seq.statuses[0].limit_remaining, 91);
+    let other_reporter = report(
+        &mut client,
+        "fedcba9876543210-3",
+        request("ctxgate", &[t], 1),
+    )
+    .await;
+    assert_eq!(other_reporter.statuses[0].limit_remaining, 90);
+    for expected in [89, 88] {
+        let plain = ask(&mut client, request("ctxgate", &[t], 1)).await;
+        assert_eq!(plain.statuses[0].limit_remaining, expected);
+    }
+}
+
+#[tokio::test]
+async fn it_counts_a_report_once() {
+    a_report_counts_once(memory()).await;
+}
+
+#[tokio::test]
+async fn it_counts_a_report_once_on_redis() {
+    let redis = Redis::start();
+    a_report_counts_once(redis_storage(&redis)).await;
+}
+
+/// A duplicate is answered from the counters as they are now, as a read.
+async fn a_duplicate_answers_from_the_current_counters(storage: StorageConfig) {
+    let rls = start(storage);
+    let mut client = client(&rls).await;
+    // acme: 3 a day; big: 100 a day.
+    let acme: &[(&str, &str)] = &[("tenant", "acme")];
+    let big: &[(&str, &str)] = &[("tenant", "big")];
+    let id = format!("{REPORTER}-1");
+
+    let first = report(&mut client, &id, request("ctxgate", &[acme, big], 2)).await;
+    assert_eq!(overall(&first), Code::Ok);
+    let remaining_of =
+        |r: &RateLimitResponse| (r.statuses[0].limit_remaining, r.statuses[1].limit_remaining);
+    assert_eq!(remaining_of(&first), (1, 98));
+    let again = report(&mut client, &id, request("ctxgate", &[acme, big], 2)).await;
+    assert_eq!(overall(&again), Code::Ok);
+    assert_eq!(remaining_of(&again), (1, 98));
+
+    // Someone else takes acme over its limit.
+    let other = ask(&mut client, request("ctxgate", &[acme], 2)).await;
+    assert_eq!(overall(&other), Code::OverLimit);
+
+    let late = report(&mut client, &id, request("ctxgate", &[acme, big], 2)).await;
+    assert_eq!(overall(&late), Code::OverLimit);
+    assert_eq!(code(&late.statuses[0]), Code::OverLimit);
+    assert_eq!(code(&late.statuses[1]), Code::Ok);
+    assert_eq!(remaining_of(&late), (0, 98), "still nothing added to big");
+}
+
+#[tokio::test]
+async fn a_duplicate_answers_from_the_current_counters_in_memory() {
+    a_duplicate_answers_from_the_current_counters(memory()).await;
+}
+
+#[tokio::test]
+async fn a_duplicate_answers_from_the_current_counters_on_redis() {
+    let redis = Redis::start();
+    a_duplicate_answers_from_the_current_counters(redis_storage(&redis)).await;
+}
+
+#[tokio::test]
+async fn it_refuses_malformed_report_ids_and_counts_nothing() {
+    let rls = start(memory());
+    let mut client = client(&rls).await;
+    let t: &[(&str, &str)] = &[("tenant", "t")];
+    for bad in [
+        "0123456789abcde-1",                     // 15 hex digits
+        "0123456789abcdef0-1",                   // 17
+        "0123456789ABCDEF-1",                    // uppercase
+        "0123456789abcdef1",                     // no dash
+        "0123456789abcdef-x",                    // seq not a number
+        "0123456789abcdef-",                     // no seq
+        "0123456789abcdef--1",                   // signed seq
+        "0123456789abcdef-18446744073709551616", // seq over u64
+        "",
+    ] {
+        let status = client
+            .should_rate_limit(reported(bad, request("ctxgate", &[t], 5)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{bad:?}: {status:?}"
+        );
+        assert!(
+            status.message().contains("x-ctxgate-report"),
+            "{bad:?}: {status:?}"
+        );
+    }
+    assert_eq!(remaining(&mut client, t).await, 100);
+}
+
+/// Redis hangs (SIGSTOP) with a report's script already in its socket: the
+/// call and its retry fail with UNAVAILABLE, yet the script runs when Redis
+/// resumes. The retry after that must add nothing, whichever ran first.
+#[tokio::test]
+async fn a_report_queued_in_a_hung_redis_counts_once() {
+    let redis = Redis::start();
+    let rls = start(StorageConfig::Redis {
+        url: redis.url(),
+        timeout: Duration::from_millis(300),
+    });
+    let mut client = client(&rls).await;
+    let t: &[(&str, &str)] = &[("tenant", "t")];
+    assert_eq!(remaining(&mut client, t).await, 100);
+    let id = format!("{REPORTER}-7");
+
+    redis.pause();
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let status = client
+            .should_rate_limit(reported(&id, request("ctxgate", &[t], 5)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "attempt {attempt}: {status:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    redis.resume();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        match client
+            .should_rate_limit(reported(&id, request("ctxgate", &[t], 5)))
+            .await
+        {
+            Ok(response) => break response.into_inner(),
+            Err(status) if Instant::now() < deadline => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("still failing after Redis resumed: {status:?}"),
+        }
+    };
+    assert_eq!(answer.statuses[0].limit_remaining, 95);
+    // Whatever Redis still had queued has run by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(remaining(&mut client, t).await, 95, "counted exactly once");
+    let retry = report(&mut client, &id, request("ctxgate", &[t], 5)).await;
+    assert_eq!(retry.statuses[0].limit_remaining, 95);
+}
+
+/// The layout the crate docs describe (what an operator finds in Redis):
+/// counters per window with a two-window expiry set on their first hit, and
+/// one bitmap of marks per 4096 ids of a reporter, expiring after the
+/// horizon.
+#[tokio::test]
+async fn it_keeps_the_documented_redis_keys() {
+    let redis = Redis::start();
+    let rls = start(redis_storage(&redis));
+    let mut client = client(&rls).await;
+    let t: &[(&str, &str)] = &[("tenant", "t")];
+    report(
+        &mut client,
+        &format!("{REPORTER}-4097"),
+        request("ctxgate", &[t], 5),
+    )
+    .await;
+    ask(&mut client, request("ctxgate", &[t], 1)).await;
+
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let day = unix_second() / 86_400;
+    let counter = format!("ctxgate-rls/ctxgate/tenant%%tenant=t%%{day}");
+    let mark = format!("ctxgate-rls:report:{REPORTER}:1");
+    let value: u64 = redis::cmd("GET")
+        .arg(&counter)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(value, 6);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&counter)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((86_400..=2 * 86_400).contains(&ttl), "counter TTL {ttl}");
+    let bit: u8 = redis::cmd("GETBIT")
+        .arg(&mark)
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(bit, 1);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&mark)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((3_500..=3_600).contains(&ttl), "mark TTL {ttl}");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
+/// The real binary, started with `args`, killed when dropped.
+struct Binary {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Binary {
+    fn start(args: &[&str]) -> Binary {
+        let mut child = binary()
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("not serving: {line}"))
+            .to_owned();
+        // Keep draining its log so that it never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Binary { child, addr }
+    }
+
+    async fn client(&self) -> RateLimitServiceClient<Channel> {
+        RateLimitServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_report_retried_after_a_restart_counts_once() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ctxgate.yaml");
+    std::fs::write(&config, LIMITS).unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--redis-url",
+        &redis.url(),
+    ];
+    let t: &[(&str, &str)] = &[("tenant", "t")];
+    let id = format!("{REPORTER}-1");
+
+    let rls = Binary::start(&args);
+    let first = report(&mut rls.client().await, &id, request("ctxgate", &[t], 7)).await;
+    assert_eq!(first.statuses[0].limit_remaining, 93);
+    drop(rls); // SIGKILL, like a crash
+
+    let rls = Binary::start(&args);
+    let mut client = rls.client().await;
+    let retry = report(&mut client, &id, request("ctxgate", &[t], 7)).await;
+    assert_eq!(retry.statuses[0].limit_remaining, 93);
+    let next = report(
+        &mut client,
+        &format!("{REPORTER}-2"),
+        request("ctxgate", &[t], 7),
+    )
+    .await;
+    assert_eq!(next.statuses[0].limit_remaining, 86);
+}
+
+/// A retry after the horizon is a new report (so the horizon must outlast
+/// the clients' retries).
+async fn marks_expire_after_the_horizon(storage: StorageConfig) {
+    let rls =
+        spawn_in_thread_with("127.0.0.1:0", limits(LIMITS), storage, with_horizon(1)).unwrap();
+    let mut client = client(&rls).await;
+    let t: &[(&str, &str)] = &[("tenant", "t")];
+    let id = format!("{REPORTER}-1");
+    for expected in [95, 95] {
+        let response = report(&mut client, &id, request("ctxgate", &[t], 5)).await;
+        assert_eq!(response.statuses[0].limit_remaining, expected);
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let late = report(&mut client, &id, request("ctxgate", &[t], 5)).await;
+    assert_eq!(late.statuses[0].limit_remaining, 90);
+}
+
+#[tokio::test]
+async fn marks_expire_after_the_horizon_in_memory() {
+    marks_expire_after_the_horizon(memory()).await;
+}
+
+#[tokio::test]
+async fn marks_expire_after_the_horizon_on_redis() {
+    let redis = Redis::start();
+    marks_expire_after_the_horizon(redis_storage(&redis)).await;
+}
+
+/// tonic drops a handler when its `grpc-timeout` elapses; one whose deadline
+/// has already passed when it starts must not count (nor call Redis).
+#[tokio::test]
+async fn it_counts_nothing_once_the_callers_deadline_has_passed() {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
+
+    let limiter = ctxgate_rls::rate_limiter(limits(LIMITS), &memory(), Dedupe::default())
+        .await
+        .unwrap();
+    let t: &[(&str, &str)] = &[("tenant", "t")];
+    let mut late = tonic::Request::new(request("ctxgate", &[t], 5));
+    late.extensions_mut().insert(Deadline(Instant::now()));
+    let status = limiter.should_rate_limit(late).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+
+    let mut in_time = tonic::Request::new(request("ctxgate", &[t], 5));
+    in_time
+        .extensions_mut()
+        .insert(Deadline(Instant::now() + Duration::from_secs(5)));
+    let response = limiter
+        .should_rate_limit(in_time)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        response.statuses[0].limit_remaining, 95,
+        "the late call counted nothing"
+    );
+}
+
+#[test]
+fn the_binary_documents_the_dedupe_horizon() {
+    let output = binary().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("--dedupe-seconds"), "{help}");
+    assert!(help.contains("[default: 3600]"), "{help}");
+    assert!(help.contains("x-ctxgate-report"), "{help}");
 }

@@ -267,7 +267,18 @@ fn it_counts_cache_hits_across_workers_and_refusals_per_reason() {
     }
     assert_eq!(gate.metric("cache.hit"), hit + 20);
     assert_eq!(gate.metric("cache.miss"), 1);
-    // Refusals are cached per worker but never shared.
+    // Refusals that cost a signature check are cached per worker, never
+    // shared; refusals found without one are not cached at all (a flood of
+    // distinct garbage must not push good entries out).
+    let forged = TestKeys::generate().token(&MintOptions::default());
+    for _ in 0..10 {
+        invalid_token(
+            &client.send(&Request::get(path).header("authorization", &bearer(&forged))),
+            "bad_signature",
+        );
+    }
+    assert_eq!(gate.metric("cache.miss"), 2);
+    assert_eq!(gate.metric("cache.hit"), hit + 29);
     let bad = keys.token(&MintOptions {
         iss: "https://evil.example".into(),
         ..MintOptions::default()
@@ -278,7 +289,7 @@ fn it_counts_cache_hits_across_workers_and_refusals_per_reason() {
             "unknown_issuer",
         );
     }
-    assert_eq!(gate.metric("cache.miss"), 2);
+    assert_eq!(gate.metric("cache.miss"), 12);
     assert_eq!(gate.metric("cache.hit"), hit + 29);
     // No token, public paths and early refusals do not touch the cache.
     denied(&client.send(&Request::get(path)), 401, "missing_token");
@@ -291,13 +302,14 @@ fn it_counts_cache_hits_across_workers_and_refusals_per_reason() {
         &client.send(&Request::get(path).header("authorization", &bearer(&"a".repeat(9_000)))),
         "token_too_large",
     );
-    assert_eq!(gate.metric("cache.miss"), 2);
+    assert_eq!(gate.metric("cache.miss"), 12);
     assert_eq!(gate.metric("cache.hit"), hit + 29);
 
     // One counter per reason, the same numbers in Prometheus form.
     assert_eq!(gate.metric("allowed"), 60);
     assert_eq!(gate.metric("passthrough"), 1);
     assert_eq!(gate.metric("denied.unknown_issuer"), 10);
+    assert_eq!(gate.metric("denied.bad_signature"), 10);
     assert_eq!(gate.metric("denied.missing_token"), 1);
     assert_eq!(gate.metric("denied.invalid_path"), 1);
     assert_eq!(gate.metric("denied.token_too_large"), 1);
@@ -306,7 +318,7 @@ fn it_counts_cache_hits_across_workers_and_refusals_per_reason() {
     for line in [
         "ctxgate_auth_denied_unknown_issuer{} 10",
         "ctxgate_auth_allowed{} 60",
-        "ctxgate_auth_cache_miss{} 2",
+        "ctxgate_auth_cache_miss{} 12",
         "ctxgate_auth_denied_delegation_scope_not_delegable{} 0",
     ] {
         assert!(

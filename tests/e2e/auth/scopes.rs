@@ -205,10 +205,14 @@ fn it_decides_on_the_canonical_path_whatever_the_encoding_on_the_wire() {
         &gate.get("/v1/contexts/PROJECTS/SECRET", &eng),
         "read:projects/secret",
     );
-    // The operation map's literal segments are not case-folded.
-    forbidden(
-        &gate.get("/V1/CONTEXTS/projects/eng", &eng),
-        "unknown_operation",
+    // The operation map's literal segments match whatever their case (a
+    // case variant cannot fall through to "unmatched"), and the upstream
+    // receives the path as the map spells it.
+    let seen = forwarded(&gate.get("/V1/CONTEXTS/projects/eng", &eng));
+    assert_eq!(seen.path(), "/v1/contexts/projects/eng");
+    insufficient_scope(
+        &gate.get("/V1/CONTEXTS/projects/secret", &eng),
+        "read:projects/secret",
     );
 
     // Envoy itself refuses an encoded NUL before any filter runs.
@@ -251,11 +255,15 @@ fn it_takes_the_context_of_queries_and_traversals_from_the_query_string() {
                 Some("projects/eng"),
                 "{target}"
             );
-            assert_eq!(
-                seen.path(),
-                target,
-                "the query reaches the upstream unchanged"
-            );
+            // The upstream receives the context the decision was made on,
+            // under the one spelling of the parameter, and the rest of the
+            // query in order.
+            let expected = if query.starts_with("limit=") {
+                format!("{endpoint}?limit=5&context=projects/eng&depth=2")
+            } else {
+                format!("{endpoint}?context=projects/eng")
+            };
+            assert_eq!(seen.path(), expected, "{target}");
         }
         let sub = format!("{endpoint}?context=projects/eng/deep/er");
         let seen = forwarded(&gate.call("POST", &sub, &eng));
@@ -276,26 +284,43 @@ fn it_takes_the_context_of_queries_and_traversals_from_the_query_string() {
             insufficient_scope(&gate.call("POST", &target, &eng), scope);
         }
 
-        // Missing, repeated, empty or invalid contexts are bad requests.
+        // Missing, empty or invalid contexts are bad requests.
         for query in [
             "",
             "?",
             "?limit=5",
             "?contexts=projects/eng",
-            "?Context=projects/eng",
-            "?context=projects/eng&context=projects/eng",
-            "?context=projects/eng&context=projects/secret",
             "?context=",
             "?context=%2F",
             "?context=../projects/eng",
             "?context=projects%252Feng",
             "?context=projects/%25",
-            "?context=projects/%zz",
             "?context=projects%5Ceng",
         ] {
             let target = format!("{endpoint}{query}");
             invalid_request(&gate.call("POST", &target, &eng), "invalid_context");
         }
+        // So is a context given twice, under any spelling: an upstream may
+        // read either one.
+        for query in [
+            "?context=projects/eng&context=projects/eng",
+            "?context=projects/eng&context=projects/secret",
+            "?context=projects/eng&Context=projects/secret",
+            "?context=projects/eng;context=projects/secret",
+            "?context=projects/eng&%63ontext=projects/secret",
+            "?context=projects/eng&c%6Fntext=projects/secret",
+        ] {
+            let target = format!("{endpoint}{query}");
+            invalid_request(&gate.call("POST", &target, &eng), "repeated_parameter");
+        }
+        invalid_request(
+            &gate.call("POST", &format!("{endpoint}?context=projects/%zz"), &eng),
+            "invalid_query",
+        );
+        // A differently cased name is the parameter, forwarded in the one
+        // spelling an upstream matching names exactly will read.
+        let seen = forwarded(&gate.call("POST", &format!("{endpoint}?Context=projects/eng"), &eng));
+        assert_eq!(seen.path(), format!("{endpoint}?context=projects/eng"));
         // Only POST is mapped, and nothing below the endpoint.
         forbidden(
             &gate.get(&format!("{endpoint}?context=projects/eng"), &eng),
@@ -306,7 +331,9 @@ fn it_takes_the_context_of_queries_and_traversals_from_the_query_string() {
             "unknown_operation",
         );
     }
-    assert_eq!(gate.wait_metric("denied.invalid_context", 28), 28);
+    assert_eq!(gate.wait_metric("denied.invalid_context", 20), 20);
+    assert_eq!(gate.wait_metric("denied.repeated_parameter", 12), 12);
+    assert_eq!(gate.wait_metric("denied.invalid_query", 2), 2);
     gate.assert_vm_healthy();
 }
 

@@ -400,7 +400,6 @@ fn ctxgate_ratelimit(extra: Value) -> HttpFilter {
 fn ctxgate_tagging() -> HttpFilter {
     WasmFilter::new("ctxgate_tagging")
         .config(json!({
-            "size_header": "x-context-size",
             "operations": [
                 { "name": "read", "methods": ["GET", "HEAD"], "path": "/v1/contexts/{context}", "action": "read" },
             ],

@@ -1,13 +1,17 @@
 //! Verified-token cache.
 //!
 //! Verifying an ES256 signature costs about 0.7 ms under V8; looking a token
-//! up here costs a hash of the token. Entries are keyed by the full token
-//! (not a digest), so a hit is an exact match by construction. A verified
-//! token is never served past its `exp` (plus skew) or the configured
-//! maximum TTL; refusals are remembered briefly so a client replaying a bad
-//! token cannot make the gateway verify it over and over.
+//! up here costs a SHA-256 of the token. Entries are keyed by that digest,
+//! never by the token: the cache holds no credential, its memory does not
+//! depend on token sizes, and a hit still means the very same token (a
+//! collision of SHA-256 is not a practical concern). A verified token is
+//! never served past its `exp` (plus skew) or the configured maximum TTL;
+//! refusals that cost a signature check are remembered briefly so a client
+//! replaying a bad token cannot make the gateway verify it over and over
+//! (refusals found without signature work are not cached: a flood of
+//! distinct garbage must not push good entries out).
 //!
-//! Memory is bounded by `max_entries` times the maximum token size. When
+//! Memory is bounded by `max_entries` entries. When
 //! the cache is full, expired entries go first, then an arbitrary eighth of
 //! the rest (hash order, which the randomly keyed hasher makes
 //! unpredictable to clients).
@@ -20,13 +24,20 @@ use super::identity::Identity;
 
 pub type Verdict = Result<Rc<Identity>, Denial>;
 
+/// SHA-256 of a token.
+pub type Digest = [u8; 32];
+
+pub fn digest(token: &str) -> Digest {
+    hmac_sha256::Hash::hash(token.as_bytes())
+}
+
 struct Entry {
     verdict: Verdict,
     expires_at: u64,
 }
 
 pub struct TokenCache {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<Digest, Entry>,
     max_entries: usize,
 }
 
@@ -39,7 +50,7 @@ impl TokenCache {
     }
 
     /// The cached verdict for `token`, if still valid at `now`.
-    pub fn get(&mut self, token: &str, now: u64) -> Option<Verdict> {
+    pub fn get(&mut self, token: &Digest, now: u64) -> Option<Verdict> {
         match self.entries.get(token) {
             Some(entry) if now < entry.expires_at => Some(entry.verdict.clone()),
             Some(_) => {
@@ -51,7 +62,7 @@ impl TokenCache {
     }
 
     /// Remembers a verdict until `expires_at` (unix seconds).
-    pub fn insert(&mut self, token: &str, verdict: Verdict, expires_at: u64, now: u64) {
+    pub fn insert(&mut self, token: &Digest, verdict: Verdict, expires_at: u64, now: u64) {
         if self.max_entries == 0 || expires_at <= now {
             return;
         }
@@ -59,7 +70,7 @@ impl TokenCache {
             self.make_room(now);
         }
         self.entries.insert(
-            token.to_owned(),
+            *token,
             Entry {
                 verdict,
                 expires_at,
@@ -67,7 +78,7 @@ impl TokenCache {
         );
     }
 
-    pub fn forget(&mut self, token: &str) {
+    pub fn forget(&mut self, token: &Digest) {
         self.entries.remove(token);
     }
 
@@ -90,7 +101,7 @@ impl TokenCache {
         let target = self.max_entries - self.max_entries.div_ceil(8);
         if self.entries.len() > target {
             let excess = self.entries.len() - target;
-            let victims: Vec<String> = self.entries.keys().take(excess).cloned().collect();
+            let victims: Vec<Digest> = self.entries.keys().take(excess).copied().collect();
             for key in victims {
                 self.entries.remove(&key);
             }
@@ -107,12 +118,16 @@ mod tests {
         Err(Denial::new(Reason::BadSignature, "x"))
     }
 
+    fn d(token: &str) -> Digest {
+        digest(token)
+    }
+
     #[test]
     fn entries_expire() {
         let mut cache = TokenCache::new(10);
-        cache.insert("t", refusal(), 110, 100);
-        assert!(cache.get("t", 109).is_some());
-        assert!(cache.get("t", 110).is_none());
+        cache.insert(&d("t"), refusal(), 110, 100);
+        assert!(cache.get(&d("t"), 109).is_some());
+        assert!(cache.get(&d("t"), 110).is_none());
         assert!(cache.is_empty());
     }
 
@@ -120,29 +135,32 @@ mod tests {
     fn size_is_bounded() {
         let mut cache = TokenCache::new(16);
         for i in 0..1000 {
-            cache.insert(&format!("t{i}"), refusal(), 200, 100);
+            cache.insert(&d(&format!("t{i}")), refusal(), 200, 100);
             assert!(cache.len() <= 16);
         }
-        assert!(cache.get("t999", 100).is_some(), "the newest entry is kept");
+        assert!(
+            cache.get(&d("t999"), 100).is_some(),
+            "the newest entry is kept"
+        );
     }
 
     #[test]
     fn expired_entries_are_evicted_first() {
         let mut cache = TokenCache::new(4);
-        cache.insert("old1", refusal(), 105, 100);
-        cache.insert("old2", refusal(), 105, 100);
-        cache.insert("keep1", refusal(), 500, 100);
-        cache.insert("keep2", refusal(), 500, 100);
-        cache.insert("new", refusal(), 500, 200);
-        assert!(cache.get("keep1", 200).is_some());
-        assert!(cache.get("keep2", 200).is_some());
-        assert!(cache.get("new", 200).is_some());
+        cache.insert(&d("old1"), refusal(), 105, 100);
+        cache.insert(&d("old2"), refusal(), 105, 100);
+        cache.insert(&d("keep1"), refusal(), 500, 100);
+        cache.insert(&d("keep2"), refusal(), 500, 100);
+        cache.insert(&d("new"), refusal(), 500, 200);
+        assert!(cache.get(&d("keep1"), 200).is_some());
+        assert!(cache.get(&d("keep2"), 200).is_some());
+        assert!(cache.get(&d("new"), 200).is_some());
     }
 
     #[test]
     fn disabled_cache_stores_nothing() {
         let mut cache = TokenCache::new(0);
-        cache.insert("t", refusal(), 200, 100);
-        assert!(cache.get("t", 100).is_none());
+        cache.insert(&d("t"), refusal(), 200, 100);
+        assert!(cache.get(&d("t"), 100).is_none());
     }
 }

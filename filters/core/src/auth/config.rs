@@ -9,7 +9,9 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::client::ClientConfig;
 use crate::operation::OperationRule;
+use crate::path::PathParameters;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +61,50 @@ pub struct AuthConfig {
     /// state, e.g. `["data_region"]` for region tagging.
     #[serde(default)]
     pub filter_state_claims: Vec<String>,
+    /// `;` inside a path segment: `reject` (400, the default) or `allow`
+    /// (an ordinary character, forwarded as `%3B`).
+    #[serde(default)]
+    pub path_parameters: PathParameters,
+    /// Headers that ask an upstream framework to treat the request as
+    /// another method. A request whose override differs from `:method` is
+    /// refused (400): the gateway would authorize one method and the
+    /// upstream act on another.
+    #[serde(default = "defaults::method_override_headers")]
+    pub method_override_headers: Vec<String>,
+    /// Query parameters that do the same (`_method`).
+    #[serde(default = "defaults::method_override_params")]
+    pub method_override_params: Vec<String>,
+    /// Failed token verifications per client (see
+    /// [`VerificationThrottleConfig`]).
+    #[serde(default)]
+    pub verification_throttle: VerificationThrottleConfig,
+}
+
+/// A client whose tokens keep failing verification is refused (429)
+/// before any further signature work: a flood of bad signatures costs the
+/// gateway a shared-data read per request, not a signature check.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerificationThrottleConfig {
+    /// Failed verifications (that cost a signature check) a client may
+    /// cause per window; 0 disables the throttle.
+    pub failures: u64,
+    pub window_seconds: u64,
+    /// How the client is identified (its address, see [`ClientConfig`]).
+    pub client: ClientConfig,
+    /// Shared-data slots of the per-client table.
+    pub slots: u32,
+}
+
+impl Default for VerificationThrottleConfig {
+    fn default() -> Self {
+        VerificationThrottleConfig {
+            failures: 100,
+            window_seconds: 60,
+            client: ClientConfig::default(),
+            slots: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +137,12 @@ pub struct ProviderConfig {
     /// belongs to. A token claiming another tenant is refused.
     #[serde(default)]
     pub tenant: Option<String>,
+    /// The tenants this issuer may assert; a token claiming another is
+    /// refused (`tenant_not_allowed`). With more than one provider, every
+    /// provider must set `tenants` or `tenant`: otherwise one issuer could
+    /// mint tokens for another's tenants.
+    #[serde(default)]
+    pub tenants: Vec<String>,
     /// Claim holding the context scopes (array of strings, or one
     /// space-separated string).
     #[serde(default = "defaults::scopes_claim")]
@@ -130,6 +182,10 @@ pub struct RemoteJwksConfig {
     /// this often (key rotation without waiting for the refresh interval).
     #[serde(default = "defaults::jwks_min_refresh_interval_seconds")]
     pub min_refresh_interval_seconds: u64,
+    /// Install symmetric (`oct`) keys from this key set. Off: an HMAC
+    /// secret published by an HTTP endpoint is not a secret.
+    #[serde(default)]
+    pub allow_symmetric_keys: bool,
 }
 
 /// One place a token may be carried. Exactly one of `header`, `query`,
@@ -288,6 +344,18 @@ mod defaults {
     pub fn jwks_min_refresh_interval_seconds() -> u64 {
         30
     }
+    pub fn method_override_headers() -> Vec<String> {
+        [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    pub fn method_override_params() -> Vec<String> {
+        vec!["_method".into()]
+    }
 }
 
 /// A configuration error: which field, and what is wrong with it.
@@ -410,6 +478,27 @@ impl AuthConfig {
                     format!("'{tenant}' is not a valid tenant id"),
                 ));
             }
+            for (j, tenant) in p.tenants.iter().enumerate() {
+                if !super::identity::is_valid_tenant(tenant) {
+                    return Err(ConfigError::new(
+                        field(&format!("tenants[{j}]")),
+                        format!("'{tenant}' is not a valid tenant id"),
+                    ));
+                }
+            }
+            if p.tenant.is_some() && !p.tenants.is_empty() {
+                return Err(ConfigError::new(
+                    field("tenants"),
+                    "set tenant (one pinned tenant) or tenants (a list), not both",
+                ));
+            }
+            if self.providers.len() > 1 && p.tenant.is_none() && p.tenants.is_empty() {
+                return Err(ConfigError::new(
+                    field("tenants"),
+                    "with more than one provider, each must list the tenants it may assert \
+                     (tenants) or pin one (tenant)",
+                ));
+            }
             if let JwksConfig::Remote(r) = &p.jwks {
                 let field = |f: &str| format!("providers[{i}].jwks.remote.{f}");
                 if r.cluster.is_empty() {
@@ -520,6 +609,33 @@ impl AuthConfig {
                 "cache.shared_slots",
                 "must be at most 65536",
             ));
+        }
+        for (i, name) in self.method_override_headers.iter().enumerate() {
+            check_header_name(&format!("method_override_headers[{i}]"), name)?;
+        }
+        for (i, name) in self.method_override_params.iter().enumerate() {
+            if name.is_empty() {
+                return Err(ConfigError::new(
+                    format!("method_override_params[{i}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        let t = &self.verification_throttle;
+        if t.failures > 0 {
+            if !(1..=86_400).contains(&t.window_seconds) {
+                return Err(ConfigError::new(
+                    "verification_throttle.window_seconds",
+                    "must be between 1 and 86400",
+                ));
+            }
+            if !(1..=65_536).contains(&t.slots) {
+                return Err(ConfigError::new(
+                    "verification_throttle.slots",
+                    "must be between 1 and 65536",
+                ));
+            }
+            t.client.validate("verification_throttle.client")?;
         }
         Ok(())
     }

@@ -36,10 +36,19 @@ pub enum Reason {
     UnknownOperation,
     InvalidPath,
     InvalidContext,
+    PathParameter,
+    InvalidQuery,
+    RepeatedParameter,
+    MethodOverride,
+    PreflightBody,
+    TenantNotAllowed,
+    TenantMismatch,
+    InvalidScopes,
+    VerificationThrottled,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 32] = [
         Reason::MissingToken,
         Reason::MultipleTokens,
         Reason::MalformedToken,
@@ -63,6 +72,15 @@ impl Reason {
         Reason::UnknownOperation,
         Reason::InvalidPath,
         Reason::InvalidContext,
+        Reason::PathParameter,
+        Reason::InvalidQuery,
+        Reason::RepeatedParameter,
+        Reason::MethodOverride,
+        Reason::PreflightBody,
+        Reason::TenantNotAllowed,
+        Reason::TenantMismatch,
+        Reason::InvalidScopes,
+        Reason::VerificationThrottled,
     ];
 
     /// The stable reason code.
@@ -91,18 +109,45 @@ impl Reason {
             Reason::UnknownOperation => "unknown_operation",
             Reason::InvalidPath => "invalid_path",
             Reason::InvalidContext => "invalid_context",
+            Reason::PathParameter => "path_parameter",
+            Reason::InvalidQuery => "invalid_query",
+            Reason::RepeatedParameter => "repeated_parameter",
+            Reason::MethodOverride => "method_override",
+            Reason::PreflightBody => "preflight_with_body",
+            Reason::TenantNotAllowed => "tenant_not_allowed",
+            Reason::TenantMismatch => "tenant_mismatch",
+            Reason::InvalidScopes => "invalid_scopes",
+            Reason::VerificationThrottled => "verification_throttled",
         }
+    }
+
+    /// Is this a malformed or ambiguous request (400), refused before any
+    /// token is looked at?
+    fn is_bad_request(self) -> bool {
+        matches!(
+            self,
+            Reason::MultipleTokens
+                | Reason::InvalidPath
+                | Reason::InvalidContext
+                | Reason::PathParameter
+                | Reason::InvalidQuery
+                | Reason::RepeatedParameter
+                | Reason::MethodOverride
+                | Reason::PreflightBody
+        )
     }
 
     pub fn status(self) -> u16 {
         match self {
-            Reason::MultipleTokens | Reason::InvalidPath | Reason::InvalidContext => 400,
+            r if r.is_bad_request() => 400,
             Reason::AudienceNotAllowed
             | Reason::InsufficientScope
             | Reason::DelegationNotAllowed
             | Reason::DelegationTooDeep
             | Reason::DelegationScopeNotDelegable
-            | Reason::UnknownOperation => 403,
+            | Reason::UnknownOperation
+            | Reason::TenantMismatch => 403,
+            Reason::VerificationThrottled => 429,
             Reason::KeysUnavailable => 503,
             _ => 401,
         }
@@ -112,15 +157,14 @@ impl Reason {
     /// without any token gets a bare challenge).
     fn oauth_error(self) -> Option<&'static str> {
         match self {
-            Reason::MissingToken | Reason::KeysUnavailable => None,
-            Reason::MultipleTokens | Reason::InvalidPath | Reason::InvalidContext => {
-                Some("invalid_request")
-            }
+            Reason::MissingToken | Reason::KeysUnavailable | Reason::VerificationThrottled => None,
+            r if r.is_bad_request() => Some("invalid_request"),
             Reason::InsufficientScope
             | Reason::DelegationNotAllowed
             | Reason::DelegationTooDeep
             | Reason::DelegationScopeNotDelegable
-            | Reason::UnknownOperation => Some("insufficient_scope"),
+            | Reason::UnknownOperation
+            | Reason::TenantMismatch => Some("insufficient_scope"),
             _ => Some("invalid_token"),
         }
     }
@@ -152,6 +196,8 @@ impl From<&TokenError> for Reason {
             TokenError::AudienceNotAllowed => Reason::AudienceNotAllowed,
             TokenError::MissingClaim(_) => Reason::MissingClaim,
             TokenError::LifetimeTooLong => Reason::LifetimeTooLong,
+            TokenError::TenantNotAllowed => Reason::TenantNotAllowed,
+            TokenError::InvalidScopes => Reason::InvalidScopes,
         }
     }
 }
@@ -163,6 +209,8 @@ pub struct Denial {
     pub reason: Reason,
     pub description: String,
     pub required_scope: Option<String>,
+    /// Seconds, for a 429.
+    pub retry_after: u64,
 }
 
 impl Denial {
@@ -171,6 +219,7 @@ impl Denial {
             reason,
             description: description.into(),
             required_scope: None,
+            retry_after: 0,
         }
     }
 
@@ -183,6 +232,7 @@ impl Denial {
             reason,
             description: description.into(),
             required_scope: Some(scope),
+            retry_after: 0,
         }
     }
 
@@ -193,11 +243,21 @@ impl Denial {
         if status == 401 || status == 403 || status == 400 {
             headers.push(("www-authenticate".to_owned(), self.challenge(realm)));
         }
-        if status == 503 {
-            headers.push(("retry-after".to_owned(), "1".to_owned()));
+        match status {
+            503 => headers.push(("retry-after".to_owned(), "1".to_owned())),
+            429 => headers.push((
+                "retry-after".to_owned(),
+                self.retry_after.max(1).to_string(),
+            )),
+            _ => {}
         }
+        let fallback = match status {
+            503 => "temporarily_unavailable",
+            429 => "too_many_requests",
+            _ => "unauthorized",
+        };
         let body = json!({
-            "error": self.reason.oauth_error().unwrap_or(if status == 503 { "temporarily_unavailable" } else { "unauthorized" }),
+            "error": self.reason.oauth_error().unwrap_or(fallback),
             "reason": self.reason.code(),
             "message": self.description,
         });
@@ -269,6 +329,10 @@ mod tests {
         );
         let reply = d.reply("r", &head("GET", &[]));
         assert_eq!(reply.status, 403);
+        assert_eq!(Reason::PathParameter.status(), 400);
+        assert_eq!(Reason::VerificationThrottled.status(), 429);
+        assert_eq!(Reason::TenantNotAllowed.status(), 401);
+        assert_eq!(Reason::TenantMismatch.status(), 403);
         assert_eq!(
             reply.headers[0].1,
             "Bearer realm=\"r\", error=\"insufficient_scope\", error_description=\"needs write\", scope=\"write:projects/a\""

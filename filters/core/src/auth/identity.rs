@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::jwt::{TokenClaims, TokenError};
+use crate::jwt::{KeyRef, TokenClaims, TokenError};
 use crate::scope::ScopeSet;
 
 /// Tenant ids: 1-128 characters of `[A-Za-z0-9._:-]`, starting alphanumeric.
@@ -59,9 +59,9 @@ pub struct Identity {
     pub provider: String,
     /// Index of the provider in the configuration.
     pub provider_index: usize,
-    /// `kid` of the key that verified the token (from its header): cached
-    /// verdicts stop counting once that key is gone from the key set.
-    pub kid: Option<String>,
+    /// The key that verified the token: cached verdicts stop counting once
+    /// that key is gone from (or replaced in) the provider's key set.
+    pub key: Option<KeyRef>,
     pub issuer: String,
     pub subject: String,
     pub tenant: String,
@@ -106,6 +106,8 @@ pub struct ClaimRules<'a> {
     pub provider_index: usize,
     pub tenant_claim: &'a str,
     pub fixed_tenant: Option<&'a str>,
+    /// Tenants this provider may assert (empty: any).
+    pub allowed_tenants: &'a [String],
     pub scopes_claim: &'a str,
     pub default_tier: &'a str,
     pub require_expiration: bool,
@@ -159,16 +161,15 @@ impl Identity {
         let tenant = match (rules.fixed_tenant, claimed_tenant) {
             (Some(fixed), None) => fixed,
             (Some(fixed), Some(claimed)) if claimed == fixed => fixed,
-            (Some(_), Some(_)) => {
-                return Err(malformed(
-                    "the token claims a tenant its issuer does not serve",
-                ));
-            }
+            (Some(_), Some(_)) => return Err(TokenError::TenantNotAllowed),
             (None, Some(claimed)) => claimed,
             (None, None) => return Err(TokenError::MissingClaim("tenant")),
         };
         if !is_valid_tenant(tenant) {
             return Err(malformed("the tenant is not a valid tenant id"));
+        }
+        if !rules.allowed_tenants.is_empty() && !rules.allowed_tenants.iter().any(|t| t == tenant) {
+            return Err(TokenError::TenantNotAllowed);
         }
         let scope_texts: Vec<&str> = match extra.get(rules.scopes_claim) {
             None => Vec::new(),
@@ -180,7 +181,7 @@ impl Identity {
                 ));
             }
         };
-        let scopes = ScopeSet::parse(scope_texts);
+        let scopes = ScopeSet::parse(scope_texts).map_err(|_| TokenError::InvalidScopes)?;
         let scopes_header = scopes
             .iter()
             .map(ToString::to_string)
@@ -214,6 +215,8 @@ impl Identity {
         let delegatable = delegation
             .as_ref()
             .map(|d| ScopeSet::parse(d.delegatable_scopes.iter().map(String::as_str)))
+            .transpose()
+            .map_err(|_| TokenError::InvalidScopes)?
             .unwrap_or_default();
         let actors = actor_chain(extra.get("act"))?;
         let shared = SharedIdentity {
@@ -240,7 +243,7 @@ impl Identity {
         Ok(Identity {
             provider: rules.provider.to_owned(),
             provider_index: rules.provider_index,
-            kid: None,
+            key: None,
             issuer,
             subject,
             tenant: tenant.to_owned(),
@@ -311,6 +314,7 @@ mod tests {
             provider_index: 0,
             tenant_claim: "tenant_id",
             fixed_tenant: None,
+            allowed_tenants: &[],
             scopes_claim: "context_scopes",
             default_tier: "standard",
             require_expiration: true,
@@ -371,7 +375,45 @@ mod tests {
         };
         assert_eq!(Identity::from_claims(&c, &pinned).unwrap().tenant, "globex");
         let c = claims(json!({"tenant_id": "acme"}));
-        assert!(Identity::from_claims(&c, &pinned).is_err());
+        assert_eq!(
+            Identity::from_claims(&c, &pinned).unwrap_err(),
+            TokenError::TenantNotAllowed
+        );
+        let listed = ["acme".to_owned(), "initech".to_owned()];
+        let bound = ClaimRules {
+            allowed_tenants: &listed,
+            ..rules()
+        };
+        assert_eq!(Identity::from_claims(&c, &bound).unwrap().tenant, "acme");
+        let c = claims(json!({"tenant_id": "globex"}));
+        assert_eq!(
+            Identity::from_claims(&c, &bound).unwrap_err(),
+            TokenError::TenantNotAllowed
+        );
+    }
+
+    #[test]
+    fn ambiguous_scopes_invalidate_the_token() {
+        for scopes in [
+            json!(["read:projects/a b"]),
+            json!(["read:projects%2Fsecret"]),
+            json!("read:projects/a read:x;y"),
+            json!(["read:projects/\u{0}"]),
+        ] {
+            let c = claims(json!({"tenant_id": "acme", "context_scopes": scopes}));
+            assert_eq!(
+                Identity::from_claims(&c, &rules()).unwrap_err(),
+                TokenError::InvalidScopes,
+                "{scopes}"
+            );
+        }
+        let c = claims(
+            json!({"tenant_id": "acme", "delegation_rights": {"can_delegate": true, "delegatable_scopes": ["read:a%2Fb"]}}),
+        );
+        assert_eq!(
+            Identity::from_claims(&c, &rules()).unwrap_err(),
+            TokenError::InvalidScopes
+        );
     }
 
     #[test]

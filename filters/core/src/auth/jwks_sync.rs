@@ -1,31 +1,41 @@
 //! Remote JWK Sets, fetched once for all workers.
 //!
-//! (`<config>` below is the configuration's fingerprint: two different
-//! configurations in one VM never share keys or schedules.)
+//! (`<ns>` below is the plugin's namespace, and `<tag>` a digest of the
+//! provider's name, issuer and JWKS endpoint: a configuration push that
+//! keeps a provider keeps its keys, and a provider whose endpoint changed
+//! never installs keys fetched from the old one. The number of keys grows
+//! only with the number of distinct providers ever configured.)
 //!
 //! Each worker VM has its own root context and timer, but a provider's keys
 //! should be fetched by one of them at a time and shared with the rest.
-//! Two shared-data keys per remote provider do that:
+//! Two shared-data records per remote provider do that:
 //!
-//! * `ctxgate_auth.<config>.jwks.<provider>.schedule` holds `next_ms failures
-//!   last_success_ms`. A VM whose tick finds `next_ms` passed claims the
+//! * `<ns>.jwks.<tag>.schedule` holds `next_ms`, `failures` and
+//!   `last_success_ms`. A VM whose tick finds `next_ms` passed claims the
 //!   fetch by moving `next_ms` past the fetch timeout with compare-and-swap;
 //!   only the VM whose swap succeeds fetches. It then sets the next refresh
 //!   (success) or the next retry with exponential backoff (failure). If it
 //!   never reports back, the claim simply expires.
-//! * `ctxgate_auth.<config>.jwks.<provider>.keys` holds the last good JWK Set. Every
-//!   VM installs it when its CAS version changes. A failed fetch never
-//!   touches it: the last-known-good keys stay in force.
+//! * `<ns>.jwks.<tag>.keys` holds the last good JWK Set. Every VM installs
+//!   it when its CAS version changes. A failed fetch never touches it: the
+//!   last-known-good keys stay in force.
+//!
+//! Both are versioned records ([`crate::record`]). A key-set record that
+//! does not decode is counted and not installed (the keys in force stay);
+//! a schedule that does not decode is counted and replaced by a fetch
+//! claim (fetching is always safe).
 //!
 //! A token whose `kid` is unknown asks for an early refresh (keys rotated),
 //! at most once per `min_refresh_interval_seconds`.
 
-use std::rc::Rc;
-
 use super::Auth;
 use super::config::RemoteJwksConfig;
-use crate::jwt::KeySet;
+use crate::jwt::{KeySet, Symmetric};
+use crate::record::{self, Kind, RecordError};
 use crate::shared::{Cas, Change, SharedStore, Update, update};
+
+const SCHEDULE_VERSION: u8 = 1;
+const KEYS_VERSION: u8 = 1;
 
 /// Attempts at a CAS update of the schedule before giving up until the next
 /// tick (another VM is updating it; that VM does the work).
@@ -43,23 +53,35 @@ struct Schedule {
 }
 
 impl Schedule {
-    fn decode(bytes: &[u8]) -> Schedule {
-        let text = std::str::from_utf8(bytes).unwrap_or("");
-        let mut fields = text.split(' ').map(|f| f.parse::<u64>().unwrap_or(0));
-        Schedule {
-            next_ms: fields.next().unwrap_or(0),
-            failures: u32::try_from(fields.next().unwrap_or(0)).unwrap_or(u32::MAX),
-            last_success_ms: fields.next().unwrap_or(0),
-        }
+    fn decode(bytes: &[u8]) -> Result<Schedule, RecordError> {
+        let mut r = record::reader(bytes, Kind::JwksSchedule, SCHEDULE_VERSION)?;
+        let schedule = Schedule {
+            next_ms: r.u64()?,
+            failures: r.u32()?,
+            last_success_ms: r.u64()?,
+        };
+        r.end()?;
+        Ok(schedule)
     }
 
     fn encode(self) -> Vec<u8> {
-        format!(
-            "{} {} {}",
-            self.next_ms, self.failures, self.last_success_ms
-        )
-        .into_bytes()
+        let mut w = record::writer(Kind::JwksSchedule, SCHEDULE_VERSION, 20);
+        w.u64(self.next_ms)
+            .u32(self.failures)
+            .u64(self.last_success_ms);
+        w.finish()
     }
+}
+
+/// The key-set record: the JWK Set document as fetched (empty: none yet).
+fn encode_keys(body: &[u8]) -> Vec<u8> {
+    let mut w = record::writer(Kind::JwksKeys, KEYS_VERSION, body.len());
+    w.bytes(body);
+    w.finish()
+}
+
+fn decode_keys(bytes: &[u8]) -> Result<&[u8], RecordError> {
+    Ok(record::reader(bytes, Kind::JwksKeys, KEYS_VERSION)?.rest())
 }
 
 struct RemoteProvider {
@@ -72,6 +94,7 @@ struct RemoteProvider {
     installed_cas: Option<Cas>,
     /// When this VM started a fetch that has not completed.
     in_flight_since_ms: Option<u64>,
+    symmetric: Symmetric,
 }
 
 /// A fetch the glue should dispatch (`dispatch_http_call`).
@@ -89,7 +112,7 @@ pub struct FetchRequest {
 #[derive(Default)]
 pub struct TickResult {
     /// New key sets: (provider index, keys).
-    pub install: Vec<(usize, Rc<KeySet>)>,
+    pub install: Vec<(usize, KeySet)>,
     pub fetch: Vec<FetchRequest>,
 }
 
@@ -98,7 +121,7 @@ pub struct TickResult {
 pub enum FetchOutcome {
     Installed {
         provider: usize,
-        keys: Rc<KeySet>,
+        keys: KeySet,
         skipped: Vec<String>,
     },
     Failed {
@@ -110,6 +133,8 @@ pub enum FetchOutcome {
 
 pub struct JwksSync {
     remotes: Vec<RemoteProvider>,
+    /// Shared-data records that did not decode.
+    pub invalid_records: u64,
 }
 
 impl JwksSync {
@@ -119,20 +144,34 @@ impl JwksSync {
             .iter()
             .enumerate()
             .filter_map(|(index, p)| {
-                p.remote.clone().map(|config| RemoteProvider {
-                    provider: index,
-                    config,
-                    schedule_key: format!(
-                        "ctxgate_auth.{}.jwks.{}.schedule",
-                        auth.fingerprint, p.name
-                    ),
-                    keys_key: format!("ctxgate_auth.{}.jwks.{}.keys", auth.fingerprint, p.name),
-                    installed_cas: None,
-                    in_flight_since_ms: None,
+                p.remote.clone().map(|config| {
+                    let endpoint = format!(
+                        "{}\n{}\n{}\n{}\n{:?}",
+                        p.name, p.issuer, config.cluster, config.path, config.authority
+                    );
+                    let digest = hmac_sha256::Hash::hash(endpoint.as_bytes());
+                    let tag: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+                    let prefix = format!("{}.jwks.{}-{tag}", auth.namespace, p.name);
+                    RemoteProvider {
+                        provider: index,
+                        symmetric: if config.allow_symmetric_keys {
+                            Symmetric::Allow
+                        } else {
+                            Symmetric::Refuse
+                        },
+                        config,
+                        schedule_key: format!("{prefix}.schedule"),
+                        keys_key: format!("{prefix}.keys"),
+                        installed_cas: None,
+                        in_flight_since_ms: None,
+                    }
                 })
             })
             .collect();
-        JwksSync { remotes }
+        JwksSync {
+            remotes,
+            invalid_records: 0,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -143,7 +182,7 @@ impl JwksSync {
     pub fn init_shared(&self, store: &dyn SharedStore) {
         for remote in &self.remotes {
             store.ensure(&remote.schedule_key, &Schedule::default().encode());
-            store.ensure(&remote.keys_key, b"");
+            store.ensure(&remote.keys_key, &encode_keys(b""));
         }
     }
 
@@ -154,32 +193,50 @@ impl JwksSync {
         &mut self,
         provider: usize,
         store: &dyn SharedStore,
-    ) -> Option<Rc<KeySet>> {
-        let remote = self.remotes.iter_mut().find(|r| r.provider == provider)?;
-        let (body, cas) = store.get(&remote.keys_key)?;
-        if body.is_empty() || remote.installed_cas == Some(cas) {
+    ) -> Option<KeySet> {
+        let index = self.remotes.iter().position(|r| r.provider == provider)?;
+        self.shared_keys(index, store)
+    }
+
+    /// The shared key set of remote `index`, if it changed since this VM
+    /// installed one.
+    fn shared_keys(&mut self, index: usize, store: &dyn SharedStore) -> Option<KeySet> {
+        let remote = self.remotes.get_mut(index)?;
+        let (value, cas) = store.get(&remote.keys_key)?;
+        if remote.installed_cas == Some(cas) {
             return None;
         }
         remote.installed_cas = Some(cas);
-        let keys = KeySet::parse(std::str::from_utf8(&body).ok()?).ok()?;
-        Some(Rc::new(keys.keys))
+        let body = match decode_keys(&value) {
+            Ok(body) => body,
+            Err(e) => {
+                self.invalid_records += 1;
+                log::warn!(
+                    "JWKS record {} does not decode ({e}): keys in force kept",
+                    remote.keys_key
+                );
+                return None;
+            }
+        };
+        if body.is_empty() {
+            return None;
+        }
+        let keys = KeySet::parse_with(std::str::from_utf8(body).ok()?, remote.symmetric).ok()?;
+        Some(keys.keys)
     }
 
     pub fn tick(&mut self, store: &dyn SharedStore, now_ms: u64) -> TickResult {
         let mut result = TickResult::default();
-        for (slot, remote) in self.remotes.iter_mut().enumerate() {
-            if let Some((body, cas)) = store.get(&remote.keys_key)
-                && !body.is_empty()
-                && remote.installed_cas != Some(cas)
+        for slot in 0..self.remotes.len() {
+            if let Some(keys) = self.shared_keys(slot, store)
+                && let Some(remote) = self.remotes.get(slot)
             {
-                remote.installed_cas = Some(cas);
-                if let Some(keys) = std::str::from_utf8(&body)
-                    .ok()
-                    .and_then(|b| KeySet::parse(b).ok())
-                {
-                    result.install.push((remote.provider, Rc::new(keys.keys)));
-                }
+                result.install.push((remote.provider, keys));
             }
+            let mut invalid = false;
+            let Some(remote) = self.remotes.get_mut(slot) else {
+                continue;
+            };
             let claim_ms = remote.config.timeout_ms.saturating_add(CLAIM_MARGIN_MS);
             if remote
                 .in_flight_since_ms
@@ -189,7 +246,10 @@ impl JwksSync {
             }
             remote.in_flight_since_ms = None;
             let claimed = update(store, &remote.schedule_key, CAS_ATTEMPTS, |value| {
-                let schedule = Schedule::decode(value);
+                let schedule = Schedule::decode(value).unwrap_or_else(|_| {
+                    invalid = true;
+                    Schedule::default()
+                });
                 if now_ms < schedule.next_ms {
                     return Change::Keep(false);
                 }
@@ -199,6 +259,9 @@ impl JwksSync {
                 };
                 Change::Write(claim.encode(), true)
             });
+            if invalid {
+                self.invalid_records += 1;
+            }
             if claimed == Update::Written(true) {
                 remote.in_flight_since_ms = Some(now_ms);
                 result.fetch.push(FetchRequest {
@@ -232,7 +295,7 @@ impl JwksSync {
             Err(e) => Err(e),
             Ok((200, body)) => {
                 match std::str::from_utf8(&body).map_err(|_| "the body is not UTF-8".to_owned()) {
-                    Ok(text) => KeySet::parse(text)
+                    Ok(text) => KeySet::parse_with(text, remote.symmetric)
                         .map(|p| (p, body.clone()))
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(e),
@@ -240,13 +303,20 @@ impl JwksSync {
             }
             Ok((status, _)) => Err(format!("HTTP status {status}")),
         };
-        let previous = store
+        let previous = match store
             .get(&remote.schedule_key)
             .map(|(v, _)| Schedule::decode(&v))
-            .unwrap_or_default();
+        {
+            Some(Ok(schedule)) => schedule,
+            Some(Err(_)) => {
+                self.invalid_records += 1;
+                Schedule::default()
+            }
+            None => Schedule::default(),
+        };
         match parsed {
             Ok((parsed, body)) => {
-                let _ = store.set(&remote.keys_key, &body, None);
+                let _ = store.set(&remote.keys_key, &encode_keys(&body), None);
                 remote.installed_cas = store.get(&remote.keys_key).map(|(_, cas)| cas);
                 let refresh_ms = remote.config.refresh_interval_seconds.saturating_mul(1000);
                 let next = Schedule {
@@ -257,7 +327,7 @@ impl JwksSync {
                 let _ = store.set(&remote.schedule_key, &next.encode(), None);
                 Some(FetchOutcome::Installed {
                     provider: remote.provider,
-                    keys: Rc::new(parsed.keys),
+                    keys: parsed.keys,
                     skipped: parsed.skipped,
                 })
             }
@@ -301,7 +371,9 @@ impl JwksSync {
             .min_refresh_interval_seconds
             .saturating_mul(1000);
         let moved = update(store, &remote.schedule_key, CAS_ATTEMPTS, |value| {
-            let schedule = Schedule::decode(value);
+            let Ok(schedule) = Schedule::decode(value) else {
+                return Change::Keep(false);
+            };
             let earliest = schedule.last_success_ms.saturating_add(min_ms).max(now_ms);
             if schedule.next_ms <= earliest || schedule.failures > 0 {
                 return Change::Keep(false);
@@ -340,10 +412,15 @@ mod tests {
         let config = serde_json::json!({
             "providers": [{
                 "name": "idp", "issuer": "https://idp",
-                "jwks": {"remote": {"cluster": "idp", "refresh_interval_seconds": 60, "retry_interval_seconds": 1}}
+                "jwks": {"remote": {"cluster": "idp", "refresh_interval_seconds": 60, "retry_interval_seconds": 1, "allow_symmetric_keys": true}}
             }]
         });
-        Auth::from_json(config.to_string().as_bytes()).unwrap()
+        Auth::from_json(
+            config.to_string().as_bytes(),
+            "test",
+            crate::shared::Secret::from_bytes([0; 16]),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -392,6 +469,7 @@ mod tests {
         a.tick(&store, 0);
         a.fetch_completed(0, &store, 10, Ok((200, JWKS.as_bytes().to_vec())));
         let good = store.get(&a.remotes[0].keys_key).unwrap().0;
+        assert_eq!(decode_keys(&good).unwrap(), JWKS.as_bytes());
 
         assert_eq!(a.tick(&store, 60_010).fetch.len(), 1);
         let outcome = a.fetch_completed(0, &store, 60_020, Ok((503, Vec::new())));
@@ -426,6 +504,46 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn remote_symmetric_keys_are_refused_unless_allowed() {
+        let config = serde_json::json!({
+            "providers": [{"name": "idp", "issuer": "https://idp", "jwks": {"remote": {"cluster": "idp"}}}]
+        });
+        let auth = Auth::from_json(
+            config.to_string().as_bytes(),
+            "test",
+            crate::shared::Secret::from_bytes([0; 16]),
+        )
+        .unwrap();
+        let store = MemoryStore::default();
+        let mut a = JwksSync::new(&auth);
+        a.init_shared(&store);
+        a.tick(&store, 0);
+        let outcome = a.fetch_completed(0, &store, 10, Ok((200, JWKS.as_bytes().to_vec())));
+        match outcome {
+            Some(FetchOutcome::Failed { reason, .. }) => {
+                assert!(reason.contains("symmetric"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn records_that_do_not_decode_are_counted_and_not_installed() {
+        let auth = auth();
+        let store = MemoryStore::default();
+        let mut a = JwksSync::new(&auth);
+        a.init_shared(&store);
+        let keys_key = a.remotes[0].keys_key.clone();
+        let schedule_key = a.remotes[0].schedule_key.clone();
+        store.set(&keys_key, JWKS.as_bytes(), None).unwrap();
+        store.set(&schedule_key, b"1 2 3", None).unwrap();
+        let tick = a.tick(&store, 1_000);
+        assert!(tick.install.is_empty(), "a bare JWKS is not a record");
+        assert_eq!(tick.fetch.len(), 1, "an unreadable schedule means: fetch");
+        assert_eq!(a.invalid_records, 2);
     }
 
     #[test]

@@ -9,6 +9,18 @@ use crate::jwt::ExtraClaims;
 
 const NOW: u64 = 1_800_000_000;
 const ISS: &str = "https://idp.test";
+const SECRET: crate::shared::Secret = crate::shared::Secret::from_bytes([5; 16]);
+
+fn client_address() -> Option<String> {
+    Some("10.0.0.1:40000".into())
+}
+
+fn env() -> RequestEnv<'static> {
+    RequestEnv {
+        end_of_stream: true,
+        client_address: &client_address,
+    }
+}
 
 struct Fixture {
     auth: Auth,
@@ -45,12 +57,14 @@ fn config(key: &ES256KeyPair, extra: Value) -> Value {
 
 fn fixture(extra: Value) -> Fixture {
     let key = ES256KeyPair::generate().with_key_id("k1");
-    let auth = Auth::from_json(config(&key, extra).to_string().as_bytes()).unwrap();
+    let auth = Auth::from_json(config(&key, extra).to_string().as_bytes(), "test", SECRET).unwrap();
     let state = auth.new_state();
+    let store = crate::shared::MemoryStore::default();
+    auth.init_shared(&store);
     Fixture {
         auth,
         state,
-        store: crate::shared::MemoryStore::default(),
+        store,
         key,
     }
 }
@@ -97,7 +111,8 @@ impl Fixture {
             path,
             headers: &headers,
         };
-        self.auth.check(&mut self.state, &self.store, &request, NOW)
+        self.auth
+            .check(&mut self.state, &self.store, &request, &env(), NOW)
     }
 
     fn bearer(&mut self, method: &str, path: &str, token: &str) -> Decision {
@@ -170,18 +185,27 @@ fn spoofed_identity_headers_are_removed_everywhere() {
         "/v1/contexts/projects/a",
         &[("authorization", &auth), ("x-context-tenant", "evil")],
     );
-    let a = allowed(&d);
-    assert!(a.remove_headers.contains(&"x-context-tenant".to_owned()));
-    assert_eq!(header(a, "x-context-tenant"), Some("acme"));
+    assert_eq!(d.strip, vec!["x-context-tenant"]);
+    assert_eq!(header(allowed(&d), "x-context-tenant"), Some("acme"));
     let d = f.check(
         "GET",
         "/health/context",
         &[("x-context-tenant", "evil"), ("x-context-subject", "root")],
     );
-    assert_eq!(
-        allowed(&d).remove_headers,
-        vec!["x-context-tenant", "x-context-subject"]
+    allowed(&d);
+    assert_eq!(d.strip, vec!["x-context-tenant", "x-context-subject"]);
+    // Refusals strip them too: a forged tenant must not reach the access
+    // log of a refused request.
+    let d = f.check(
+        "GET",
+        "/v1/contexts/projects/a",
+        &[("x-context-tenant", "evil")],
     );
+    assert_eq!(denied(&d), Reason::MissingToken);
+    assert_eq!(d.strip, vec!["x-context-tenant"]);
+    let d = f.check("GET", "/v1/contexts/a;b", &[("x-context-tenant", "evil")]);
+    assert_eq!(denied(&d), Reason::PathParameter);
+    assert_eq!(d.strip, vec!["x-context-tenant"]);
 }
 
 #[test]
@@ -215,6 +239,173 @@ fn public_paths_and_preflight_need_no_token() {
         denied(&f.check("OPTIONS", "/v1/contexts/x", &[])),
         Reason::MissingToken
     );
+}
+
+fn forwarded_path(d: &Decision) -> Option<&str> {
+    header(allowed(d), ":path")
+}
+
+#[test]
+fn public_paths_are_matched_canonically_per_method_and_forwarded_canonically() {
+    let mut f = fixture(json!({"public_paths": [
+        {"exact": "/health/context", "methods": ["GET", "HEAD"]},
+        {"prefix": "/.well-known", "methods": ["GET", "HEAD"]}
+    ]}));
+    // The servlet trick: `..;` is a dot segment to the upstream.
+    assert_eq!(
+        denied(&f.check("GET", "/.well-known/..;/v1/contexts/secret", &[])),
+        Reason::PathParameter
+    );
+    assert_eq!(
+        denied(&f.check("GET", "/.well-known/..%3B/v1/contexts/secret", &[])),
+        Reason::PathParameter
+    );
+    // Dot segments resolve before matching: no way out of the prefix.
+    assert_eq!(
+        denied(&f.check("GET", "/.well-known/%2e%2e/v1/contexts/secret", &[])),
+        Reason::MissingToken
+    );
+    assert_eq!(
+        denied(&f.check("POST", "/.well-known/jwks.json", &[])),
+        Reason::MissingToken,
+        "GET and HEAD only"
+    );
+    let d = f.check("GET", "/.well-known//./jwks.json?x=%41", &[]);
+    assert_eq!(forwarded_path(&d), Some("/.well-known/jwks.json?x=A"));
+    let d = f.check("GET", "/.well-known/jwks.json", &[]);
+    assert_eq!(forwarded_path(&d), None, "already canonical: untouched");
+}
+
+#[test]
+fn the_upstream_receives_the_path_that_was_authorized() {
+    let mut f = fixture(json!({}));
+    let token = f.token(json!({"context_scopes": ["read:projects/public"]}));
+    let d = f.bearer("GET", "/V1/Contexts/./Projects/x/../Public/Doc", &token);
+    assert_eq!(forwarded_path(&d), Some("/v1/contexts/projects/public/doc"));
+    assert_eq!(
+        denied(&f.bearer("GET", "/v1/contexts/projects/public/..;/secret", &token)),
+        Reason::PathParameter
+    );
+    assert_eq!(
+        denied(&f.bearer("GET", "/v1/contexts/projects/public%2F..%2Fsecret", &token)),
+        Reason::InsufficientScope
+    );
+    let d = f.bearer("GET", "/v1/contexts/projects/public/a%20b?x=1;y=2", &token);
+    assert_eq!(
+        forwarded_path(&d),
+        Some("/v1/contexts/projects/public/a%20b?x=1&y=2")
+    );
+    let d = f.bearer("GET", "/v1/contexts/projects/public", &token);
+    assert_eq!(forwarded_path(&d), None);
+}
+
+#[test]
+fn query_parameters_the_gateway_reads_are_unambiguous() {
+    let mut f = fixture(json!({}));
+    let token = f.token(json!({"context_scopes": ["read:projects/public"]}));
+    for query in [
+        "context=projects/public&context=projects/secret",
+        "context=projects/public&%63ontext=projects/secret",
+        "context=projects/public&Context=projects/secret",
+        "context=projects/public;context=projects/secret",
+    ] {
+        assert_eq!(
+            denied(&f.bearer("POST", &format!("/v1/graph/traverse?{query}"), &token)),
+            Reason::RepeatedParameter,
+            "{query}"
+        );
+    }
+    assert_eq!(
+        denied(&f.bearer("POST", "/v1/graph/traverse?context=%zz", &token)),
+        Reason::InvalidQuery
+    );
+    // A differently spelled key is read, and forwarded in the one spelling.
+    let d = f.bearer(
+        "POST",
+        "/v1/graph/traverse?CONTEXT=Projects%2FPublic&depth=2",
+        &token,
+    );
+    assert_eq!(
+        forwarded_path(&d),
+        Some("/v1/graph/traverse?context=projects/public&depth=2")
+    );
+}
+
+#[test]
+fn method_overrides_must_match_the_method() {
+    let mut f = fixture(json!({}));
+    let token = f.token(json!({}));
+    let auth = format!("Bearer {token}");
+    for header in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ] {
+        let d = f.check(
+            "GET",
+            "/v1/contexts/projects/a",
+            &[("authorization", &auth), (header, "DELETE")],
+        );
+        assert_eq!(denied(&d), Reason::MethodOverride, "{header}");
+        allowed(&f.check(
+            "GET",
+            "/v1/contexts/projects/a",
+            &[("authorization", &auth), (header, "get")],
+        ));
+    }
+    assert_eq!(
+        denied(&f.bearer("POST", "/v1/contexts/projects/a?_method=DELETE", &token)),
+        Reason::MethodOverride
+    );
+    assert_eq!(
+        denied(&f.bearer("POST", "/v1/contexts/projects/a?_METHOD=DELETE", &token)),
+        Reason::MethodOverride
+    );
+    // Public paths too: an override is refused before anything else.
+    assert_eq!(
+        denied(&f.check("GET", "/health/context", &[("x-http-method", "POST")])),
+        Reason::MethodOverride
+    );
+    let mut custom =
+        fixture(json!({"method_override_headers": ["x-verb"], "method_override_params": []}));
+    let token = custom.token(json!({}));
+    let auth = format!("Bearer {token}");
+    assert_eq!(
+        denied(&custom.check(
+            "GET",
+            "/v1/contexts/projects/a",
+            &[("authorization", &auth), ("x-verb", "PUT")]
+        )),
+        Reason::MethodOverride
+    );
+    allowed(&custom.bearer("GET", "/v1/contexts/projects/a?_method=PUT", &token));
+}
+
+#[test]
+fn preflights_with_a_body_are_refused_and_paths_are_canonicalized() {
+    let mut f = fixture(json!({}));
+    let preflight = |extra: &[(&'static str, &'static str)]| {
+        let mut headers = vec![
+            ("origin", "https://app"),
+            ("access-control-request-method", "PUT"),
+        ];
+        headers.extend_from_slice(extra);
+        headers
+    };
+    assert_eq!(
+        denied(&f.check(
+            "OPTIONS",
+            "/v1/contexts/x",
+            &preflight(&[("content-length", "5")])
+        )),
+        Reason::PreflightBody
+    );
+    assert_eq!(
+        denied(&f.check("OPTIONS", "/v1/contexts/x;y", &preflight(&[]))),
+        Reason::PathParameter
+    );
+    let d = f.check("OPTIONS", "/v1//contexts/./x", &preflight(&[]));
+    assert_eq!(forwarded_path(&d), Some("/v1/contexts/x"));
 }
 
 #[test]
@@ -424,13 +615,16 @@ fn cached_identities_expire_with_the_token() {
         headers: &headers,
     };
     assert!(matches!(
-        f.auth.check(&mut f.state, &f.store, &request, NOW).outcome,
+        f.auth
+            .check(&mut f.state, &f.store, &request, &env(), NOW)
+            .outcome,
         Outcome::Allow(_)
     ));
     let later = f.auth.check(
         &mut f.state,
         &crate::shared::MemoryStore::default(),
         &request,
+        &env(),
         NOW + 5 + 60 + 1,
     );
     assert_eq!(later.cache, CacheUse::Miss);
@@ -492,7 +686,7 @@ fn delegation_rules() {
 fn configuration_errors_name_the_field() {
     let key = ES256KeyPair::generate();
     let err = |extra: Value| {
-        Auth::from_json(config(&key, extra).to_string().as_bytes())
+        Auth::from_json(config(&key, extra).to_string().as_bytes(), "test", SECRET)
             .err()
             .unwrap()
             .to_string()
@@ -515,10 +709,24 @@ fn configuration_errors_name_the_field() {
         "{message}"
     );
     let dup = json!({"providers": [
-        {"name": "a", "issuer": "i", "jwks": {"inline": jwks(&key)}},
-        {"name": "b", "issuer": "i", "jwks": {"inline": jwks(&key)}}
+        {"name": "a", "issuer": "i", "tenant": "t", "jwks": {"inline": jwks(&key)}},
+        {"name": "b", "issuer": "i", "tenant": "t", "jwks": {"inline": jwks(&key)}}
     ]});
     assert!(err(dup).starts_with("providers[1].issuer"));
+    let unbound = json!({"providers": [
+        {"name": "a", "issuer": "i", "tenants": ["acme"], "jwks": {"inline": jwks(&key)}},
+        {"name": "b", "issuer": "j", "jwks": {"inline": jwks(&key)}}
+    ]});
+    assert!(err(unbound).starts_with("providers[1].tenants"));
+    assert!(
+        err(json!({"method_override_headers": ["X-Bad"]}))
+            .starts_with("method_override_headers[0]")
+    );
+    assert!(err(json!({"path_parameters": "strip"})).contains("path_parameters"));
+    assert!(
+        err(json!({"verification_throttle": {"client": {"ipv6_prefix": 200}}}))
+            .starts_with("verification_throttle.client.ipv6_prefix")
+    );
     assert!(err(json!({"providers": [{"name": "a", "issuer": "i", "jwks": {"remote": {"cluster": "c", "bogus": 1}}}]}))
         .contains("providers[0].jwks.remote"));
 }
@@ -529,13 +737,13 @@ fn several_providers_each_with_their_keys() {
     let hs = HS256Key::from_bytes(&[9u8; 32]).with_key_id("h1");
     let config = json!({
         "providers": [
-            {"name": "es", "issuer": "https://es", "jwks": {"inline": jwks(&key)}},
+            {"name": "es", "issuer": "https://es", "tenants": ["acme", "initech"], "jwks": {"inline": jwks(&key)}},
             {"name": "hs", "issuer": "https://hs", "tenant": "globex", "algorithms": ["HS256"],
              "jwks": {"inline": {"keys": [{"kty": "oct", "kid": "h1", "alg": "HS256", "k": b64(&[9u8; 32])}]}}}
         ],
         "unmatched_requests": "authenticate"
     });
-    let auth = Auth::from_json(config.to_string().as_bytes()).unwrap();
+    let auth = Auth::from_json(config.to_string().as_bytes(), "test", SECRET).unwrap();
     let mut state = auth.new_state();
     let claims = |iss: &str| {
         let custom: ExtraClaims = serde_json::from_value(json!({"tenant_id": "acme"})).unwrap();
@@ -557,6 +765,7 @@ fn several_providers_each_with_their_keys() {
             state,
             &crate::shared::MemoryStore::default(),
             &request,
+            &env(),
             Clock::now_since_epoch().as_secs(),
         )
     };
@@ -570,7 +779,18 @@ fn several_providers_each_with_their_keys() {
             &mut state,
             hs.authenticate(claims("https://hs")).unwrap()
         )),
-        Reason::MalformedToken
+        Reason::TenantNotAllowed
+    );
+    // The ES provider may assert acme and initech only.
+    let globex = {
+        let custom: ExtraClaims = serde_json::from_value(json!({"tenant_id": "globex"})).unwrap();
+        Claims::with_custom_claims(custom, Duration::from_secs(600))
+            .with_issuer("https://es")
+            .with_subject("s")
+    };
+    assert_eq!(
+        denied(&check(&mut state, key.sign(globex).unwrap())),
+        Reason::TenantNotAllowed
     );
     // A token signed by one provider's key but claiming the other issuer.
     assert_eq!(
@@ -598,11 +818,13 @@ fn workers_share_verifications_through_shared_data() {
         path: "/v1/contexts/projects/a",
         headers: &headers,
     };
-    let d = f.auth.check(&mut other, &f.store, &request, NOW);
+    let d = f.auth.check(&mut other, &f.store, &request, &env(), NOW);
     assert_eq!(d.cache, CacheUse::SharedHit);
     assert_eq!(header(allowed(&d), "x-context-tenant"), Some("acme"));
     assert_eq!(
-        f.auth.check(&mut other, &f.store, &request, NOW).cache,
+        f.auth
+            .check(&mut other, &f.store, &request, &env(), NOW)
+            .cache,
         CacheUse::Hit
     );
     // Refusals are not shared.
@@ -621,7 +843,9 @@ fn workers_share_verifications_through_shared_data() {
         headers: &headers,
     };
     assert_eq!(
-        f.auth.check(&mut other, &f.store, &request, NOW).cache,
+        f.auth
+            .check(&mut other, &f.store, &request, &env(), NOW)
+            .cache,
         CacheUse::Miss
     );
 }
@@ -686,7 +910,7 @@ fn a_rotated_out_key_stops_vouching_for_cached_tokens() {
     let mut jwks = jwks(&other);
     jwks["keys"][0]["kid"] = json!("k2");
     let keys = crate::jwt::KeySet::parse(&jwks.to_string()).unwrap().keys;
-    f.state.keys[0] = Some(std::rc::Rc::new(keys));
+    f.state.install(0, keys);
     let d = f.bearer("GET", "/v1/contexts/projects/a", &token);
     assert_eq!(
         d.cache,
@@ -715,7 +939,7 @@ fn providers_can_cap_token_lifetimes() {
     let key = ES256KeyPair::generate().with_key_id("k1");
     let mut config = config(&key, json!({}));
     config["providers"][0]["max_lifetime_seconds"] = json!(3600);
-    let auth = Auth::from_json(config.to_string().as_bytes()).unwrap();
+    let auth = Auth::from_json(config.to_string().as_bytes(), "test", SECRET).unwrap();
     let mut f = Fixture {
         state: auth.new_state(),
         auth,
@@ -732,4 +956,284 @@ fn providers_can_cap_token_lifetimes() {
         f.bearer("GET", "/v1/contexts/projects/a", &short).outcome,
         Outcome::Allow(_)
     ));
+}
+
+fn other_worker(f: &Fixture, token: &str, now: u64) -> (AuthState, Decision) {
+    let mut other = f.auth.new_state();
+    let d = check_on(f, &mut other, token, now);
+    (other, d)
+}
+
+fn check_on(f: &Fixture, state: &mut AuthState, token: &str, now: u64) -> Decision {
+    let headers = vec![(
+        "authorization".to_owned(),
+        format!("Bearer {token}").into_bytes(),
+    )];
+    let request = RequestHead {
+        method: "GET",
+        path: "/v1/contexts/projects/a",
+        headers: &headers,
+    };
+    f.auth.check(state, &f.store, &request, &env(), now)
+}
+
+#[test]
+fn a_replaced_key_revokes_its_tokens_with_or_without_kid() {
+    let mut f = fixture(json!({}));
+    // A token without a kid, verified by trying every key.
+    let without_kid = ES256KeyPair::from_bytes(&f.key.to_bytes()).unwrap();
+    let with_kid_key = std::mem::replace(&mut f.key, without_kid);
+    let no_kid = f.token(json!({}));
+    f.key = with_kid_key;
+    let with_kid = f.token(json!({}));
+    let now = NOW;
+    let mut state = f.auth.new_state();
+    for token in [&no_kid, &with_kid] {
+        allowed(&check_on(&f, &mut state, token, now));
+        assert_eq!(check_on(&f, &mut state, token, now).cache, CacheUse::Hit);
+    }
+    // Other key material under the same kid: the cached verifications of
+    // both tokens are worthless now.
+    let replacement = ES256KeyPair::generate().with_key_id("k1");
+    let keys = crate::jwt::KeySet::parse(&jwks(&replacement).to_string())
+        .unwrap()
+        .keys;
+    state.install(0, keys);
+    for token in [&no_kid, &with_kid] {
+        let d = check_on(&f, &mut state, token, now);
+        assert_eq!(
+            d.cache,
+            CacheUse::Miss,
+            "no cache may answer for a replaced key"
+        );
+        assert_eq!(denied(&d), Reason::BadSignature);
+    }
+    // The shared cache neither: its entries name the old key's thumbprint.
+    let mut fresh = f.auth.new_state();
+    fresh.install(
+        0,
+        crate::jwt::KeySet::parse(&jwks(&replacement).to_string())
+            .unwrap()
+            .keys,
+    );
+    assert_eq!(
+        check_on(&f, &mut fresh, &with_kid, now).cache,
+        CacheUse::Miss
+    );
+}
+
+#[test]
+fn cheap_refusals_are_not_cached_and_cannot_push_good_entries_out() {
+    let mut f = fixture(json!({"cache": {"max_entries": 4, "shared_slots": 0}}));
+    let good = f.token(json!({}));
+    assert_eq!(
+        f.bearer("GET", "/v1/contexts/projects/a", &good).cache,
+        CacheUse::Miss
+    );
+    for i in 0..50 {
+        let garbage = format!("eyJhbGciOiJub25lIn0.e30.{i}");
+        let d = f.bearer("GET", "/v1/contexts/projects/a", &garbage);
+        assert_eq!(d.cache, CacheUse::Miss);
+        let d = f.bearer("GET", "/v1/contexts/projects/a", &garbage);
+        assert_eq!(d.cache, CacheUse::Miss, "a cheap refusal is not remembered");
+    }
+    assert_eq!(
+        f.bearer("GET", "/v1/contexts/projects/a", &good).cache,
+        CacheUse::Hit
+    );
+    assert_eq!(f.state.cache.len(), 1);
+}
+
+#[test]
+fn a_shared_hit_never_extends_the_original_expiry() {
+    let mut f = fixture(json!({"cache": {"max_ttl_seconds": 10}}));
+    let token = f.token(json!({"exp": NOW + 3600}));
+    assert_eq!(
+        f.bearer("GET", "/v1/contexts/projects/a", &token).cache,
+        CacheUse::Miss
+    );
+    // Another worker picks it up 8 s later: it may use it for 2 s more.
+    let (mut other, d) = other_worker(&f, &token, NOW + 8);
+    assert_eq!(d.cache, CacheUse::SharedHit);
+    assert_eq!(
+        check_on(&f, &mut other, &token, NOW + 9).cache,
+        CacheUse::Hit
+    );
+    assert_eq!(
+        check_on(&f, &mut other, &token, NOW + 11).cache,
+        CacheUse::Miss,
+        "past the first verification's max_ttl: verified again"
+    );
+}
+
+#[test]
+fn shared_entries_are_checked_again_before_they_are_believed() {
+    let f = fixture(json!({}));
+    let token = f.token(json!({}));
+    let digest = cache::digest(&token);
+    let keys = f.auth.new_state();
+    let thumbprint = {
+        // Whatever key verifies, its thumbprint is the one in the set.
+        let Verified { identity, .. } = f
+            .auth
+            .verify_uncached(&keys, &token, NOW, &mut || Ok(()))
+            .ok()
+            .unwrap();
+        identity.key.unwrap().thumbprint
+    };
+    let forge = |claims: Value| {
+        let entry = SharedEntry {
+            provider: 0,
+            provider_tag: f.auth.providers[0].tag,
+            valid_until: NOW + 600,
+            thumbprint,
+            payload: claims.to_string().into_bytes(),
+        };
+        f.auth.shared_cache.put(&f.store, &digest, &entry);
+    };
+    let base = json!({"iss": ISS, "sub": "mallory", "aud": "context-api", "exp": NOW + 600,
+                      "tenant_id": "acme", "context_scopes": ["admin:projects/*"]});
+    for (field, value) in [
+        ("aud", json!("another-api")),
+        ("iss", json!("https://elsewhere")),
+        ("exp", json!(NOW - 3600)),
+        ("nbf", json!(NOW + 3600)),
+    ] {
+        let mut claims = base.clone();
+        claims[field] = value;
+        forge(claims);
+        let (_, d) = other_worker(&f, &token, NOW);
+        assert_eq!(
+            d.cache,
+            CacheUse::Miss,
+            "{field}: the forged entry is not believed"
+        );
+        // Verified for real instead: the genuine identity.
+        assert_eq!(header(allowed(&d), "x-context-subject"), Some("alice"));
+    }
+    // An entry for another configuration's provider is not believed either.
+    let entry = SharedEntry {
+        provider: 0,
+        provider_tag: 42,
+        valid_until: NOW + 600,
+        thumbprint,
+        payload: base.to_string().into_bytes(),
+    };
+    f.auth.shared_cache.put(&f.store, &digest, &entry);
+    assert_eq!(other_worker(&f, &token, NOW).1.cache, CacheUse::Miss);
+}
+
+#[test]
+fn a_tenant_segment_must_name_the_verified_tenant() {
+    let mut f = fixture(json!({"operations": [
+        {"name": "read", "methods": ["GET"], "path": "/v1/tenants/{tenant}/contexts/{context}", "action": "read"}
+    ]}));
+    let token = f.token(json!({}));
+    let d = f.bearer("GET", "/v1/tenants/acme/contexts/projects/a", &token);
+    assert_eq!(header(allowed(&d), "x-context-tenant"), Some("acme"));
+    assert_eq!(
+        denied(&f.bearer("GET", "/v1/tenants/globex/contexts/projects/a", &token)),
+        Reason::TenantMismatch
+    );
+    assert_eq!(
+        denied(&f.bearer("GET", "/v1/tenants/ACME/contexts/projects/a", &token)),
+        Reason::TenantMismatch
+    );
+}
+
+#[test]
+fn delegation_rules_apply_to_unmatched_requests_too() {
+    let mut f = fixture(json!({"unmatched_requests": "authenticate"}));
+    let delegated = f.token(json!({"act": {"sub": "agent"}}));
+    assert_eq!(
+        denied(&f.bearer("GET", "/v1/anything", &delegated)),
+        Reason::DelegationNotAllowed
+    );
+    let deep = f.token(json!({
+        "act": {"sub": "a", "act": {"sub": "b"}},
+        "delegation_rights": {"can_delegate": true, "max_delegation_depth": 1}
+    }));
+    assert_eq!(
+        denied(&f.bearer("GET", "/v1/anything", &deep)),
+        Reason::DelegationTooDeep
+    );
+    let fine = f.token(json!({
+        "act": {"sub": "a"},
+        "delegation_rights": {"can_delegate": true, "max_delegation_depth": 1}
+    }));
+    allowed(&f.bearer("GET", "/v1/anything", &fine));
+    // A case variant of a template cannot fall through to "unmatched".
+    let narrow = f.token(json!({"context_scopes": ["read:projects/public"]}));
+    assert_eq!(
+        denied(&f.bearer("GET", "/V1/CONTEXTS/projects/secret", &narrow)),
+        Reason::InsufficientScope
+    );
+}
+
+#[test]
+fn failed_verifications_are_throttled_per_client_before_signature_work() {
+    let mut f = fixture(json!({"verification_throttle": {"failures": 3, "window_seconds": 60}}));
+    let forged = {
+        let other = ES256KeyPair::generate().with_key_id("k1");
+        let custom: ExtraClaims = serde_json::from_value(json!({"tenant_id": "acme"})).unwrap();
+        let claims = Claims::with_custom_claims(custom, Duration::from_secs(600))
+            .with_issuer(ISS)
+            .with_subject("mallory")
+            .with_audience("context-api");
+        move |i: u64| {
+            other
+                .sign(claims.clone().with_jwt_id(i.to_string()))
+                .unwrap()
+        }
+    };
+    let now = Clock::now_since_epoch().as_secs();
+    let mut check = |token: &str| {
+        let headers = vec![(
+            "authorization".to_owned(),
+            format!("Bearer {token}").into_bytes(),
+        )];
+        let request = RequestHead {
+            method: "GET",
+            path: "/v1/contexts/projects/a",
+            headers: &headers,
+        };
+        f.auth.check(&mut f.state, &f.store, &request, &env(), now)
+    };
+    for i in 0..3 {
+        assert_eq!(denied(&check(&forged(i))), Reason::BadSignature);
+    }
+    let d = check(&forged(3));
+    assert_eq!(denied(&d), Reason::VerificationThrottled);
+    let Outcome::Deny(denial) = &d.outcome else {
+        panic!()
+    };
+    let reply = denial.reply(
+        "r",
+        &RequestHead {
+            method: "GET",
+            path: "/",
+            headers: &[],
+        },
+    );
+    assert_eq!(reply.status, 429);
+    assert!(
+        reply
+            .headers
+            .iter()
+            .any(|(k, v)| k == "retry-after" && v == "20")
+    );
+    // A good token from the same client is throttled too until the bucket
+    // leaks: no signature work for this client at all.
+    let good = {
+        let custom: ExtraClaims = serde_json::from_value(
+            json!({"tenant_id": "acme", "context_scopes": ["read:projects/*"]}),
+        )
+        .unwrap();
+        let claims = Claims::with_custom_claims(custom, Duration::from_secs(600))
+            .with_issuer(ISS)
+            .with_subject("alice")
+            .with_audience("context-api");
+        f.key.sign(claims).unwrap()
+    };
+    assert_eq!(denied(&check(&good)), Reason::VerificationThrottled);
 }

@@ -18,12 +18,14 @@
 
 pub mod config;
 
+use std::cell::Cell;
 use std::fmt;
 
 use serde_json::json;
 
 use crate::auth::config::{ConfigError, check_header_name, parse_json};
 use crate::http::{LocalReply, RequestHead};
+use crate::record::{self, Kind, RecordError};
 use crate::shared::{Change, SharedStore, Update, update};
 use config::{BreakerConfig, BreakersConfig, OpenAction};
 
@@ -42,14 +44,6 @@ impl State {
             State::Closed => 0,
             State::Open => 1,
             State::HalfOpen => 2,
-        }
-    }
-
-    fn from_code(code: u8) -> State {
-        match code {
-            1 => State::Open,
-            2 => State::HalfOpen,
-            _ => State::Closed,
         }
     }
 }
@@ -94,48 +88,43 @@ impl Default for Record {
     }
 }
 
+const VERSION: u8 = 1;
+
 impl Record {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 8 + 8 + BUCKETS * 16);
-        out.push(u8::try_from(self.state.code()).unwrap_or(0));
-        out.extend_from_slice(&self.opened_at_ms.to_le_bytes());
-        out.extend_from_slice(&self.probes_in_flight.to_le_bytes());
-        out.extend_from_slice(&self.probes_succeeded.to_le_bytes());
+        let mut w = record::writer(Kind::Breaker, VERSION, 1 + 8 + 8 + BUCKETS * 16);
+        w.u8(u8::try_from(self.state.code()).unwrap_or(0))
+            .u64(self.opened_at_ms)
+            .u32(self.probes_in_flight)
+            .u32(self.probes_succeeded);
         for b in &self.buckets {
-            out.extend_from_slice(&b.period.to_le_bytes());
-            out.extend_from_slice(&b.total.to_le_bytes());
-            out.extend_from_slice(&b.failures.to_le_bytes());
+            w.u64(b.period).u32(b.total).u32(b.failures);
         }
-        out
+        w.finish()
     }
 
-    /// A record that does not decode (never written) is a closed breaker.
-    fn decode(bytes: &[u8]) -> Record {
-        Record::try_decode(bytes).unwrap_or_default()
-    }
-
-    fn try_decode(bytes: &[u8]) -> Option<Record> {
-        let (&state, mut rest) = bytes.split_first()?;
-        let mut take = |n: usize| -> Option<&[u8]> {
-            let (head, tail) = rest.split_at_checked(n)?;
-            rest = tail;
-            Some(head)
+    fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+        let mut r = record::reader(bytes, Kind::Breaker, VERSION)?;
+        let state = match r.u8()? {
+            0 => State::Closed,
+            1 => State::Open,
+            2 => State::HalfOpen,
+            _ => return Err(RecordError::Malformed),
         };
-        let u64_of = |b: &[u8]| b.try_into().ok().map(u64::from_le_bytes);
-        let u32_of = |b: &[u8]| b.try_into().ok().map(u32::from_le_bytes);
-        let opened_at_ms = u64_of(take(8)?)?;
-        let probes_in_flight = u32_of(take(4)?)?;
-        let probes_succeeded = u32_of(take(4)?)?;
+        let opened_at_ms = r.u64()?;
+        let probes_in_flight = r.u32()?;
+        let probes_succeeded = r.u32()?;
         let mut buckets = [Bucket::default(); BUCKETS];
         for bucket in &mut buckets {
             *bucket = Bucket {
-                period: u64_of(take(8)?)?,
-                total: u32_of(take(4)?)?,
-                failures: u32_of(take(4)?)?,
+                period: r.u64()?,
+                total: r.u32()?,
+                failures: r.u32()?,
             };
         }
-        Some(Record {
-            state: State::from_code(state),
+        r.end()?;
+        Ok(Record {
+            state,
             opened_at_ms,
             probes_in_flight,
             probes_succeeded,
@@ -199,6 +188,10 @@ pub struct Breaker {
     pub config: BreakerConfig,
     key: String,
     attempts: u32,
+    /// Shared-data records that did not decode. The breaker then fails
+    /// open (an unreadable breaker must not take the upstream down) and
+    /// leaves the record alone.
+    pub invalid_records: Cell<u64>,
 }
 
 impl Breaker {
@@ -216,11 +209,20 @@ impl Breaker {
         store.ensure(&self.key, &Record::default().encode());
     }
 
-    /// The state right now (metrics, tests).
+    /// The state right now (metrics, tests); closed when unreadable.
     pub fn state(&self, store: &dyn SharedStore) -> State {
         store
             .get(&self.key)
-            .map_or(State::Closed, |(v, _)| Record::decode(&v).state)
+            .and_then(|(v, _)| Record::decode(&v).ok())
+            .map_or(State::Closed, |r| r.state)
+    }
+
+    fn invalid(&self, error: RecordError) {
+        self.invalid_records.set(self.invalid_records.get() + 1);
+        log::warn!(
+            "breaker {}: shared record does not decode ({error}); failing open",
+            self.config.name
+        );
     }
 
     /// Decides whether a request may go to the upstream class.
@@ -234,10 +236,14 @@ impl Breaker {
             Pass,
             Wait(u64),
             Probe { round: u64, first: bool },
+            Invalid(RecordError),
         }
         let reset_ms = self.config.reset_timeout_ms;
         let outcome = update(store, &self.key, self.attempts, |value| {
-            let mut record = Record::decode(value);
+            let mut record = match Record::decode(value) {
+                Ok(record) => record,
+                Err(e) => return Change::Keep(Gate::Invalid(e)),
+            };
             let reopens_at = record.opened_at_ms.saturating_add(reset_ms);
             match record.state {
                 State::Closed => Change::Keep(Gate::Pass),
@@ -277,6 +283,10 @@ impl Breaker {
                 first.then_some(Transition::HalfOpened),
             ),
             Update::Unchanged(Gate::Wait(wait_ms)) => (self.open_admission(request, wait_ms), None),
+            Update::Unchanged(Gate::Invalid(e)) => {
+                self.invalid(e);
+                (Admission::Pass, None)
+            }
             // Closed; or the record is missing or too contended to update:
             // fail open, as an unreachable breaker store should.
             _ => (Admission::Pass, None),
@@ -335,8 +345,15 @@ impl Breaker {
     ) -> Option<Transition> {
         let period = self.period(now_ms);
         let c = &self.config;
+        let mut invalid = None;
         let outcome = update(store, &self.key, self.attempts, |value| {
-            let mut record = Record::decode(value);
+            let mut record = match Record::decode(value) {
+                Ok(record) => record,
+                Err(e) => {
+                    invalid = Some(e);
+                    return Change::Keep(None);
+                }
+            };
             let mut transition = None;
             match (admission, failed) {
                 (Admission::Probe { round }, outcome) => {
@@ -380,6 +397,9 @@ impl Breaker {
             }
             Change::Write(record.encode(), transition)
         });
+        if let Some(e) = invalid {
+            self.invalid(e);
+        }
         match outcome {
             Update::Written(transition) => transition,
             _ => None,
@@ -403,13 +423,14 @@ pub struct Breakers {
 }
 
 impl Breakers {
-    pub fn from_json(json: &[u8]) -> Result<Breakers, ConfigError> {
-        let digest = hmac_sha256::Hash::hash(json);
-        let fingerprint: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
-        Breakers::new(parse_json(json)?, &fingerprint)
+    /// Parses and compiles the plugin configuration. `namespace` prefixes
+    /// the shared-data keys (the plugin's name: a breaker keeps its state
+    /// across configuration pushes).
+    pub fn from_json(json: &[u8], namespace: &str) -> Result<Breakers, ConfigError> {
+        Breakers::new(parse_json(json)?, namespace)
     }
 
-    pub fn new(config: BreakersConfig, fingerprint: &str) -> Result<Breakers, ConfigError> {
+    pub fn new(config: BreakersConfig, namespace: &str) -> Result<Breakers, ConfigError> {
         if config.breakers.is_empty() {
             return Err(ConfigError::new(
                 "breakers",
@@ -434,11 +455,12 @@ impl Breakers {
                     &header.name,
                 )?;
             }
-            let key = format!("ctxgate_cb.{fingerprint}.{}", b.name);
+            let key = format!("{namespace}.breaker.{}", b.name);
             breakers.push(Breaker {
                 config: b,
                 key,
                 attempts: config.cas_attempts.max(1),
+                invalid_records: Cell::new(0),
             });
         }
         let needs_route = breakers.iter().any(|b| b.config.select.routes.is_some());

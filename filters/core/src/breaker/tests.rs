@@ -15,7 +15,7 @@ fn breakers(extra: Value) -> Breakers {
     if let (Some(t), Value::Object(e)) = (breaker.as_object_mut(), extra) {
         t.extend(e);
     }
-    Breakers::from_json(json!({"breakers": [breaker]}).to_string().as_bytes()).unwrap()
+    Breakers::from_json(json!({"breakers": [breaker]}).to_string().as_bytes(), "cb").unwrap()
 }
 
 fn head() -> RequestHead<'static> {
@@ -204,6 +204,7 @@ fn selection_by_route_cluster_and_header() {
         ]})
         .to_string()
         .as_bytes(),
+        "cb",
     )
     .unwrap();
     let headers = [("x-context-type".to_owned(), b"graph".to_vec())];
@@ -241,14 +242,14 @@ fn concurrent_outcomes_are_never_lost() {
         run(b, &store, i % 2 == 0, 5);
         run(b, &store, false, 5);
     }
-    let record = Record::decode(&store.get(&b.key).unwrap().0);
+    let record = Record::decode(&store.get(&b.key).unwrap().0).unwrap();
     assert_eq!(record.window(b.period(5)), (1000, 250));
 }
 
 #[test]
 fn bad_configuration_names_the_field() {
     let err = |v: Value| {
-        Breakers::from_json(v.to_string().as_bytes())
+        Breakers::from_json(v.to_string().as_bytes(), "cb")
             .err()
             .unwrap()
             .to_string()
@@ -280,6 +281,7 @@ fn any_header_selects_on_one_of_several_tags() {
         ]}}]})
         .to_string()
         .as_bytes(),
+        "cb",
     )
     .unwrap();
     let pick = |headers: &[(String, Vec<u8>)]| {
@@ -304,4 +306,18 @@ fn any_header_selects_on_one_of_several_tags() {
         "x-context-type".to_owned(),
         b"standard".to_vec()
     )]));
+}
+
+#[test]
+fn a_record_that_does_not_decode_fails_open_is_counted_and_left_alone() {
+    let store = MemoryStore::default();
+    let bs = breakers(json!({"name": "repo", "min_requests": 1}));
+    let b = &bs.breakers[0];
+    b.init_shared(&store);
+    store.set(&b.key, b"\x01garbage", None).unwrap();
+    let (admission, _) = b.admit(&store, &head(), 0);
+    assert_eq!(admission, Admission::Pass);
+    assert_eq!(b.record(&store, &admission, Some(true), 0), None);
+    assert_eq!(b.invalid_records.get(), 2);
+    assert_eq!(store.get(&b.key).unwrap().0, b"\x01garbage");
 }

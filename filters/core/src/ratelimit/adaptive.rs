@@ -9,12 +9,15 @@
 //!
 //! Measuring on every request must not add shared-data traffic to the hot
 //! path, so each worker VM measures alone and publishes a small record
-//! (`ctxgate_rl.<config>.adaptive.<n>`) every `publish_interval_ms`. On
+//! (`<namespace>.adaptive.<n>`) every `publish_interval_ms`. On
 //! the same tick it reads every worker's record and combines them: in-flight
 //! counts add up, latencies average weighted by samples. The combined view
 //! is at most one interval old.
 
+use crate::record::{self, Kind, RecordError};
 use crate::shared::{Change, SharedStore, Update, update};
+
+const VERSION: u8 = 1;
 
 use super::config::AdaptiveConfig;
 
@@ -33,23 +36,42 @@ struct Record {
 
 impl Record {
     fn encode(self) -> Vec<u8> {
-        format!(
-            "{} {} {} {}",
-            self.ewma_ms, self.samples, self.in_flight, self.updated_ms
-        )
-        .into_bytes()
+        let mut w = record::writer(Kind::AdaptiveWorker, VERSION, 32);
+        w.u64(self.ewma_ms.to_bits())
+            .u64(self.samples)
+            .u64(self.in_flight)
+            .u64(self.updated_ms);
+        w.finish()
     }
 
-    fn decode(bytes: &[u8]) -> Option<Record> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let mut fields = text.split(' ');
-        Some(Record {
-            ewma_ms: fields.next()?.parse().ok()?,
-            samples: fields.next()?.parse().ok()?,
-            in_flight: fields.next()?.parse().ok()?,
-            updated_ms: fields.next()?.parse().ok()?,
-        })
+    fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+        let mut r = record::reader(bytes, Kind::AdaptiveWorker, VERSION)?;
+        let record = Record {
+            ewma_ms: f64::from_bits(r.u64()?),
+            samples: r.u64()?,
+            in_flight: r.u64()?,
+            updated_ms: r.u64()?,
+        };
+        r.end()?;
+        if !record.ewma_ms.is_finite() || record.ewma_ms < 0.0 {
+            return Err(RecordError::Malformed);
+        }
+        Ok(record)
     }
+}
+
+/// The registry record: how many workers registered so far.
+fn encode_registry(count: u64) -> Vec<u8> {
+    let mut w = record::writer(Kind::AdaptiveRegistry, VERSION, 8);
+    w.u64(count);
+    w.finish()
+}
+
+fn decode_registry(bytes: &[u8]) -> Result<u64, RecordError> {
+    let mut r = record::reader(bytes, Kind::AdaptiveRegistry, VERSION)?;
+    let count = r.u64()?;
+    r.end()?;
+    Ok(count)
 }
 
 /// The combined, Envoy-wide view.
@@ -69,23 +91,27 @@ pub struct Adaptive {
     samples: u64,
     in_flight: u64,
     combined: Combined,
+    /// Shared-data records that did not decode (ignored, and counted).
+    pub invalid_records: u64,
 }
 
 impl Adaptive {
     /// Registers this worker (a number from a shared counter) and returns
     /// its measurement state.
     pub fn new(config: AdaptiveConfig, namespace: &str, store: &dyn SharedStore) -> Adaptive {
-        let prefix = format!("ctxgate_rl.{namespace}.adaptive.");
+        let prefix = format!("{namespace}.adaptive.");
         let counter = format!("{prefix}workers");
-        store.ensure(&counter, b"0");
-        let worker = match update(store, &counter, 64, |value| {
-            let n = std::str::from_utf8(value)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0);
-            Change::Write((n + 1).to_string().into_bytes(), n)
+        store.ensure(&counter, &encode_registry(0));
+        let mut invalid_records = 0;
+        let worker = match update(store, &counter, 64, |value| match decode_registry(value) {
+            Ok(n) => Change::Write(encode_registry(n + 1), Some(n)),
+            Err(_) => Change::Keep(None),
         }) {
-            Update::Written(n) => n % MAX_WORKERS,
+            Update::Written(Some(n)) => n % MAX_WORKERS,
+            Update::Unchanged(None) => {
+                invalid_records += 1;
+                0
+            }
             _ => 0,
         };
         Adaptive {
@@ -100,6 +126,7 @@ impl Adaptive {
                 others_in_flight: 0,
                 multiplier: 1.0,
             },
+            invalid_records,
         }
     }
 
@@ -166,21 +193,28 @@ impl Adaptive {
         );
         let mut others_in_flight = 0;
         let (mut weighted, mut weight) = (0.0, 0.0);
-        let registered = store
+        let registered = match store
             .get(&format!("{}workers", self.prefix))
-            .and_then(|(v, _)| {
-                std::str::from_utf8(&v)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            .min(MAX_WORKERS);
+            .map(|(v, _)| decode_registry(&v))
+        {
+            Some(Ok(n)) => n.min(MAX_WORKERS),
+            Some(Err(_)) => {
+                self.invalid_records += 1;
+                MAX_WORKERS
+            }
+            None => 0,
+        };
         for worker in 0..registered {
-            let Some(record) = store
+            let record = match store
                 .get(&format!("{}{worker}", self.prefix))
-                .and_then(|(v, _)| Record::decode(&v))
-            else {
-                continue;
+                .map(|(v, _)| Record::decode(&v))
+            {
+                Some(Ok(record)) => record,
+                Some(Err(_)) => {
+                    self.invalid_records += 1;
+                    continue;
+                }
+                None => continue,
             };
             if record.updated_ms < stale_before {
                 continue;

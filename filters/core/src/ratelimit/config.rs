@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Deserialize;
 
 use crate::auth::config::{ConfigError, check_header_name};
+use crate::client::ClientConfig;
 use crate::operation::OperationRule;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -20,7 +21,10 @@ pub struct RateLimitConfig {
     /// Cost of requests whose operation is unknown or not priced.
     #[serde(default = "defaults::one")]
     pub default_cost: u32,
-    /// Cost multipliers by `content-length`.
+    /// Cost multipliers by the request body's size: its `content-length`
+    /// (which Envoy holds the body to), or for a body of unknown length
+    /// (chunked, HTTP/2 without `content-length`) the bytes received so
+    /// far, charged as they stream in.
     #[serde(default = "defaults::payload_bands")]
     pub payload_bands: Vec<Band>,
     /// Cost multipliers by the depth of the context path.
@@ -105,30 +109,25 @@ pub enum KeyPart {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnonymousConfig {
-    /// `client_address` (the downstream address Envoy saw) or `header`.
-    pub by: AnonymousKey,
-    /// For `by: header`: the header holding the client key (for example
-    /// `x-forwarded-for` set by a trusted edge).
-    pub header: Option<String>,
+    /// How the client address is found and aggregated (see
+    /// [`ClientConfig`]): Envoy's computed address by default.
+    pub client: ClientConfig,
     /// The tier whose limits apply to anonymous clients.
     pub tier: String,
+    /// Shared-data slots of the anonymous table, kept apart from the
+    /// tenants' table so a flood of client addresses can never push a
+    /// tenant's bucket out.
+    pub slots: u32,
 }
 
 impl Default for AnonymousConfig {
     fn default() -> Self {
         AnonymousConfig {
-            by: AnonymousKey::ClientAddress,
-            header: None,
+            client: ClientConfig::default(),
             tier: "anonymous".into(),
+            slots: 1024,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnonymousKey {
-    ClientAddress,
-    Header,
 }
 
 /// One limit: `limit` units per `window_seconds`, as a token bucket of
@@ -227,6 +226,14 @@ pub struct GlobalConfig {
     /// Status for `failure_mode: deny`.
     #[serde(default = "defaults::deny_status")]
     pub deny_status: u16,
+    /// How long a report the RLS did not acknowledge is retried (same
+    /// report id, so the RLS counts it once) before it is dropped.
+    #[serde(default = "defaults::report_retry_seconds")]
+    pub report_retry_seconds: u64,
+    /// Reports waiting for a retry, per worker, at most (the oldest are
+    /// dropped beyond it, and counted).
+    #[serde(default = "defaults::max_pending_reports")]
+    pub max_pending_reports: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -346,6 +353,12 @@ mod defaults {
     pub fn deny_status() -> u16 {
         500
     }
+    pub fn report_retry_seconds() -> u64 {
+        300
+    }
+    pub fn max_pending_reports() -> usize {
+        10_000
+    }
 }
 
 fn check_limits(field: &str, limits: &[LimitConfig]) -> Result<(), ConfigError> {
@@ -417,16 +430,12 @@ impl RateLimitConfig {
         if self.key.is_empty() {
             return Err(ConfigError::new("key", "name at least one part"));
         }
-        if self.anonymous.by == AnonymousKey::Header {
-            match &self.anonymous.header {
-                Some(h) => check_header_name("anonymous.header", h)?,
-                None => {
-                    return Err(ConfigError::new(
-                        "anonymous.header",
-                        "required with by: header",
-                    ));
-                }
-            }
+        self.anonymous.client.validate("anonymous.client")?;
+        if !(1..=65_536).contains(&self.anonymous.slots) {
+            return Err(ConfigError::new(
+                "anonymous.slots",
+                "must be between 1 and 65536",
+            ));
         }
         if self.tiers.is_empty() {
             return Err(ConfigError::new("tiers", "configure at least one tier"));
@@ -520,6 +529,18 @@ impl RateLimitConfig {
                 return Err(ConfigError::new(
                     "global.sync_interval_ms",
                     "must be between 10 and 60000",
+                ));
+            }
+            if !(1..=3600).contains(&g.report_retry_seconds) {
+                return Err(ConfigError::new(
+                    "global.report_retry_seconds",
+                    "must be between 1 and 3600",
+                ));
+            }
+            if !(1..=1_000_000).contains(&g.max_pending_reports) {
+                return Err(ConfigError::new(
+                    "global.max_pending_reports",
+                    "must be between 1 and 1000000",
                 ));
             }
             if !(400..=599).contains(&g.deny_status) {

@@ -7,6 +7,7 @@ use crate::auth::identity::RateLimitClaims;
 use crate::shared::MemoryStore;
 
 const NOW: u64 = 1_800_000_000_000;
+const SECRET: Secret = Secret::from_bytes([3; 16]);
 
 fn limiter(extra: Value) -> RateLimiter {
     let mut config = json!({
@@ -21,7 +22,7 @@ fn limiter(extra: Value) -> RateLimiter {
         target.extend(extra);
     }
 
-    RateLimiter::from_json(config.to_string().as_bytes()).unwrap()
+    RateLimiter::from_json(config.to_string().as_bytes(), "t", SECRET).unwrap()
 }
 
 fn identity(tenant: &str, tier: &str) -> SharedIdentity {
@@ -43,6 +44,7 @@ struct Req {
     identity: Option<SharedIdentity>,
     operation: Option<&'static str>,
     client: Option<&'static str>,
+    end_of_stream: bool,
 }
 
 fn req(identity: Option<SharedIdentity>, operation: Option<&'static str>) -> Req {
@@ -53,6 +55,7 @@ fn req(identity: Option<SharedIdentity>, operation: Option<&'static str>) -> Req
         identity,
         operation,
         client: Some("10.0.0.7:5123"),
+        end_of_stream: true,
     }
 }
 
@@ -77,6 +80,7 @@ impl Req {
             }),
             client_address: self.client.map(str::to_owned),
             route: None,
+            end_of_stream: self.end_of_stream,
         }
     }
 }
@@ -115,8 +119,9 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 fn setup(extra: Value) -> (RateLimiter, LimiterState, MemoryStore) {
     let l = limiter(extra);
     let store = MemoryStore::default();
-    l.table.init_shared(&store);
-    (l, LimiterState::default(), store)
+    l.init_shared(&store);
+    let state = LimiterState::new(&l, 0x5eed);
+    (l, state, store)
 }
 
 #[test]
@@ -136,9 +141,25 @@ fn operations_are_priced() {
     assert_eq!(cost(Some("graph_traversal"), &[]), 10);
     assert_eq!(cost(Some("unknown"), &[]), 1);
     assert_eq!(cost(None, &[]), 1);
-    assert_eq!(cost(Some("write"), &[("content-length", "200000")]), 4);
-    assert_eq!(cost(Some("write"), &[("content-length", "2000000")]), 8);
-    assert_eq!(cost(Some("write"), &[("content-length", "junk")]), 2);
+    assert_eq!(
+        cost(Some("write"), &[("content-length", "200000")]),
+        2,
+        "no body"
+    );
+    let body_cost = |length: &str| {
+        let mut r =
+            req(Some(identity("acme", "standard")), Some("write")).header("content-length", length);
+        r.end_of_stream = false;
+        let facts = r.facts();
+        l.cost(&facts, facts.operation.as_ref())
+    };
+    assert_eq!(body_cost("200000"), 4);
+    assert_eq!(body_cost("2000000"), 8);
+    assert_eq!(
+        body_cost("junk"),
+        2,
+        "unknown length: charged as it streams"
+    );
 }
 
 #[test]
@@ -164,7 +185,7 @@ fn n_requests_of_cost_c_consume_exactly_n_times_c() {
         admitted(&check(&l, &mut state, &store, &r, NOW));
     }
     let limits = l.limits(r.identity.as_ref(), 1.0);
-    let hash = BucketTable::hash_key("tenant=acme|");
+    let hash = l.table.hash_key("tenant=acme|");
     assert_eq!(
         l.table.peek(&store, hash, &limits.specs, NOW),
         Some(vec![30])
@@ -234,8 +255,85 @@ fn anonymous_clients_are_keyed_by_address() {
     let mut b = req(None, None);
     b.client = Some("10.0.0.8:1");
     admitted(&check(&l, &mut state, &store, &b, NOW));
-    assert_eq!(strip_port("[::1]:80"), "::1");
-    assert_eq!(strip_port("10.1.2.3"), "10.1.2.3");
+    // A forged X-Forwarded-For does not make a new client.
+    let forged = req(None, None).header("x-forwarded-for", "1.2.3.4");
+    refused(&check(&l, &mut state, &store, &forged, NOW));
+    // Anonymous buckets live in their own table.
+    let acme = req(Some(identity("acme", "standard")), Some("read"));
+    admitted(&check(&l, &mut state, &store, &acme, NOW));
+    let anon_hash = l.anonymous_table.hash_key("anon|10.0.0.7");
+    assert!(l.anonymous_table.global_view(&store, anon_hash).is_some());
+    assert!(l.table.global_view(&store, anon_hash).is_none());
+}
+
+#[test]
+fn behind_trusted_proxies_the_client_is_read_from_the_right() {
+    let (l, mut state, store) = setup(json!({
+        "anonymous": {"client": {"source": "forwarded_for", "trusted_hops": 1}}
+    }));
+    let from = |xff: &'static str| {
+        let mut r = req(None, None).header("x-forwarded-for", xff);
+        r.client = Some("10.0.0.1:1");
+        r
+    };
+    for _ in 0..5 {
+        admitted(&check(
+            &l,
+            &mut state,
+            &store,
+            &from("6.6.6.1, 203.0.113.5"),
+            NOW,
+        ));
+    }
+    // The client varies the part it controls: still the same client.
+    refused(&check(
+        &l,
+        &mut state,
+        &store,
+        &from("6.6.6.2, 203.0.113.5"),
+        NOW,
+    ));
+    admitted(&check(
+        &l,
+        &mut state,
+        &store,
+        &from("6.6.6.1, 203.0.113.6"),
+        NOW,
+    ));
+}
+
+#[test]
+fn ipv6_clients_share_their_prefix() {
+    let (l, mut state, store) = setup(json!({}));
+    let from = |address: &'static str| {
+        let mut r = req(None, None);
+        r.client = Some(address);
+        r
+    };
+    for i in 0..5 {
+        let address = [
+            "[2001:db8::1]:1",
+            "[2001:db8::2]:1",
+            "[2001:db8::3]:1",
+            "[2001:db8::4]:1",
+            "[2001:db8::5]:1",
+        ][i];
+        admitted(&check(&l, &mut state, &store, &from(address), NOW));
+    }
+    refused(&check(
+        &l,
+        &mut state,
+        &store,
+        &from("[2001:db8::ffff]:9"),
+        NOW,
+    ));
+    admitted(&check(
+        &l,
+        &mut state,
+        &store,
+        &from("[2001:db8:0:1::1]:9"),
+        NOW,
+    ));
 }
 
 #[test]
@@ -281,6 +379,82 @@ fn limits_come_from_claims_tenants_and_tiers() {
 }
 
 #[test]
+fn another_token_of_the_same_tenant_does_not_refill_its_bucket() {
+    let (l, mut state, store) = setup(json!({"use_token_limits": true}));
+    let with_rpm = |rpm: u64| {
+        let mut id = identity("acme", "standard");
+        id.rate_limits = Some(RateLimitClaims {
+            tier: None,
+            requests_per_minute: Some(rpm),
+            context_operations_per_hour: None,
+        });
+        req(Some(id), Some("read"))
+    };
+    for _ in 0..10 {
+        admitted(&check(&l, &mut state, &store, &with_rpm(10), NOW));
+    }
+    refused(&check(&l, &mut state, &store, &with_rpm(10), NOW));
+    // A token claiming 11: one more request, not a fresh bucket.
+    admitted(&check(&l, &mut state, &store, &with_rpm(11), NOW));
+    refused(&check(&l, &mut state, &store, &with_rpm(11), NOW));
+    // A token with no claim falls back to the tier's limit, a separate
+    // bucket level of its own (per_minute), which was never used.
+    let tier = req(Some(identity("acme", "standard")), Some("read"));
+    admitted(&check(&l, &mut state, &store, &tier, NOW));
+    // And back: the claimed limit's level is still there.
+    refused(&check(&l, &mut state, &store, &with_rpm(11), NOW));
+}
+
+#[test]
+fn a_body_of_unknown_length_is_charged_as_it_streams() {
+    let (l, mut state, store) = setup(json!({
+        "payload_bands": [{"above": 1000, "multiplier": 3}, {"above": 5000, "multiplier": 10}]
+    }));
+    let mut r = req(Some(identity("acme", "standard")), Some("write"));
+    r.method = "POST";
+    r.end_of_stream = false;
+    let step = check(&l, &mut state, &store, &r, NOW);
+    let mut meter = admitted(&step).meter.clone().expect("unknown length");
+    assert_eq!(admitted(&step).cost, 2);
+    let hash = l.table.hash_key("tenant=acme|");
+    let specs = l.limits(r.identity.as_ref(), 1.0).specs;
+    assert_eq!(l.table.peek(&store, hash, &specs, NOW), Some(vec![98]));
+    assert_eq!(
+        l.on_body(&mut state, &store, &mut meter, 800, NOW),
+        Ok(None)
+    );
+    let view = l.on_body(&mut state, &store, &mut meter, 800, NOW).unwrap();
+    assert_eq!(view.map(|v| v.remaining), Some(94), "x3: 4 more");
+    assert_eq!(l.table.peek(&store, hash, &specs, NOW), Some(vec![94]));
+    l.on_body(&mut state, &store, &mut meter, 10_000, NOW)
+        .unwrap();
+    assert_eq!(
+        l.table.peek(&store, hash, &specs, NOW),
+        Some(vec![80]),
+        "x10: 14 more"
+    );
+    // A body the bucket cannot pay for is refused mid-stream.
+    let mut big = r.facts();
+    big.identity = Some(identity("initech", "anonymous"));
+    let Step::Allow(a) = l.check(&mut state, &store, &big, NOW) else {
+        panic!()
+    };
+    let mut meter = a.meter.unwrap();
+    let refusal = l
+        .on_body(&mut state, &store, &mut meter, 1_000_000, NOW)
+        .unwrap_err();
+    assert_eq!(refusal.reply.status, 429);
+    assert_eq!(refusal.refusal, Refusal::LocalLimit);
+    // A body of known length is charged up front, and not metered.
+    let mut known =
+        req(Some(identity("acme", "standard")), Some("write")).header("content-length", "6000");
+    known.end_of_stream = false;
+    let step = check(&l, &mut state, &store, &known, NOW);
+    assert_eq!(admitted(&step).cost, 20);
+    assert!(admitted(&step).meter.is_none());
+}
+
+#[test]
 fn the_adaptive_multiplier_shrinks_limits() {
     let (l, _, _) = setup(json!({}));
     let specs = l.limits(Some(&identity("acme", "standard")), 0.6).specs;
@@ -311,15 +485,15 @@ fn hierarchical_mode_goes_local_below_the_threshold_and_global_above() {
         panic!()
     };
     assert_eq!(
-        call.descriptor,
+        call.report.descriptor,
         vec![("tenant".to_owned(), "acme".to_owned())]
     );
     let admitted = l
-        .on_rls_answer(&store, &call, &answer(false, 100, 99), NOW)
+        .on_rls_answer(&mut state, &store, &call, &answer(false, 100, 99), NOW)
         .unwrap();
     assert_eq!(admitted.decided_by, DecidedBy::Rls);
     assert_eq!(
-        header(&admitted.response_headers, "x-ratelimit-remaining"),
+        header(&admitted.response_headers(), "x-ratelimit-remaining"),
         Some("99")
     );
     // Known usage 1/100: local, until this gateway's unreported consumption
@@ -331,14 +505,14 @@ fn hierarchical_mode_goes_local_below_the_threshold_and_global_above() {
         panic!("budget used")
     };
     assert_eq!(
-        call.piggybacked, 20,
+        call.report.hits, 21,
         "local admissions travel with the next global question"
     );
     let message =
-        <rls::RateLimitRequest as prost::Message>::decode(call.message.as_slice()).unwrap();
+        <rls::RateLimitRequest as prost::Message>::decode(call.report.message.as_slice()).unwrap();
     assert_eq!(message.hits_addend, 21);
     // Another gateway has been busy: the RLS count is 75 now.
-    l.on_rls_answer(&store, &call, &answer(false, 100, 25), NOW)
+    l.on_rls_answer(&mut state, &store, &call, &answer(false, 100, 25), NOW)
         .unwrap();
     for _ in 0..4 {
         assert_eq!(admitted_local(&l, &mut state, &store, &r), DecidedBy::Local);
@@ -347,7 +521,7 @@ fn hierarchical_mode_goes_local_below_the_threshold_and_global_above() {
         panic!("80/100 reached")
     };
     let over = l
-        .on_rls_answer(&store, &call, &answer(true, 100, 0), NOW)
+        .on_rls_answer(&mut state, &store, &call, &answer(true, 100, 0), NOW)
         .unwrap_err();
     assert_eq!(over.refusal, Refusal::GlobalLimit);
     assert_eq!(over.reply.status, 429);
@@ -364,6 +538,46 @@ fn hierarchical_mode_goes_local_below_the_threshold_and_global_above() {
 }
 
 #[test]
+fn the_countdown_is_monotonic_across_local_and_global_decisions() {
+    // Local: 600 per minute. Global: 1200, of which others used 40.
+    let (l, mut state, store) = setup(json!({
+        "tiers": {
+            "anonymous": [{"name": "per_minute", "limit": 5, "window_seconds": 60}],
+            "standard": [{"name": "per_minute", "limit": 600, "window_seconds": 60}]
+        },
+        "global": {"cluster": "rls", "sync_threshold": 0.8, "gateways": 1}
+    }));
+    let r = req(Some(identity("acme", "standard")), Some("graph_traversal"));
+    let mut rls_used = 40;
+    let mut last = u64::MAX;
+    let mut decided = std::collections::BTreeSet::new();
+    for i in 0..55 {
+        let admitted = match check(&l, &mut state, &store, &r, NOW + i) {
+            Step::Allow(a) => a,
+            Step::AskRls(call) => {
+                rls_used += call.report.hits;
+                let answer = answer(false, 1200, 1200 - rls_used);
+                l.on_rls_answer(&mut state, &store, &call, &answer, NOW + i)
+                    .unwrap()
+            }
+            Step::Deny(r) => panic!("{r:?}"),
+        };
+        decided.insert(format!("{:?}", admitted.decided_by));
+        let remaining: u64 = header(&admitted.response_headers(), "x-ratelimit-remaining")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(remaining < last, "request {i}: {remaining} after {last}");
+        last = remaining;
+    }
+    assert_eq!(
+        decided.len(),
+        2,
+        "both local and RLS decisions: {decided:?}"
+    );
+}
+
+#[test]
 fn more_gateways_mean_smaller_local_budgets() {
     let (l, mut state, store) =
         setup(json!({"global": {"cluster": "rls", "sync_threshold": 0.8, "gateways": 4}}));
@@ -371,7 +585,7 @@ fn more_gateways_mean_smaller_local_budgets() {
     let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
         panic!()
     };
-    l.on_rls_answer(&store, &call, &answer(false, 1000, 999), NOW)
+    l.on_rls_answer(&mut state, &store, &call, &answer(false, 1000, 999), NOW)
         .unwrap();
     // (1 - 0.8) / 4 of 1000 = 50.
     for _ in 0..50 {
@@ -393,34 +607,46 @@ fn admitted_local(
 }
 
 #[test]
-fn local_admissions_are_reported_and_failures_keep_them() {
+fn local_admissions_are_reported_once_and_a_failed_report_is_resent_unchanged() {
     let (l, mut state, store) = setup(hierarchical());
     let r = req(Some(identity("acme", "premium")), Some("write"));
     let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
         panic!()
     };
-    l.on_rls_answer(&store, &call, &answer(false, 1000, 998), NOW)
+    l.on_rls_answer(&mut state, &store, &call, &answer(false, 1000, 998), NOW)
         .unwrap();
     for _ in 0..5 {
         admitted_local(&l, &mut state, &store, &r);
     }
-    let reports = l.sync_reports(&mut state, &store);
+    let reports = l.sync_reports(&mut state, &store, NOW);
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].hits, 10);
     assert!(
-        l.sync_reports(&mut state, &store).is_empty(),
-        "claimed once"
+        l.sync_reports(&mut state, &store, NOW).is_empty(),
+        "in flight: not sent twice at once"
     );
-    l.on_sync_failure(&mut state, &store, reports.into_iter().next().unwrap());
-    let reports = l.sync_reports(&mut state, &store);
-    assert_eq!(reports[0].hits, 10, "given back after a failure");
-    l.on_sync_answer(&store, &reports[0], &answer(false, 1000, 900), NOW);
-    let view = bucket::global_view(&l.table, &store, reports[0].key_hash).unwrap();
-    assert_eq!(view.used, 100, "the RLS count replaces the estimate");
+    let first = reports[0].clone();
+    l.on_sync_failure(&mut state, first.id);
+    // More usage meanwhile: it waits in the bucket, the failed report is
+    // sent again as it was (same id: the RLS counts it once).
+    admitted_local(&l, &mut state, &store, &r);
+    let reports = l.sync_reports(&mut state, &store, NOW + 200);
+    assert_eq!(reports, vec![first.clone()]);
+    l.on_sync_answer(&mut state, &store, &first, &answer(false, 1000, 900), NOW);
+    let view = l.table.global_view(&store, first.key_hash).unwrap();
+    assert_eq!(view.used, 102, "the RLS count, plus what waits");
+    let reports = l.sync_reports(&mut state, &store, NOW + 400);
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].hits, 2);
+    assert_ne!(reports[0].id, first.id);
+    assert!(
+        reports[0].message != first.message || reports[0].hits != first.hits,
+        "a new report"
+    );
 }
 
 #[test]
-fn failure_modes() {
+fn failure_modes_keep_the_failed_call_s_report_for_a_retry() {
     for (mode, expect) in [
         (
             "local_fallback",
@@ -431,11 +657,11 @@ fn failure_modes() {
     ] {
         let (l, mut state, store) =
             setup(json!({"global": {"cluster": "rls", "failure_mode": mode, "deny_status": 503}}));
-        let r = req(Some(identity("acme", "premium")), Some("read"));
+        let r = req(Some(identity("acme", "premium")), Some("graph_traversal"));
         let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
             panic!()
         };
-        match (l.on_rls_failure(&store, &call), expect) {
+        match (l.on_rls_failure(&mut state, &call), expect) {
             (Ok(a), Some(by)) => assert_eq!(a.decided_by, by, "{mode}"),
             (Err(refused), None) => {
                 assert_eq!(refused.reply.status, 503);
@@ -443,6 +669,10 @@ fn failure_modes() {
             }
             (other, _) => panic!("{mode}: {other:?}"),
         }
+        // The request's own cost is reported later, under the same id.
+        let retry = l.sync_reports(&mut state, &store, NOW + 200);
+        assert_eq!(retry, vec![call.report.clone()], "{mode}");
+        assert_eq!(retry[0].hits, 10);
     }
 }
 
@@ -454,12 +684,24 @@ fn local_fallback_still_refuses_what_the_local_bucket_refuses() {
         let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
             panic!()
         };
-        l.on_rls_failure(&store, &call).unwrap();
+        l.on_rls_failure(&mut state, &call).unwrap();
     }
     assert_eq!(
         refused(&check(&l, &mut state, &store, &r, NOW)).refusal,
         Refusal::LocalLimit
     );
+    assert_eq!(state.outbox.len(), 10);
+}
+
+#[test]
+fn a_bucket_slot_that_does_not_decode_is_counted_not_reset() {
+    let (l, mut state, store) = setup(json!({"on_contention": "deny", "slots": 1}));
+    store.set("t.tenants.slot.0", b"garbage", None).unwrap();
+    let r = req(Some(identity("acme", "standard")), Some("read"));
+    let refusal = refused(&check(&l, &mut state, &store, &r, NOW)).clone();
+    assert_eq!(refusal.refusal, Refusal::Contention);
+    assert_eq!(state.counts.invalid_records, 1);
+    assert_eq!(store.get("t.tenants.slot.0").unwrap().0, b"garbage");
 }
 
 #[test]
@@ -469,7 +711,7 @@ fn bad_configuration_names_the_field() {
         if let (Some(t), Value::Object(e)) = (config.as_object_mut(), extra) {
             t.extend(e);
         }
-        RateLimiter::from_json(config.to_string().as_bytes())
+        RateLimiter::from_json(config.to_string().as_bytes(), "t", SECRET)
             .err()
             .unwrap()
             .to_string()

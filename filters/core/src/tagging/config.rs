@@ -15,10 +15,12 @@ pub struct TaggingConfig {
     /// Operation map used when the auth filter did not run before this one.
     #[serde(default)]
     pub operations: Vec<OperationRule>,
-    /// Header declaring the size of the context a request works on, used
-    /// by `size` conditions besides `content-length`.
+    /// The size `size` conditions see for a body of unknown length
+    /// (chunked, or HTTP/2 without `content-length`), which is not known
+    /// when the route is chosen. A size a client merely declares in a
+    /// header is never used for routing.
     #[serde(default)]
-    pub size_header: Option<String>,
+    pub unknown_size_bytes: u64,
     /// Ordered rules: for each tag, the first matching rule that sets it wins.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
@@ -90,8 +92,8 @@ pub enum ConditionConfig {
     Claim(ClaimConditionConfig),
     /// Operation name is one of these.
     Operation(Vec<String>),
-    /// Request size (the larger of `content-length` and `size_header`) in
-    /// bytes.
+    /// Request body size in bytes: its `content-length`, 0 without a body,
+    /// `unknown_size_bytes` when the length is not known yet.
     Size(SizeConfig),
 }
 

@@ -23,7 +23,7 @@ use regex::Regex;
 use crate::auth::SharedOperation;
 use crate::auth::config::{ConfigError, check_header_name, parse_json};
 use crate::auth::identity::SharedIdentity;
-use crate::http::RequestHead;
+use crate::http::{BodySize, RequestHead};
 use crate::operation::{OperationMap, OperationMatch};
 use crate::path::{canonical_segments, split_path_query};
 use config::{ConditionConfig, TaggingConfig, VariantConfig, VariantKey};
@@ -231,6 +231,8 @@ pub struct TagInput<'a> {
     pub head: RequestHead<'a>,
     pub identity: Option<SharedIdentity>,
     pub operation: Option<SharedOperation>,
+    /// The request headers ended the stream (no body).
+    pub end_of_stream: bool,
 }
 
 struct Facts<'a> {
@@ -268,7 +270,7 @@ pub struct Tags {
 pub struct Tagger {
     headers: Vec<(String, String)>,
     operations: Option<OperationMap>,
-    size_header: Option<String>,
+    unknown_size_bytes: u64,
     rules: Vec<Rule>,
     tenants: BTreeMap<String, BTreeMap<String, String>>,
     from_claims: BTreeMap<String, String>,
@@ -367,9 +369,6 @@ impl Tagger {
                 valid_value(&format!("variant.variants[{i}].name"), &w.name)?;
             }
         }
-        if let Some(h) = &config.size_header {
-            check_header_name("size_header", h)?;
-        }
         // Only needed when the auth filter did not classify the request.
         let operations = (!config.operations.is_empty())
             .then(|| OperationMap::compile(&config.operations))
@@ -377,7 +376,7 @@ impl Tagger {
         Ok(Tagger {
             headers,
             operations,
-            size_header: config.size_header,
+            unknown_size_bytes: config.unknown_size_bytes,
             rules,
             tenants: config.tenants,
             from_claims: config.from_claims,
@@ -402,12 +401,11 @@ impl Tagger {
         let (raw_path, _) = split_path_query(head.path);
         let path = canonical_segments(raw_path)
             .map_or_else(|_| raw_path.to_owned(), |s| format!("/{}", s.join("/")));
-        let number = |name: &str| {
-            head.header(name)
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0)
+        let size = match BodySize::of(head, input.end_of_stream) {
+            BodySize::Empty => 0,
+            BodySize::Known(length) => length,
+            BodySize::Unknown => self.unknown_size_bytes,
         };
-        let size = number("content-length").max(self.size_header.as_deref().map_or(0, number));
         let facts = Facts {
             head,
             identity: input.identity.as_ref(),

@@ -48,12 +48,14 @@ fn tags(
         },
         identity: id,
         operation,
+        end_of_stream: !headers
+            .iter()
+            .any(|(k, _)| k == "content-length" || k == "transfer-encoding"),
     })
 }
 
 fn demo() -> Tagger {
     tagger(json!({
-        "size_header": "x-context-size",
         "rules": [
             {"name": "large", "when": {"size": {"above": 1048576}}, "set": {"type": "large-context"}},
             {"name": "graph", "when": {"operation": ["graph_traversal"]}, "set": {"type": "graph", "priority": "high"}},
@@ -99,7 +101,7 @@ fn rules_set_tags_first_match_wins() {
         &t,
         "GET",
         "/v1/contexts/a",
-        &[("x-context-size", "5000000")],
+        &[("content-length", "5000000")],
         acme.clone(),
         Some(op("graph_traversal", "a")),
     )
@@ -118,6 +120,33 @@ fn rules_set_tags_first_match_wins() {
     assert_eq!(v["priority"], "high", "premium precedes batch");
     let v = tags(&t, "GET", "/x", &[("x-debug", "yes")], acme, None).values;
     assert_eq!(v["type"], "debug");
+}
+
+#[test]
+fn routing_never_trusts_a_declared_size() {
+    let t = demo();
+    let acme = Some(identity("acme", "standard"));
+    let v = tags(
+        &t,
+        "GET",
+        "/v1/contexts/a",
+        &[("x-context-size", "5000000")],
+        acme.clone(),
+        None,
+    )
+    .values;
+    assert_eq!(v["type"], "standard", "a size header is only a claim");
+    // A body of unknown length is routed by the configured default.
+    let chunked = [("transfer-encoding", "chunked")];
+    let v = tags(&t, "PUT", "/v1/contexts/a", &chunked, acme.clone(), None).values;
+    assert_eq!(v["type"], "standard");
+    let big_default = tagger(json!({
+        "unknown_size_bytes": 10_000_000,
+        "rules": [{"name": "large", "when": {"size": {"above": 1048576}}, "set": {"type": "large-context"}}],
+        "defaults": {"type": "standard"}
+    }));
+    let v = tags(&big_default, "PUT", "/v1/contexts/a", &chunked, acme, None).values;
+    assert_eq!(v["type"], "large-context");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use ctxgate_rls::config::Action;
-use ctxgate_rls::{Limits, StorageConfig};
+use ctxgate_rls::{Dedupe, Limits, StorageConfig};
 use tokio::net::TcpListener;
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
@@ -40,6 +40,18 @@ struct Args {
     /// ones beyond this are forgotten).
     #[arg(long, default_value_t = 100_000)]
     max_counters: u64,
+    /// How long an applied report id (x-ctxgate-report) is remembered, so
+    /// that a retry of the same report adds nothing. Must exceed how long
+    /// clients retry a report (ctxgate's filter: at most 300 s); a retry
+    /// arriving later is counted again.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    dedupe_seconds: u64,
+    /// In-memory storage only: how many chunks of report-id marks to keep
+    /// (one chunk: 4096 consecutive ids of one reporter, about 600 bytes).
+    /// Beyond it the least recently used are forgotten early, which can
+    /// make a retry count twice (logged).
+    #[arg(long, default_value_t = Dedupe::default().max_chunks)]
+    dedupe_max_chunks: usize,
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: Level,
@@ -49,8 +61,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let filter = Targets::new()
         .with_default(Level::WARN.min(args.log_level))
-        .with_target("ctxgate_rls", args.log_level)
-        .with_target("limitador", args.log_level);
+        .with_target("ctxgate_rls", args.log_level);
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -80,6 +91,10 @@ fn run(args: Args) -> Result<()> {
             max_counters: args.max_counters,
         },
     };
+    let dedupe = Dedupe {
+        horizon: Duration::from_secs(args.dedupe_seconds),
+        max_chunks: args.dedupe_max_chunks,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,9 +107,9 @@ fn run(args: Args) -> Result<()> {
             .local_addr()
             .context("cannot read the listen address")?;
         let summary = describe(&limits);
-        let limiter = ctxgate_rls::rate_limiter(limits, &storage).await?;
+        let limiter = ctxgate_rls::rate_limiter(limits, &storage, dedupe).await?;
         tracing::info!(
-            "ctxgate-rls listening on {addr} (gRPC envoy.service.ratelimit.v3 + grpc.health.v1), storage {storage}, {summary}"
+            "ctxgate-rls listening on {addr} (gRPC envoy.service.ratelimit.v3 + grpc.health.v1), storage {storage}, {dedupe}, {summary}"
         );
         ctxgate_rls::serve(listener, limiter, shutdown_signal(), Duration::from_secs(5)).await?;
         tracing::info!("ctxgate-rls stopped");
