@@ -2,9 +2,11 @@
 //! filters will read them, without a cluster:
 //!
 //! * every Istio object against the served version of its CRD in Istio's
-//!   own bundle (`../shared/istio-crds/customresourcedefinitions.gen.yaml`,
-//!   or `$CTXGATE_ISTIO_CRDS`): the JSON schema, strict about unknown fields
-//!   as Kubernetes is, and the CRDs' CEL rules (see `istio/crd.rs`);
+//!   own bundle (the kinds istio/ uses, kept in the repository with their
+//!   source and version: `istio/customresourcedefinitions.gen.yaml` beside
+//!   this file, or `$CTXGATE_ISTIO_CRDS`): the JSON schema, strict about
+//!   unknown fields as Kubernetes is, and the CRDs' CEL rules (see
+//!   `istio/crd.rs`);
 //! * Kubernetes built-ins (Deployment, Service, ConfigMap, ...): they parse
 //!   and carry an apiVersion, a kind and valid metadata;
 //! * each WasmPlugin's `pluginConfig` through its filter's own parser, as
@@ -56,7 +58,7 @@ const PLUGINS: [&str; 4] = [
 
 static CRDS: LazyLock<Crds> = LazyLock::new(|| {
     let path = std::env::var_os("CTXGATE_ISTIO_CRDS").map_or_else(
-        || repo_root().join("../shared/istio-crds/customresourcedefinitions.gen.yaml"),
+        || repo_root().join("tests/e2e/istio/customresourcedefinitions.gen.yaml"),
         PathBuf::from,
     );
     Crds::load(&path).unwrap_or_else(|e| panic!("{e}"))

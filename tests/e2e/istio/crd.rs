@@ -47,8 +47,7 @@ impl Crds {
     pub fn load(path: &Path) -> Result<Crds, String> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             format!(
-                "cannot read Istio's CRD bundle at {}: {e}\n\
-                 (it is shared data: ../shared/istio-crds/ beside the repository)",
+                "cannot read Istio's CRD bundle at {}: {e}",
                 path.display()
             )
         })?;
