@@ -18,7 +18,8 @@ bootstrap:
 build: bootstrap
 	cargo build --profile wasm --target $(WASM_TARGET) $(addprefix -p ctxgate-,$(FILTERS))
 	@mkdir -p dist
-	@for f in $(FILTERS); do cp $(WASM_DIR)/ctxgate_$$f.wasm dist/; done
+	@# copy, then rename: an Envoy starting meanwhile never reads half a module
+	@for f in $(FILTERS); do cp $(WASM_DIR)/ctxgate_$$f.wasm dist/.ctxgate_$$f.wasm.tmp && mv dist/.ctxgate_$$f.wasm.tmp dist/ctxgate_$$f.wasm; done
 	@ls -l dist/*.wasm
 
 ## run: the demo gateway on 127.0.0.1:10000 (admin 127.0.0.1:9901)

@@ -123,6 +123,8 @@ pub struct GlobalView {
     pub limit: u64,
     /// End of the RLS window, unix ms.
     pub reset_ms: u64,
+    /// Length of the RLS window, ms.
+    pub window_ms: u64,
     /// Consumption admitted locally and not yet reported to the RLS.
     pub unreported: u64,
 }
@@ -179,6 +181,7 @@ fn decode_slot(bytes: &[u8]) -> Result<Vec<Entry>, RecordError> {
             used: r.u64()?,
             limit: r.u64()?,
             reset_ms: r.u64()?,
+            window_ms: r.u64()?,
             unreported: r.u64()?,
         };
         let n = r.u8()?;
@@ -215,6 +218,7 @@ fn encode_slot(entries: &[Entry]) -> Vec<u8> {
             .u64(e.global.used)
             .u64(e.global.limit)
             .u64(e.global.reset_ms)
+            .u64(e.global.window_ms)
             .u64(e.global.unreported);
         let limits = e.limits.iter().take(MAX_LIMITS_PER_KEY);
         w.u8(u8::try_from(limits.len()).unwrap_or(0));
@@ -397,22 +401,22 @@ impl BucketTable {
         }
     }
 
-    /// Applies an RLS answer to the global view of `hash`: `rls_used` is the
-    /// RLS count after the reported hits, `limit` its limit, `reset_ms` the
-    /// end of its window. Consumption admitted locally while the call was in
-    /// flight stays counted on top.
+    /// Applies an RLS answer to the global view of `hash`: `answer.used` is
+    /// the RLS count after the reported hits, then its limit, the end and
+    /// length of its window. Consumption admitted locally while the call
+    /// was in flight stays counted on top.
     pub fn learn_global(
         &self,
         store: &dyn SharedStore,
         hash: u64,
-        rls_used: u64,
-        limit: u64,
-        reset_ms: u64,
+        answer: GlobalView,
     ) -> Result<bool, RecordError> {
         self.modify(store, hash, |entry| {
-            entry.global.used = rls_used.saturating_add(entry.global.unreported);
-            entry.global.limit = limit;
-            entry.global.reset_ms = reset_ms;
+            entry.global = GlobalView {
+                used: answer.used.saturating_add(entry.global.unreported),
+                unreported: entry.global.unreported,
+                ..answer
+            };
             Some(true)
         })
         .map(|r| r.unwrap_or(false))
@@ -862,7 +866,14 @@ mod tests {
         };
         assert_eq!(claimed_unreported, 6);
         t.take(&store, h, &specs, 4, GlobalAction::CountLocally, 0);
-        assert_eq!(t.learn_global(&store, h, 50, 100, 60_000), Ok(true));
+        let answer = GlobalView {
+            used: 50,
+            limit: 100,
+            reset_ms: 60_000,
+            window_ms: 60_000,
+            unreported: 0,
+        };
+        assert_eq!(t.learn_global(&store, h, answer), Ok(true));
         let view = t.global_view(&store, h).unwrap();
         assert_eq!((view.used, view.limit, view.unreported), (54, 100, 4));
         assert!(view.is_known(59_999) && !view.is_known(60_000));
@@ -940,6 +951,7 @@ mod tests {
                 used: 3,
                 limit: 4,
                 reset_ms: 5,
+                window_ms: 10,
                 unreported: 6,
             },
             limits: vec![LimitState {

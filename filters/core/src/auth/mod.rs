@@ -642,14 +642,12 @@ impl Auth {
                 t.client_key((env.client_address)().as_deref(), forwarded_for.as_deref()),
             )
         });
-        let mut throttled = None;
         let mut gate = || -> Result<(), Denial> {
             let Some((throttle, client)) = &client else {
                 return Ok(());
             };
             match throttle.blocked_for(store, client, now.saturating_mul(1000)) {
                 Ok(Some(seconds)) => {
-                    throttled = Some(seconds);
                     let mut denial = Denial::new(
                         Reason::VerificationThrottled,
                         "too many failed token verifications from this client; retry later",
@@ -665,9 +663,6 @@ impl Auth {
             }
         };
         let verified = self.verify_uncached(state, token, now, &mut gate);
-        if throttled.is_some() {
-            decision.cache = CacheUse::Miss;
-        }
         match verified {
             Ok(Verified {
                 identity,

@@ -144,7 +144,7 @@ impl LimitView {
         let reset = view.reset_ms.saturating_sub(now_ms).div_ceil(1000);
         Some(LimitView {
             limit: view.limit,
-            window_seconds: reset.max(1),
+            window_seconds: view.window_ms.div_ceil(1000).max(1),
             remaining,
             reset_seconds: reset,
         })
@@ -956,27 +956,29 @@ impl RateLimiter {
         now_ms: u64,
     ) {
         let sync_ms = self.global.as_ref().map_or(1000, |g| g.sync_interval_ms);
-        let (used, limit, reset_ms) = match answer.used() {
-            Some(used) => {
-                let window_ms = answer.window_seconds.unwrap_or(60).saturating_mul(1000);
-                let reset_ms = now_ms.saturating_add(answer.reset_in_ms.unwrap_or(window_ms));
-                (used, answer.limit.unwrap_or(0), reset_ms)
-            }
+        let window_ms = answer.window_seconds.unwrap_or(60).saturating_mul(1000);
+        let view = match answer.used() {
+            Some(used) => GlobalView {
+                used,
+                limit: answer.limit.unwrap_or(0),
+                reset_ms: now_ms.saturating_add(answer.reset_in_ms.unwrap_or(window_ms)),
+                window_ms,
+                unreported: 0,
+            },
             // The RLS has no limit for this key: local buckets decide, and
             // the question is asked again after a while.
-            None => (
-                0,
-                u64::MAX,
-                now_ms.saturating_add(sync_ms.saturating_mul(50)),
-            ),
+            None => GlobalView {
+                used: 0,
+                limit: u64::MAX,
+                reset_ms: now_ms.saturating_add(sync_ms.saturating_mul(50)),
+                window_ms,
+                unreported: 0,
+            },
         };
-        if let Err(e) = self.table_of(report.anonymous).learn_global(
-            store,
-            report.key_hash,
-            used,
-            limit,
-            reset_ms,
-        ) {
+        if let Err(e) = self
+            .table_of(report.anonymous)
+            .learn_global(store, report.key_hash, view)
+        {
             state.record_invalid(e);
         }
     }
