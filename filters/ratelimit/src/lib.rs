@@ -50,6 +50,9 @@ struct Pending {
     token: u32,
     deadline_ms: u64,
     call: Box<RlsCall>,
+    /// Body bytes that arrived meanwhile (buffered by Envoy), to charge
+    /// when the request is let through.
+    body_bytes: u64,
 }
 
 /// What the watchdog decided for a request whose RLS call was late; the
@@ -237,6 +240,7 @@ impl RootContext for RateLimitRoot {
             waiting: false,
             refused: false,
             started_ms: None,
+            buffered: None,
         }))
     }
 
@@ -268,7 +272,7 @@ impl Shared {
             let outcome = self
                 .limiter
                 .on_rls_failure(&mut self.state.borrow_mut(), &pending.call);
-            let admitted = self.apply(outcome);
+            let admitted = self.apply(outcome, pending.body_bytes);
             self.resolved.borrow_mut().insert(
                 context_id,
                 Resolved {
@@ -279,9 +283,32 @@ impl Shared {
         }
     }
 
-    /// Sends the refusal, or resumes the paused request. Returns what was
-    /// admitted, for the response headers.
-    fn apply(&self, outcome: Result<Admitted, Refused>) -> Option<Admitted> {
+    /// Sends the refusal, or resumes the paused request, after charging
+    /// the `body_bytes` that arrived while it waited (a body of unknown
+    /// length). Returns what was admitted, for the response headers.
+    fn apply(&self, outcome: Result<Admitted, Refused>, body_bytes: u64) -> Option<Admitted> {
+        let outcome = match outcome {
+            Ok(mut admitted) if body_bytes > 0 => match admitted.meter.as_mut() {
+                Some(meter) => {
+                    let charged = self.limiter.on_body(
+                        &mut self.state.borrow_mut(),
+                        &SharedData,
+                        meter,
+                        body_bytes,
+                        glue::now_ms(),
+                    );
+                    match charged {
+                        Ok(view) => {
+                            admitted.view = view.or(admitted.view);
+                            Ok(admitted)
+                        }
+                        Err(refused) => Err(refused),
+                    }
+                }
+                None => Ok(admitted),
+            },
+            other => other,
+        };
         match outcome {
             Ok(admitted) => {
                 self.metrics.allowed(&admitted);
@@ -312,6 +339,10 @@ struct RateLimitRequest {
     refused: bool,
     /// When the request was let through (adaptive latency), if it was.
     started_ms: Option<u64>,
+    /// The body size Envoy reported at the last body callback, if that
+    /// callback paused (Envoy then buffers, and the next callback reports
+    /// everything buffered, not just the new bytes).
+    buffered: Option<u64>,
 }
 
 impl RateLimitRequest {
@@ -362,6 +393,9 @@ impl RateLimitRequest {
         if let Some(resolved) = self.shared.resolved.borrow_mut().remove(&self.context_id) {
             self.waiting = false;
             if resolved.admitted.is_some() {
+                // Resumed: Envoy passed the buffered body on, and counts
+                // from zero again.
+                self.buffered = None;
                 self.started_ms = Some(resolved.resumed_ms);
             } else {
                 self.refused = true;
@@ -432,9 +466,14 @@ impl Context for RateLimitRequest {
                 }
             }
         };
-        self.admitted = shared.apply(outcome);
+        self.admitted = shared.apply(outcome, pending.body_bytes);
         match self.admitted {
-            Some(_) => self.started_ms = Some(glue::now_ms()),
+            Some(_) => {
+                // Resumed: Envoy passed the buffered body on, and counts
+                // from zero again.
+                self.buffered = None;
+                self.started_ms = Some(glue::now_ms());
+            }
             None => self.refused = true,
         }
     }
@@ -469,6 +508,7 @@ impl HttpContext for RateLimitRequest {
                                 token,
                                 deadline_ms,
                                 call,
+                                body_bytes: 0,
                             },
                         );
                         self.waiting = true;
@@ -489,9 +529,20 @@ impl HttpContext for RateLimitRequest {
 
     fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
         self.take_resolved();
-        if self.waiting || self.refused {
-            // The request's headers are paused for the RLS (or refused):
-            // Envoy must buffer the body, not resume the request with it.
+        let reported = u64::try_from(body_size).unwrap_or(u64::MAX);
+        let new_bytes = reported.saturating_sub(self.buffered.take().unwrap_or(0));
+        if self.refused {
+            self.buffered = Some(reported);
+            return Action::Pause;
+        }
+        if self.waiting {
+            // The headers are paused for the RLS: Envoy must buffer the
+            // body, not resume the request with it. What arrives is
+            // charged once the RLS has answered.
+            if let Some(pending) = self.shared.pending.borrow_mut().get_mut(&self.context_id) {
+                pending.body_bytes = pending.body_bytes.saturating_add(new_bytes);
+            }
+            self.buffered = Some(reported);
             return Action::Pause;
         }
         let shared = Rc::clone(&self.shared);
@@ -501,21 +552,19 @@ impl HttpContext for RateLimitRequest {
         let Some(meter) = admitted.meter.as_mut() else {
             return Action::Continue;
         };
-        let chunk = u64::try_from(body_size).unwrap_or(u64::MAX);
         let charged = shared.limiter.on_body(
             &mut shared.state.borrow_mut(),
             &SharedData,
             meter,
-            chunk,
+            new_bytes,
             glue::now_ms(),
         );
         shared.metrics.record_state(&mut shared.state.borrow_mut());
         match charged {
-            Ok(Some(view)) => {
-                admitted.view = Some(view);
+            Ok(view) => {
+                admitted.view = view.or(admitted.view);
                 Action::Continue
             }
-            Ok(None) => Action::Continue,
             Err(refused) => {
                 shared.metrics.refused(refused.refusal);
                 glue::send_local_reply(&refused.reply);
@@ -525,6 +574,7 @@ impl HttpContext for RateLimitRequest {
                 if let Some(a) = shared.state.borrow_mut().adaptive.as_mut() {
                     a.finished(None);
                 }
+                self.buffered = Some(reported);
                 Action::Pause
             }
         }
