@@ -45,12 +45,8 @@ pub struct Checked {
 impl Crds {
     /// Loads a `customresourcedefinitions.gen.yaml`-style bundle.
     pub fn load(path: &Path) -> Result<Crds, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            format!(
-                "cannot read Istio's CRD bundle at {}: {e}",
-                path.display()
-            )
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read Istio's CRD bundle at {}: {e}", path.display()))?;
         let docs = super::yaml::documents(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut schemas = BTreeMap::new();
         for doc in docs {
