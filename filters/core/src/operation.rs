@@ -552,8 +552,8 @@ mod tests {
             "/v1/contexts/projects/eng"
         );
         assert_eq!(
-            forwarded(&map, "GET", "/v1/contexts/a%20b/c%3Fd"),
-            "/v1/contexts/a%20b/c%3Fd"
+            forwarded(&map, "GET", "/v1/contexts/a%20b/c%2Cd"),
+            "/v1/contexts/a%20b/c,d"
         );
         assert_eq!(forwarded(&map, "POST", "/V1/Query?context=A"), "/v1/query");
     }

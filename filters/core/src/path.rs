@@ -11,7 +11,12 @@
 //!   double encoding and is refused;
 //! * empty segments (`//`) and `.` segments are dropped, `..` removes the
 //!   previous segment and may never climb above the root;
-//! * backslashes, control characters and invalid UTF-8 are refused;
+//! * backslashes, control characters and invalid UTF-8 are refused, and so
+//!   are `?` and `#` inside a segment (only `%3F`/`%23` can put them there:
+//!   an upstream that decodes and parses again would cut the path there)
+//!   and whitespace at either end of a segment (HTTP header values are
+//!   trimmed, so `projects/%20` would reach the upstream's
+//!   `x-context-path` as `projects/`, and frameworks trim segments);
 //! * path parameters (`;` inside a segment, raw or encoded) are refused by
 //!   default: Tomcat, Jetty and other servlet stacks drop `;...` from each
 //!   segment before resolving dot segments, so `/public/..;/secret` is
@@ -48,6 +53,8 @@ pub enum PathError {
     Parameter,
     /// A character that compatibility normalization maps to a delimiter.
     Confusable,
+    /// Whitespace at the start or end of a segment.
+    SurroundingWhitespace,
 }
 
 impl PathError {
@@ -64,6 +71,7 @@ impl PathError {
             PathError::Empty => "empty_path",
             PathError::Parameter => "path_parameter",
             PathError::Confusable => "confusable_character",
+            PathError::SurroundingWhitespace => "surrounding_whitespace",
         }
     }
 }
@@ -82,6 +90,9 @@ impl fmt::Display for PathError {
             PathError::Parameter => "path parameters (';' in a segment) are not accepted",
             PathError::Confusable => {
                 "path contains a character that some servers read as '/', '\\', '.', ';', '%', '?' or '#'"
+            }
+            PathError::SurroundingWhitespace => {
+                "a path segment starts or ends with whitespace"
             }
         })
     }
@@ -279,9 +290,12 @@ pub fn canonical_segments_with(
 }
 
 fn check_segment(segment: &str, parameters: PathParameters) -> Result<(), PathError> {
+    if segment.trim() != segment {
+        return Err(PathError::SurroundingWhitespace);
+    }
     for c in segment.chars() {
         match c {
-            '\\' => return Err(PathError::ForbiddenCharacter),
+            '\\' | '?' | '#' => return Err(PathError::ForbiddenCharacter),
             '%' => return Err(PathError::DoubleEncoded),
             ';' if parameters == PathParameters::Reject => return Err(PathError::Parameter),
             c if c.is_control() => return Err(PathError::ForbiddenCharacter),
@@ -446,6 +460,27 @@ mod tests {
         assert_eq!(canon("a%zz"), Err(PathError::BadEscape));
         assert_eq!(canon("a%2"), Err(PathError::BadEscape));
         assert_eq!(canon("/./"), Err(PathError::Empty));
+        // Only an encoded ? or # can be inside a segment: a reader that
+        // decodes and parses again cuts the path there.
+        assert_eq!(
+            canon("projects/public/..%3Fx"),
+            Err(PathError::ForbiddenCharacter)
+        );
+        assert_eq!(canon("projects/a%23b"), Err(PathError::ForbiddenCharacter));
+    }
+
+    #[test]
+    fn segments_cannot_start_or_end_with_whitespace() {
+        for raw in [
+            "projects/%20",
+            "projects/%20a",
+            "projects/a%09",
+            "projects/%C2%A0",
+            "projects/%E3%80%80x",
+        ] {
+            assert_eq!(canon(raw), Err(PathError::SurroundingWhitespace), "{raw}");
+        }
+        assert_eq!(canon("projects/my%20notes").unwrap(), "projects/my notes");
     }
 
     #[test]
@@ -508,7 +543,7 @@ mod tests {
         for raw in [
             "/",
             "/a/b",
-            "/a%20b/c%3Fd/%23e",
+            "/a%20b/c%2Cd/e%5Bf%5D",
             "/caf%C3%A9",
             "/a+b/c=d/e:f@g",
             "/x/%7Eme",
@@ -523,8 +558,8 @@ mod tests {
             "/a/c/d"
         );
         assert_eq!(
-            canonical_path(&canonical_segments("/a%20b/c%3Fd/x%23").unwrap()),
-            "/a%20b/c%3Fd/x%23"
+            canonical_path(&canonical_segments("/a%20b/c%2C%5B%5D").unwrap()),
+            "/a%20b/c,%5B%5D"
         );
         assert_eq!(canonical_path::<&str>(&[]), "/");
     }
