@@ -36,8 +36,10 @@ pub struct ClientConfig {
     pub source: ClientSource,
     /// With `forwarded_for`: how many trusted proxies in front of Envoy
     /// append to `X-Forwarded-For`. The client is the element the outermost
-    /// of them appended, `trusted_hops` from the right. A header with fewer
-    /// elements falls back to the connection's address.
+    /// of them appended, `trusted_hops` from the right. A request whose
+    /// header has fewer elements did not come through the trusted proxies:
+    /// all such requests share one key, `unknown` (Envoy's own address for
+    /// it may come from that very header, which the client wrote).
     pub trusted_hops: u32,
     /// IPv6 addresses are keyed by their first `ipv6_prefix` bits.
     pub ipv6_prefix: u8,
@@ -83,14 +85,14 @@ impl ClientConfig {
     /// `address` is Envoy's downstream address (`ip:port`), `forwarded_for`
     /// the request's `X-Forwarded-For` values (joined by commas).
     pub fn key(&self, address: Option<&str>, forwarded_for: Option<&str>) -> String {
-        let from_header = match self.source {
-            ClientSource::ClientAddress => None,
+        let text = match self.source {
+            ClientSource::ClientAddress => address,
             ClientSource::ForwardedFor => forwarded_for.and_then(|header| {
                 let hops = usize::try_from(self.trusted_hops).unwrap_or(usize::MAX);
                 header.rsplit(',').nth(hops.checked_sub(1)?).map(str::trim)
             }),
         };
-        let Some(text) = from_header.or(address) else {
+        let Some(text) = text else {
             return "unknown".to_owned();
         };
         match parse_address(text) {
@@ -162,9 +164,10 @@ mod tests {
             forwarded(2).key(Some("10.0.0.3:1"), Some(xff)),
             "203.0.113.9"
         );
-        // Too few elements: the connection's address.
-        assert_eq!(forwarded(4).key(Some("10.0.0.3:1"), Some(xff)), "10.0.0.3");
-        assert_eq!(forwarded(1).key(Some("10.0.0.3:1"), None), "10.0.0.3");
+        // Too few elements: not through the trusted proxies; one shared key
+        // (Envoy's address for such a request may come from the header).
+        assert_eq!(forwarded(4).key(Some("10.0.0.3:1"), Some(xff)), "unknown");
+        assert_eq!(forwarded(1).key(Some("10.0.0.3:1"), None), "unknown");
     }
 
     #[test]

@@ -605,7 +605,8 @@ impl fmt::Display for TokenError {
                 f.write_str("the token claims a tenant its issuer may not assert")
             }
             TokenError::InvalidScopes => f.write_str(
-                "a scope holds whitespace, '%', ';', '\\', a control character or a dot segment",
+                "a scope holds whitespace, a percent sign, a semicolon, a backslash, \
+                 a control character or a dot segment",
             ),
         }
     }

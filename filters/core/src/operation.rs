@@ -25,7 +25,10 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::path::{ContextPath, PathError, canonical_path, canonical_segments, split_path_query};
+use crate::path::{
+    ContextPath, MAX_PATH_BYTES, PathError, canonical_path, canonical_segments, rendered_len,
+    split_path_query,
+};
 use crate::query::{Query, QueryError};
 use crate::scope::Action;
 
@@ -229,6 +232,11 @@ impl OperationMap {
                 }
                 ContextSource::Query(param) => Some(param.as_str()),
             };
+            // Template literals can be longer than what they matched
+            // (case-insensitively): the forwarded path keeps to the limit.
+            if rendered_len(&forwarded) > MAX_PATH_BYTES {
+                return OperationMatch::InvalidPath(PathError::TooLong);
+            }
             return OperationMatch::Matched(Operation {
                 name: &rule.name,
                 action: rule.action,

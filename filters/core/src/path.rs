@@ -286,7 +286,22 @@ pub fn canonical_segments_with(
             }
         }
     }
+    // The limit holds for the canonical form too (a path without a leading
+    // `/` gains one), so whatever is accepted is accepted again once
+    // forwarded.
+    if rendered_len(&segments) > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
+    }
     Ok(segments)
+}
+
+/// Decoded length of `/a/b/c` for these segments (at least 1, for `/`).
+pub fn rendered_len<S: AsRef<str>>(segments: &[S]) -> usize {
+    segments
+        .iter()
+        .map(|s| s.as_ref().len() + 1)
+        .sum::<usize>()
+        .max(1)
 }
 
 fn check_segment(segment: &str, parameters: PathParameters) -> Result<(), PathError> {
@@ -349,7 +364,12 @@ impl ContextPath {
         if segments.len() > MAX_SEGMENTS {
             return Err(PathError::TooDeep);
         }
-        let segments = segments.into_iter().map(|s| s.to_lowercase()).collect();
+        let segments: Vec<String> = segments.into_iter().map(|s| s.to_lowercase()).collect();
+        // Lowercasing can make a character longer (`Ⱥ` is 2 bytes, `ⱥ` 3):
+        // the limit holds for the lowercased form too.
+        if rendered_len(&segments) > MAX_PATH_BYTES {
+            return Err(PathError::TooLong);
+        }
         Ok(ContextPath { segments })
     }
 
@@ -562,6 +582,18 @@ mod tests {
             "/a%20b/c,%5B%5D"
         );
         assert_eq!(canonical_path::<&str>(&[]), "/");
+    }
+
+    #[test]
+    fn limits_hold_for_the_canonical_and_lowercased_forms() {
+        // 2048 decoded bytes without a leading '/': 2049 once rendered.
+        let unrooted = "a".repeat(MAX_PATH_BYTES);
+        assert_eq!(canonical_segments(&unrooted), Err(PathError::TooLong));
+        assert!(canonical_segments(&format!("/{}", "a".repeat(MAX_PATH_BYTES - 1))).is_ok());
+        // Lowercasing grows U+023A from 2 to 3 bytes.
+        let growing = "\u{23A}".repeat(1000);
+        assert!(canonical_segments(&growing).is_ok());
+        assert_eq!(ContextPath::parse(&growing), Err(PathError::TooLong));
     }
 
     #[test]

@@ -18,7 +18,8 @@ use std::fmt;
 
 use crate::path::{percent_decode_bytes, percent_encode_into};
 
-/// Longest query, in bytes, that is considered at all.
+/// Longest query, in bytes, that is considered at all: as received, and
+/// once serialized again (a `+` becomes `%20`).
 pub const MAX_QUERY_BYTES: usize = 8192;
 /// Most pairs in one query.
 pub const MAX_PAIRS: usize = 256;
@@ -105,7 +106,30 @@ impl Query {
             let value = value.map(decode).transpose()?;
             pairs.push(Pair { key, value });
         }
-        Ok(Query { pairs })
+        let query = Query { pairs };
+        if query.serialized_len() > MAX_QUERY_BYTES {
+            return Err(QueryError::TooLong);
+        }
+        Ok(query)
+    }
+
+    /// The length of [`Query::serialize`], without building it.
+    pub fn serialized_len(&self) -> usize {
+        let encoded = |bytes: &[u8], keep: fn(u8) -> bool| {
+            bytes
+                .iter()
+                .map(|&b| if keep(b) { 1 } else { 3 })
+                .sum::<usize>()
+        };
+        let pairs: usize = self
+            .pairs
+            .iter()
+            .map(|p| {
+                encoded(&p.key, key_char)
+                    + p.value.as_ref().map_or(0, |v| 1 + encoded(v, value_char))
+            })
+            .sum();
+        pairs + self.pairs.len().saturating_sub(1)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -260,6 +284,15 @@ mod tests {
         assert_eq!(Query::parse(&text).unwrap().serialize(), text);
         assert_eq!(q("").serialize(), "");
         assert_eq!(q("k%3Dx=1").serialize(), "k%3Dx=1");
+    }
+
+    #[test]
+    fn the_limit_holds_for_the_serialized_form() {
+        // 3000 '+' are 3000 bytes received but 9000 forwarded as %20.
+        let spaces = format!("q={}", "+".repeat(3000));
+        assert_eq!(Query::parse(&spaces), Err(QueryError::TooLong));
+        let query = q("a=x+y&b&c=%C3%A9&d=/?");
+        assert_eq!(query.serialized_len(), query.serialize().len());
     }
 
     #[test]

@@ -11,6 +11,14 @@
 //! circuit breaker starting fresh is exactly what an attacker would want.
 //!
 //! Fixed-width integers are little-endian.
+//!
+//! Changing a format means a new version number, and a module that writes
+//! version N must still read version N - 1 (and rewrite it as N): during a
+//! rollout old and new modules run side by side, and an old module treats
+//! the new version as a record it cannot read (counted, failing as each
+//! record's owner documents) until it is replaced. A record that does not
+//! decode is left as it is: it stays unreadable until it is rewritten by
+//! a module that reads it, or Envoy restarts.
 
 use std::fmt;
 

@@ -263,6 +263,14 @@ impl Gauge {
             let _ = hostcalls::record_metric(id, value);
         }
     }
+
+    /// Adds `delta` (may be negative): for a gauge that sums what every
+    /// worker contributes.
+    pub fn add(self, delta: i64) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
 }
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {

@@ -298,8 +298,9 @@ impl Shared {
                         glue::now_ms(),
                     );
                     match charged {
-                        Ok(view) => {
-                            admitted.view = view.or(admitted.view);
+                        Ok(charge) => {
+                            admitted.cost = admitted.cost.saturating_add(charge.extra);
+                            admitted.view = charge.view.or(admitted.view);
                             Ok(admitted)
                         }
                         Err(refused) => Err(refused),
@@ -561,8 +562,9 @@ impl HttpContext for RateLimitRequest {
         );
         shared.metrics.record_state(&mut shared.state.borrow_mut());
         match charged {
-            Ok(view) => {
-                admitted.view = view.or(admitted.view);
+            Ok(charge) => {
+                shared.metrics.cost.add(charge.extra);
+                admitted.view = charge.view.or(admitted.view);
                 Action::Continue
             }
             Err(refused) => {

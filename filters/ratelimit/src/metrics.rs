@@ -3,12 +3,12 @@
 //! | name | type | meaning |
 //! |---|---|---|
 //! | `ctxgate_ratelimit.allowed.<by>` | counter | requests let through, by who decided: `local`, `rls`, `fallback_local`, `fallback_allow`, `contention` |
-//! | `ctxgate_ratelimit.cost` | counter | read-equivalents admitted |
+//! | `ctxgate_ratelimit.cost` | counter | read-equivalents admitted (including what streamed bodies were charged) |
 //! | `ctxgate_ratelimit.refused.<reason>` | counter | refusals: `local_limit`, `global_limit`, `queue_full`, `contention`, `rls_unavailable` |
 //! | `ctxgate_ratelimit.failure_mode.<mode>` | counter | RLS failures or timeouts handled by the failure mode in force: `local_fallback`, `allow`, `deny` |
 //! | `ctxgate_ratelimit.rls.sent` / `.ok` / `.failed` / `.timeout` | counter | RLS calls deciding a request; `timeout` = deadline enforced by the filter |
 //! | `ctxgate_ratelimit.sync.sent` / `.ok` / `.failed` | counter | background reports to the RLS: local consumption, and retries of reports an RLS call did not acknowledge |
-//! | `ctxgate_ratelimit.reports.pending` | gauge | reports waiting for the RLS to acknowledge them (retried with the same id) |
+//! | `ctxgate_ratelimit.reports.pending` | gauge | reports waiting for the RLS to acknowledge them (retried with the same id), all workers |
 //! | `ctxgate_ratelimit.reports.dropped` | counter | reports given up: retried for longer than `report_retry_seconds`, or pushed out of a full outbox |
 //! | `ctxgate_ratelimit.reports.dropped_hits` | counter | units those reports carried |
 //! | `ctxgate_ratelimit.bucket.lost_unreported` | counter | unreported units lost with a bucket replaced in a full slot |
@@ -32,7 +32,7 @@ pub struct Metrics {
     allowed_fallback_local: Counter,
     allowed_fallback_allow: Counter,
     allowed_contention: Counter,
-    cost: Counter,
+    pub cost: Counter,
     refused: Vec<(Refusal, Counter)>,
     failure_local: Counter,
     failure_allow: Counter,
@@ -50,6 +50,8 @@ pub struct Metrics {
     invalid_records: Counter,
     lost_unreported: Counter,
     reports_pending: Gauge,
+    /// This worker's share of `reports_pending` as last added.
+    pending_reported: std::cell::Cell<u64>,
     reports_dropped: Counter,
     reports_dropped_hits: Counter,
     dropped_seen: std::cell::Cell<Dropped>,
@@ -89,6 +91,7 @@ impl Metrics {
             invalid_records: c("shared_record_invalid"),
             lost_unreported: c("bucket.lost_unreported"),
             reports_pending: g("reports.pending"),
+            pending_reported: std::cell::Cell::new(0),
             reports_dropped: c("reports.dropped"),
             reports_dropped_hits: c("reports.dropped_hits"),
             dropped_seen: std::cell::Cell::new(Dropped::default()),
@@ -153,8 +156,15 @@ impl Metrics {
                 .add(dropped.hits.saturating_sub(seen.hits));
             self.dropped_seen.set(dropped);
         }
-        self.reports_pending
-            .set(u64::try_from(state.outbox.len()).unwrap_or(u64::MAX));
+        // Every worker adds its own change: the gauge is the sum over
+        // workers, not whichever worker wrote last.
+        let pending = u64::try_from(state.outbox.len()).unwrap_or(u64::MAX);
+        let before = self.pending_reported.replace(pending);
+        if pending != before {
+            self.reports_pending.add(
+                i64::try_from(pending).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(0),
+            );
+        }
     }
 
     pub fn record_adaptive(&self, combined: &Combined, own_in_flight: u64) {

@@ -520,11 +520,11 @@ impl Auth {
                     "a CORS preflight carries no body",
                 ));
             }
-            target.forward(request, &canonical_path(&target.segments), allowed);
+            target.forward(request, &canonical_path(&target.segments), allowed)?;
             return Ok(());
         }
         if self.is_public(request.method, &target.segments) {
-            target.forward(request, &canonical_path(&target.segments), allowed);
+            target.forward(request, &canonical_path(&target.segments), allowed)?;
             return Ok(());
         }
         let operation =
@@ -585,7 +585,7 @@ impl Auth {
             }
             None => canonical_path(&target.segments),
         };
-        target.forward(request, &path, allowed);
+        target.forward(request, &path, allowed)?;
         self.describe(&identity, operation.as_ref(), allowed);
         Ok(())
     }

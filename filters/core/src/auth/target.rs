@@ -12,7 +12,7 @@ use super::Allowed;
 use super::denial::{Denial, Reason};
 use crate::http::RequestHead;
 use crate::path::{PathError, PathParameters, canonical_segments_with, split_path_query};
-use crate::query::{Query, QueryError};
+use crate::query::{MAX_QUERY_BYTES, Query, QueryError};
 
 /// The canonical request target.
 pub struct Target {
@@ -45,8 +45,18 @@ impl Target {
     }
 
     /// Sets `:path` to `path` plus the canonical query when that differs
-    /// from what the client sent.
-    pub fn forward(&self, request: &RequestHead<'_>, path: &str, allowed: &mut Allowed) {
+    /// from what the client sent. Refused if the query, rewritten, no
+    /// longer fits the limit the gateway reads queries with (a context
+    /// lowercased can grow).
+    pub fn forward(
+        &self,
+        request: &RequestHead<'_>,
+        path: &str,
+        allowed: &mut Allowed,
+    ) -> Result<(), Denial> {
+        if self.query.serialized_len() > MAX_QUERY_BYTES {
+            return Err(query_denial(QueryError::TooLong));
+        }
         let query = self.query.serialize();
         let target = if query.is_empty() {
             path.to_owned()
@@ -56,6 +66,7 @@ impl Target {
         if target != request.path {
             allowed.set_headers.push((":path".to_owned(), target));
         }
+        Ok(())
     }
 }
 

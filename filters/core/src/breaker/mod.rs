@@ -136,7 +136,7 @@ impl Record {
     fn window(&self, period: u64) -> (u64, u64) {
         self.buckets
             .iter()
-            .filter(|b| b.period + (BUCKETS as u64) > period && b.period <= period)
+            .filter(|b| b.period.saturating_add(BUCKETS as u64) > period && b.period <= period)
             .fold((0, 0), |(t, f), b| {
                 (t + u64::from(b.total), f + u64::from(b.failures))
             })
@@ -261,10 +261,12 @@ impl Breaker {
                     )
                 }
                 State::HalfOpen
-                    if record.probes_in_flight + record.probes_succeeded
+                    if record
+                        .probes_in_flight
+                        .saturating_add(record.probes_succeeded)
                         < self.config.half_open_probes =>
                 {
-                    record.probes_in_flight += 1;
+                    record.probes_in_flight = record.probes_in_flight.saturating_add(1);
                     Change::Write(
                         record.encode(),
                         Gate::Probe {
@@ -345,14 +347,11 @@ impl Breaker {
     ) -> Option<Transition> {
         let period = self.period(now_ms);
         let c = &self.config;
-        let mut invalid = None;
+        // A record that does not decode was counted when the request was
+        // admitted (it failed open then); its outcome is not recorded.
         let outcome = update(store, &self.key, self.attempts, |value| {
-            let mut record = match Record::decode(value) {
-                Ok(record) => record,
-                Err(e) => {
-                    invalid = Some(e);
-                    return Change::Keep(None);
-                }
+            let Ok(mut record) = Record::decode(value) else {
+                return Change::Keep(None);
             };
             let mut transition = None;
             match (admission, failed) {
@@ -371,7 +370,7 @@ impl Breaker {
                             transition = Some(Transition::Opened);
                         }
                         Some(false) => {
-                            record.probes_succeeded += 1;
+                            record.probes_succeeded = record.probes_succeeded.saturating_add(1);
                             if record.probes_succeeded >= c.half_open_probes {
                                 record = Record::default();
                                 transition = Some(Transition::Closed);
@@ -397,9 +396,6 @@ impl Breaker {
             }
             Change::Write(record.encode(), transition)
         });
-        if let Some(e) = invalid {
-            self.invalid(e);
-        }
         match outcome {
             Update::Written(transition) => transition,
             _ => None,

@@ -104,7 +104,7 @@ impl Adaptive {
         store.ensure(&counter, &encode_registry(0));
         let mut invalid_records = 0;
         let worker = match update(store, &counter, 64, |value| match decode_registry(value) {
-            Ok(n) => Change::Write(encode_registry(n + 1), Some(n)),
+            Ok(n) => Change::Write(encode_registry(n.saturating_add(1)), Some(n)),
             Err(_) => Change::Keep(None),
         }) {
             Update::Written(Some(n)) => n % MAX_WORKERS,
@@ -137,7 +137,11 @@ impl Adaptive {
     /// Would one more request exceed the queue capacity?
     pub fn queue_full(&self) -> bool {
         self.config.max_in_flight > 0
-            && self.combined.others_in_flight + self.in_flight >= self.config.max_in_flight
+            && self
+                .combined
+                .others_in_flight
+                .saturating_add(self.in_flight)
+                >= self.config.max_in_flight
     }
 
     /// Requests in flight on this worker.
@@ -191,7 +195,7 @@ impl Adaptive {
                 .publish_interval_ms
                 .saturating_mul(STALE_INTERVALS),
         );
-        let mut others_in_flight = 0;
+        let mut others_in_flight: u64 = 0;
         let (mut weighted, mut weight) = (0.0, 0.0);
         let registered = match store
             .get(&format!("{}workers", self.prefix))
@@ -220,7 +224,7 @@ impl Adaptive {
                 continue;
             }
             if worker != self.worker {
-                others_in_flight += record.in_flight;
+                others_in_flight = others_in_flight.saturating_add(record.in_flight);
             }
             if record.samples > 0 {
                 let w = (record.samples as f64).min(1000.0);

@@ -234,6 +234,15 @@ pub struct BodyMeter {
     head_request: bool,
 }
 
+/// What a body chunk was charged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BodyCharge {
+    /// Cost taken now (0: the chunk crossed no band).
+    pub extra: u64,
+    /// The limit view after the charge, when one was taken.
+    pub view: Option<LimitView>,
+}
+
 /// Events metrics count, per worker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Events {
@@ -770,8 +779,7 @@ impl RateLimiter {
     /// Charges the part of a body of unknown size received so far:
     /// `chunk` more bytes arrived. When the bytes received cross a payload
     /// band, the difference in cost is taken from the bucket, and the
-    /// request is refused (mid-stream) if it does not fit. Returns the
-    /// limit view after a charge.
+    /// request is refused (mid-stream) if it does not fit.
     pub fn on_body(
         &self,
         state: &mut LimiterState,
@@ -779,11 +787,11 @@ impl RateLimiter {
         meter: &mut BodyMeter,
         chunk: u64,
         now_ms: u64,
-    ) -> Result<Option<LimitView>, Refused> {
+    ) -> Result<BodyCharge, Refused> {
         meter.received = meter.received.saturating_add(chunk);
         let multiplier = band(&self.payload_bands, meter.received);
         if multiplier <= meter.charged {
-            return Ok(None);
+            return Ok(BodyCharge::default());
         }
         let extra = meter.unit_cost.saturating_mul(multiplier - meter.charged);
         let action = if self.global.is_some() {
@@ -798,11 +806,11 @@ impl RateLimiter {
             TakeOutcome::Done { take, .. } => take,
             TakeOutcome::Invalid(e) => {
                 state.record_invalid(e);
-                return Ok(None);
+                return Ok(BodyCharge::default());
             }
             TakeOutcome::Contended | TakeOutcome::Unavailable => {
                 state.counts.contended += 1;
-                return Ok(None);
+                return Ok(BodyCharge::default());
             }
         };
         if take.allowed {
@@ -819,12 +827,15 @@ impl RateLimiter {
                 .get(take.tightest.index)
                 .copied()
                 .unwrap_or(60);
-            return Ok(self.response_headers.then_some(LimitView {
-                limit: take.tightest.capacity,
-                window_seconds: window,
-                remaining: take.tightest.remaining,
-                reset_seconds: take.tightest.reset_seconds,
-            }));
+            return Ok(BodyCharge {
+                extra,
+                view: self.response_headers.then_some(LimitView {
+                    limit: take.tightest.capacity,
+                    window_seconds: window,
+                    remaining: take.tightest.remaining,
+                    reset_seconds: take.tightest.reset_seconds,
+                }),
+            });
         }
         let retry = take.tightest.reset_seconds.clamp(1, 86_400);
         let body = json!({

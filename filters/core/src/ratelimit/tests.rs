@@ -421,10 +421,11 @@ fn a_body_of_unknown_length_is_charged_as_it_streams() {
     assert_eq!(l.table.peek(&store, hash, &specs, NOW), Some(vec![98]));
     assert_eq!(
         l.on_body(&mut state, &store, &mut meter, 800, NOW),
-        Ok(None)
+        Ok(BodyCharge::default())
     );
-    let view = l.on_body(&mut state, &store, &mut meter, 800, NOW).unwrap();
-    assert_eq!(view.map(|v| v.remaining), Some(94), "x3: 4 more");
+    let charge = l.on_body(&mut state, &store, &mut meter, 800, NOW).unwrap();
+    assert_eq!(charge.extra, 4, "x3: 4 more");
+    assert_eq!(charge.view.map(|v| v.remaining), Some(94));
     assert_eq!(l.table.peek(&store, hash, &specs, NOW), Some(vec![94]));
     l.on_body(&mut state, &store, &mut meter, 10_000, NOW)
         .unwrap();
