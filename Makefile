@@ -7,7 +7,7 @@ WASM_TARGET := wasm32-wasip1
 WASM_DIR := target/$(WASM_TARGET)/wasm
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node --no-warnings $(CURDIR)/scripts/wasi-run.mjs
 
-.PHONY: all bootstrap build run test test-unit test-wasm test-e2e lint fmt bench clean
+.PHONY: all bootstrap build run test test-unit test-wasm test-e2e lint fmt bench clean fuzz test-fuzz-corpus
 
 all: build
 
@@ -27,11 +27,13 @@ run: build
 	./scripts/run
 
 ## test: formatting, lints, unit tests (native and wasm32-wasip1), end-to-end through Envoy
-test: build lint test-unit test-wasm test-e2e
+test: build lint test-unit test-wasm test-fuzz-corpus test-e2e
 
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo fmt --manifest-path fuzz/Cargo.toml --check
+	cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 test-unit:
 	cargo test --workspace --exclude ctxgate-e2e
@@ -42,10 +44,40 @@ test-wasm: bootstrap
 
 test-e2e: build
 	cargo build --release -p ctxgate-demo -p ctxgate-rls
+	cargo build --profile wasm --target $(WASM_TARGET) -p ctxgate-wasm-floor
 	cargo test -p ctxgate-e2e
 
 fmt:
 	cargo fmt --all
+
+## fuzz: every cargo-fuzz target of fuzz/ for FUZZ_SECONDS each, one after
+## the other (libFuzzer on stable Rust; FUZZ_SANITIZER=address needs
+## RUSTC_BOOTSTRAP, set here). New inputs go to fuzz/target/corpus/, the
+## committed seeds in fuzz/corpus/ are only read; crashes land in
+## fuzz/artifacts/<target>/ and fail the run after every target has run.
+FUZZ_SECONDS ?= 60
+FUZZ_SANITIZER ?= none
+FUZZ_ARGS ?=
+FUZZ_TARGETS := token_inspect token_verify path query operation config records auth_request
+FUZZ_CARGO := $(if $(filter none,$(FUZZ_SANITIZER)),,RUSTC_BOOTSTRAP=1) cargo fuzz
+FUZZ_FLAGS := --sanitizer $(FUZZ_SANITIZER) \
+	$(if $(filter none,$(FUZZ_SANITIZER)),,--target-dir fuzz/target/$(FUZZ_SANITIZER))
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	$(FUZZ_CARGO) build $(FUZZ_FLAGS)
+	@failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/target/corpus/$$t; \
+	  echo "== fuzz $$t: $(FUZZ_SECONDS) s"; \
+	  $(FUZZ_CARGO) run $(FUZZ_FLAGS) $$t fuzz/target/corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
+	    $(FUZZ_ARGS) || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashed:$$failed (inputs in fuzz/artifacts/)"; exit 1; fi
+
+## test-fuzz-corpus: replay every committed fuzz corpus file (no libFuzzer)
+test-fuzz-corpus:
+	cargo test --manifest-path fuzz/Cargo.toml
 
 ## bench: throughput and latency against bare Envoy and native filters
 bench: build
