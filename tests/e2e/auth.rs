@@ -34,3 +34,15 @@ mod jwks;
 
 #[path = "auth/config.rs"]
 mod config;
+
+#[path = "auth/cache.rs"]
+mod cache;
+
+#[path = "auth/tenants.rs"]
+mod tenants;
+
+#[path = "auth/unmatched.rs"]
+mod unmatched;
+
+#[path = "auth/claims.rs"]
+mod claims;

@@ -15,7 +15,7 @@
 //! path handling is tested against what Envoy really hands them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -32,7 +32,9 @@ pub struct EnvoyConfig {
     clusters: Vec<Value>,
     access_log: Option<String>,
     hcm_fields: Map<String, Value>,
+    listener_fields: Map<String, Value>,
     bootstrap_fields: Map<String, Value>,
+    pub(crate) dynamic_listener: bool,
     pub(crate) concurrency: u32,
     pub(crate) log_level: String,
     pub(crate) component_log_level: Option<String>,
@@ -54,7 +56,9 @@ impl EnvoyConfig {
             clusters: Vec::new(),
             access_log: None,
             hcm_fields: Map::new(),
+            listener_fields: Map::new(),
             bootstrap_fields: Map::new(),
+            dynamic_listener: false,
             concurrency: 2,
             log_level: "info".to_owned(),
             component_log_level: None,
@@ -122,14 +126,36 @@ impl EnvoyConfig {
         self
     }
 
+    /// Sets (or overrides) a field of the listener, e.g.
+    /// `("connection_balance_config", json!({"exact_balance": {}}))`, which
+    /// hands each new connection to the worker with the fewest: kept-alive
+    /// connections opened one after the other land on worker after worker,
+    /// so a test can pin requests to workers.
+    pub fn listener_field(mut self, key: &str, value: Value) -> Self {
+        self.listener_fields.insert(key.to_owned(), value);
+        self
+    }
+
     /// Sets (or overrides) a top-level bootstrap field, e.g. `stats_config`.
     pub fn bootstrap_field(mut self, key: &str, value: Value) -> Self {
         self.bootstrap_fields.insert(key.to_owned(), value);
         self
     }
 
-    /// The bootstrap as JSON.
-    pub fn to_json(&self) -> Value {
+    /// Serves the listener through file-based LDS (a file in the Envoy's
+    /// temp dir) instead of `static_resources`, so that
+    /// [`crate::Envoy::push_listener`] can replace it while Envoy runs, as
+    /// a control plane pushing a new configuration would. Clusters and
+    /// bootstrap fields stay static.
+    pub fn dynamic_listener(mut self) -> Self {
+        self.dynamic_listener = true;
+        self
+    }
+
+    /// The listener (`envoy.config.listener.v3.Listener`) as JSON: the HTTP
+    /// connection manager with the filters and routes, and the listener
+    /// fields.
+    pub fn listener_json(&self) -> Value {
         let mut http_filters = self.http_filters.clone();
         http_filters.push(json!({
             "name": "envoy.filters.http.router",
@@ -165,26 +191,74 @@ impl EnvoyConfig {
         }
         merge_fields(&mut hcm, &self.hcm_fields);
 
+        let mut listener = json!({
+            "name": LISTENER_NAME,
+            "address": socket_address("127.0.0.1", 0),
+            "filter_chains": [{
+                "filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm,
+                }],
+            }],
+        });
+        merge_fields(&mut listener, &self.listener_fields);
+        listener
+    }
+
+    /// The bootstrap as JSON, with the listener in `static_resources`. (For
+    /// a [`EnvoyConfig::dynamic_listener`] config the harness renders
+    /// [`EnvoyConfig::to_json_with_lds`] instead.)
+    pub fn to_json(&self) -> Value {
         let mut bootstrap = json!({
             "admin": {
                 "address": socket_address("127.0.0.1", 0),
             },
             "static_resources": {
-                "listeners": [{
-                    "name": LISTENER_NAME,
-                    "address": socket_address("127.0.0.1", 0),
-                    "filter_chains": [{
-                        "filters": [{
-                            "name": "envoy.filters.network.http_connection_manager",
-                            "typed_config": hcm,
-                        }],
-                    }],
-                }],
+                "listeners": [self.listener_json()],
                 "clusters": self.clusters,
             },
         });
         merge_fields(&mut bootstrap, &self.bootstrap_fields);
         bootstrap
+    }
+
+    /// The bootstrap as JSON, with the listener served from the LDS file
+    /// `lds_path` (see [`EnvoyConfig::lds_document`]).
+    pub fn to_json_with_lds(&self, lds_path: &Path) -> Value {
+        let mut bootstrap = json!({
+            "admin": {
+                "address": socket_address("127.0.0.1", 0),
+            },
+            // File-based xDS wants to know who is asking, like any other.
+            "node": {"id": "ctxgate-e2e", "cluster": "ctxgate-e2e"},
+            "dynamic_resources": {
+                "lds_config": {
+                    "resource_api_version": "V3",
+                    "path_config_source": {"path": lds_path.display().to_string()},
+                },
+            },
+            "static_resources": {
+                "clusters": self.clusters,
+            },
+        });
+        merge_fields(&mut bootstrap, &self.bootstrap_fields);
+        bootstrap
+    }
+
+    /// The LDS file's content: a discovery response holding the listener
+    /// at `version`.
+    pub fn lds_document(&self, version: u64) -> Value {
+        let mut listener = self.listener_json();
+        if let Value::Object(fields) = &mut listener {
+            fields.insert(
+                "@type".to_owned(),
+                json!("type.googleapis.com/envoy.config.listener.v3.Listener"),
+            );
+        }
+        json!({
+            "version_info": version.to_string(),
+            "resources": [listener],
+        })
     }
 
     /// The bootstrap as the text written to Envoy's config file (JSON, which

@@ -35,7 +35,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::config::{EnvoyConfig, LISTENER_NAME};
-use crate::http::{Request, Response};
+use crate::http::{Client, Request, Response};
 
 /// How long Envoy may take to become ready (V8 compiles every module once per
 /// worker; on a loaded 2-core machine that takes seconds).
@@ -73,7 +73,19 @@ pub struct Envoy {
     dir: TempDir,
     admin: SocketAddr,
     listener: SocketAddr,
+    /// Version of the listener in the LDS file, for an Envoy started with
+    /// [`EnvoyConfig::dynamic_listener`].
+    lds_version: Option<u64>,
 }
+
+/// Name of the LDS file in the Envoy's temp dir.
+const LDS_FILE: &str = "lds.json";
+/// How long a pushed listener may take to be accepted and warmed (every
+/// worker configures the wasm plugins again).
+const PUSH_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time given to the workers to take up a pushed listener (nothing tells
+/// when they have: they do it from their event loops).
+const WORKER_HANDOVER: Duration = Duration::from_millis(100);
 
 impl Envoy {
     /// Starts Envoy with `config` and waits until it serves: admin `/ready`
@@ -87,6 +99,7 @@ impl Envoy {
     /// within 20 s.
     #[track_caller]
     pub fn start(config: &EnvoyConfig) -> Envoy {
+        let lds_version = config.dynamic_listener.then_some(1);
         let (mut process, dir) = spawn(config);
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let mut admin = None;
@@ -109,6 +122,7 @@ impl Envoy {
                     dir,
                     admin,
                     listener,
+                    lds_version,
                 };
             }
             if Instant::now() >= deadline {
@@ -181,6 +195,112 @@ impl Envoy {
         }
     }
 
+    /// Replaces the listener of an Envoy started with
+    /// [`EnvoyConfig::dynamic_listener`] by the listener of `config` (its
+    /// filters, plugin configurations, routes and listener fields), the way
+    /// a control plane pushes a new configuration: the LDS file is rewritten
+    /// atomically (written aside, then renamed over the old one, which is
+    /// what Envoy's file watch reacts to). Returns once Envoy accepted the
+    /// update (`listener_manager.lds.update_success` grew) and the new
+    /// listener is warm and serving; connections opened from then on use
+    /// it. Clusters and bootstrap fields are not pushed: `config` should
+    /// name the clusters Envoy started with.
+    ///
+    /// Panics, with the tail of Envoy's log, if Envoy rejects the update
+    /// or it is not in force within 20 s.
+    #[track_caller]
+    pub fn push_listener(&mut self, config: &EnvoyConfig) {
+        let Some(version) = self.lds_version.map(|v| v + 1) else {
+            panic!("push_listener needs an Envoy started with EnvoyConfig::dynamic_listener()");
+        };
+        let success = "listener_manager.lds.update_success";
+        let rejected = "listener_manager.lds.update_rejected";
+        let (successes, rejections) = (self.counter(success), self.counter(rejected));
+        let path = self.dir.path().join(LDS_FILE);
+        let staged = self.dir.path().join(format!("{LDS_FILE}.next"));
+        let document = serde_json::to_string_pretty(&config.lds_document(version))
+            .expect("JSON values always serialize");
+        std::fs::write(&staged, document).expect("write the next LDS file");
+        std::fs::rename(&staged, &path).expect("move the next LDS file in place");
+        self.lds_version = Some(version);
+        let deadline = Instant::now() + PUSH_TIMEOUT;
+        loop {
+            if self.counter(rejected) > rejections {
+                panic!(
+                    "Envoy rejected listener version {version}.\n{}",
+                    log_tail(self.dir.path())
+                );
+            }
+            if self.counter(success) > successes
+                && self.counter("listener_manager.total_listeners_warming") == 0
+                && let Some(listener) = ready_listener(self.admin)
+            {
+                self.listener = listener;
+                // The main thread hands the warm listener to the workers,
+                // which take it up from their event loops a moment later.
+                std::thread::sleep(WORKER_HANDOVER);
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "listener version {version} not in force after {PUSH_TIMEOUT:?}.\n{}",
+                    log_tail(self.dir.path())
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// One kept-alive connection to each of the first `N` workers, in
+    /// worker order: requests sent on the `i`th are served by worker `i`
+    /// (`let [a, b] = envoy.connect_to_each_worker();`). Meant for a listener with `exact_balance`
+    /// ([`EnvoyConfig::listener_field`]), which hands each new connection to
+    /// the worker with the fewest, so connections opened one after the
+    /// other (and kept open) land on worker after worker.
+    ///
+    /// Which worker accepted a connection is read from the per-worker
+    /// connection counters. A connection accepted at the same moment by
+    /// someone else (such as the readiness probe of [`Envoy::start`],
+    /// which the kernel completes before Envoy accepts it) makes that
+    /// ambiguous, or takes a worker's turn; such connections are kept open
+    /// aside until every worker has one, then closed.
+    #[track_caller]
+    pub fn connect_to_each_worker<const N: usize>(&self) -> [Client; N] {
+        let workers = N;
+        let mut pinned: [Option<Client>; N] = std::array::from_fn(|_| None);
+        let mut aside = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pinned.iter().any(Option::is_none) {
+            assert!(
+                Instant::now() < deadline,
+                "no connection to every worker after opening {} (workers: {workers})",
+                aside.len() + pinned.iter().flatten().count()
+            );
+            let before = self.worker_connections(workers);
+            let client = Client::connect(self.listener);
+            let grown = |now: &[u64]| -> Vec<usize> {
+                now.iter()
+                    .zip(&before)
+                    .enumerate()
+                    .flat_map(|(i, (n, b))| {
+                        std::iter::repeat_n(i, usize::try_from(n.saturating_sub(*b)).unwrap_or(0))
+                    })
+                    .collect()
+            };
+            crate::eventually(Duration::from_secs(5), || {
+                !grown(&self.worker_connections(workers)).is_empty()
+            });
+            // Let a concurrent accept show up too, if there was one.
+            std::thread::sleep(POLL);
+            match grown(&self.worker_connections(workers)).as_slice() {
+                [worker] if pinned[*worker].is_none() => pinned[*worker] = Some(client),
+                _ => aside.push(client),
+            }
+        }
+        drop(aside);
+        pinned.map(|client| client.expect("every worker has a connection"))
+    }
+
     /// Address of the HTTP listener.
     pub fn listener_addr(&self) -> SocketAddr {
         self.listener
@@ -242,7 +362,17 @@ fn spawn(config: &EnvoyConfig) -> (ProcessGuard, TempDir) {
         .tempdir()
         .expect("create temp dir for Envoy");
     let config_path = dir.path().join("envoy.yaml");
-    std::fs::write(&config_path, config.to_yaml()).expect("write Envoy config");
+    let bootstrap = if config.dynamic_listener {
+        let lds_path = dir.path().join(LDS_FILE);
+        let listener = serde_json::to_string_pretty(&config.lds_document(1))
+            .expect("JSON values always serialize");
+        std::fs::write(&lds_path, listener).expect("write the LDS file");
+        serde_json::to_string_pretty(&config.to_json_with_lds(&lds_path))
+            .expect("JSON values always serialize")
+    } else {
+        config.to_yaml()
+    };
+    std::fs::write(&config_path, bootstrap).expect("write Envoy config");
     let file = |name: &str| {
         std::fs::File::create(dir.path().join(name))
             .unwrap_or_else(|e| panic!("create {name}: {e}"))

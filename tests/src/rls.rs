@@ -322,6 +322,168 @@ impl Redis {
     }
 }
 
+/// Reading a [`Redis`] over RESP, and outages that keep its data: what the
+/// fault tests need to compare Redis's own count with what the gateways
+/// admitted.
+impl Redis {
+    /// Like [`Redis::start`], but the server keeps its data across
+    /// [`Redis::shutdown_saving`] and [`Redis::restart_saved`], in `dir`
+    /// (`dump.rdb`): a production Redis with persistence, stopped for
+    /// maintenance or by a crash it recovers from.
+    #[track_caller]
+    pub fn start_saving_in(dir: &Path) -> Redis {
+        let mut redis = Redis {
+            port: free_port(),
+            child: None,
+        };
+        redis.launch(Some(dir));
+        redis
+    }
+
+    /// Shuts the server down saving its data (`SHUTDOWN SAVE`, into the
+    /// dir it was started with): from now on connections are refused, and
+    /// [`Redis::restart_saved`] brings the data back.
+    #[track_caller]
+    pub fn shutdown_saving(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // On success the server closes the connection without a reply.
+        let reply = self.try_command(&["SHUTDOWN", "SAVE"]);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() >= deadline {
+                stop_child(&mut child, Duration::ZERO);
+                panic!("redis-server did not shut down ({reply:?})");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts again on the same port, with what [`Redis::shutdown_saving`]
+    /// saved in `dir`.
+    #[track_caller]
+    pub fn restart_saved(&mut self, dir: &Path) {
+        self.stop();
+        self.launch(Some(dir));
+    }
+
+    /// `GET key`: the value, or `None` if there is no such key.
+    #[track_caller]
+    pub fn get(&self, key: &str) -> Option<String> {
+        match self.try_command(&["GET", key]) {
+            Ok(Resp::Bulk(value)) => value,
+            other => panic!("redis GET {key}: {other:?}"),
+        }
+    }
+
+    /// `GET key` as a number, 0 if there is no such key.
+    #[track_caller]
+    pub fn get_u64(&self, key: &str) -> u64 {
+        self.get(key).map_or(0, |v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("redis {key} is not a number: {v:?}"))
+        })
+    }
+
+    /// Sends one command on a fresh connection and reads one reply.
+    fn try_command(&self, args: &[&str]) -> std::io::Result<Resp> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg.as_bytes());
+            request.extend_from_slice(b"\r\n");
+        }
+        stream.write_all(&request)?;
+        Resp::read(&mut std::io::BufReader::new(stream))
+    }
+
+    /// Starts `redis-server` on this port, keeping its data in `dir` if
+    /// given, and waits until it answers PING.
+    #[track_caller]
+    fn launch(&mut self, dir: Option<&Path>) {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(dir) = dir {
+            command
+                .arg("--dir")
+                .arg(dir)
+                .args(["--dbfilename", "dump.rdb"]);
+        }
+        let mut child =
+            spawn_guarded(command).expect("spawn redis-server (scripts/bootstrap installs it)");
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while !self.pings() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("redis-server on port {} exited: {status}", self.port);
+            }
+            if Instant::now() >= deadline {
+                stop_child(&mut child, Duration::ZERO);
+                panic!("redis-server on port {} did not answer PING", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+}
+
+/// A RESP reply, as far as the harness reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Resp {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    /// `None`: the null bulk string (no such key).
+    Bulk(Option<String>),
+    Array(Vec<Resp>),
+}
+
+impl Resp {
+    fn read(reader: &mut impl std::io::BufRead) -> std::io::Result<Resp> {
+        let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end_matches("\r\n");
+        let (kind, rest) = line.split_at_checked(1).unwrap_or(("", ""));
+        let number = || {
+            rest.parse::<i64>()
+                .map_err(|_| invalid(format!("bad RESP line {line:?}")))
+        };
+        Ok(match kind {
+            "+" => Resp::Simple(rest.to_owned()),
+            "-" => Resp::Error(rest.to_owned()),
+            ":" => Resp::Integer(number()?),
+            "$" => match usize::try_from(number()?) {
+                Err(_) => Resp::Bulk(None),
+                Ok(len) => {
+                    let mut data = vec![0u8; len + 2];
+                    reader.read_exact(&mut data)?;
+                    data.truncate(len);
+                    Resp::Bulk(Some(String::from_utf8_lossy(&data).into_owned()))
+                }
+            },
+            "*" => match usize::try_from(number()?) {
+                Err(_) => Resp::Array(Vec::new()),
+                Ok(n) => Resp::Array(
+                    (0..n)
+                        .map(|_| Resp::read(reader))
+                        .collect::<Result<_, _>>()?,
+                ),
+            },
+            _ => return Err(invalid(format!("bad RESP line {line:?}"))),
+        })
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();

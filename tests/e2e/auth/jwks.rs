@@ -1,10 +1,12 @@
 //! Remote JWK Sets: fetched from an Envoy cluster (a scripted server here),
-//! refreshed, rotated, kept through outages, fetched once for all workers.
+//! refreshed, rotated, kept through outages, fetched once for all workers;
+//! a rotation revokes what the replaced keys verified; symmetric keys only
+//! where the provider allows them.
 
 use std::time::{Duration, Instant};
 
-use ctxgate_demo::MintOptions;
-use ctxgate_e2e::{Cluster, ScriptedResponse, ScriptedServer, eventually};
+use ctxgate_demo::{MintAlg, MintOptions};
+use ctxgate_e2e::{Client, Cluster, Request, ScriptedResponse, ScriptedServer, eventually};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -318,5 +320,143 @@ fn it_fetches_the_jwks_once_for_all_workers() {
         forwarded(&gate.get(PATH, &reader(&keys)));
     }
     assert!(gate.metric("jwks.demo.installed") >= 4);
+    gate.assert_vm_healthy();
+}
+
+/// Tries fresh tokens from `token` on `client` (one worker), ten a second
+/// for up to 8 s, until one passes: that worker has installed the key set
+/// they need. (Slowly: each refusal counts towards the per-client
+/// verification throttle, 100 a minute by default.)
+fn worker_accepts(client: &mut Client, token: impl Fn() -> String) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        let request = Request::get(PATH).header("authorization", &bearer(&token()));
+        if client.send(&request).status == 200 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn rotating_keys_revokes_the_cached_tokens_they_verified_with_or_without_a_kid() {
+    let old = TestKeys::generate();
+    let new = TestKeys::generate();
+    let server = ScriptedServer::start();
+    server.set_json(200, &old.demo_jwks());
+    let gate = Gate::start_with(remote_config(1, 1), |envoy| {
+        envoy
+            .cluster(Cluster::new("jwks", [server.addr()]))
+            .listener_field("connection_balance_config", json!({"exact_balance": {}}))
+    });
+    let [mut a, mut b] = gate.envoy.connect_to_each_worker();
+    for client in [&mut a, &mut b] {
+        assert!(worker_accepts(client, || reader(&old)));
+    }
+
+    // Three tokens of the old keys: ES256 naming its kid, RS256 naming
+    // none, EdDSA naming its kid. Each is verified on worker A and found
+    // in shared data by worker B, then served from both workers' caches.
+    let token = |alg: MintAlg, kid: Option<&str>| {
+        old.token(&MintOptions {
+            alg,
+            kid: kid.map(str::to_owned),
+            ..with_scopes(&["read:projects/x"])
+        })
+    };
+    let with_kid = token(MintAlg::ES256, None);
+    let without_kid = token(MintAlg::RS256, Some(""));
+    let kept = token(MintAlg::EdDSA, None);
+    let send = |client: &mut Client, token: &str| {
+        client.send(&Request::get(PATH).header("authorization", &bearer(token)))
+    };
+    let (hits, shared_hits) = (gate.metric("cache.hit"), gate.metric("cache.shared_hit"));
+    for _ in 0..2 {
+        for client in [&mut a, &mut b] {
+            for token in [&with_kid, &without_kid, &kept] {
+                forwarded(&send(client, token));
+            }
+        }
+    }
+    assert_eq!(
+        (gate.metric("cache.hit"), gate.metric("cache.shared_hit")),
+        (hits + 6, shared_hits + 3)
+    );
+
+    // The issuer replaces its ES256 and RS256 keys (new material under the
+    // same kids) and keeps its EdDSA key.
+    let mut rotated = new.demo_jwks();
+    let eddsa = old.demo_jwks()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == ctxgate_demo::keys::KID_EDDSA)
+        .unwrap()
+        .clone();
+    let keys = rotated["keys"].as_array_mut().unwrap();
+    keys.retain(|k| k["kid"] != ctxgate_demo::keys::KID_EDDSA);
+    keys.push(eddsa);
+    server.set_json(200, &rotated);
+    for client in [&mut a, &mut b] {
+        assert!(
+            worker_accepts(client, || reader(&new)),
+            "the rotated keys never arrived; fetches: {}",
+            server.hits()
+        );
+    }
+
+    // Once a worker has the new keys, the cached verifications made with a
+    // key that is gone count for nothing, whether the token named the
+    // key's kid (now another key's) or no kid at all. The token of the key
+    // that stayed is still served from the cache.
+    for client in [&mut a, &mut b] {
+        invalid_token(&send(client, &with_kid), "bad_signature");
+        invalid_token(&send(client, &without_kid), "bad_signature");
+        let hits = gate.metric("cache.hit");
+        forwarded(&send(client, &kept));
+        assert_eq!(gate.metric("cache.hit"), hits + 1, "kept key: a cache hit");
+    }
+    gate.assert_vm_healthy();
+}
+
+#[test]
+fn a_remote_key_set_installs_symmetric_keys_only_when_the_provider_allows_it() {
+    let keys = TestKeys::generate();
+    let server = ScriptedServer::start();
+    // The demo key set with the demo HMAC secret published in it.
+    let mut jwks = keys.demo_jwks();
+    jwks["keys"].as_array_mut().unwrap().push(json!({
+        "kty": "oct", "kid": ctxgate_demo::keys::KID_HS256, "alg": "HS256",
+        "k": keys.demo.hs256_secret_b64(),
+    }));
+    server.set_json(200, &jwks);
+    let hs256 = || {
+        keys.token(&MintOptions {
+            alg: MintAlg::HS256,
+            ..with_scopes(&["read:projects/x"])
+        })
+    };
+
+    // By default the secret is skipped (and the skip logged); the other
+    // keys are installed. A token signed with it names a kid the
+    // provider does not have.
+    let gate = start(&server, remote_config(300, 1), 2);
+    assert!(every_worker_accepts(&gate, || reader(&keys)));
+    invalid_token(&gate.get(PATH, &hs256()), "unknown_kid");
+    assert!(gate.envoy.wait_for_log(
+        "JWKS key skipped: keys[3] (kid demo-hs256): symmetric (oct) keys are not accepted \
+         from a remote key set",
+        Duration::from_secs(5)
+    ));
+    gate.assert_vm_healthy();
+    drop(gate);
+
+    // A provider that opts in installs it.
+    let mut config = remote_config(300, 1);
+    config["providers"][0]["jwks"]["remote"]["allow_symmetric_keys"] = json!(true);
+    let gate = start(&server, config, 2);
+    assert!(every_worker_accepts(&gate, hs256));
+    forwarded(&gate.get(PATH, &reader(&keys)));
     gate.assert_vm_healthy();
 }

@@ -10,12 +10,29 @@
 //! `read_headers` (all request headers), `set_headers` (seven headers),
 //! `filter_state` (one value), `clock` (current time), `metrics` (two
 //! counter increments).
+//!
+//! A second mode, for the e2e tests of shared data, writes bytes into
+//! shared data: run with the `vm_id` of a ctxgate plugin, it is a
+//! neighbour plugin that corrupts or forges ctxgate's records. Its
+//! configuration is one line of space-separated words (a JSON string, so
+//! nothing in it needs escaping):
+//!
+//! ```text
+//! write_shared_data on=<configure|tick|request> [trigger=<header>] [tick_ms=<n>] <key>=<hex> ...
+//! ```
+//!
+//! Each `<key>=<hex>` sets shared-data key `<key>` to the hex-encoded
+//! bytes, unconditionally: once when the plugin is configured, on every
+//! tick (every `tick_ms`, default 100), or for every request that carries
+//! header `trigger` (default `x-floor-write`), before the filters after
+//! this one see the request.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Floor::default()) });
@@ -30,9 +47,85 @@ struct Calls {
     metrics: Option<(u32, u32)>,
 }
 
+/// When the `write_shared_data` mode writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum When {
+    Configure,
+    Tick,
+    Request,
+}
+
+/// The `write_shared_data` mode's configuration.
+struct Writes {
+    when: When,
+    trigger: String,
+    tick: Duration,
+    values: Vec<(String, Vec<u8>)>,
+}
+
+impl Writes {
+    /// Parses `on=... [trigger=...] [tick_ms=...] key=hex ...`.
+    fn parse(words: &str) -> Result<Writes, String> {
+        let mut writes = Writes {
+            when: When::Configure,
+            trigger: "x-floor-write".to_owned(),
+            tick: Duration::from_millis(100),
+            values: Vec::new(),
+        };
+        for word in words.split_ascii_whitespace() {
+            let (name, value) = word
+                .split_once('=')
+                .ok_or_else(|| format!("'{word}' is not name=value"))?;
+            match name {
+                "on" => {
+                    writes.when = match value {
+                        "configure" => When::Configure,
+                        "tick" => When::Tick,
+                        "request" => When::Request,
+                        other => return Err(format!("unknown on={other}")),
+                    }
+                }
+                "trigger" => writes.trigger = value.to_ascii_lowercase(),
+                "tick_ms" => {
+                    let ms = value.parse().map_err(|_| format!("bad tick_ms={value}"))?;
+                    writes.tick = Duration::from_millis(ms);
+                }
+                key => writes.values.push((key.to_owned(), decode_hex(value)?)),
+            }
+        }
+        Ok(writes)
+    }
+
+    fn apply(&self) {
+        for (key, value) in &self.values {
+            if let Err(status) = hostcalls::set_shared_data(key, Some(value), None) {
+                let message = format!("floor: cannot write shared data {key}: {status:?}");
+                let _ = hostcalls::log(LogLevel::Warn, &message);
+            }
+        }
+    }
+}
+
+fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        b'A'..=b'F' => Ok(c - b'A' + 10),
+        _ => Err(format!("'{text}' is not hex")),
+    };
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [high, low] => Ok(digit(*high)? << 4 | digit(*low)?),
+            _ => Err(format!("'{text}' has an odd number of digits")),
+        })
+        .collect()
+}
+
 #[derive(Default)]
 struct Floor {
     calls: Rc<Calls>,
+    writes: Option<Rc<Writes>>,
 }
 
 impl Context for Floor {}
@@ -43,6 +136,24 @@ impl RootContext for Floor {
         let config = String::from_utf8_lossy(&config);
         // A JSON string ("read_headers,clock") or the bare list.
         let config = config.trim().trim_matches('"');
+        if let Some(words) = config.strip_prefix("write_shared_data") {
+            let writes = match Writes::parse(words) {
+                Ok(writes) => writes,
+                Err(e) => {
+                    let _ = hostcalls::log(LogLevel::Error, &format!("floor: {e}"));
+                    return false;
+                }
+            };
+            match writes.when {
+                When::Configure => writes.apply(),
+                When::Tick => {
+                    let _ = hostcalls::set_tick_period(writes.tick);
+                }
+                When::Request => {}
+            }
+            self.writes = Some(Rc::new(writes));
+            return true;
+        }
         let has = |name: &str| config.split(',').any(|c| c.trim() == name);
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
         let metrics = if has("metrics") {
@@ -60,8 +171,20 @@ impl RootContext for Floor {
         true
     }
 
+    fn on_tick(&mut self) {
+        if let Some(writes) = &self.writes {
+            writes.apply();
+        }
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(FloorRequest { calls: *self.calls }))
+        Some(Box::new(FloorRequest {
+            calls: *self.calls,
+            writes: self
+                .writes
+                .clone()
+                .filter(|writes| writes.when == When::Request),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -71,12 +194,24 @@ impl RootContext for Floor {
 
 struct FloorRequest {
     calls: Calls,
+    /// The `write_shared_data` mode with `on=request`.
+    writes: Option<Rc<Writes>>,
 }
 
 impl Context for FloorRequest {}
 
 impl HttpContext for FloorRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(writes) = &self.writes {
+            let triggered = hostcalls::get_map_value(MapType::HttpRequestHeaders, &writes.trigger)
+                .ok()
+                .flatten()
+                .is_some();
+            if triggered {
+                writes.apply();
+            }
+            return Action::Continue;
+        }
         let calls = self.calls;
         if calls.read_headers {
             std::hint::black_box(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).ok());
