@@ -46,3 +46,6 @@ mod unmatched;
 
 #[path = "auth/claims.rs"]
 mod claims;
+
+#[path = "auth/throttle.rs"]
+mod throttle;
