@@ -220,6 +220,14 @@ impl MemoryStore {
     pub fn is_empty(&self) -> bool {
         self.map.borrow().is_empty()
     }
+
+    /// Every key and value, for tests that inspect what was written.
+    pub fn entries(&self) -> Vec<(String, Vec<u8>)> {
+        let map = self.map.borrow();
+        map.iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect()
+    }
 }
 
 #[cfg(test)]

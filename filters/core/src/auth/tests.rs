@@ -851,6 +851,33 @@ fn workers_share_verifications_through_shared_data() {
 }
 
 #[test]
+fn shared_data_never_holds_the_token_or_a_part_of_it() {
+    let mut f = fixture(json!({}));
+    let token = f.token(json!({}));
+    assert!(
+        allowed(&f.bearer("GET", "/v1/contexts/projects/a", &token))
+            .tenant
+            .is_some()
+    );
+    let forged = format!("{}x", token.trim_end_matches(|c| c != '.'));
+    f.bearer("GET", "/v1/contexts/projects/a", &forged);
+    let entries = f.store.entries();
+    assert!(
+        entries.iter().any(|(k, _)| k.starts_with("test.cache.")),
+        "the verification was shared"
+    );
+    for part in token.split('.').chain([token.as_str()]) {
+        for (key, value) in &entries {
+            assert!(!key.contains(part), "{key} holds a token part");
+            assert!(
+                !value.windows(part.len()).any(|w| w == part.as_bytes()),
+                "{key}'s value holds a token part"
+            );
+        }
+    }
+}
+
+#[test]
 fn repeated_authorization_headers_joined_by_envoy_are_split() {
     let mut f = fixture(json!({}));
     let (a, b) = (f.token(json!({})), f.token(json!({"sub": "bob"})));
