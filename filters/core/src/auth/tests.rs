@@ -851,6 +851,30 @@ fn workers_share_verifications_through_shared_data() {
 }
 
 #[test]
+fn a_query_the_rewritten_context_makes_too_long_is_refused_not_forwarded() {
+    use crate::query::{MAX_QUERY_BYTES, Query};
+    let mut f = fixture(json!({}));
+    let token = f.token(json!({}));
+    // `Ⱥ` (2 bytes) lowercases to `ⱥ` (3 bytes): the canonical context
+    // the gateway forwards is longer than the one the client sent.
+    let context = format!("context=projects/{}", "%C8%BA".repeat(10));
+    let query = |pad: usize| format!("pad={}&{context}", "x".repeat(pad));
+    let fits = MAX_QUERY_BYTES - Query::parse(&query(0)).unwrap().serialized_len();
+    let path = |pad: usize| format!("/v1/graph/traverse?{}", query(pad));
+
+    let d = f.bearer("POST", &path(fits - 30), &token);
+    let forwarded = forwarded_path(&d).expect("the context is rewritten");
+    assert!(forwarded.ends_with(&"%E2%B1%A5".repeat(10)), "{forwarded}");
+    assert!(forwarded.len() - "/v1/graph/traverse?".len() <= MAX_QUERY_BYTES);
+    // The client's query fits; the one the gateway would forward does not.
+    assert!(Query::parse(&query(fits)).is_ok());
+    assert_eq!(
+        denied(&f.bearer("POST", &path(fits), &token)),
+        Reason::InvalidQuery
+    );
+}
+
+#[test]
 fn shared_data_never_holds_the_token_or_a_part_of_it() {
     let mut f = fixture(json!({}));
     let token = f.token(json!({}));
