@@ -11,10 +11,15 @@ pub mod auth;
 pub mod breaker;
 pub mod bucket;
 pub mod client;
+pub mod host;
 pub mod http;
 pub mod jwt;
+pub mod metrics;
+#[cfg(any(test, feature = "mock"))]
+pub mod mock;
 pub mod operation;
 pub mod path;
+pub mod pipeline;
 pub mod query;
 pub mod ratelimit;
 pub mod record;

@@ -80,6 +80,8 @@ pub struct Identity {
     /// The identity as other ctxgate filters read it from Envoy filter
     /// state (see [`super::SharedRequest`]), serialized once per token.
     pub filter_state: Vec<u8>,
+    /// The same, for the stages of the same pipeline (no JSON round trip).
+    pub shared: SharedIdentity,
 }
 
 /// What later filters read from filter state. A client cannot write filter
@@ -256,6 +258,7 @@ impl Identity {
             rate_limits,
             valid_until,
             filter_state,
+            shared,
         })
     }
 

@@ -232,7 +232,7 @@ pub enum CacheUse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Forward the request.
-    Allow(Allowed),
+    Allow(Box<Allowed>),
     Deny(Denial),
 }
 
@@ -249,6 +249,8 @@ pub struct Allowed {
     pub filter_state: Vec<u8>,
     /// Set when the request carried a verified token.
     pub tenant: Option<String>,
+    /// What `filter_state` says, for the stages of the same pipeline.
+    pub request: SharedRequest,
 }
 
 /// The decision for one request, with what metrics need to know.
@@ -485,7 +487,7 @@ impl Auth {
             stale_keys: None,
         };
         match self.authorize(state, store, request, env, now, &mut allowed, &mut decision) {
-            Ok(()) => decision.outcome = Outcome::Allow(allowed),
+            Ok(()) => decision.outcome = Outcome::Allow(Box::new(allowed)),
             Err(denial) => decision.outcome = Outcome::Deny(denial),
         }
         decision
@@ -959,6 +961,10 @@ impl Auth {
         }
         allowed.filter_state =
             encode_shared_request(&identity.filter_state, shared_operation.as_ref());
+        allowed.request = SharedRequest {
+            identity: Some(identity.shared.clone()),
+            operation: shared_operation,
+        };
         allowed.tenant = Some(identity.tenant.clone());
     }
 }

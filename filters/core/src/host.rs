@@ -1,0 +1,150 @@
+//! What the pipeline needs from a proxy, and nothing more.
+//!
+//! The logic in this crate is written once against [`Host`]. The wasm
+//! engine (`filters/ctxgate`) implements it on proxy-wasm host calls; the
+//! tests implement it in memory ([`crate::mock`]). Nothing here names a
+//! proxy-wasm type, so a second engine (a native Envoy module) can
+//! implement it too.
+//!
+//! A host serves many streams (requests) of one worker. Every stream
+//! operation names its stream: an engine that must switch to the stream
+//! first (proxy-wasm's effective context) does so itself.
+
+use crate::http::LocalReply;
+use crate::shared::SharedStore;
+
+/// One request/response exchange, as the engine numbers it.
+pub type StreamId = u32;
+
+/// An outgoing call, as the engine numbers it.
+pub type CallId = u32;
+
+/// A metric as the host defined it.
+pub type MetricId = u32;
+
+/// Facts the proxy knows about a stream beyond its headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attribute {
+    /// The downstream address as Envoy computed it (`ip:port`), after
+    /// `use_remote_address` and `xff_num_trusted_hops`.
+    ClientAddress,
+    /// The name of the route the request matched.
+    RouteName,
+    /// The upstream cluster of that route.
+    ClusterName,
+}
+
+impl Attribute {
+    /// Route and cluster depend on the request headers: header changes
+    /// must reach the proxy before either is read (the proxy then matches
+    /// the route again).
+    pub fn depends_on_headers(self) -> bool {
+        matches!(self, Attribute::RouteName | Attribute::ClusterName)
+    }
+}
+
+/// One change to the request headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderOp {
+    Remove(String),
+    /// Replaces every value of the header with this one.
+    Set(String, String),
+}
+
+/// A gRPC call to make (unary).
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcCall<'a> {
+    pub cluster: &'a str,
+    pub service: &'a str,
+    pub method: &'a str,
+    pub metadata: &'a [(&'a str, &'a [u8])],
+    pub message: &'a [u8],
+    pub timeout_ms: u64,
+}
+
+/// An HTTP call to make (no body).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpCall<'a> {
+    pub cluster: &'a str,
+    /// Pseudo-headers included (`:method`, `:path`, `:authority`).
+    pub headers: &'a [(&'a str, &'a str)],
+    pub timeout_ms: u64,
+}
+
+/// How an outgoing call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallResponse {
+    /// gRPC status (0 is OK) and the response message.
+    Grpc { status: u32, message: Vec<u8> },
+    /// HTTP status (none: reset, timeout, no healthy host) and body.
+    Http { status: Option<u16>, body: Vec<u8> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
+/// The proxy, as the pipeline sees it.
+pub trait Host {
+    /// Unix time in milliseconds.
+    fn now_ms(&self) -> u64;
+
+    /// State shared by every worker of this proxy (compare-and-swap).
+    fn shared(&self) -> &dyn SharedStore;
+
+    /// The request headers of `stream`, read once, values as raw bytes.
+    fn request_headers(&mut self, stream: StreamId) -> Vec<(String, Vec<u8>)>;
+
+    /// Applies request header changes, in order. `result` is the header
+    /// list with the changes applied: a host may replace the whole map
+    /// with it in one call instead of applying each change.
+    fn change_request_headers(
+        &mut self,
+        stream: StreamId,
+        changes: &[HeaderOp],
+        result: &[(String, Vec<u8>)],
+    );
+
+    /// A response header of `stream` (in its response-headers callback).
+    fn response_header(&mut self, stream: StreamId, name: &str) -> Option<String>;
+
+    /// Sets response headers of `stream` (in its response-headers callback).
+    fn set_response_headers(&mut self, stream: StreamId, headers: &[(String, String)]);
+
+    /// Read-only, so a decision can look it up lazily while it holds the
+    /// shared store. Read route-dependent attributes only after applying
+    /// header changes ([`Attribute::depends_on_headers`]).
+    fn attribute(&self, stream: StreamId, attribute: Attribute) -> Option<String>;
+
+    /// Answers `stream` locally instead of forwarding it.
+    fn send_reply(&mut self, stream: StreamId, reply: &LocalReply);
+
+    /// Lets a paused `stream` continue.
+    fn resume(&mut self, stream: StreamId);
+
+    /// Writes filter state of `stream` (for access logs and later filters).
+    fn set_filter_state(&mut self, stream: StreamId, key: &str, value: &[u8]);
+
+    /// Reads filter state an earlier filter wrote.
+    fn filter_state(&mut self, stream: StreamId, key: &str) -> Option<Vec<u8>>;
+
+    /// Starts a gRPC call. With `owner`, the call belongs to that stream
+    /// (the proxy cancels it when the stream ends); without, to the worker.
+    fn grpc_call(&mut self, owner: Option<StreamId>, call: &GrpcCall<'_>)
+    -> Result<CallId, String>;
+
+    fn cancel_grpc_call(&mut self, owner: Option<StreamId>, call: CallId);
+
+    /// Starts an HTTP call owned by the worker.
+    fn http_call(&mut self, call: &HttpCall<'_>) -> Result<CallId, String>;
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<MetricId>;
+
+    /// Adds `delta` to a counter or gauge.
+    fn add_metric(&mut self, metric: MetricId, delta: i64);
+
+    /// Sets a gauge.
+    fn set_metric(&mut self, metric: MetricId, value: u64);
+}

@@ -1,0 +1,260 @@
+//! An in-memory [`Host`] for tests: it records what the pipeline asked of
+//! the proxy, and tests play the proxy's part (headers, call answers, the
+//! clock).
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::host::{
+    Attribute, CallId, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind, StreamId,
+};
+use crate::http::LocalReply;
+use crate::shared::{MemoryStore, SharedStore};
+
+/// What the proxy holds for one stream.
+#[derive(Debug, Default, Clone)]
+pub struct MockStream {
+    pub request_headers: Vec<(String, Vec<u8>)>,
+    /// Every batch of changes, as applied.
+    pub change_batches: Vec<Vec<HeaderOp>>,
+    pub response_headers: Vec<(String, String)>,
+    pub attributes: HashMap<&'static str, String>,
+    pub reply: Option<LocalReply>,
+    pub resumed: u32,
+    pub filter_state: BTreeMap<String, Vec<u8>>,
+    /// Header reads (one per request is the contract).
+    pub header_reads: u32,
+}
+
+/// A call the pipeline made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MockCall {
+    pub id: CallId,
+    pub owner: Option<StreamId>,
+    pub cluster: String,
+    /// gRPC `service/method`, or the HTTP `:path`.
+    pub target: String,
+    pub metadata: Vec<(String, Vec<u8>)>,
+    pub message: Vec<u8>,
+    pub timeout_ms: u64,
+    pub cancelled: bool,
+}
+
+#[derive(Default)]
+pub struct MockHost {
+    pub now_ms: u64,
+    pub store: MemoryStore,
+    pub streams: HashMap<StreamId, MockStream>,
+    pub calls: Vec<MockCall>,
+    /// Calls fail to start while set (no such cluster).
+    pub refuse_calls: bool,
+    pub metric_names: Vec<(String, MetricKind)>,
+    pub metric_values: HashMap<MetricId, i64>,
+    /// Host calls made for metrics (define, add, set).
+    pub metric_calls: u32,
+    next_call: CallId,
+}
+
+impl MockHost {
+    pub fn new(now_ms: u64) -> MockHost {
+        MockHost {
+            now_ms,
+            next_call: 1,
+            ..MockHost::default()
+        }
+    }
+
+    /// A stream with these request headers (pseudo-headers included).
+    pub fn open(&mut self, stream: StreamId, headers: &[(&str, &str)]) {
+        self.streams.insert(
+            stream,
+            MockStream {
+                request_headers: headers
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                    .collect(),
+                ..MockStream::default()
+            },
+        );
+    }
+
+    pub fn stream(&self, stream: StreamId) -> &MockStream {
+        static EMPTY: std::sync::OnceLock<MockStream> = std::sync::OnceLock::new();
+        self.streams
+            .get(&stream)
+            .unwrap_or_else(|| EMPTY.get_or_init(MockStream::default))
+    }
+
+    /// A request header of the stream as the upstream would see it.
+    pub fn header(&self, stream: StreamId, name: &str) -> Option<String> {
+        self.stream(stream)
+            .request_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The value of a metric as the proxy holds it (flushed values only).
+    pub fn metric(&self, name: &str) -> i64 {
+        self.metric_names
+            .iter()
+            .position(|(n, _)| n == name)
+            .and_then(|i| self.metric_values.get(&(i as MetricId)))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn last_call(&self) -> Option<&MockCall> {
+        self.calls.last()
+    }
+}
+
+impl Host for MockHost {
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    fn shared(&self) -> &dyn SharedStore {
+        &self.store
+    }
+
+    fn request_headers(&mut self, stream: StreamId) -> Vec<(String, Vec<u8>)> {
+        let s = self.streams.entry(stream).or_default();
+        s.header_reads += 1;
+        s.request_headers.clone()
+    }
+
+    fn change_request_headers(
+        &mut self,
+        stream: StreamId,
+        changes: &[HeaderOp],
+        result: &[(String, Vec<u8>)],
+    ) {
+        let s = self.streams.entry(stream).or_default();
+        s.change_batches.push(changes.to_vec());
+        s.request_headers = result.to_vec();
+    }
+
+    fn response_header(&mut self, stream: StreamId, name: &str) -> Option<String> {
+        self.streams
+            .get(&stream)?
+            .response_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn set_response_headers(&mut self, stream: StreamId, headers: &[(String, String)]) {
+        let s = self.streams.entry(stream).or_default();
+        for (name, value) in headers {
+            s.response_headers.retain(|(n, _)| n != name);
+            s.response_headers.push((name.clone(), value.clone()));
+        }
+    }
+
+    fn attribute(&self, stream: StreamId, attribute: Attribute) -> Option<String> {
+        let key = match attribute {
+            Attribute::ClientAddress => "client_address",
+            Attribute::RouteName => "route_name",
+            Attribute::ClusterName => "cluster_name",
+        };
+        self.streams.get(&stream)?.attributes.get(key).cloned()
+    }
+
+    fn send_reply(&mut self, stream: StreamId, reply: &LocalReply) {
+        self.streams.entry(stream).or_default().reply = Some(reply.clone());
+    }
+
+    fn resume(&mut self, stream: StreamId) {
+        self.streams.entry(stream).or_default().resumed += 1;
+    }
+
+    fn set_filter_state(&mut self, stream: StreamId, key: &str, value: &[u8]) {
+        self.streams
+            .entry(stream)
+            .or_default()
+            .filter_state
+            .insert(key.to_owned(), value.to_vec());
+    }
+
+    fn filter_state(&mut self, stream: StreamId, key: &str) -> Option<Vec<u8>> {
+        self.streams.get(&stream)?.filter_state.get(key).cloned()
+    }
+
+    fn grpc_call(
+        &mut self,
+        owner: Option<StreamId>,
+        call: &GrpcCall<'_>,
+    ) -> Result<CallId, String> {
+        if self.refuse_calls {
+            return Err(format!("no cluster {}", call.cluster));
+        }
+        let id = self.next_call;
+        self.next_call += 1;
+        self.calls.push(MockCall {
+            id,
+            owner,
+            cluster: call.cluster.to_owned(),
+            target: format!("{}/{}", call.service, call.method),
+            metadata: call
+                .metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+                .collect(),
+            message: call.message.to_vec(),
+            timeout_ms: call.timeout_ms,
+            cancelled: false,
+        });
+        Ok(id)
+    }
+
+    fn cancel_grpc_call(&mut self, _owner: Option<StreamId>, call: CallId) {
+        if let Some(c) = self.calls.iter_mut().find(|c| c.id == call) {
+            c.cancelled = true;
+        }
+    }
+
+    fn http_call(&mut self, call: &HttpCall<'_>) -> Result<CallId, String> {
+        if self.refuse_calls {
+            return Err(format!("no cluster {}", call.cluster));
+        }
+        let id = self.next_call;
+        self.next_call += 1;
+        let path = call
+            .headers
+            .iter()
+            .find(|(k, _)| *k == ":path")
+            .map(|(_, v)| (*v).to_owned())
+            .unwrap_or_default();
+        self.calls.push(MockCall {
+            id,
+            owner: None,
+            cluster: call.cluster.to_owned(),
+            target: path,
+            metadata: Vec::new(),
+            message: Vec::new(),
+            timeout_ms: call.timeout_ms,
+            cancelled: false,
+        });
+        Ok(id)
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Option<MetricId> {
+        self.metric_calls += 1;
+        if let Some(i) = self.metric_names.iter().position(|(n, _)| n == name) {
+            return MetricId::try_from(i).ok();
+        }
+        self.metric_names.push((name.to_owned(), kind));
+        MetricId::try_from(self.metric_names.len() - 1).ok()
+    }
+
+    fn add_metric(&mut self, metric: MetricId, delta: i64) {
+        self.metric_calls += 1;
+        *self.metric_values.entry(metric).or_default() += delta;
+    }
+
+    fn set_metric(&mut self, metric: MetricId, value: u64) {
+        self.metric_calls += 1;
+        self.metric_values
+            .insert(metric, i64::try_from(value).unwrap_or(i64::MAX));
+    }
+}

@@ -1,0 +1,72 @@
+//! The plugin configuration: one section per stage, and the worker's
+//! own settings. A stage runs only if its section is present.
+
+use serde::Deserialize;
+
+use crate::auth::config::{AuthConfig, ConfigError};
+use crate::breaker::config::BreakersConfig;
+use crate::ratelimit::config::RateLimitConfig;
+use crate::tagging::config::TaggingConfig;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Multi-tenant JWT authentication and context-scope authorisation.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Cost-weighted rate limits, local and global (RLS).
+    #[serde(default)]
+    pub ratelimit: Option<RateLimitConfig>,
+    /// Trusted routing headers.
+    #[serde(default)]
+    pub tagging: Option<TaggingConfig>,
+    /// Circuit breakers shared by every worker.
+    #[serde(default)]
+    pub breaker: Option<BreakersConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// How metrics reach the proxy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Counters are counted in the module and handed to the proxy this
+    /// often (milliseconds). `/stats` lags by at most this much.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> MetricsConfig {
+        MetricsConfig {
+            flush_interval_ms: default_flush_interval_ms(),
+        }
+    }
+}
+
+fn default_flush_interval_ms() -> u64 {
+    1000
+}
+
+impl PipelineConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.is_none()
+            && self.ratelimit.is_none()
+            && self.tagging.is_none()
+            && self.breaker.is_none()
+        {
+            return Err(ConfigError::new(
+                "",
+                "no stage configured: add at least one of auth, ratelimit, tagging, breaker",
+            ));
+        }
+        if !(10..=60_000).contains(&self.metrics.flush_interval_ms) {
+            return Err(ConfigError::new(
+                "metrics.flush_interval_ms",
+                "must be between 10 and 60000",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,490 @@
+//! The pipeline: every stage over one request in one pass.
+//!
+//! One [`Worker`] per proxy worker holds the compiled stages, their
+//! per-worker state, the metrics and the streams in flight. The engine
+//! forwards the proxy's callbacks (request headers and body, response
+//! headers, stream end, timer, call answers) and the worker drives the
+//! stages through the [`Host`]:
+//!
+//! * the request headers are read once, and each stage sees the changes
+//!   the stages before it made, in memory;
+//! * the changes reach the proxy in one batch: before the request is
+//!   forwarded or refused, or before a stage reads the route (the proxy
+//!   then matches it again);
+//! * a stage may ask a question (the RLS) and wait: the driver pauses the
+//!   request, enforces the stage's deadline on the worker's timer, charges
+//!   body bytes that arrive meanwhile once it is answered, and carries on
+//!   with the next stage, resuming the request if it is let through;
+//! * a refusal at any stage stops the pipeline there.
+//!
+//! Stages run in a fixed order: auth, ratelimit, tagging, breaker. A stage
+//! runs only if its section is in the configuration.
+
+mod auth;
+mod breaker;
+pub mod config;
+mod ratelimit;
+pub mod request;
+mod tagging;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use crate::auth::Auth;
+use crate::auth::config::ConfigError;
+use crate::breaker::Breakers;
+use crate::host::{CallId, CallResponse, Host, StreamId};
+use crate::http::LocalReply;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::shared::load_secret;
+use crate::tagging::Tagger;
+use auth::AuthStage;
+use breaker::{BreakerStage, BreakerStream};
+use config::PipelineConfig;
+use ratelimit::{RateLimitStage, RateLimitStream};
+use request::Request;
+use tagging::TaggingStage;
+
+/// What a stage decided about a request.
+#[derive(Debug)]
+pub enum Step {
+    /// On to the next stage.
+    Next,
+    /// Answer the request with this reply; later stages do not run.
+    Reply(LocalReply),
+    /// The stage started `call` and decides when it is answered, or at
+    /// `deadline_ms` if it is not.
+    Wait { call: CallId, deadline_ms: u64 },
+}
+
+/// What the engine tells the proxy to do with the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Hold the stream: it waits for a call, or a reply was sent.
+    Pause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StageId {
+    Auth,
+    RateLimit,
+    Tagging,
+    Breaker,
+}
+
+const ORDER: [StageId; 4] = [
+    StageId::Auth,
+    StageId::RateLimit,
+    StageId::Tagging,
+    StageId::Breaker,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The request headers are being decided.
+    Deciding,
+    /// Paused until `call` is answered or `deadline_ms` passes; then the
+    /// stage after `stage` runs.
+    Waiting {
+        stage: StageId,
+        call: CallId,
+        deadline_ms: u64,
+        /// Body bytes that arrived meanwhile (the proxy buffers them).
+        body_bytes: u64,
+    },
+    Forwarded,
+    Refused,
+}
+
+struct Stream {
+    request: Request,
+    phase: Phase,
+    ratelimit: RateLimitStream,
+    breaker: BreakerStream,
+    /// The body size the proxy reported at the last body callback, if that
+    /// callback paused (the proxy then buffers, and its next callback
+    /// reports everything buffered, not just the new bytes).
+    buffered: Option<u64>,
+}
+
+/// Random values the engine draws from the proxy at configure time.
+#[derive(Debug, Clone, Copy)]
+pub struct Seeds {
+    /// A candidate for the slot-hashing secret (the first worker's wins,
+    /// see [`load_secret`]).
+    pub secret: [u8; 16],
+    /// This worker's id in report ids.
+    pub reporter: u64,
+}
+
+/// The pipeline of one proxy worker.
+pub struct Worker {
+    auth: Option<AuthStage>,
+    ratelimit: Option<RateLimitStage>,
+    tagging: Option<TaggingStage>,
+    breaker: Option<BreakerStage>,
+    metrics: Metrics,
+    streams: HashMap<StreamId, Stream>,
+    flush_interval_ms: u64,
+    next_flush_ms: u64,
+}
+
+impl Worker {
+    /// Compiles the configuration (JSON) and creates what the stages keep
+    /// in shared data. `plugin_name` names the shared-data namespace
+    /// (`ctxgate/<plugin_name>`): stable across configuration pushes and
+    /// unique per plugin.
+    pub fn new(
+        config: &[u8],
+        plugin_name: &str,
+        seeds: Seeds,
+        host: &mut dyn Host,
+    ) -> Result<Worker, ConfigError> {
+        let config: PipelineConfig = crate::auth::config::parse_json(config)?;
+        config.validate()?;
+        let namespace = format!("ctxgate/{plugin_name}");
+        let secret = || {
+            load_secret(host.shared(), &format!("{namespace}.secret"), seeds.secret).map_err(|e| {
+                ConfigError::new("", format!("shared-data secret {namespace}.secret: {e}"))
+            })
+        };
+        let mut metrics = Metrics::default();
+        let auth = match config.auth {
+            Some(c) => {
+                let auth = Auth::new(c, &namespace, secret()?).map_err(in_section("auth"))?;
+                Some(AuthStage::new(auth, &*host, &mut metrics))
+            }
+            None => None,
+        };
+        let ratelimit = match config.ratelimit {
+            Some(c) => {
+                let limiter =
+                    RateLimiter::new(c, &namespace, secret()?).map_err(in_section("ratelimit"))?;
+                Some(RateLimitStage::new(
+                    limiter,
+                    seeds.reporter,
+                    &*host,
+                    &mut metrics,
+                ))
+            }
+            None => None,
+        };
+        let tagging = match config.tagging {
+            Some(c) => {
+                let tagger = Tagger::new(c).map_err(in_section("tagging"))?;
+                Some(TaggingStage::new(tagger, &mut metrics))
+            }
+            None => None,
+        };
+        let breaker = match config.breaker {
+            Some(c) => {
+                let breakers = Breakers::new(c, &namespace).map_err(in_section("breaker"))?;
+                Some(BreakerStage::new(breakers, &*host, &mut metrics))
+            }
+            None => None,
+        };
+        let mut worker = Worker {
+            auth,
+            ratelimit,
+            tagging,
+            breaker,
+            metrics,
+            streams: HashMap::new(),
+            flush_interval_ms: config.metrics.flush_interval_ms,
+            next_flush_ms: 0,
+        };
+        // Defines every metric now: dashboards see zeros, not gaps.
+        worker.flush_metrics(host);
+        Ok(worker)
+    }
+
+    /// How often the engine must call [`Worker::on_tick`].
+    pub fn tick_ms(&self) -> u64 {
+        [
+            self.auth.as_ref().and_then(AuthStage::tick_ms),
+            self.ratelimit.as_ref().and_then(RateLimitStage::tick_ms),
+            self.breaker.as_ref().and_then(BreakerStage::tick_ms),
+            Some(self.flush_interval_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.flush_interval_ms)
+        .max(1)
+    }
+
+    /// Streams in flight (tests).
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn on_request_headers(
+        &mut self,
+        host: &mut dyn Host,
+        id: StreamId,
+        end_of_stream: bool,
+    ) -> Flow {
+        let headers = host.request_headers(id);
+        let mut stream = Stream {
+            request: Request::new(id, headers, end_of_stream),
+            phase: Phase::Deciding,
+            ratelimit: RateLimitStream::default(),
+            breaker: BreakerStream::default(),
+            buffered: None,
+        };
+        let flow = self.run(host, &mut stream, 0);
+        self.streams.insert(id, stream);
+        flow
+    }
+
+    /// `body_size`: what the proxy reports as buffered for this callback.
+    pub fn on_request_body(&mut self, host: &mut dyn Host, id: StreamId, body_size: u64) -> Flow {
+        let Some(mut stream) = self.streams.remove(&id) else {
+            return Flow::Continue;
+        };
+        let new_bytes = body_size.saturating_sub(stream.buffered.take().unwrap_or(0));
+        let flow = match &mut stream.phase {
+            Phase::Refused => {
+                stream.buffered = Some(body_size);
+                Flow::Pause
+            }
+            Phase::Waiting { body_bytes, .. } => {
+                // The headers wait for a call: the proxy must buffer the
+                // body, not resume the request with it. What arrives is
+                // charged once the call is answered.
+                *body_bytes = body_bytes.saturating_add(new_bytes);
+                stream.buffered = Some(body_size);
+                Flow::Pause
+            }
+            Phase::Deciding | Phase::Forwarded => {
+                let step = match self.ratelimit.as_mut() {
+                    Some(stage) => {
+                        stage.on_body(host, &mut stream.ratelimit, new_bytes, &mut self.metrics)
+                    }
+                    None => Step::Next,
+                };
+                match step {
+                    Step::Reply(reply) => {
+                        stream.buffered = Some(body_size);
+                        refuse(host, &mut stream, &reply)
+                    }
+                    Step::Next | Step::Wait { .. } => Flow::Continue,
+                }
+            }
+        };
+        self.streams.insert(id, stream);
+        flow
+    }
+
+    pub fn on_response_headers(&mut self, host: &mut dyn Host, id: StreamId) -> Flow {
+        let Some(stream) = self.streams.get_mut(&id) else {
+            return Flow::Continue;
+        };
+        if stream.phase != Phase::Forwarded {
+            // Our own refusal, or a stream the proxy answered while it
+            // waited: nothing to add or to record.
+            return Flow::Continue;
+        }
+        let mut headers = Vec::new();
+        if let Some(stage) = self.ratelimit.as_mut() {
+            stage.on_response(host, &mut stream.ratelimit, &mut headers);
+        }
+        if let Some(stage) = self.breaker.as_ref() {
+            stage.on_response(
+                host,
+                id,
+                &mut stream.breaker,
+                &mut headers,
+                &mut self.metrics,
+            );
+        }
+        if !headers.is_empty() {
+            host.set_response_headers(id, &headers);
+        }
+        Flow::Continue
+    }
+
+    /// The stream is gone (answered, reset or timed out).
+    pub fn on_done(&mut self, host: &mut dyn Host, id: StreamId) {
+        let Some(mut stream) = self.streams.remove(&id) else {
+            return;
+        };
+        if let Some(stage) = self.ratelimit.as_mut() {
+            stage.on_done(&mut stream.ratelimit);
+        }
+        if let Some(stage) = self.breaker.as_ref() {
+            stage.on_done(host, &mut stream.breaker);
+        }
+    }
+
+    /// Deadlines of waiting streams, background work of the stages, and
+    /// the metrics flush.
+    pub fn on_tick(&mut self, host: &mut dyn Host) {
+        let now = host.now_ms();
+        let late: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| matches!(s.phase, Phase::Waiting { deadline_ms, .. } if now >= deadline_ms))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(Phase::Waiting { call, .. }) = self.streams.get(&id).map(|s| s.phase) {
+                host.cancel_grpc_call(Some(id), call);
+            }
+            self.resolve(host, id, None);
+        }
+        if let Some(stage) = self.auth.as_mut() {
+            stage.on_tick(host, &mut self.metrics);
+        }
+        if let Some(stage) = self.ratelimit.as_mut() {
+            stage.on_tick(host, &mut self.metrics);
+        }
+        if let Some(stage) = self.breaker.as_mut() {
+            stage.on_tick(host, &mut self.metrics);
+        }
+        if now >= self.next_flush_ms {
+            self.flush_metrics(host);
+        }
+    }
+
+    /// The answer to a call a stage made.
+    pub fn on_call_response(&mut self, host: &mut dyn Host, call: CallId, response: CallResponse) {
+        if let Some(stage) = self.auth.as_mut()
+            && stage.on_call_response(host, call, &response, &mut self.metrics)
+        {
+            return;
+        }
+        if let Some(stage) = self.ratelimit.as_mut()
+            && stage.on_call_response(host, call, &response, &mut self.metrics)
+        {
+            return;
+        }
+        let waiting = self.streams.iter().find_map(|(id, s)| match s.phase {
+            Phase::Waiting { call: c, .. } if c == call => Some(*id),
+            _ => None,
+        });
+        if let Some(id) = waiting {
+            self.resolve(host, id, Some(&response));
+        }
+    }
+
+    fn flush_metrics(&mut self, host: &mut dyn Host) {
+        self.next_flush_ms = host.now_ms().saturating_add(self.flush_interval_ms);
+        self.metrics.flush(host);
+    }
+
+    /// Runs the stages from `from` on. Forwards the request (applying its
+    /// header changes) when every stage let it through.
+    fn run(&mut self, host: &mut dyn Host, stream: &mut Stream, from: usize) -> Flow {
+        for stage in ORDER.iter().skip(from) {
+            let metrics = &mut self.metrics;
+            let request = &mut stream.request;
+            let step = match stage {
+                StageId::Auth => self
+                    .auth
+                    .as_mut()
+                    .map(|s| s.on_request(host, request, metrics)),
+                StageId::RateLimit => self
+                    .ratelimit
+                    .as_mut()
+                    .map(|s| s.on_request(host, request, &mut stream.ratelimit, metrics)),
+                StageId::Tagging => self
+                    .tagging
+                    .as_ref()
+                    .map(|s| s.on_request(host, request, metrics)),
+                StageId::Breaker => self
+                    .breaker
+                    .as_ref()
+                    .map(|s| s.on_request(host, request, &mut stream.breaker, metrics)),
+            };
+            match step {
+                None | Some(Step::Next) => {}
+                Some(Step::Reply(reply)) => return refuse(host, stream, &reply),
+                Some(Step::Wait { call, deadline_ms }) => {
+                    stream.phase = Phase::Waiting {
+                        stage: *stage,
+                        call,
+                        deadline_ms,
+                        body_bytes: 0,
+                    };
+                    return Flow::Pause;
+                }
+            }
+        }
+        stream.request.apply_changes(host);
+        stream.phase = Phase::Forwarded;
+        Flow::Continue
+    }
+
+    /// A waiting stream's call was answered (`response`) or its deadline
+    /// passed (`None`): the waiting stage decides, then the rest of the
+    /// pipeline runs and the stream resumes if it is let through.
+    fn resolve(&mut self, host: &mut dyn Host, id: StreamId, response: Option<&CallResponse>) {
+        let Some(mut stream) = self.streams.remove(&id) else {
+            return;
+        };
+        let Phase::Waiting {
+            stage, body_bytes, ..
+        } = stream.phase
+        else {
+            self.streams.insert(id, stream);
+            return;
+        };
+        stream.phase = Phase::Deciding;
+        let step = match (stage, self.ratelimit.as_mut()) {
+            (StageId::RateLimit, Some(s)) => match response {
+                Some(r) => s.on_answer(
+                    host,
+                    &mut stream.ratelimit,
+                    r,
+                    body_bytes,
+                    &mut self.metrics,
+                ),
+                None => s.on_deadline(host, &mut stream.ratelimit, body_bytes, &mut self.metrics),
+            },
+            _ => Step::Next,
+        };
+        match step {
+            Step::Reply(reply) => {
+                refuse(host, &mut stream, &reply);
+            }
+            Step::Next | Step::Wait { .. } => {
+                let next = ORDER
+                    .iter()
+                    .position(|s| *s == stage)
+                    .map_or(ORDER.len(), |i| i + 1);
+                if self.run(host, &mut stream, next) == Flow::Continue {
+                    // The proxy passes the buffered body on with the
+                    // request, and counts from zero again.
+                    stream.buffered = None;
+                    host.resume(id);
+                }
+            }
+        }
+        self.streams.insert(id, stream);
+    }
+}
+
+/// Sends a refusal, after the header changes made so far (a refused
+/// request's access log must not show client-sent identity headers).
+fn refuse(host: &mut dyn Host, stream: &mut Stream, reply: &LocalReply) -> Flow {
+    stream.request.apply_changes(host);
+    host.send_reply(stream.request.stream, reply);
+    stream.phase = Phase::Refused;
+    Flow::Pause
+}
+
+/// Prefixes a stage's configuration error with its section.
+fn in_section(section: &'static str) -> impl Fn(ConfigError) -> ConfigError {
+    move |e| {
+        let field = if e.field.is_empty() || e.field == "." {
+            section.to_owned()
+        } else {
+            format!("{section}.{}", e.field)
+        };
+        ConfigError::new(field, e.message)
+    }
+}

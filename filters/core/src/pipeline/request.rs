@@ -1,0 +1,182 @@
+//! One request as the stages see it: the header snapshot read once, the
+//! changes the stages made (applied to the proxy in one batch), and what
+//! the auth stage established about the caller.
+
+use crate::auth::{REQUEST_FILTER_STATE, SharedRequest};
+use crate::host::{Attribute, HeaderOp, Host, StreamId};
+use crate::http::RequestHead;
+
+pub struct Request {
+    pub stream: StreamId,
+    /// The request headers with every change so far applied.
+    headers: Vec<(String, Vec<u8>)>,
+    method: String,
+    path: String,
+    /// Changes not yet handed to the proxy.
+    changes: Vec<HeaderOp>,
+    /// The request headers ended the stream (no body).
+    pub end_of_stream: bool,
+    /// Identity and operation: from the auth stage of this pipeline, or
+    /// read from filter state once if auth runs in another filter.
+    shared: Option<SharedRequest>,
+}
+
+impl Request {
+    pub fn new(stream: StreamId, headers: Vec<(String, Vec<u8>)>, end_of_stream: bool) -> Request {
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        Request {
+            stream,
+            headers,
+            method,
+            path,
+            changes: Vec::new(),
+            end_of_stream,
+            shared: None,
+        }
+    }
+
+    pub fn head(&self) -> RequestHead<'_> {
+        RequestHead {
+            method: &self.method,
+            path: &self.path,
+            headers: &self.headers,
+        }
+    }
+
+    pub fn has_header(&self, name: &str) -> bool {
+        self.headers.iter().any(|(n, _)| n == name)
+    }
+
+    /// Removes a header, if the request has it (nothing is asked of the
+    /// proxy for a header that is not there).
+    pub fn remove(&mut self, name: &str) {
+        if self.has_header(name) {
+            self.headers.retain(|(n, _)| n != name);
+            self.changes.push(HeaderOp::Remove(name.to_owned()));
+        }
+    }
+
+    /// Sets a header, replacing every value it had.
+    pub fn set(&mut self, name: &str, value: &str) {
+        let unchanged = {
+            let mut values = self.headers.iter().filter(|(n, _)| n == name);
+            matches!((values.next(), values.next()), (Some((_, v)), None) if v == value.as_bytes())
+        };
+        if unchanged {
+            return;
+        }
+        match name {
+            ":path" => value.clone_into(&mut self.path),
+            ":method" => value.clone_into(&mut self.method),
+            _ => {}
+        }
+        match self.headers.iter().position(|(n, _)| n == name) {
+            Some(i) => {
+                if let Some(entry) = self.headers.get_mut(i) {
+                    entry.1 = value.as_bytes().to_vec();
+                }
+                let mut seen = 0usize;
+                self.headers.retain(|(n, _)| {
+                    if n == name {
+                        seen += 1;
+                        seen == 1
+                    } else {
+                        true
+                    }
+                });
+            }
+            None => self
+                .headers
+                .push((name.to_owned(), value.as_bytes().to_vec())),
+        }
+        self.changes
+            .push(HeaderOp::Set(name.to_owned(), value.to_owned()));
+    }
+
+    /// Hands the collected changes to the proxy, if there are any.
+    pub fn apply_changes(&mut self, host: &mut dyn Host) {
+        if !self.changes.is_empty() {
+            let changes = std::mem::take(&mut self.changes);
+            host.change_request_headers(self.stream, &changes, &self.headers);
+        }
+    }
+
+    /// Changes not yet applied (tests, and the driver's checks).
+    pub fn pending_changes(&self) -> &[HeaderOp] {
+        &self.changes
+    }
+
+    /// A proxy attribute of this request. Route and cluster depend on the
+    /// headers, so pending changes are applied first (the proxy then
+    /// matches the route again, as it would for a separate filter).
+    pub fn attribute(&mut self, host: &mut dyn Host, attribute: Attribute) -> Option<String> {
+        if attribute.depends_on_headers() {
+            self.apply_changes(host);
+        }
+        host.attribute(self.stream, attribute)
+    }
+
+    /// What the auth stage of this pipeline established.
+    pub fn set_shared(&mut self, shared: SharedRequest) {
+        self.shared = Some(shared);
+    }
+
+    /// Identity and operation: from this pipeline's auth stage, or from the
+    /// filter state an auth filter earlier in the chain wrote.
+    pub fn shared(&mut self, host: &mut dyn Host) -> &SharedRequest {
+        let stream = self.stream;
+        self.shared.get_or_insert_with(|| {
+            SharedRequest::parse(host.filter_state(stream, REQUEST_FILTER_STATE).as_deref())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Request {
+        Request::new(
+            1,
+            vec![
+                (":method".into(), b"GET".to_vec()),
+                (":path".into(), b"/a".to_vec()),
+                ("x-a".into(), b"1".to_vec()),
+                ("x-a".into(), b"2".to_vec()),
+            ],
+            true,
+        )
+    }
+
+    #[test]
+    fn removing_an_absent_header_asks_nothing() {
+        let mut r = request();
+        r.remove("x-absent");
+        assert!(r.pending_changes().is_empty());
+        r.remove("x-a");
+        assert_eq!(r.pending_changes(), [HeaderOp::Remove("x-a".into())]);
+        assert!(!r.has_header("x-a"));
+    }
+
+    #[test]
+    fn set_replaces_every_value_and_updates_the_head() {
+        let mut r = request();
+        r.set("x-a", "3");
+        r.set(":path", "/b");
+        assert_eq!(r.head().header_values("x-a").collect::<Vec<_>>(), [b"3"]);
+        assert_eq!(r.head().path, "/b");
+        r.set("x-a", "3");
+        assert_eq!(
+            r.pending_changes().len(),
+            2,
+            "setting the same value is no change"
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! The tagging stage: trusted routing headers from identity, operation and
+//! request rules. Header changes reach the proxy before the request is
+//! forwarded (or before a later stage reads the route), so the route table
+//! or an Istio VirtualService sees the tags.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `ctxgate_tagging.tagged` | counter | requests tagged |
+
+use super::Step;
+use super::request::Request;
+use crate::host::Host;
+use crate::metrics::{Counter, Metrics};
+use crate::tagging::{TagInput, Tagger};
+
+pub struct TaggingStage {
+    tagger: Tagger,
+    tagged: Counter,
+}
+
+impl TaggingStage {
+    pub fn new(tagger: Tagger, metrics: &mut Metrics) -> TaggingStage {
+        TaggingStage {
+            tagger,
+            tagged: metrics.counter("ctxgate_tagging.tagged"),
+        }
+    }
+
+    pub fn on_request(
+        &self,
+        host: &mut dyn Host,
+        request: &mut Request,
+        metrics: &mut Metrics,
+    ) -> Step {
+        let shared = request.shared(host).clone();
+        let input = TagInput {
+            head: request.head(),
+            identity: shared.identity,
+            operation: shared.operation,
+            end_of_stream: request.end_of_stream,
+        };
+        let tags = self.tagger.tag(&input);
+        for name in &tags.remove_headers {
+            request.remove(name);
+        }
+        for (name, value) in &tags.set_headers {
+            request.set(name, value);
+        }
+        metrics.inc(self.tagged);
+        Step::Next
+    }
+}
