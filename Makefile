@@ -2,7 +2,6 @@
 # Both set up whatever a fresh clone lacks (scripts/bootstrap).
 
 SHELL := /bin/bash
-FILTERS := auth ratelimit tagging breaker
 WASM_TARGET := wasm32-wasip1
 WASM_DIR := target/$(WASM_TARGET)/wasm
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node --no-warnings $(CURDIR)/scripts/wasi-run.mjs
@@ -14,12 +13,14 @@ all: build
 bootstrap:
 	@./scripts/bootstrap
 
-## build: every filter for wasm32-wasip1 (release, LTO, panic=abort) into dist/
+## build: the pipeline for wasm32-wasip1 (release, LTO, panic=abort):
+## dist/ctxgate.wasm
 build: bootstrap
-	cargo build --profile wasm --target $(WASM_TARGET) $(addprefix -p ctxgate-,$(FILTERS))
+	cargo build --profile wasm --target $(WASM_TARGET) -p ctxgate
 	@mkdir -p dist
 	@# copy, then rename: an Envoy starting meanwhile never reads half a module
-	@for f in $(FILTERS); do cp $(WASM_DIR)/ctxgate_$$f.wasm dist/.ctxgate_$$f.wasm.tmp && mv dist/.ctxgate_$$f.wasm.tmp dist/ctxgate_$$f.wasm; done
+	@cp $(WASM_DIR)/ctxgate.wasm dist/.ctxgate.wasm.tmp && mv dist/.ctxgate.wasm.tmp dist/ctxgate.wasm
+	@rm -f dist/ctxgate_auth.wasm dist/ctxgate_ratelimit.wasm dist/ctxgate_tagging.wasm dist/ctxgate_breaker.wasm
 	@ls -l dist/*.wasm
 
 ## run: the demo gateway on 127.0.0.1:10000 (admin 127.0.0.1:9901)

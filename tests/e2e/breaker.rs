@@ -34,7 +34,7 @@ const FROM_REPO: &str = "x-upstream";
 const LOG_FLUSH: Duration = Duration::from_secs(5);
 
 fn breaker_filter(breakers: Value) -> WasmFilter {
-    WasmFilter::new("ctxgate_breaker").config(json!({ "breakers": breakers }))
+    WasmFilter::single("breaker", json!({ "breakers": breakers }))
 }
 
 /// `wasmcustom.ctxgate_breaker.<breaker>.<name>`.
@@ -422,14 +422,16 @@ fn behind_tagging_each_breaker_guards_the_requests_its_tag_selects() {
         })
     };
     let mut config = EnvoyConfig::new()
-        .filter(WasmFilter::new("ctxgate_tagging").config(json!({
+        .filter(
+            WasmFilter::ctxgate("ctxgate")
+                .stage("tagging", json!({
             "rules": [
                 {"when": {"size": {"above": 1000}}, "set": {"type": "large-context"}},
                 {"when": {"header": {"name": "x-client-class", "exact": "interactive"}},
                  "set": {"priority": "high"}},
             ],
-        })))
-        .filter(breaker_filter(json!([
+        }))
+        .stage("breaker", json!({"breakers": json!([
             trip(
                 "processor",
                 json!({"header": {"name": "x-context-type", "values": ["large-context"]}})
@@ -439,7 +441,7 @@ fn behind_tagging_each_breaker_guards_the_requests_its_tag_selects() {
                 json!({"any_header": [{"name": "x-context-priority", "values": ["high"]}]})
             ),
             trip("repo", json!({})),
-        ])))
+        ])})))
         .route(named_route(
             "high_memory",
             "high-memory",
@@ -874,11 +876,11 @@ fn it_refuses_a_bad_breaker_config_and_names_the_field() {
     let cases = [
         (
             json!([good, {"name": "repo", "error_threshold_percent": 0}]),
-            "invalid configuration: breakers[1].error_threshold_percent: must be between 1 and 100",
+            "invalid configuration: breaker.breakers[1].error_threshold_percent: must be between 1 and 100",
         ),
         (
             json!([{"name": "repo", "on_open": {"action": "fallback", "request_header": "X-Degraded"}}]),
-            "invalid configuration: breakers[0].on_open.request_header: 'X-Degraded' is not a lower-case header name",
+            "invalid configuration: breaker.breakers[0].on_open.request_header: 'X-Degraded' is not a lower-case header name",
         ),
     ];
     let mut wrong = Vec::new();

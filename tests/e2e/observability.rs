@@ -60,10 +60,13 @@ fn scrape_gateway() -> Exported {
     });
     let config = EnvoyConfig::new()
         .bootstrap_field("stats_config", demo_stats_config())
-        .filter(WasmFilter::new("ctxgate_auth").config(auth))
-        .filter(WasmFilter::new("ctxgate_ratelimit").config(ratelimit))
-        .filter(WasmFilter::new("ctxgate_tagging").config(json!({})))
-        .filter(WasmFilter::new("ctxgate_breaker").config(json!({"breakers": [{"name": "context_repository"}]})))
+        .filter(
+            WasmFilter::ctxgate("ctxgate")
+                .stage("auth", auth)
+                .stage("ratelimit", ratelimit)
+                .stage("tagging", json!({}))
+                .stage("breaker", json!({"breakers": [{"name": "context_repository"}]})),
+        )
         .raw_cluster(json!({
             "name": "idp", "type": "STATIC", "connect_timeout": "0.2s",
             "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

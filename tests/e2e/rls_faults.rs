@@ -56,7 +56,7 @@ use ctxgate_e2e::{Client, Envoy, EnvoyConfig, Redis, Rls, Route, eventually};
 use serde_json::json;
 use tempfile::TempDir;
 
-use support::{auth, metric, per, ratelimit, read, token};
+use support::{metric, per, ratelimit, read, token};
 
 /// The tenant's limit per (epoch-aligned) minute, at the RLS.
 const LIMIT: u64 = 3000;
@@ -150,7 +150,6 @@ impl World {
         );
         let gateway = EnvoyConfig::new()
             .concurrency(2)
-            .filter(auth())
             .filter(ratelimit(json!({
                 "tiers": {
                     // The gateway's share of the limit (see the top).

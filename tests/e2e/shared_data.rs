@@ -145,7 +145,7 @@ fn auth_config(extra: Value) -> Value {
 }
 
 fn auth(config: &Value) -> WasmFilter {
-    WasmFilter::new("ctxgate_auth").config(config.clone())
+    WasmFilter::single("auth", config.clone())
 }
 
 fn token(tenant: &str) -> String {
@@ -224,7 +224,7 @@ fn a_rate_limit_slot_that_does_not_decode_refuses_instead_of_refilling_a_drained
         vec![
             neighbour("neighbour", "ctxgate_ratelimit", "x-corrupt", &garbage),
             auth(&auth_config(json!({}))),
-            WasmFilter::new("ctxgate_ratelimit").config(limiter),
+            WasmFilter::single("ratelimit", limiter),
         ],
         upstream.addr(),
     ));
@@ -288,7 +288,7 @@ fn a_breaker_record_that_does_not_decode_fails_open_and_is_counted() {
     let envoy = Envoy::start(&gateway(
         vec![
             neighbour("neighbour", "ctxgate_breaker", "x-corrupt", &garbage),
-            WasmFilter::new("ctxgate_breaker").config(breakers),
+            WasmFilter::single("breaker", breakers),
         ],
         upstream.addr(),
     ));
@@ -529,7 +529,7 @@ fn a_configuration_push_keeps_the_bucket_levels_of_limits_it_did_not_change() {
         gateway(
             vec![
                 auth_filter.clone(),
-                WasmFilter::new("ctxgate_ratelimit").config(limiter),
+                WasmFilter::single("ratelimit", limiter),
             ],
             upstream.addr(),
         )
@@ -596,11 +596,9 @@ fn two_plugins_sharing_a_vm_id_keep_their_state_apart() {
     // allowing 4 reads: sharing buckets, they would charge each read twice.
     let upstream = ScriptedServer::start();
     let limiter = |name: &str| {
-        WasmFilter::new("ctxgate_ratelimit")
-            .name(name)
-            .root_id(name)
+        WasmFilter::ctxgate(name)
             .vm_id("")
-            .config(limiter_config(monthly(4), json!({})))
+            .stage("ratelimit", limiter_config(monthly(4), json!({})))
     };
     let envoy = Envoy::start(&gateway(
         vec![
@@ -654,29 +652,23 @@ fn assert_distinct(what: &str, values: &[String]) {
 
 #[test]
 fn every_shipped_configuration_gives_each_plugin_its_own_namespace() {
-    // envoy/demo.yaml: a vm_id and a plugin name per plugin.
+    // envoy/demo.yaml: one plugin, the whole pipeline, with its own vm_id.
     let demo = std::fs::read_to_string(repo_root().join("envoy/demo.yaml")).unwrap();
     let demo = yaml::documents(&demo).unwrap();
     let plugins = wasm_plugins(&demo[0]);
-    assert_eq!(plugins.len(), 4, "{plugins:?}");
+    assert_eq!(plugins.len(), 1, "{plugins:?}");
     let (names, vm_ids): (Vec<_>, Vec<_>) = plugins.into_iter().unzip();
     assert_distinct("envoy/demo.yaml plugin names", &names);
-    assert_distinct("envoy/demo.yaml vm_ids", &vm_ids);
     assert!(vm_ids.iter().all(|id| !id.is_empty()), "{vm_ids:?}");
 
-    // The e2e harness: WasmFilter::new names the plugin and its vm_id after
-    // the module.
-    let harness: Vec<(String, String)> = [
-        "ctxgate_auth",
-        "ctxgate_ratelimit",
-        "ctxgate_tagging",
-        "ctxgate_breaker",
-    ]
-    .map(|module| {
-        let filter = WasmFilter::new(module);
-        (filter.name, filter.vm_id)
-    })
-    .into();
+    // The e2e harness: single-stage plugins are named, and get a vm_id,
+    // after their stage.
+    let harness: Vec<(String, String)> = ["auth", "ratelimit", "tagging", "breaker"]
+        .map(|stage| {
+            let filter = WasmFilter::single(stage, json!({}));
+            (filter.name, filter.vm_id)
+        })
+        .into();
     let (names, vm_ids): (Vec<_>, Vec<_>) = harness.into_iter().unzip();
     assert_distinct("harness plugin names", &names);
     assert_distinct("harness vm_ids", &vm_ids);
@@ -692,7 +684,7 @@ fn every_shipped_configuration_gives_each_plugin_its_own_namespace() {
         }
     }
     let plugins: Vec<&Value> = istio.iter().filter(|o| o["kind"] == "WasmPlugin").collect();
-    assert_eq!(plugins.len(), 4);
+    assert_eq!(plugins.len(), 1, "one WasmPlugin runs the whole pipeline");
     let names: Vec<String> = plugins
         .iter()
         .map(|p| {

@@ -33,7 +33,7 @@ fn passthrough() -> serde_json::Value {
 
 fn auth_config(upstream: &ScriptedServer) -> EnvoyConfig {
     EnvoyConfig::new()
-        .filter(WasmFilter::new("ctxgate_auth").config(passthrough()))
+        .filter(WasmFilter::single("auth", passthrough()))
         .route(Route::path("/direct").direct(200, "direct ok"))
         .route(Route::prefix("/").cluster("upstream"))
         .cluster(Cluster::new("upstream", [upstream.addr()]))
@@ -64,7 +64,7 @@ fn it_serves_direct_responses_and_proxies_through_the_wasm_filter() {
     );
 
     assert!(envoy.wait_for_log(
-        "wasm log ctxgate_auth ctxgate_auth: configured 1 provider(s): smoke",
+        "wasm log ctxgate_auth ctxgate_auth: auth: 1 provider(s): smoke",
         Duration::from_secs(5)
     ));
     assert_eq!(
@@ -110,7 +110,7 @@ fn upstream_failures_and_delays_reach_the_client() {
     let upstream = ScriptedServer::start();
     let envoy = Envoy::start(
         &EnvoyConfig::new()
-            .filter(WasmFilter::new("ctxgate_auth").config(passthrough()))
+            .filter(WasmFilter::single("auth", passthrough()))
             .route(
                 Route::prefix("/slow").cluster_with_timeout("upstream", Duration::from_millis(200)),
             )

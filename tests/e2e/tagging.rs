@@ -59,18 +59,25 @@ fn operations() -> Value {
     ])
 }
 
-/// The auth filter trusting the demo HMAC secret inline. Requests outside
+/// The auth stage trusting the demo HMAC secret inline. Requests outside
 /// the operation map only need a valid token (`/v1/bulk/...`,
 /// `/v1/reports/...`), `/public` needs none, and `data_region` is passed
 /// on to tagging.
-fn auth() -> WasmFilter {
-    WasmFilter::new("ctxgate_auth").config(json!({
+fn auth_stage() -> Value {
+    json!({
         "providers": [demo_idp::hs256_provider()],
         "operations": operations(),
         "unmatched_requests": "authenticate",
         "public_paths": [{"prefix": "/public"}],
         "filter_state_claims": ["data_region"],
-    }))
+    })
+}
+
+/// One ctxgate plugin: the auth stage, then the tagging stage.
+fn auth_and_tagging(tagging: Value) -> WasmFilter {
+    WasmFilter::ctxgate("ctxgate")
+        .stage("auth", auth_stage())
+        .stage("tagging", tagging)
 }
 
 /// Size threshold of the `large contexts` rule, in bytes.
@@ -527,9 +534,7 @@ fn routing_cases() -> Vec<Case> {
 }
 
 fn tagged_gateway(upstreams: &Upstreams) -> Envoy {
-    let config = EnvoyConfig::new()
-        .filter(auth())
-        .filter(WasmFilter::new("ctxgate_tagging").config(tagging_rules()));
+    let config = EnvoyConfig::new().filter(auth_and_tagging(tagging_rules()));
     Envoy::start(&upstreams.add_to(tag_routes(config)))
 }
 
@@ -555,7 +560,9 @@ fn it_routes_each_rule_and_condition_type_to_its_upstream() {
 #[test]
 fn without_the_tagging_filter_the_same_requests_take_the_default_route() {
     let upstreams = Upstreams::start(&UPSTREAMS);
-    let envoy = Envoy::start(&upstreams.add_to(tag_routes(EnvoyConfig::new().filter(auth()))));
+    let envoy = Envoy::start(&upstreams.add_to(tag_routes(
+        EnvoyConfig::new().filter(WasmFilter::single("auth", auth_stage())),
+    )));
     let addr = envoy.listener_addr();
 
     let cases = routing_cases();
@@ -674,7 +681,7 @@ fn tagging_alone_still_strips_client_tags() {
     config["operations"] = operations();
     config["variant"] = json!({"variants": [{"name": "b", "weight": 1}]});
     let envoy = Envoy::start(&upstreams.add_to(tag_routes(
-        EnvoyConfig::new().filter(WasmFilter::new("ctxgate_tagging").config(config)),
+        EnvoyConfig::new().filter(WasmFilter::single("tagging", config)),
     )));
     let anonymous = [("tenant", "")];
     let spoofed = |request: Request| {
@@ -735,8 +742,7 @@ fn it_pins_each_context_to_one_host_of_a_ring_hash_cluster() {
     }
     let envoy = Envoy::start(
         &EnvoyConfig::new()
-            .filter(auth())
-            .filter(WasmFilter::new("ctxgate_tagging").config(json!({})))
+            .filter(auth_and_tagging(json!({})))
             .route(Route::raw(json!({
                 "match": {"prefix": "/"},
                 "route": {
@@ -819,8 +825,7 @@ fn it_splits_tenants_across_variants_by_weight_and_keeps_each_on_its_variant() {
     let envoy = Envoy::start(
         &upstreams.add_to(
             EnvoyConfig::new()
-                .filter(auth())
-                .filter(WasmFilter::new("ctxgate_tagging").config(json!({"variant": split})))
+                .filter(auth_and_tagging(json!({"variant": split})))
                 .route(
                     Route::prefix("/")
                         .header("x-context-variant", "b")
@@ -964,18 +969,18 @@ fn it_refuses_a_bad_tagging_config_and_names_the_field() {
                 {"when": {"all": [{"method": ["POST"]}, {"path": {"regex": "/v1/(unclosed"}}]},
                  "set": {"type": "compute"}},
             ]}),
-            "invalid configuration: rules[1].when.all[1].path.regex: regex parse error",
+            "invalid configuration: tagging.rules[1].when.all[1].path.regex: regex parse error",
         ),
         (
             json!({"variant": {"variants": [{"name": "a", "weight": 0}]}}),
-            "invalid configuration: variant.variants: give at least one variant with a positive weight",
+            "invalid configuration: tagging.variant.variants: give at least one variant with a positive weight",
         ),
     ];
     let mut wrong = Vec::new();
     for (config, expected) in cases {
         let log = Envoy::start_expect_failure(
             &EnvoyConfig::new()
-                .filter(WasmFilter::new("ctxgate_tagging").config(config))
+                .filter(WasmFilter::single("tagging", config))
                 .route(Route::prefix("/").direct(200, "unreachable")),
         );
         let named = log

@@ -318,6 +318,9 @@ impl From<RawFilter> for HttpFilter {
 #[derive(Clone, Debug)]
 pub struct RawFilter(pub Value);
 
+/// How often the e2e gateways flush metrics to Envoy.
+pub const FLUSH_INTERVAL_MS: u64 = 20;
+
 /// A proxy-wasm filter run on the V8 runtime, fail-closed (`fail_open: false`,
 /// as in production).
 ///
@@ -359,6 +362,37 @@ impl WasmFilter {
             vm_id: id,
             config: json!({}),
         }
+    }
+
+    /// `dist/ctxgate.wasm` named `name` (filter, plugin, root id and vm
+    /// id), with no stage yet: add them with [`WasmFilter::stage`].
+    ///
+    /// Metrics are flushed every 20 ms (`metrics.flush_interval_ms`)
+    /// unless the test sets `metrics` itself, and [`crate::Envoy::wasm_metric`]
+    /// waits for a flush.
+    pub fn ctxgate(name: &str) -> Self {
+        WasmFilter {
+            config: json!({"metrics": {"flush_interval_ms": FLUSH_INTERVAL_MS}}),
+            ..WasmFilter::new("ctxgate")
+                .name(name)
+                .root_id(name)
+                .vm_id(name)
+        }
+    }
+
+    /// `dist/ctxgate.wasm` running one stage, named `ctxgate_<stage>` (as
+    /// the stage's metrics are).
+    pub fn single(stage: &str, config: Value) -> Self {
+        WasmFilter::ctxgate(&format!("ctxgate_{stage}")).stage(stage, config)
+    }
+
+    /// Adds (or replaces) a section of the plugin configuration: a stage
+    /// (`auth`, `ratelimit`, `tagging`, `breaker`) or `metrics`.
+    pub fn stage(mut self, section: &str, config: Value) -> Self {
+        if let Some(sections) = self.config.as_object_mut() {
+            sections.insert(section.to_owned(), config);
+        }
+        self
     }
 
     pub fn name(mut self, name: &str) -> Self {

@@ -29,12 +29,14 @@ pub const WASM_METRIC_PREFIX: &str = "wasmcustom.";
 impl Envoy {
     /// All counters and gauges (histograms and text readouts are skipped).
     pub fn stats(&self) -> HashMap<String, u64> {
+        metrics_flushed();
         self.stats_query("/stats?format=json")
     }
 
     /// Counters and gauges whose name matches the RE2 `regex`; cheaper than
     /// [`Envoy::stats`] when polling.
     pub fn stats_matching(&self, regex: &str) -> HashMap<String, u64> {
+        metrics_flushed();
         self.stats_query(&format!(
             "/stats?format=json&filter={}",
             percent_encode(regex)
@@ -50,6 +52,7 @@ impl Envoy {
 
     /// Value of a metric a wasm module defined as `name` (see module docs).
     pub fn wasm_metric(&self, name: &str) -> u64 {
+        metrics_flushed();
         self.counter(&format!("{WASM_METRIC_PREFIX}{name}"))
     }
 
@@ -80,6 +83,7 @@ impl Envoy {
 
     /// The Prometheus exposition text (`/stats/prometheus`).
     pub fn prometheus(&self) -> String {
+        metrics_flushed();
         self.admin_get("/stats/prometheus")
             .expect_status(200)
             .text()
@@ -126,4 +130,14 @@ fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+/// Waits long enough for every worker to have flushed what its ctxgate
+/// pipeline counted (five flush intervals of the e2e configuration,
+/// [`crate::config::FLUSH_INTERVAL_MS`]): the pipeline counts in the module
+/// and hands metrics to Envoy on a tick, not per request.
+fn metrics_flushed() {
+    std::thread::sleep(std::time::Duration::from_millis(
+        5 * crate::config::FLUSH_INTERVAL_MS,
+    ));
 }

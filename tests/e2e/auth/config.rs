@@ -42,26 +42,26 @@ fn it_refuses_to_start_with_an_invalid_configuration_and_names_the_field() {
         (
             "unknown field",
             unknown_field,
-            "invalid configuration: providers[0].isuer: unknown field `isuer`, expected one of"
+            "invalid configuration: auth.providers[0].isuer: unknown field `isuer`, expected one of"
                 .into(),
         ),
         (
             "weak HS256 secret",
             with("/providers/0/jwks/inline", weak_secret),
             format!(
-                "invalid configuration: providers[0].jwks.inline: keys[{weak_index}] (kid weak): \
+                "invalid configuration: auth.providers[0].jwks.inline: keys[{weak_index}] (kid weak): \
                  HS256 secret is 16 bytes, at least 32 are required"
             ),
         ),
         (
             "bad operation template",
             with("/operations/2/path", json!("/v1/{context}/x")),
-            "invalid configuration: operations[2]: path: {context} must be the last segment".into(),
+            "invalid configuration: auth.operations[2]: path: {context} must be the last segment".into(),
         ),
         (
             "unsupported algorithm",
             with("/providers/0/algorithms", json!(["ES256", "none"])),
-            "invalid configuration: providers[0].algorithms: unsupported algorithm 'none'".into(),
+            "invalid configuration: auth.providers[0].algorithms: unsupported algorithm 'none'".into(),
         ),
     ];
 
@@ -70,7 +70,7 @@ fn it_refuses_to_start_with_an_invalid_configuration_and_names_the_field() {
         .map(|(_, config, _)| {
             Envoy::start_expect_failure(
                 &EnvoyConfig::new()
-                    .filter(WasmFilter::new("ctxgate_auth").config(config.clone()))
+                    .filter(WasmFilter::single("auth", config.clone()))
                     .route(Route::prefix("/").direct(200, "unreachable")),
             )
         })
@@ -93,9 +93,9 @@ fn it_refuses_to_start_with_an_invalid_configuration_and_names_the_field() {
     // The valid configuration these were derived from starts.
     let envoy = Envoy::start(
         &EnvoyConfig::new()
-            .filter(WasmFilter::new("ctxgate_auth").config(valid))
+            .filter(WasmFilter::single("auth", valid))
             .route(Route::prefix("/").direct(200, "ok")),
     );
-    assert!(envoy.wait_for_log("configured 1 provider(s): demo", Duration::from_secs(5)));
+    assert!(envoy.wait_for_log("auth: 1 provider(s): demo", Duration::from_secs(5)));
     assert_vm_healthy(&envoy);
 }

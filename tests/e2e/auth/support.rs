@@ -251,7 +251,7 @@ impl Gate {
         let (upstream_addr, upstream) =
             ctxgate_demo::spawn_in_thread("127.0.0.1:0", "standard").unwrap();
         let config = EnvoyConfig::new()
-            .filter(WasmFilter::new("ctxgate_auth").config(plugin_config))
+            .filter(WasmFilter::single("auth", plugin_config))
             .route(Route::prefix("/").cluster("upstream"))
             .cluster(Cluster::new("upstream", [upstream_addr]));
         let envoy = Envoy::start(&adjust(config));

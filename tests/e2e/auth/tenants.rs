@@ -146,11 +146,11 @@ fn two_issuers_without_a_tenant_binding_refuse_to_start_and_name_the_field() {
     for (config, field) in cases {
         let log = Envoy::start_expect_failure(
             &EnvoyConfig::new()
-                .filter(WasmFilter::new("ctxgate_auth").config(config))
+                .filter(WasmFilter::single("auth", config))
                 .route(Route::prefix("/").direct(200, "unreachable")),
         );
         let expected = format!(
-            "invalid configuration: {field}: with more than one provider, each must list the \
+            "invalid configuration: auth.{field}: with more than one provider, each must list the \
              tenants it may assert (tenants) or pin one (tenant)"
         );
         assert!(log.contains(&expected), "{expected:?} not in:\n{log}");

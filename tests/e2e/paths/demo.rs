@@ -80,18 +80,19 @@ pub fn filter_names(hcm: &Value) -> Vec<String> {
         .collect()
 }
 
-/// The auth filter's plugin configuration in the demo.
+/// The auth stage's configuration in the demo.
 pub fn auth_config(hcm: &Value) -> Value {
     let filter = hcm["http_filters"]
         .as_array()
         .expect("demo http_filters")
         .iter()
-        .find(|f| f["typed_config"]["config"]["name"] == "ctxgate_auth")
-        .expect("the demo runs the auth filter");
+        .find(|f| f["typed_config"]["config"]["name"] == "ctxgate")
+        .expect("the demo runs ctxgate");
     let text = filter["typed_config"]["config"]["configuration"]["value"]
         .as_str()
-        .expect("auth configuration is a string");
-    serde_json::from_str(text).expect("auth configuration is JSON")
+        .expect("the plugin configuration is a string");
+    let config: Value = serde_json::from_str(text).expect("the plugin configuration is JSON");
+    config["auth"].clone()
 }
 
 #[test]
@@ -137,11 +138,11 @@ fn the_demo_configuration_keeps_its_hardening_settings() {
     let position = |name: &str| filters.iter().position(|f| f == name);
     let (cors, auth) = (
         position("envoy.filters.http.cors"),
-        position("ctxgate.auth"),
+        position("ctxgate"),
     );
     assert!(
         cors.is_some() && cors < auth,
-        "the CORS filter must run before the auth filter: {filters:?}"
+        "the CORS filter must run before ctxgate: {filters:?}"
     );
     let policy = cors_policy(&hcm)
         .unwrap_or_else(|| panic!("{}: the virtual host has no CORS policy", path.display()));

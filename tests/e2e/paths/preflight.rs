@@ -86,7 +86,7 @@ impl BehindCors {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
                 }
             })))
-            .filter(WasmFilter::new("ctxgate_auth").config(plugin_config))
+            .filter(WasmFilter::single("auth", plugin_config))
             .route(Route::prefix("/").cluster("upstream"))
             .cluster(Cluster::new("upstream", [upstream_addr]));
         // The builder has one virtual host and no field for its filter

@@ -16,7 +16,7 @@ use crate::support::*;
 fn adaptive_gateway(adaptive: Value, upstream: SocketAddr) -> Envoy {
     Envoy::start(
         &EnvoyConfig::new()
-            .filter(ratelimit(json!({
+            .filter(ratelimit_only(json!({
                 "anonymous": {"client": {"source": "forwarded_for", "trusted_hops": 1}},
                 "tiers": {"anonymous": per("per_hour", 1000, 3600), "standard": per("per_hour", 1000, 3600)},
                 "adaptive": adaptive,

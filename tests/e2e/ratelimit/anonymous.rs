@@ -17,7 +17,7 @@ fn anonymous_gateway(anonymous: Value) -> EnvoyConfig {
         config["anonymous"] = anonymous;
     }
     EnvoyConfig::new()
-        .filter(ratelimit(config))
+        .filter(ratelimit_only(config))
         .route(Route::prefix("/").direct(200, "ok"))
 }
 

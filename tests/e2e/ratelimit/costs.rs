@@ -21,7 +21,6 @@ fn exactly_n_times_c_tokens_are_consumed_by_n_concurrent_requests_of_cost_c() {
     let envoy = Envoy::start(
         &EnvoyConfig::new()
             .concurrency(4)
-            .filter(auth())
             .filter(ratelimit(json!({"tiers": tiers(monthly(CAPACITY))})))
             .route(Route::prefix("/").direct(200, "ok")),
     );

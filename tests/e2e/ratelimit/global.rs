@@ -117,9 +117,7 @@ fn two_gateways_sharing_one_rls_admit_the_global_limit_and_twice_as_much_without
             "tiers": tiers(per("per_hour", 100_000, 3600)),
             "tenants": {"local-phase": {"limits": per("per_hour", GLOBAL_LIMIT, 3600)}},
         });
-        let mut envoy = EnvoyConfig::new()
-            .filter(auth())
-            .route(Route::prefix("/").direct(200, "ok"));
+        let mut envoy = EnvoyConfig::new().route(Route::prefix("/").direct(200, "ok"));
         if let Some(rls) = rls {
             envoy = envoy.cluster(rls.cluster("rls"));
             // A generous deadline: this test measures accuracy, not outages.
@@ -247,7 +245,6 @@ fn in_hierarchical_mode_x_ratelimit_remaining_counts_down_the_tightest_limit_wit
     );
     let envoy = Envoy::start(
         &EnvoyConfig::new()
-            .filter(auth())
             .filter(ratelimit(json!({
                 "tiers": tiers(monthly(LOCAL)),
                 "global": {

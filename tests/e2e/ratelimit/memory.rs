@@ -57,7 +57,7 @@ fn a_hundred_thousand_tenants_leave_envoy_s_memory_bounded() {
     const TABLE_BYTES: u64 = SLOTS * WAYS * ENTRY_BYTES;
     let envoy = Envoy::start(
         &EnvoyConfig::new()
-            .filter(ratelimit(json!({
+            .filter(ratelimit_only(json!({
                 "anonymous": {
                     "client": {"source": "forwarded_for", "trusted_hops": 1},
                     "slots": SLOTS,

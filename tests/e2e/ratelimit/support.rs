@@ -25,9 +25,10 @@ pub fn token(tenant: &str, extra: Value) -> String {
 /// the rate limiter keys them by client address.
 pub const PUBLIC: &str = "/public/info";
 
-/// The demo provider, the suite's three operations, and [`PUBLIC`].
-pub fn auth() -> WasmFilter {
-    WasmFilter::new("ctxgate_auth").config(json!({
+/// The auth stage: the demo provider, the suite's three operations, and
+/// [`PUBLIC`].
+pub fn auth_stage() -> Value {
+    json!({
         "providers": [demo_idp::hs256_provider()],
         "public_paths": [{"prefix": "/public"}],
         "operations": [
@@ -35,11 +36,21 @@ pub fn auth() -> WasmFilter {
             {"name": "write", "methods": ["PUT", "POST", "PATCH"], "path": "/v1/contexts/{context}", "action": "write"},
             {"name": "graph_traversal", "methods": ["POST"], "path": "/v1/graph/traverse", "context_param": "context", "action": "read"},
         ],
-    }))
+    })
 }
 
+/// One ctxgate plugin: the auth stage, then the rate-limit stage with
+/// `config`.
 pub fn ratelimit(config: Value) -> WasmFilter {
-    WasmFilter::new("ctxgate_ratelimit").config(config)
+    WasmFilter::ctxgate("ctxgate")
+        .stage("auth", auth_stage())
+        .stage("ratelimit", config)
+}
+
+/// A ctxgate plugin with the rate-limit stage alone: every request is
+/// anonymous to it.
+pub fn ratelimit_only(config: Value) -> WasmFilter {
+    WasmFilter::single("ratelimit", config)
 }
 
 /// A limit that does not refill noticeably during a test: `capacity`
@@ -58,10 +69,9 @@ pub fn tiers(standard: Value) -> Value {
     json!({"standard": standard, "anonymous": per("per_minute", 60, 60)})
 }
 
-/// auth -> ratelimit -> router to `upstream`.
+/// ctxgate (auth, ratelimit) -> router to `upstream`.
 pub fn gateway(ratelimit_config: Value, upstream: SocketAddr) -> EnvoyConfig {
     EnvoyConfig::new()
-        .filter(auth())
         .filter(ratelimit(ratelimit_config))
         .route(Route::prefix("/").cluster("backend"))
         .cluster(Cluster::new("backend", [upstream]))

@@ -394,12 +394,11 @@ fn ctxgate_ratelimit(extra: Value) -> HttpFilter {
     if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
         config.extend(extra);
     }
-    WasmFilter::new("ctxgate_ratelimit").config(config).into()
+    WasmFilter::single("ratelimit", config).into()
 }
 
 fn ctxgate_tagging() -> HttpFilter {
-    WasmFilter::new("ctxgate_tagging")
-        .config(json!({
+    WasmFilter::single("tagging", json!({
             "operations": [
                 { "name": "read", "methods": ["GET", "HEAD"], "path": "/v1/contexts/{context}", "action": "read" },
             ],
@@ -416,9 +415,11 @@ fn ctxgate_tagging() -> HttpFilter {
 }
 
 fn ctxgate_breaker() -> HttpFilter {
-    WasmFilter::new("ctxgate_breaker")
-        .config(json!({ "breakers": [{ "name": "context_repository" }] }))
-        .into()
+    WasmFilter::single(
+        "breaker",
+        json!({ "breakers": [{ "name": "context_repository" }] }),
+    )
+    .into()
 }
 
 /// `envoy.filters.http.jwt_authn` with one provider for the demo issuer and
@@ -460,5 +461,5 @@ fn ctxgate_auth(fx: &Fixtures, extra: Value) -> HttpFilter {
     if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
         config.extend(extra);
     }
-    WasmFilter::new("ctxgate_auth").config(config).into()
+    WasmFilter::single("auth", config).into()
 }

@@ -23,6 +23,9 @@ use crate::host::{Attribute, CallId, CallResponse, Host, HttpCall};
 use crate::jwt::KeySet;
 use crate::metrics::{Counter, Metrics};
 
+/// How often each worker checks for new shared keys and due fetches.
+const JWKS_TICK_MS: u64 = 250;
+
 struct JwksCounters {
     fetch_success: Counter,
     fetch_failure: Counter,
@@ -50,6 +53,7 @@ pub struct AuthStage {
     invalid_counted: u64,
     /// JWKS fetches in flight: call -> sync slot.
     fetches: HashMap<CallId, usize>,
+    next_tick_ms: u64,
 }
 
 impl AuthStage {
@@ -99,12 +103,13 @@ impl AuthStage {
             counters,
             invalid_counted: 0,
             fetches: HashMap::new(),
+            next_tick_ms: 0,
         }
     }
 
     /// How often the worker must tick for this stage (remote key sets).
     pub fn tick_ms(&self) -> Option<u64> {
-        (!self.sync.is_empty()).then_some(250)
+        (!self.sync.is_empty()).then_some(JWKS_TICK_MS)
     }
 
     pub fn on_request(
@@ -224,10 +229,12 @@ impl AuthStage {
     /// Installs key sets other workers fetched and starts the fetches that
     /// are due.
     pub fn on_tick(&mut self, host: &mut dyn Host, metrics: &mut Metrics) {
-        if self.sync.is_empty() {
+        let now = host.now_ms();
+        if self.sync.is_empty() || now < self.next_tick_ms {
             return;
         }
-        let tick = self.sync.tick(host.shared(), host.now_ms());
+        self.next_tick_ms = now.saturating_add(JWKS_TICK_MS);
+        let tick = self.sync.tick(host.shared(), now);
         for (provider, keys) in tick.install {
             self.install(provider, keys, "shared data", metrics);
         }

@@ -321,8 +321,9 @@ impl Worker {
     }
 
     /// Deadlines of waiting streams, background work of the stages, and
-    /// the metrics flush.
-    pub fn on_tick(&mut self, host: &mut dyn Host) {
+    /// the metrics flush. Returns whether metrics were flushed (the engine
+    /// may do its own periodic work then).
+    pub fn on_tick(&mut self, host: &mut dyn Host) -> bool {
         let now = host.now_ms();
         let late: Vec<StreamId> = self
             .streams
@@ -345,9 +346,11 @@ impl Worker {
         if let Some(stage) = self.breaker.as_mut() {
             stage.on_tick(host, &mut self.metrics);
         }
-        if now >= self.next_flush_ms {
+        let flush = now >= self.next_flush_ms;
+        if flush {
             self.flush_metrics(host);
         }
+        flush
     }
 
     /// The answer to a call a stage made.
