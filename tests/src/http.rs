@@ -324,7 +324,9 @@ impl Connection {
 
     fn exchange(&mut self, request: &[u8], head_request: bool) -> io::Result<Response> {
         self.reader.get_mut().write_all(request)?;
-        self.read_response(head_request)
+        let response = self.read_response(head_request);
+        exchanged();
+        response
     }
 
     fn read_line(&mut self) -> io::Result<Vec<u8>> {
@@ -508,4 +510,20 @@ mod tests {
         let resp = Request::get("/").send(addr);
         assert_eq!(resp.text(), "all of it");
     }
+}
+
+/// When this process last finished an exchange with anything (see
+/// [`last_exchange`]).
+static LAST_EXCHANGE: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+fn exchanged() {
+    if let Ok(mut last) = LAST_EXCHANGE.lock() {
+        *last = Some(std::time::Instant::now());
+    }
+}
+
+/// When this process last got a response (or gave up on one): metrics a
+/// gateway counted for it reach Envoy on the pipeline's next flush.
+pub fn last_exchange() -> Option<std::time::Instant> {
+    LAST_EXCHANGE.lock().ok().and_then(|last| *last)
 }

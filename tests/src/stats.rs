@@ -132,12 +132,15 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-/// Waits long enough for every worker to have flushed what its ctxgate
-/// pipeline counted (five flush intervals of the e2e configuration,
-/// [`crate::config::FLUSH_INTERVAL_MS`]): the pipeline counts in the module
-/// and hands metrics to Envoy on a tick, not per request.
+/// Waits until every worker has flushed what its ctxgate pipeline counted
+/// for the last exchange: the pipeline counts in the module and hands
+/// metrics to Envoy on a tick, not per request. Five flush intervals of
+/// the e2e configuration ([`crate::config::FLUSH_INTERVAL_MS`]) after the
+/// last response leave room for a late timer on a busy machine.
 fn metrics_flushed() {
-    std::thread::sleep(std::time::Duration::from_millis(
-        5 * crate::config::FLUSH_INTERVAL_MS,
-    ));
+    let settle = std::time::Duration::from_millis(5 * crate::config::FLUSH_INTERVAL_MS);
+    if let Some(last) = crate::http::last_exchange() {
+        let wait = (last + settle).saturating_duration_since(std::time::Instant::now());
+        std::thread::sleep(wait);
+    }
 }
