@@ -1,5 +1,5 @@
 //! The Istio manifests in `istio/`, checked the way a cluster and the ctxgate
-//! filters will read them, without a cluster:
+//! module will read them, without a cluster:
 //!
 //! * every Istio object against the served version of its CRD in Istio's
 //!   own bundle (the kinds istio/ uses, kept in the repository with their
@@ -9,11 +9,12 @@
 //!   `istio/crd.rs`);
 //! * Kubernetes built-ins (Deployment, Service, ConfigMap, ...): they parse
 //!   and carry an apiVersion, a kind and valid metadata;
-//! * each WasmPlugin's `pluginConfig` through its filter's own parser, as
-//!   the plugin receives it from Istio;
+//! * the WasmPlugin's `pluginConfig` compiled by the module's own pipeline
+//!   (`Worker::new`, on an in-memory host), as the plugin receives it from
+//!   Istio, with its phase and its four stages;
 //! * the references between files that a typo would break without any
-//!   error from Kubernetes: plugin order, Envoy cluster names, subsets,
-//!   gateway, route names, matched header values, the RLS limits;
+//!   error from Kubernetes: Envoy cluster names, subsets, gateway, route
+//!   names, matched header values, the RLS limits;
 //! * and broken copies of the real manifests, built in memory, to show that
 //!   each of these checks fails when it should.
 
@@ -36,25 +37,22 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use crd::Crds;
-use ctxgate_core::auth::Auth;
-use ctxgate_core::auth::config::{AuthConfig, JwksConfig, parse_json};
-use ctxgate_core::breaker::Breakers;
+use ctxgate_core::auth::config::{AuthConfig, ConfigError, JwksConfig, parse_json};
 use ctxgate_core::breaker::config::{BreakersConfig, OpenAction};
-use ctxgate_core::ratelimit::RateLimiter;
+use ctxgate_core::mock::MockHost;
+use ctxgate_core::pipeline::config::PipelineConfig;
+use ctxgate_core::pipeline::{Seeds, Worker};
 use ctxgate_core::ratelimit::config::{KeyPart, RateLimitConfig};
-use ctxgate_core::shared::Secret;
-use ctxgate_core::tagging::Tagger;
 use ctxgate_core::tagging::config::TaggingConfig;
 use manifests::{IstioCluster, Object, plugin_config_json, repo_root};
 use serde_json::{Value, json};
 
-/// The four plugins, in the order they must run on the gateway.
-const PLUGINS: [&str; 4] = [
-    "ctxgate-auth",
-    "ctxgate-ratelimit",
-    "ctxgate-tagging",
-    "ctxgate-breaker",
-];
+/// The one WasmPlugin: the whole pipeline, dist/ctxgate.wasm.
+const PLUGIN: &str = "ctxgate";
+
+/// The pipeline's stages, in the order the module runs them; each is a
+/// section of the plugin's configuration, and runs only if it is there.
+const STAGES: [&str; 4] = ["auth", "ratelimit", "tagging", "breaker"];
 
 static CRDS: LazyLock<Crds> = LazyLock::new(|| {
     let path = std::env::var_os("CTXGATE_ISTIO_CRDS").map_or_else(
@@ -85,27 +83,86 @@ fn one(kind: &str, name: &str) -> &'static Object {
     }
 }
 
-/// A plugin's configuration as its filter receives it (JSON text).
-fn plugin_config(name: &str) -> Vec<u8> {
-    let config = &one("WasmPlugin", name).spec()["pluginConfig"];
-    assert!(config.is_object(), "WasmPlugin {name} has no pluginConfig");
+fn plugin() -> &'static Object {
+    one("WasmPlugin", PLUGIN)
+}
+
+/// A WasmPlugin's configuration as the module receives it (JSON text).
+fn plugin_config(plugin: &Value) -> Vec<u8> {
+    let config = &plugin["spec"]["pluginConfig"];
+    assert!(config.is_object(), "the WasmPlugin has no pluginConfig");
     serde_json::to_vec(&plugin_config_json(config)).unwrap()
 }
 
+/// The name Istio gives a WasmPlugin in Envoy (`<namespace>.<name>`),
+/// which the module reads as its plugin name: its shared data lives under
+/// `ctxgate/<plugin name>`.
+fn envoy_plugin_name(plugin: &Value) -> String {
+    let metadata = &plugin["metadata"];
+    format!(
+        "{}.{}",
+        metadata["namespace"].as_str().unwrap(),
+        metadata["name"].as_str().unwrap()
+    )
+}
+
+/// Compiles a WasmPlugin as the module does when the gateway configures
+/// it: the whole configuration, every stage, on an in-memory host.
+fn compile(plugin: &Value) -> Result<Worker, ConfigError> {
+    let seeds = Seeds {
+        secret: [1; 16],
+        reporter: 1,
+    };
+    Worker::new(
+        &plugin_config(plugin),
+        &envoy_plugin_name(plugin),
+        seeds,
+        &mut MockHost::new(0),
+    )
+}
+
+/// The configuration read by the pipeline's own types.
+fn pipeline_config(plugin: &Value) -> PipelineConfig {
+    parse_json(&plugin_config(plugin)).unwrap()
+}
+
+/// The stages a configuration runs, in the module's order.
+fn stages(config: &PipelineConfig) -> Vec<&'static str> {
+    let present = [
+        config.auth.is_some(),
+        config.ratelimit.is_some(),
+        config.tagging.is_some(),
+        config.breaker.is_some(),
+    ];
+    STAGES
+        .into_iter()
+        .zip(present)
+        .filter_map(|(stage, present)| present.then_some(stage))
+        .collect()
+}
+
 fn auth_config() -> AuthConfig {
-    parse_json(&plugin_config("ctxgate-auth")).unwrap()
+    pipeline_config(&plugin().value)
+        .auth
+        .expect("the plugin has an auth section")
 }
 
 fn ratelimit_config() -> RateLimitConfig {
-    parse_json(&plugin_config("ctxgate-ratelimit")).unwrap()
+    pipeline_config(&plugin().value)
+        .ratelimit
+        .expect("the plugin has a ratelimit section")
 }
 
 fn tagging_config() -> TaggingConfig {
-    parse_json(&plugin_config("ctxgate-tagging")).unwrap()
+    pipeline_config(&plugin().value)
+        .tagging
+        .expect("the plugin has a tagging section")
 }
 
 fn breakers_config() -> BreakersConfig {
-    parse_json(&plugin_config("ctxgate-breaker")).unwrap()
+    pipeline_config(&plugin().value)
+        .breaker
+        .expect("the plugin has a breaker section")
 }
 
 /// Every `http` entry of every VirtualService.
@@ -310,90 +367,43 @@ fn kubernetes_objects_are_well_formed() {
 }
 
 #[test]
-fn plugin_configs_are_accepted_by_their_filters() {
-    type Parser = fn(&[u8]) -> Result<(), String>;
-    let parsers: [(&str, Parser); 4] = [
-        ("ctxgate-auth", |j| {
-            Auth::from_json(j, "istio", Secret::from_bytes([0; 16]))
-                .map(drop)
-                .map_err(|e| e.to_string())
-        }),
-        ("ctxgate-ratelimit", |j| {
-            RateLimiter::from_json(j, "istio", Secret::from_bytes([0; 16]))
-                .map(drop)
-                .map_err(|e| e.to_string())
-        }),
-        ("ctxgate-tagging", |j| {
-            Tagger::from_json(j).map(drop).map_err(|e| e.to_string())
-        }),
-        ("ctxgate-breaker", |j| {
-            Breakers::from_json(j, "istio")
-                .map(drop)
-                .map_err(|e| e.to_string())
-        }),
-    ];
-    let plugins = all("WasmPlugin");
-    assert_eq!(
-        plugins.iter().map(|p| p.name()).collect::<BTreeSet<_>>(),
-        PLUGINS.into_iter().collect::<BTreeSet<_>>(),
-        "one WasmPlugin per filter"
-    );
-    let version = env!("CARGO_PKG_VERSION");
-    for plugin in plugins {
-        let name = plugin.name();
-        let (_, parse) = parsers.iter().find(|(n, _)| *n == name).unwrap();
-        if let Err(e) = parse(&plugin_config(name)) {
-            panic!("{plugin}: the filter refuses its pluginConfig: {e}");
-        }
-        let spec = plugin.spec();
-        // Images are tagged with the workspace version they are built from.
-        assert_eq!(
-            spec["url"],
-            format!("oci://ghcr.io/ctxgate/{name}:{version}"),
-            "{plugin}"
-        );
-        // The proxy-wasm root id, as in envoy/demo.yaml.
-        assert_eq!(spec["pluginName"], name.replace('-', "_"), "{plugin}");
-        // Routing trusts the headers these plugins own: none may be skipped.
-        assert_eq!(spec["failStrategy"], "FAIL_CLOSE", "{plugin}");
-        assert_eq!(spec["type"], "HTTP", "{plugin}");
+fn plugin_config_is_accepted_by_the_pipeline() {
+    let plugin = plugin();
+    if let Err(e) = compile(&plugin.value) {
+        panic!("{plugin}: the module refuses its pluginConfig: {e}");
     }
+    let spec = plugin.spec();
+    // The image is tagged with the workspace version it is built from.
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        spec["url"],
+        format!("oci://ghcr.io/ctxgate/{PLUGIN}:{version}"),
+        "{plugin}"
+    );
+    // The proxy-wasm root id, as in envoy/demo.yaml.
+    assert_eq!(spec["pluginName"], PLUGIN, "{plugin}");
+    // Routing trusts the headers this plugin owns: it may not be skipped.
+    assert_eq!(spec["failStrategy"], "FAIL_CLOSE", "{plugin}");
+    assert_eq!(spec["type"], "HTTP", "{plugin}");
 }
 
 #[test]
-fn plugins_run_in_order_auth_ratelimit_tagging_breaker() {
-    // Istio inserts WasmPlugins by phase (AUTHN before Istio's authn filter,
-    // AUTHZ before its authz filter, STATS before its stats filter,
-    // unspecified just before the router), then by priority, highest first.
-    let phase_rank = |phase: &Value| match phase.as_str() {
-        Some("AUTHN") => 0,
-        Some("AUTHZ") => 1,
-        Some("STATS") => 2,
-        _ => 3,
-    };
-    let mut chain: Vec<(i64, i64, &str)> = all("WasmPlugin")
-        .iter()
-        .map(|p| {
-            let spec = p.spec();
-            (
-                phase_rank(&spec["phase"]),
-                -spec["priority"].as_i64().unwrap_or(0),
-                p.name(),
-            )
-        })
-        .collect();
-    chain.sort();
-    for pair in chain.windows(2) {
-        assert_ne!(
-            (pair[0].0, pair[0].1),
-            (pair[1].0, pair[1].1),
-            "{} and {} share phase and priority: their order would depend on their names",
-            pair[0].2,
-            pair[1].2
-        );
-    }
-    let order: Vec<&str> = chain.iter().map(|(_, _, name)| *name).collect();
-    assert_eq!(order, PLUGINS);
+fn the_plugin_runs_first_with_all_four_stages() {
+    // The stages' order is the module's; what Istio orders is plugins. A
+    // second WasmPlugin (one left over from the single-stage modules, say)
+    // would run a stage twice, in a position Istio chooses by phase and
+    // priority.
+    let plugins: Vec<&str> = all("WasmPlugin").iter().map(|p| p.name()).collect();
+    assert_eq!(plugins, [PLUGIN], "one WasmPlugin runs the whole pipeline");
+    // Istio inserts AUTHN plugins before its own authn, authz and stats
+    // filters: the token is verified and client-sent identity and routing
+    // headers are replaced before any other filter sees the request.
+    let plugin = plugin();
+    assert_eq!(plugin.spec()["phase"], "AUTHN", "{plugin}");
+    // A stage runs only if its section is there, and the module accepts a
+    // configuration with any of them: without this, dropping a section
+    // would silently leave the gateway without that stage.
+    assert_eq!(stages(&pipeline_config(&plugin.value)), STAGES, "{plugin}");
 }
 
 #[test]
@@ -402,16 +412,15 @@ fn plugins_and_routes_are_on_the_same_gateway() {
     assert_eq!(gateways.len(), 1, "one Gateway for the context API");
     let gateway = gateways[0];
     let selector = &gateway.spec()["selector"];
-    for plugin in all("WasmPlugin") {
-        // A WasmPlugin with a selector applies to workloads of its own
-        // namespace (all namespaces from the root namespace, istio-system).
-        assert_eq!(plugin.namespace(), gateway.namespace(), "{plugin}");
-        assert_eq!(
-            &plugin.spec()["selector"]["matchLabels"],
-            selector,
-            "{plugin}: not the Gateway's workload"
-        );
-    }
+    let plugin = plugin();
+    // A WasmPlugin with a selector applies to workloads of its own
+    // namespace (all namespaces from the root namespace, istio-system).
+    assert_eq!(plugin.namespace(), gateway.namespace(), "{plugin}");
+    assert_eq!(
+        &plugin.spec()["selector"]["matchLabels"],
+        selector,
+        "{plugin}: not the Gateway's workload"
+    );
     let served: Vec<&str> = gateway.spec()["servers"]
         .as_array()
         .unwrap()
@@ -479,7 +488,7 @@ fn routes_use_subsets_their_destination_rules_define() {
             );
         }
     }
-    // Breakers select by headers the tagging plugin sets, and any route
+    // Breakers select by headers the tagging stage sets, and any route
     // they name exists (Envoy route name = http[].name).
     let tagging_headers: BTreeSet<String> = tagging_config().headers.0.into_values().collect();
     for breaker in breakers_config().breakers {
@@ -491,7 +500,7 @@ fn routes_use_subsets_their_destination_rules_define() {
         {
             assert!(
                 tagging_headers.contains(&header.name),
-                "breaker {} selects on {}, which ctxgate-tagging does not set",
+                "breaker {} selects on {}, which the tagging stage does not set",
                 breaker.name,
                 header.name
             );
@@ -517,11 +526,11 @@ fn routes_use_subsets_their_destination_rules_define() {
 
 #[test]
 fn routing_matches_only_headers_the_plugins_set() {
-    // Header -> the values a plugin can give it (None: any value, e.g. a
-    // tenant id from a verified token).
+    // Header -> the stage that sets it and the values it can give it
+    // (None: any value, e.g. a tenant id from a verified token).
     let mut owned: BTreeMap<String, (&str, Option<BTreeSet<String>>)> = BTreeMap::new();
     for header in auth_config().identity_headers.all() {
-        owned.insert(header.to_owned(), ("ctxgate-auth", None));
+        owned.insert(header.to_owned(), ("the auth stage", None));
     }
     let tagging = tagging_config();
     for (tag, header) in &tagging.headers.0 {
@@ -545,10 +554,10 @@ fn routing_matches_only_headers_the_plugins_set() {
             }
             values
         });
-        // A header both plugins set (x-context-tenant) keeps the wider set.
+        // A header both stages set (x-context-tenant) keeps the wider set.
         owned
             .entry(header.clone())
-            .or_insert(("ctxgate-tagging", values));
+            .or_insert(("the tagging stage", values));
     }
     for breaker in breakers_config().breakers {
         if let OpenAction::Fallback {
@@ -559,7 +568,7 @@ fn routing_matches_only_headers_the_plugins_set() {
         {
             let entry = owned
                 .entry(request_header)
-                .or_insert(("ctxgate-breaker", Some(BTreeSet::new())));
+                .or_insert(("the breaker stage", Some(BTreeSet::new())));
             if let Some(values) = &mut entry.1 {
                 values.insert(request_value);
             }
@@ -569,9 +578,9 @@ fn routing_matches_only_headers_the_plugins_set() {
     for (vs, route) in http_routes() {
         for rule in route["match"].as_array().into_iter().flatten() {
             for (header, condition) in rule["headers"].as_object().into_iter().flatten() {
-                let Some((plugin, values)) = owned.get(header) else {
+                let Some((stage, values)) = owned.get(header) else {
                     panic!(
-                        "{vs}: route {} matches {header}, which no ctxgate plugin sets: a client could choose it",
+                        "{vs}: route {} matches {header}, which no ctxgate stage sets: a client could choose it",
                         route["name"]
                     );
                 };
@@ -581,20 +590,20 @@ fn routing_matches_only_headers_the_plugins_set() {
                 };
                 assert!(
                     values.contains(exact),
-                    "{vs}: route {} matches {header}: {exact}, but {plugin} only sets {values:?}",
+                    "{vs}: route {} matches {header}: {exact}, but {stage} only sets {values:?}",
                     route["name"]
                 );
             }
         }
     }
-    assert!(matched >= 4, "the routes match on the plugins' headers");
+    assert!(matched >= 4, "the routes match on the plugin's headers");
     // Consistent hashing keys on a header the gateway sets, too.
     for dr in all("DestinationRule") {
         let hash = &dr.spec()["trafficPolicy"]["loadBalancer"]["consistentHash"]["httpHeaderName"];
         if let Some(header) = hash.as_str() {
             assert!(
                 owned.contains_key(header),
-                "{dr}: hashes on {header}, which no ctxgate plugin sets"
+                "{dr}: hashes on {header}, which no ctxgate stage sets"
             );
         }
     }
@@ -624,7 +633,7 @@ fn routing_matches_only_headers_the_plugins_set() {
 
 #[test]
 fn plugin_clusters_are_services_of_the_mesh() {
-    // ctxgate-auth: the JWKS cluster is a ServiceEntry port the gateway
+    // The auth stage: the JWKS cluster is a ServiceEntry port the gateway
     // sees, spoken to in plain HTTP with TLS originated by a DestinationRule.
     let auth = auth_config();
     for provider in &auth.providers {
@@ -653,7 +662,7 @@ fn plugin_clusters_are_services_of_the_mesh() {
             .unwrap_or_else(|| panic!("{entry}: no port {}", cluster.port));
         assert_eq!(
             port["protocol"], "HTTP",
-            "{entry}: the plugin sends plain HTTP; TLS must be originated by Envoy"
+            "{entry}: the module sends plain HTTP; TLS must be originated by Envoy"
         );
         let tls = all("DestinationRule")
             .into_iter()
@@ -674,7 +683,7 @@ fn plugin_clusters_are_services_of_the_mesh() {
         );
     }
 
-    // ctxgate-ratelimit: the RLS cluster is a port of a Service istio/
+    // The ratelimit stage: the RLS cluster is a port of a Service istio/
     // defines, declared gRPC so Envoy speaks HTTP/2 to it.
     let global = ratelimit_config()
         .global
@@ -921,29 +930,29 @@ fn a_timeout_without_unit_is_rejected_by_the_crd_rule() {
 
 #[test]
 fn broken_wasm_plugins_are_rejected() {
-    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
     set(&mut plugin, "/spec/failStrategy", json!("FAIL_CLOSED"));
     assert_rejected(&plugin, "/spec/failStrategy");
 
-    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
     set(&mut plugin, "/spec/phase", json!("AUTHENTICATION"));
     assert_rejected(&plugin, "/spec/phase");
 
     // CEL rules of the CRD.
-    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
     plugin["spec"]["targetRefs"] =
         json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "ctxgate"}]);
     assert_rejected(&plugin, "only one of targetRefs or selector can be set");
 
-    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
     set(
         &mut plugin,
         "/spec/url",
-        json!("ftp://ghcr.io/ctxgate/ctxgate-auth:0.1.0"),
+        json!("ftp://ghcr.io/ctxgate/ctxgate:0.1.0"),
     );
     assert_rejected(&plugin, "url must have schema one of");
 
-    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
     set(
         &mut plugin,
         "/spec/selector/matchLabels/istio",
@@ -952,25 +961,81 @@ fn broken_wasm_plugins_are_rejected() {
     assert_rejected(&plugin, "wildcard not allowed");
 
     // x-kubernetes-list-type: map (env entries are keyed by name).
-    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
     plugin["spec"]["vmConfig"] =
         json!({"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]});
     assert_rejected(&plugin, "/spec/vmConfig/env/1: duplicate");
+}
 
-    // pluginConfig is free-form for Istio (x-kubernetes-preserve-unknown-
-    // fields); the filter's own parser is what catches a mistake there.
-    let mut plugin = manifest("WasmPlugin", "ctxgate-auth");
+/// A broken copy Istio accepts (pluginConfig is free-form for it,
+/// x-kubernetes-preserve-unknown-fields) and the module refuses, with an
+/// error about `field` that mentions `expected`.
+fn assert_refused_by_the_module(plugin: &Value, field: &str, expected: &str) {
+    CRDS.validate(plugin).unwrap();
+    let Err(error) = compile(plugin) else {
+        panic!("the module accepted a broken pluginConfig (expected an error about {field})");
+    };
+    assert!(
+        error.field.starts_with(field) && error.to_string().contains(expected),
+        "expected an error about {field} ({expected}), got {error}"
+    );
+}
+
+#[test]
+fn a_misspelt_field_in_a_section_is_refused_by_the_module() {
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
     let provider = plugin
-        .pointer_mut("/spec/pluginConfig/providers/0")
+        .pointer_mut("/spec/pluginConfig/auth/providers/0")
         .unwrap();
     let issuer = provider.as_object_mut().unwrap().remove("issuer").unwrap();
     provider["isuer"] = issuer;
+    assert_refused_by_the_module(&plugin, "auth.providers[0]", "isuer");
+}
+
+#[test]
+fn a_value_only_the_stage_checks_is_refused_by_the_module() {
+    // Well-typed, so it parses; the breaker stage refuses it when the
+    // pipeline compiles it. Parsing the sections alone would miss it.
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
+    set(
+        &mut plugin,
+        "/spec/pluginConfig/breaker/breakers/1/window_seconds",
+        json!(7200),
+    );
+    assert_refused_by_the_module(
+        &plugin,
+        "breaker.breakers[1].window_seconds",
+        "between 1 and 3600",
+    );
+}
+
+#[test]
+fn a_misspelt_section_is_refused_by_the_module() {
+    // Were it ignored, the gateway would run without rate limits.
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
+    let config = plugin
+        .pointer_mut("/spec/pluginConfig")
+        .unwrap()
+        .as_object_mut()
+        .unwrap();
+    let ratelimit = config.remove("ratelimit").unwrap();
+    config.insert("rate_limit".into(), ratelimit);
+    assert_refused_by_the_module(&plugin, "", "rate_limit");
+}
+
+#[test]
+fn a_missing_section_is_accepted_by_the_module_but_not_by_the_stage_check() {
+    // The module runs whatever stages it is given; only the check of the
+    // plugin's stages notices that the breakers are gone.
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
+    plugin["spec"]["pluginConfig"]
+        .as_object_mut()
+        .unwrap()
+        .remove("breaker")
+        .unwrap();
     CRDS.validate(&plugin).unwrap();
-    let config = serde_json::to_vec(&plugin_config_json(&plugin["spec"]["pluginConfig"])).unwrap();
-    let error = Auth::from_json(&config, "istio", Secret::from_bytes([0; 16]))
-        .err()
-        .expect("the filter accepted a misspelt field");
-    assert!(error.to_string().contains("isuer"), "{error}");
+    assert!(compile(&plugin).is_ok());
+    assert_ne!(stages(&pipeline_config(&plugin)), STAGES);
 }
 
 #[test]
