@@ -430,6 +430,22 @@ impl Connection {
     }
 }
 
+/// When this process last finished an exchange with anything (see
+/// [`last_exchange`]).
+static LAST_EXCHANGE: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+fn exchanged() {
+    if let Ok(mut last) = LAST_EXCHANGE.lock() {
+        *last = Some(std::time::Instant::now());
+    }
+}
+
+/// When this process last got a response (or gave up on one): metrics a
+/// gateway counted for it reach Envoy on the pipeline's next flush.
+pub fn last_exchange() -> Option<std::time::Instant> {
+    LAST_EXCHANGE.lock().ok().and_then(|last| *last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,20 +526,4 @@ mod tests {
         let resp = Request::get("/").send(addr);
         assert_eq!(resp.text(), "all of it");
     }
-}
-
-/// When this process last finished an exchange with anything (see
-/// [`last_exchange`]).
-static LAST_EXCHANGE: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-
-fn exchanged() {
-    if let Ok(mut last) = LAST_EXCHANGE.lock() {
-        *last = Some(std::time::Instant::now());
-    }
-}
-
-/// When this process last got a response (or gave up on one): metrics a
-/// gateway counted for it reach Envoy on the pipeline's next flush.
-pub fn last_exchange() -> Option<std::time::Instant> {
-    LAST_EXCHANGE.lock().ok().and_then(|last| *last)
 }
