@@ -21,6 +21,14 @@ pub const SCOPE: &str = "read:projects/*";
 pub const ISSUER: &str = ctxgate_demo::mint::DEMO_ISSUER;
 pub const AUDIENCE: &str = ctxgate_demo::mint::DEMO_AUDIENCE;
 
+/// Rows the report compares with each other (targets of the pipeline).
+pub const BARE: &str = "bare";
+pub const PIPELINE: &str = "pipeline";
+pub const FOUR_PLUGINS: &str = "four plugins";
+pub const JWT_AUTHN_CACHE: &str = "jwt_authn+cache";
+pub const AUTH_REPEATED: &str = "auth (repeated token)";
+pub const WASM_FLOOR: &str = "wasm floor (no-op filter)";
+
 /// What the load generator puts on each request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Load {
@@ -105,7 +113,7 @@ impl Fixtures {
 pub fn all(fx: &Fixtures) -> Vec<Scenario> {
     vec![
         Scenario {
-            name: "bare",
+            name: BARE,
             about: "Envoy with only the router: the ceiling every other row is compared with.",
             filters: vec![],
             load: Load::Anonymous,
@@ -125,7 +133,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
-            name: "jwt_authn+cache",
+            name: JWT_AUTHN_CACHE,
             about: "The same with `jwt_cache_config: {jwt_cache_size: 1000}`: the repeated \
                     token is verified once per worker, then served from the cache.",
             filters: vec![jwt_authn(fx, true)],
@@ -135,9 +143,9 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
-            name: "ctxgate_auth (repeated token)",
-            about: "Our wasm filter (`dist/ctxgate_auth.wasm`, V8) with an inline ES256 \
-                    provider and an operation map; the path is the operation `read` on \
+            name: AUTH_REPEATED,
+            about: "The auth stage alone (`dist/ctxgate.wasm` with an `auth` section, V8): an \
+                    inline ES256 provider and an operation map; the path is the operation `read` on \
                     `projects/bench`, which the token's `read:projects/*` allows. Default \
                     cache settings: after the first request per worker the token is a \
                     worker-local cache hit; the filter still matches the operation, checks \
@@ -149,8 +157,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
-            name: "ctxgate_auth (fresh token)",
-            about: "The same filter, a token no earlier request carried on every request: \
+            name: "auth (fresh token)",
+            about: "The same stage, a token no earlier request carried on every request: \
                     every request misses both caches (worker-local and shared data), is \
                     verified (ES256 in wasm) and is written to both caches.",
             filters: vec![ctxgate_auth(fx, json!({}))],
@@ -170,8 +178,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
-            name: "ctxgate_auth (public path)",
-            about: "Our filter with the benchmarked path declared public, requests without \
+            name: "auth (public path)",
+            about: "The auth stage with the benchmarked path declared public, requests without \
                     a token: what the filter costs before any token work (wasm call, reading \
                     the request headers, path canonicalization, the public-path match).",
             filters: vec![ctxgate_auth(
@@ -184,7 +192,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
-            name: "wasm floor (no-op filter)",
+            name: WASM_FLOOR,
             about: "A Rust proxy-wasm filter that does nothing (`tests/wasm-floor`, same SDK \
                     and build profile): what Envoy spends on any wasm filter under V8 before \
                     it does any work. Every wasm row pays this.",
@@ -206,7 +214,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
         Scenario {
             name: "wasm floor + set 7 headers",
             about: "The no-op filter setting seven request headers (seven host calls), as \
-                    ctxgate_auth does for the identity headers.",
+                    the auth stage does for the identity headers.",
             filters: vec![floor("set_headers")],
             load: Load::Anonymous,
             unauthenticated_status: None,
@@ -224,6 +232,34 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
+            name: "wasm floor + the pipeline's host calls",
+            about: "The no-op filter making the host calls `pipeline` makes on a request \
+                    (read the headers, the clock, one filter-state value, a bucket read and \
+                    compare-and-swap, a breaker read, the header changes in one call; on \
+                    the response the clock, `:status`, a breaker compare-and-swap and three \
+                    headers) and nothing else: `pipeline` minus this row is the pipeline's \
+                    own logic.",
+            filters: vec![floor(
+                "read_headers,clock,filter_state,shared_rw,shared_read,set_map,\
+                 response_clock,response_status,response_shared_rw,response_set3",
+            )],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
+            name: "wasm floor + SHA-256",
+            about: "The no-op filter hashing 720 bytes (a token's size) with SHA-256 on every \
+                    request, no host call: what pure computation costs in Envoy's V8 (compare \
+                    with the same hash elsewhere).",
+            filters: vec![floor("sha256")],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
             name: "local_ratelimit",
             about: "Envoy's native `local_ratelimit` filter, one token bucket far above the \
                     load (never refuses): the native baseline for the rate-limit rows.",
@@ -234,8 +270,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
-            name: "ctxgate_ratelimit (local)",
-            about: "Our rate-limit filter alone, local buckets only: every request prices its \
+            name: "ratelimit (local)",
+            about: "The rate-limit stage alone, local buckets only: every request prices its \
                     operation and takes tokens from a bucket in shared data by \
                     compare-and-swap (anonymous key: the client address).",
             filters: vec![ctxgate_ratelimit(json!({}))],
@@ -245,7 +281,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
-            name: "ctxgate_ratelimit (hierarchical RLS)",
+            name: "ratelimit (hierarchical RLS)",
             about: "The same in `hierarchical` mode against `ctxgate-rls` on loopback: local \
                     buckets decide while the key is far from its global limit, local \
                     consumption is reported every 200 ms.",
@@ -256,7 +292,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
-            name: "ctxgate_ratelimit (always RLS)",
+            name: "ratelimit (always RLS)",
             about: "Every request asks `ctxgate-rls` (mode `always`): the cost of the RLS \
                     round trip itself (compare p50/p99 with the local row).",
             filters: vec![ctxgate_ratelimit(global("always"))],
@@ -267,8 +303,12 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
         },
         Scenario {
             name: "auth + ratelimit (local)",
-            about: "Both filters, repeated token: the bucket key is the token's tenant.",
-            filters: vec![ctxgate_auth(fx, json!({})), ctxgate_ratelimit(json!({}))],
+            about: "One plugin with the auth and rate-limit stages, repeated token: the \
+                    bucket key is the token's tenant.",
+            filters: vec![stages(vec![
+                ("auth", auth_section(fx, json!({}))),
+                ("ratelimit", ratelimit_section(json!({}))),
+            ])],
             load: Load::RepeatedToken,
             unauthenticated_status: Some(401),
             needs_rls: false,
@@ -276,19 +316,19 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
         },
         Scenario {
             name: "auth + ratelimit (hierarchical RLS)",
-            about: "Both filters, repeated token, hierarchical mode against `ctxgate-rls`.",
-            filters: vec![
-                ctxgate_auth(fx, json!({})),
-                ctxgate_ratelimit(global("hierarchical")),
-            ],
+            about: "The same two stages, hierarchical mode against `ctxgate-rls`.",
+            filters: vec![stages(vec![
+                ("auth", auth_section(fx, json!({}))),
+                ("ratelimit", ratelimit_section(global("hierarchical"))),
+            ])],
             load: Load::RepeatedToken,
             unauthenticated_status: Some(401),
             needs_rls: true,
             connections: None,
         },
         Scenario {
-            name: "ctxgate_tagging",
-            about: "The tagging filter alone with three rules (size, operation, claim), a \
+            name: "tagging",
+            about: "The tagging stage alone with three rules (size, operation, claim), a \
                     tenant table, defaults and a variant split: strips the six owned headers \
                     and sets the tags.",
             filters: vec![ctxgate_tagging()],
@@ -298,8 +338,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
-            name: "ctxgate_breaker",
-            about: "The breaker filter alone, one closed breaker guarding every request: \
+            name: "breaker",
+            about: "The breaker stage alone, one closed breaker guarding every request: \
                     reads its state on the request, records the outcome on the response \
                     (a compare-and-swap in shared data per request).",
             filters: vec![ctxgate_breaker()],
@@ -309,9 +349,12 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
-            name: "full chain (auth + ratelimit + tagging + breaker)",
-            about: "The demo gateway's chain, repeated token, rate limiting hierarchical \
-                    against `ctxgate-rls`.",
+            name: FOUR_PLUGINS,
+            about: "The four stages as four plugins, each `dist/ctxgate.wasm` with one \
+                    section, as the gateway ran before the pipeline: four wasm floors, four \
+                    header reads, the identity handed on through filter state. Repeated \
+                    token, rate limiting hierarchical against `ctxgate-rls`. Kept to \
+                    compare with `pipeline`.",
             filters: vec![
                 ctxgate_auth(fx, json!({})),
                 ctxgate_ratelimit(global("hierarchical")),
@@ -324,7 +367,18 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
-            name: "ctxgate_ratelimit (local, 1 connection)",
+            name: PIPELINE,
+            about: "The same work in one plugin: `dist/ctxgate.wasm` with all four \
+                    sections (the demo gateway's shape), one header read, one batch of \
+                    header changes, metrics flushed once a second.",
+            filters: vec![pipeline(fx)],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: true,
+            connections: None,
+        },
+        Scenario {
+            name: "ratelimit (local, 1 connection)",
             about: "The local row with a single connection: no queueing, so p50/p99 are \
                     the latency of one request through the filter.",
             filters: vec![ctxgate_ratelimit(json!({}))],
@@ -334,7 +388,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: Some(1),
         },
         Scenario {
-            name: "ctxgate_ratelimit (always RLS, 1 connection)",
+            name: "ratelimit (always RLS, 1 connection)",
             about: "Every request asks `ctxgate-rls` on loopback, single connection: the \
                     difference to the row above is what the RLS path adds to a request.",
             filters: vec![ctxgate_ratelimit(global("always"))],
@@ -344,6 +398,20 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: Some(1),
         },
     ]
+}
+
+/// A row for the no-op module making the host calls `calls` names
+/// (`ctxgate-bench --floor`).
+pub fn floor_row(calls: &str) -> Scenario {
+    Scenario {
+        name: Box::leak(format!("wasm floor + {calls}").into_boxed_str()),
+        about: "The no-op filter making the host calls named, and nothing else.",
+        filters: vec![floor(calls)],
+        load: Load::Anonymous,
+        unauthenticated_status: None,
+        needs_rls: false,
+        connections: None,
+    }
 }
 
 /// The no-op module built by `make bench` (`tests/wasm-floor`), making the
@@ -382,9 +450,14 @@ fn global(mode: &str) -> Value {
     json!({ "global": { "mode": mode, "cluster": "ctxgate_rls", "timeout_ms": 100 } })
 }
 
-/// The rate-limit filter with the demo operation map and huge limits;
-/// `extra` is merged over the top-level config.
+/// The rate-limit stage alone (`dist/ctxgate.wasm` with one section).
 fn ctxgate_ratelimit(extra: Value) -> HttpFilter {
+    single("ratelimit", ratelimit_section(extra))
+}
+
+/// The rate-limit stage with the demo operation map and huge limits;
+/// `extra` is merged over the section.
+fn ratelimit_section(extra: Value) -> Value {
     let mut config = json!({
         "tiers": huge_tiers(),
         "operations": [
@@ -394,11 +467,15 @@ fn ctxgate_ratelimit(extra: Value) -> HttpFilter {
     if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
         config.extend(extra);
     }
-    WasmFilter::single("ratelimit", config).into()
+    config
 }
 
 fn ctxgate_tagging() -> HttpFilter {
-    WasmFilter::single("tagging", json!({
+    single("tagging", tagging_section())
+}
+
+fn tagging_section() -> Value {
+    json!({
             "operations": [
                 { "name": "read", "methods": ["GET", "HEAD"], "path": "/v1/contexts/{context}", "action": "read" },
             ],
@@ -410,16 +487,52 @@ fn ctxgate_tagging() -> HttpFilter {
             "tenants": {"globex": {"region": "eu-west"}},
             "defaults": {"type": "standard", "priority": "normal", "region": "us-east"},
             "variant": {"salt": "bench", "variants": [{"name": "a", "weight": 50}, {"name": "b", "weight": 50}]},
-        }))
-        .into()
+    })
 }
 
 fn ctxgate_breaker() -> HttpFilter {
-    WasmFilter::single(
-        "breaker",
-        json!({ "breakers": [{ "name": "context_repository" }] }),
-    )
-    .into()
+    single("breaker", breaker_section())
+}
+
+fn breaker_section() -> Value {
+    json!({ "breakers": [{ "name": "context_repository" }] })
+}
+
+/// Metrics as shipped: counted in the module, flushed every second (the
+/// e2e harness flushes faster so that tests read them sooner).
+fn production_metrics() -> Value {
+    json!({ "flush_interval_ms": 1000 })
+}
+
+/// `dist/ctxgate.wasm` running one stage: a plugin of its own, named
+/// `ctxgate_<stage>`.
+fn single(stage: &str, section: Value) -> HttpFilter {
+    WasmFilter::single(stage, section)
+        .stage("metrics", production_metrics())
+        .into()
+}
+
+/// `dist/ctxgate.wasm` running these stages in one plugin.
+fn stages(sections: Vec<(&str, Value)>) -> HttpFilter {
+    sections
+        .into_iter()
+        .fold(WasmFilter::ctxgate("ctxgate"), |f, (stage, section)| {
+            f.stage(stage, section)
+        })
+        .stage("metrics", production_metrics())
+        .into()
+}
+
+/// `dist/ctxgate.wasm` running every stage in one plugin: the demo
+/// gateway's pipeline, hierarchical rate limiting against `ctxgate-rls`.
+fn pipeline(fx: &Fixtures) -> HttpFilter {
+    WasmFilter::ctxgate("ctxgate")
+        .stage("auth", auth_section(fx, json!({})))
+        .stage("ratelimit", ratelimit_section(global("hierarchical")))
+        .stage("tagging", tagging_section())
+        .stage("breaker", breaker_section())
+        .stage("metrics", production_metrics())
+        .into()
 }
 
 /// `envoy.filters.http.jwt_authn` with one provider for the demo issuer and
@@ -444,9 +557,14 @@ fn jwt_authn(fx: &Fixtures, cache: bool) -> HttpFilter {
     .into()
 }
 
-/// The ctxgate auth filter with an inline ES256 provider and the demo
-/// gateway's `read` operation; `extra` is merged over the top-level config.
+/// The auth stage alone (`dist/ctxgate.wasm` with one section).
 fn ctxgate_auth(fx: &Fixtures, extra: Value) -> HttpFilter {
+    single("auth", auth_section(fx, extra))
+}
+
+/// The auth stage with an inline ES256 provider and the demo gateway's
+/// `read` operation; `extra` is merged over the section.
+fn auth_section(fx: &Fixtures, extra: Value) -> Value {
     let mut config = json!({
         "providers": [{
             "name": "demo",
@@ -461,5 +579,5 @@ fn ctxgate_auth(fx: &Fixtures, extra: Value) -> HttpFilter {
     if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
         config.extend(extra);
     }
-    WasmFilter::single("auth", config).into()
+    config
 }

@@ -56,6 +56,11 @@ struct Args {
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
+    /// Add a row: the no-op wasm filter making these host calls on every
+    /// request (comma-separated, see tests/wasm-floor), to price a set of
+    /// host calls without any logic. Repeatable.
+    #[arg(long)]
+    floor: Vec<String>,
     /// Highest request rate a fresh-token scenario could plausibly reach;
     /// token pools are sized so that no token repeats below it. Default:
     /// 10000 per Envoy worker, since verifying an ES256 signature costs a
@@ -101,7 +106,7 @@ fn bench_main(args: &Args) -> Result<()> {
 
     // Everything that can be missing, before minting or starting anything.
     let wrk_version = wrk::version()?;
-    let module = ctxgate_e2e::dist_dir().join("ctxgate_auth.wasm");
+    let module = ctxgate_e2e::dist_dir().join("ctxgate.wasm");
     if !module.is_file() {
         bail!(
             "{} not found: run `make build` (or `make bench`, which builds first)",
@@ -116,7 +121,8 @@ fn bench_main(args: &Args) -> Result<()> {
         .context("cannot create a temp dir")?;
     let keys = DemoKeys::load_or_generate(&work.path().join("keys"))?;
     let fixtures = Fixtures::from_demo_jwks(&keys.jwks()?)?;
-    let selected = select(scenarios::all(&fixtures), &args.scenarios)?;
+    let mut selected = select(scenarios::all(&fixtures), &args.scenarios)?;
+    selected.extend(args.floor.iter().map(|calls| scenarios::floor_row(calls)));
     if args.list {
         for s in scenarios::all(&fixtures) {
             println!("{:32} {}", s.name, s.load.describe());

@@ -8,8 +8,15 @@
 //! Its plugin configuration names host calls to make on every request, so
 //! the benchmark can also show what each kind of call costs:
 //! `read_headers` (all request headers), `set_headers` (seven headers),
-//! `filter_state` (one value), `clock` (current time), `metrics` (two
-//! counter increments).
+//! `set_map` (the request headers read and seven more, written back in one
+//! call), `filter_state` (one value), `clock` (current time), `metrics`
+//! (two counter increments), `shared_read` (one shared-data read),
+//! `shared_rw` (a shared-data read and a compare-and-swap write); on the
+//! response: `response_clock`, `response_status` (read `:status`),
+//! `response_shared_rw`, `response_set3` (three response headers); and
+//! `sha256` (no host call: a SHA-256 of 720 bytes, pure computation). Together
+//! they can make exactly the host calls the ctxgate pipeline makes, without
+//! its logic.
 //!
 //! A second mode, for the e2e tests of shared data, writes bytes into
 //! shared data: run with the `vm_id` of a ctxgate plugin, it is a
@@ -42,9 +49,28 @@ proxy_wasm::main! {{
 struct Calls {
     read_headers: bool,
     set_headers: bool,
+    set_map: bool,
     filter_state: bool,
     clock: bool,
     metrics: Option<(u32, u32)>,
+    shared_read: bool,
+    shared_rw: bool,
+    response_clock: bool,
+    response_status: bool,
+    response_shared_rw: bool,
+    response_set3: bool,
+    sha256: bool,
+}
+
+/// The shared-data key the `shared_*` calls use.
+const FLOOR_KEY: &str = "floor.shared";
+
+/// A read of [`FLOOR_KEY`] and a write of it with the CAS just read.
+fn shared_rw() {
+    if let Ok((value, cas)) = hostcalls::get_shared_data(FLOOR_KEY) {
+        let value = value.unwrap_or_else(|| vec![0; 64]);
+        let _ = hostcalls::set_shared_data(FLOOR_KEY, Some(&value), cas);
+    }
 }
 
 /// When the `write_shared_data` mode writes.
@@ -164,9 +190,17 @@ impl RootContext for Floor {
         self.calls = Rc::new(Calls {
             read_headers: has("read_headers"),
             set_headers: has("set_headers"),
+            set_map: has("set_map"),
             filter_state: has("filter_state"),
             clock: has("clock"),
             metrics,
+            shared_read: has("shared_read"),
+            shared_rw: has("shared_rw"),
+            response_clock: has("response_clock"),
+            response_status: has("response_status"),
+            response_shared_rw: has("response_shared_rw"),
+            response_set3: has("response_set3"),
+            sha256: has("sha256"),
         });
         true
     }
@@ -213,8 +247,30 @@ impl HttpContext for FloorRequest {
             return Action::Continue;
         }
         let calls = self.calls;
+        let mut headers = Vec::new();
         if calls.read_headers {
-            std::hint::black_box(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).ok());
+            headers = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        }
+        if calls.shared_rw {
+            shared_rw();
+        }
+        if calls.sha256 {
+            // About the size of a bearer token.
+            let token = [b'a'; 720];
+            std::hint::black_box(hmac_sha256::Hash::hash(std::hint::black_box(&token)));
+        }
+        if calls.shared_read {
+            std::hint::black_box(hostcalls::get_shared_data(FLOOR_KEY).ok());
+        }
+        if calls.set_map {
+            let mut map: Vec<(&str, &[u8])> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            for name in ["x-f1", "x-f2", "x-f3", "x-f4", "x-f5", "x-f6", "x-f7"] {
+                map.push((name, b"value"));
+            }
+            let _ = hostcalls::set_map_bytes(MapType::HttpRequestHeaders, map);
         }
         if calls.set_headers {
             for name in ["x-f1", "x-f2", "x-f3", "x-f4", "x-f5", "x-f6", "x-f7"] {
@@ -230,6 +286,27 @@ impl HttpContext for FloorRequest {
         if let Some((a, b)) = calls.metrics {
             let _ = hostcalls::increment_metric(a, 1);
             let _ = hostcalls::increment_metric(b, 1);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let calls = self.calls;
+        if calls.response_clock {
+            std::hint::black_box(hostcalls::get_current_time().ok());
+        }
+        if calls.response_status {
+            std::hint::black_box(
+                hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok(),
+            );
+        }
+        if calls.response_shared_rw {
+            shared_rw();
+        }
+        if calls.response_set3 {
+            for name in ["x-r1", "x-r2", "x-r3"] {
+                let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some("1"));
+            }
         }
         Action::Continue
     }
