@@ -136,10 +136,7 @@ fn the_demo_configuration_keeps_its_hardening_settings() {
     // forwards none, for any origin.
     let filters = filter_names(&hcm);
     let position = |name: &str| filters.iter().position(|f| f == name);
-    let (cors, auth) = (
-        position("envoy.filters.http.cors"),
-        position("ctxgate"),
-    );
+    let (cors, auth) = (position("envoy.filters.http.cors"), position("ctxgate"));
     assert!(
         cors.is_some() && cors < auth,
         "the CORS filter must run before ctxgate: {filters:?}"
