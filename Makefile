@@ -6,7 +6,7 @@ WASM_TARGET := wasm32-wasip1
 WASM_DIR := target/$(WASM_TARGET)/wasm
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node --no-warnings $(CURDIR)/scripts/wasi-run.mjs
 
-.PHONY: all bootstrap build run test test-unit test-wasm test-e2e lint fmt bench clean fuzz test-fuzz-corpus
+.PHONY: all bootstrap build run test test-unit test-wasm test-e2e lint fmt schema bench clean fuzz test-fuzz-corpus
 
 all: build
 
@@ -50,6 +50,12 @@ test-e2e: build
 
 fmt:
 	cargo fmt --all
+
+## schema: the configuration's JSON Schema (docs/ctxgate.schema.json) and
+## the README's configuration reference, from the configuration types;
+## `make test` fails while either is out of date
+schema:
+	cargo run -p ctxgate-e2e --bin ctxgate-schema
 
 ## fuzz: every cargo-fuzz target of fuzz/ for FUZZ_SECONDS each, one after
 ## the other (libFuzzer on stable Rust; FUZZ_SANITIZER=address needs

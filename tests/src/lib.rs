@@ -37,6 +37,7 @@ pub mod config;
 pub mod demo_idp;
 pub mod envoy;
 pub mod http;
+pub mod reference;
 pub mod rls;
 pub mod servers;
 pub mod stats;

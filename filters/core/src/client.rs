@@ -20,6 +20,7 @@ use crate::auth::config::ConfigError;
 
 /// Where the client address comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum ClientSource {
     /// The downstream address Envoy computed (`source.address`).
@@ -31,19 +32,23 @@ pub enum ClientSource {
 
 /// How a client address becomes a key.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientConfig {
+    /// `client_address` (the downstream address Envoy computed) or
+    /// `forwarded_for` (`X-Forwarded-For`, `trusted_hops` from the right).
     pub source: ClientSource,
-    /// With `forwarded_for`: how many trusted proxies in front of Envoy
+    /// With `forwarded_for`: how many trusted proxies (1-16) in front of Envoy
     /// append to `X-Forwarded-For`. The client is the element the outermost
     /// of them appended, `trusted_hops` from the right. A request whose
     /// header has fewer elements did not come through the trusted proxies:
     /// all such requests share one key, `unknown` (Envoy's own address for
     /// it may come from that very header, which the client wrote).
     pub trusted_hops: u32,
-    /// IPv6 addresses are keyed by their first `ipv6_prefix` bits.
+    /// IPv6 addresses are keyed by their first `ipv6_prefix` bits
+    /// (16-128): a client usually owns a whole /64.
     pub ipv6_prefix: u8,
-    /// IPv4 addresses are keyed by their first `ipv4_prefix` bits.
+    /// IPv4 addresses are keyed by their first `ipv4_prefix` bits (8-32).
     pub ipv4_prefix: u8,
 }
 

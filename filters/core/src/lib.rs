@@ -11,9 +11,11 @@ pub mod auth;
 pub mod breaker;
 pub mod bucket;
 pub mod client;
+pub mod duration;
 pub mod host;
 pub mod http;
 pub mod jwt;
+pub mod matcher;
 pub mod metrics;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
@@ -23,6 +25,8 @@ pub mod pipeline;
 pub mod query;
 pub mod ratelimit;
 pub mod record;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod scope;
 pub mod shared;
 pub mod tagging;

@@ -34,6 +34,7 @@ use crate::scope::Action;
 
 /// One entry of the operation map, as written in the plugin configuration.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct OperationRule {
     /// Operation name, e.g. `read`, `write`, `complex_query`,
@@ -42,13 +43,20 @@ pub struct OperationRule {
     /// HTTP methods, upper case (`GET`, `HEAD`, ...).
     pub methods: Vec<String>,
     /// Path template, e.g. `/v1/contexts/{context}`,
-    /// `/v1/tenants/{tenant}/contexts/{context}` or `/v1/query`.
+    /// `/v1/tenants/{tenant}/contexts/{context}` or `/v1/query`: literal
+    /// segments (matched case-insensitively, forwarded as written here),
+    /// `*` (any one segment), `{tenant}` (one segment that must be the
+    /// verified tenant, else 403 `tenant_mismatch`) and a final `{context}`
+    /// capturing the rest of the path.
     pub path: String,
     /// Query parameter holding the context path, for templates without
-    /// `{context}` (e.g. `context` for `/v1/query?context=projects/a`).
+    /// `{context}` (e.g. `context` for `/v1/query?context=projects/a`). It
+    /// must appear exactly once under any spelling, and is forwarded as
+    /// `<context_param>=<canonical context>`.
     #[serde(default)]
     pub context_param: Option<String>,
-    /// The scope action the operation needs on its context.
+    /// The scope action the operation needs on its context: `read`,
+    /// `write` or `admin`.
     pub action: Action,
 }
 

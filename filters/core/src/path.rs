@@ -102,6 +102,7 @@ impl std::error::Error for PathError {}
 
 /// What `;` inside a path segment means.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum PathParameters {
     /// Refuse the request (400): upstreams disagree on what `;` means.

@@ -15,10 +15,14 @@ use crate::path::{ContextPath, canonical_segments};
 
 /// What an operation does to a context, ordered by privilege.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
+    /// Read a context.
     Read,
+    /// Write a context (implies read).
     Write,
+    /// Administer a context, e.g. delete it (implies write and read).
     Admin,
 }
 

@@ -9,69 +9,113 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use super::public_path::{PublicPath, PublicPathConfig};
+use super::sources::TokenSource;
 use crate::client::ClientConfig;
+use crate::duration;
 use crate::operation::OperationRule;
 use crate::path::PathParameters;
 
+/// Multi-tenant JWT authentication and context-scope authorisation.
+///
+/// Where a field means what it means in Envoy's `jwt_authn` filter it has
+/// that filter's name (`issuer`, `audiences`, `clock_skew_seconds`,
+/// `require_expiration`, `from_headers`, `from_params`, `from_cookies`,
+/// `forward`); ctxgate's older names stay valid.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(transform = crate::schema::Alias::new("forward", "forward_token"))
+)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// `realm` in `WWW-Authenticate` challenges.
+    /// `realm` of the `WWW-Authenticate` challenge on 401 and 403 answers.
     #[serde(default = "defaults::realm")]
     pub realm: String,
     /// Token issuers. A token is verified by the provider whose `issuer`
-    /// equals its `iss` claim.
+    /// equals its `iss` claim. At least one.
     pub providers: Vec<ProviderConfig>,
-    /// Where tokens are looked for. Default: `Authorization: Bearer`.
-    #[serde(default = "defaults::token_sources")]
-    pub token_sources: Vec<TokenSourceConfig>,
-    /// Keep the token's header in the request to the upstream. Off by
-    /// default, like Envoy's jwt_authn: upstreams get identity headers.
+    /// Where tokens are looked for, in ctxgate's older spelling: entries
+    /// setting exactly one of `header` (with an optional `prefix`), `query`
+    /// or `cookie`. Read together with `from_headers`, `from_params` and
+    /// `from_cookies`. When none of the four is set, tokens are read from
+    /// `Authorization: Bearer <token>` only.
     #[serde(default)]
-    pub forward_token: bool,
-    /// Tokens longer than this are refused unread.
+    pub token_sources: Option<Vec<TokenSourceConfig>>,
+    /// Headers a token is read from, as in jwt_authn:
+    /// `{"name": "authorization", "value_prefix": "Bearer "}`. Unlike
+    /// jwt_authn's (per provider), the sources apply to every provider, and
+    /// without any source configured only `Authorization: Bearer` is read
+    /// (jwt_authn would also read an `access_token` query parameter).
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeader>,
+    /// Query parameters a token is read from (jwt_authn's `from_params`).
+    /// The parameter is removed from the forwarded request unless `forward`.
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    /// Cookies a token is read from (jwt_authn's `from_cookies`). The
+    /// cookie is removed from the forwarded request unless `forward`.
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    /// Keep the token (its header, parameter or cookie) on the request to
+    /// the upstream, as jwt_authn's `forward`. Off by default, like
+    /// jwt_authn: upstreams get identity headers, not the credential.
+    /// Older spelling: `forward_token`.
+    #[serde(default, alias = "forward_token")]
+    pub forward: bool,
+    /// Tokens longer than this many bytes are refused unread (256-65536).
     #[serde(default = "defaults::max_token_bytes")]
     pub max_token_bytes: usize,
-    /// The operation map (method + path -> operation, action, context).
+    /// The operation map: method and path template to operation, scope
+    /// action and context. The first matching entry wins.
     #[serde(default)]
     pub operations: Vec<OperationRule>,
-    /// Paths served without a token.
+    /// Paths served without a token, per method. `exact` and `prefix`
+    /// compare whole segments of the canonical path (`prefix` is Envoy's
+    /// `path_separated_prefix`: `/health` covers `/health/live`, never
+    /// `/healthz`).
     #[serde(default)]
     pub public_paths: Vec<PublicPathConfig>,
-    /// What to do with requests that match no operation and no public
-    /// path: `deny` (403) or `authenticate` (any valid token passes).
+    /// Requests that match no operation and no public path: `deny` (403
+    /// `unknown_operation`, after authentication) or `authenticate` (any
+    /// valid token passes).
     #[serde(default)]
     pub unmatched_requests: Unmatched,
     /// Let CORS preflight requests (`OPTIONS` with `Origin` and
     /// `Access-Control-Request-Method`) through without a token.
     #[serde(default = "defaults::yes")]
     pub allow_cors_preflight: bool,
-    /// Names of the trusted identity headers sent to the upstream.
+    /// Names of the trusted identity headers sent to the upstream (lower
+    /// case, all distinct). Every one of them is removed from every
+    /// incoming request.
     #[serde(default)]
     pub identity_headers: IdentityHeaders,
-    /// Tier reported when a token carries no `rate_limits.tier`.
+    /// Tier reported when a token carries no `rate_limits.tier` claim.
     #[serde(default = "defaults::tier")]
     pub default_tier: String,
-    /// Hard cap on delegation chains, whatever a token allows itself.
+    /// Hard cap on delegation (actor) chains, whatever a token allows
+    /// itself (0-32).
     #[serde(default = "defaults::max_delegation_depth")]
     pub max_delegation_depth: u32,
+    /// The verified-token caches: per worker, and shared by the workers.
     #[serde(default)]
     pub cache: CacheConfig,
-    /// Token claims (string values) passed on to later filters in filter
-    /// state, e.g. `["data_region"]` for region tagging.
+    /// Token claims (string values) passed on to later stages in filter
+    /// state, e.g. `["data_region"]` for the tagging stage's `from_claims`.
     #[serde(default)]
     pub filter_state_claims: Vec<String>,
-    /// `;` inside a path segment: `reject` (400, the default) or `allow`
-    /// (an ordinary character, forwarded as `%3B`).
+    /// `;` inside a path segment: `reject` (400 `path_parameter`) or
+    /// `allow` (an ordinary character, forwarded as `%3B`).
     #[serde(default)]
     pub path_parameters: PathParameters,
     /// Headers that ask an upstream framework to treat the request as
-    /// another method. A request whose override differs from `:method` is
-    /// refused (400): the gateway would authorize one method and the
-    /// upstream act on another.
+    /// another method (lower case). A request whose override differs from
+    /// `:method` is refused (400): the gateway would authorize one method
+    /// and the upstream act on another.
     #[serde(default = "defaults::method_override_headers")]
     pub method_override_headers: Vec<String>,
-    /// Query parameters that do the same (`_method`).
+    /// Query parameters that do the same (`_method`), refused likewise.
     #[serde(default = "defaults::method_override_params")]
     pub method_override_params: Vec<String>,
     /// Failed token verifications per client (see
@@ -84,15 +128,21 @@ pub struct AuthConfig {
 /// before any further signature work: a flood of bad signatures costs the
 /// gateway a shared-data read per request, not a signature check.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct VerificationThrottleConfig {
     /// Failed verifications (that cost a signature check) a client may
-    /// cause per window; 0 disables the throttle.
+    /// cause per window before it gets 429 `verification_throttled`; 0
+    /// disables the throttle.
     pub failures: u64,
+    /// The window (1 s to 24 h): a client's bucket leaks `failures` per
+    /// window.
+    #[serde(deserialize_with = "duration::seconds")]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Seconds"))]
     pub window_seconds: u64,
     /// How the client is identified (its address, see [`ClientConfig`]).
     pub client: ClientConfig,
-    /// Shared-data slots of the per-client table.
+    /// Shared-data slots of the per-client table (1-65536, 4 clients each).
     pub slots: u32,
 }
 
@@ -107,80 +157,134 @@ impl Default for VerificationThrottleConfig {
     }
 }
 
+/// A token issuer, as jwt_authn's `JwtProvider` where the names agree.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(transform = crate::schema::Alias::new("max_lifetime_seconds", "max_lifetime"))
+)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
-    /// Short name used in logs, metrics and shared-data keys.
+    /// Short name used in logs, metrics and shared-data keys
+    /// (`[A-Za-z0-9_-]+`, unique).
     pub name: String,
-    /// The exact `iss` this provider verifies.
+    /// The exact `iss` this provider verifies (unique), as in jwt_authn.
     pub issuer: String,
-    /// Accepted `aud` values; a token must carry one of them. Empty means
-    /// the audience is not checked.
+    /// Accepted `aud` values, as in jwt_authn: a token must carry one of
+    /// them. Empty: the audience is not checked.
     #[serde(default)]
     pub audiences: Vec<String>,
-    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
-    #[serde(default = "defaults::clock_skew_seconds")]
+    /// Clock skew tolerated on `exp`, `nbf` and `iat` (at most one hour),
+    /// as jwt_authn's `clock_skew_seconds`.
+    #[serde(
+        default = "defaults::clock_skew_seconds",
+        deserialize_with = "duration::seconds"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Seconds"))]
     pub clock_skew_seconds: u64,
-    /// Refuse tokens without `exp`.
+    /// Refuse tokens without `exp`, as jwt_authn's `require_expiration`.
     #[serde(default = "defaults::yes")]
     pub require_expiration: bool,
-    /// Refuse tokens whose `exp` is further than this from now.
-    #[serde(default)]
+    /// Refuse tokens whose `exp` is further than this from now (default:
+    /// no limit). jwt_authn's `max_lifetime` means the same and is accepted
+    /// as its spelling.
+    #[serde(
+        default,
+        alias = "max_lifetime",
+        deserialize_with = "duration::option_seconds"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<duration::Seconds>"))]
     pub max_lifetime_seconds: Option<u64>,
-    /// Accepted algorithms (default: all that the keys support).
+    /// Accepted `alg` values (default: every algorithm the keys support).
     #[serde(default)]
     pub algorithms: Option<Vec<String>>,
     /// Claim holding the tenant.
     #[serde(default = "defaults::tenant_claim")]
     pub tenant_claim: String,
     /// For single-tenant issuers: the tenant every token of this issuer
-    /// belongs to. A token claiming another tenant is refused.
+    /// belongs to. A token claiming another tenant is refused
+    /// (`tenant_not_allowed`).
     #[serde(default)]
     pub tenant: Option<String>,
     /// The tenants this issuer may assert; a token claiming another is
-    /// refused (`tenant_not_allowed`). With more than one provider, every
-    /// provider must set `tenants` or `tenant`: otherwise one issuer could
-    /// mint tokens for another's tenants.
+    /// refused (`tenant_not_allowed`). Empty: any, allowed only with a
+    /// single provider: with more than one, every provider must set
+    /// `tenants` or `tenant`, otherwise one issuer could mint tokens for
+    /// another's tenants.
     #[serde(default)]
     pub tenants: Vec<String>,
-    /// Claim holding the context scopes (array of strings, or one
+    /// Claim holding the context scopes (an array of strings, or one
     /// space-separated string).
     #[serde(default = "defaults::scopes_claim")]
     pub scopes_claim: String,
+    /// The provider's keys: `inline` or `remote`. Not jwt_authn's
+    /// `local_jwks`/`remote_jwks`: an inline key set is a JSON object, not
+    /// a string, and a remote one is fetched from an Envoy cluster and
+    /// kept when a refresh fails (see [`RemoteJwksConfig`]).
     pub jwks: JwksConfig,
 }
 
+/// Where a provider's JWK Set comes from: exactly one of `inline`,
+/// `remote`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum JwksConfig {
-    /// A JWK Set written into the configuration.
+    /// A JWK Set written into the configuration (`{"keys": [...]}`); every
+    /// key must be usable.
     Inline(serde_json::Value),
     /// A JWK Set fetched from an Envoy cluster and refreshed.
     Remote(RemoteJwksConfig),
 }
 
+/// A JWK Set fetched with `dispatch_http_call`. One worker fetches at a
+/// time; the others install the result from shared data.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RemoteJwksConfig {
     /// Envoy cluster serving the JWK Set.
     pub cluster: String,
+    /// Request path of the fetch (starts with `/`).
     #[serde(default = "defaults::jwks_path")]
     pub path: String,
     /// `:authority` of the fetch (default: the cluster name).
     #[serde(default)]
     pub authority: Option<String>,
-    #[serde(default = "defaults::jwks_timeout_ms")]
+    /// Fetch timeout (1 ms to 60 s).
+    #[serde(
+        default = "defaults::jwks_timeout_ms",
+        deserialize_with = "duration::milliseconds"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Milliseconds"))]
     pub timeout_ms: u64,
-    /// How often a good key set is refreshed.
-    #[serde(default = "defaults::jwks_refresh_interval_seconds")]
+    /// How often a good key set is refreshed. Not jwt_authn's
+    /// `cache_duration`: keys do not expire, the last good set is kept
+    /// while fetches fail.
+    #[serde(
+        default = "defaults::jwks_refresh_interval_seconds",
+        deserialize_with = "duration::seconds"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Seconds"))]
     pub refresh_interval_seconds: u64,
     /// First retry delay after a failed fetch; doubles up to
-    /// `refresh_interval_seconds`.
-    #[serde(default = "defaults::jwks_retry_interval_seconds")]
+    /// `refresh_interval_seconds` (every 0.5 s while the provider has never
+    /// had keys).
+    #[serde(
+        default = "defaults::jwks_retry_interval_seconds",
+        deserialize_with = "duration::seconds"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Seconds"))]
     pub retry_interval_seconds: u64,
     /// A token with an unknown `kid` triggers an early refresh, at most
-    /// this often (key rotation without waiting for the refresh interval).
-    #[serde(default = "defaults::jwks_min_refresh_interval_seconds")]
+    /// this often after a successful fetch (key rotation without waiting
+    /// for the refresh interval).
+    #[serde(
+        default = "defaults::jwks_min_refresh_interval_seconds",
+        deserialize_with = "duration::seconds"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Seconds"))]
     pub min_refresh_interval_seconds: u64,
     /// Install symmetric (`oct`) keys from this key set. Off: an HMAC
     /// secret published by an HTTP endpoint is not a secret.
@@ -188,54 +292,75 @@ pub struct RemoteJwksConfig {
     pub allow_symmetric_keys: bool,
 }
 
-/// One place a token may be carried. Exactly one of `header`, `query`,
-/// `cookie` is set.
+/// One place a token may be carried (the older spelling of
+/// `from_headers`, `from_params` and `from_cookies`). Exactly one of
+/// `header`, `query`, `cookie` is set.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct TokenSourceConfig {
+    /// A request header (lower case) carrying the token.
     #[serde(default)]
     pub header: Option<String>,
-    /// For headers: the scheme in front of the token, matched case
-    /// insensitively (`Bearer `).
+    /// For headers: the scheme in front of the token (`Bearer `), matched
+    /// case-insensitively; jwt_authn's `value_prefix`.
     #[serde(default)]
     pub prefix: Option<String>,
+    /// A query parameter carrying the token.
     #[serde(default)]
     pub query: Option<String>,
+    /// A cookie carrying the token.
     #[serde(default)]
     pub cookie: Option<String>,
 }
 
+/// A header a token is read from: jwt_authn's `JwtHeader`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
-pub struct PublicPathConfig {
+pub struct JwtHeader {
+    /// The header name (lower case).
+    pub name: String,
+    /// What stands in front of the token in the header's value
+    /// (`Bearer `, with the space), matched case-insensitively at the
+    /// start of each comma-separated value. Default: none, the whole value
+    /// is the token.
     #[serde(default)]
-    pub exact: Option<String>,
-    /// Matches the path and everything below it, per segment.
-    #[serde(default)]
-    pub prefix: Option<String>,
-    /// Methods this applies to (default: all).
-    #[serde(default)]
-    pub methods: Vec<String>,
+    pub value_prefix: Option<String>,
 }
 
+/// What to do with requests that match no operation and no public path.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum Unmatched {
+    /// 403 `unknown_operation`, after authentication.
     #[default]
     Deny,
+    /// Any valid token passes.
     Authenticate,
 }
 
+/// Names of the trusted identity headers sent to the upstream.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityHeaders {
+    /// The verified tenant.
     pub tenant: String,
+    /// The token's subject (`sub`).
     pub subject: String,
+    /// The tier (`rate_limits.tier` claim, or `default_tier`).
     pub tier: String,
+    /// The granted scopes, canonical, space-separated.
     pub scopes: String,
+    /// The token's issuer.
     pub issuer: String,
+    /// The delegation chain (RFC 8693 `act`), outermost actor first.
     pub actor_chain: String,
+    /// The matched operation's name.
     pub operation: String,
+    /// The operation's canonical context path.
     pub context_path: String,
 }
 
@@ -269,17 +394,27 @@ impl IdentityHeaders {
     }
 }
 
+/// The verified-token caches. Entries are keyed by the token's SHA-256,
+/// never the token itself, and never outlive `exp` plus the clock skew.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Verified tokens kept per worker VM (0 disables the cache).
+    /// Verified tokens kept per worker VM (0 disables the cache, at most
+    /// 1000000).
     pub max_entries: usize,
-    /// How long a refused token stays refused without re-verification.
+    /// How long a refused token (a refusal that cost a signature check)
+    /// stays refused without re-verification.
+    #[serde(deserialize_with = "duration::seconds")]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Seconds"))]
     pub failure_ttl_seconds: u64,
     /// Upper bound on how long a verified token is trusted from cache
     /// (never beyond its `exp`).
+    #[serde(deserialize_with = "duration::seconds")]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Seconds"))]
     pub max_ttl_seconds: u64,
-    /// Slots of the cross-worker cache in shared data (0 disables it).
+    /// Slots of the cross-worker cache in shared data (0 disables it, at
+    /// most 65536).
     pub shared_slots: u32,
 }
 
@@ -295,18 +430,8 @@ impl Default for CacheConfig {
 }
 
 mod defaults {
-    use super::TokenSourceConfig;
-
     pub fn realm() -> String {
         "ctxgate".into()
-    }
-    pub fn token_sources() -> Vec<TokenSourceConfig> {
-        vec![TokenSourceConfig {
-            header: Some("authorization".into()),
-            prefix: Some("Bearer ".into()),
-            query: None,
-            cookie: None,
-        }]
     }
     pub fn max_token_bytes() -> usize {
         8192
@@ -521,43 +646,7 @@ impl AuthConfig {
                 }
             }
         }
-        if self.token_sources.is_empty() {
-            return Err(ConfigError::new(
-                "token_sources",
-                "at least one source is required",
-            ));
-        }
-        for (i, s) in self.token_sources.iter().enumerate() {
-            let field = format!("token_sources[{i}]");
-            let set = [s.header.is_some(), s.query.is_some(), s.cookie.is_some()]
-                .iter()
-                .filter(|b| **b)
-                .count();
-            if set != 1 {
-                return Err(ConfigError::new(
-                    field,
-                    "set exactly one of header, query, cookie",
-                ));
-            }
-            if let Some(h) = &s.header {
-                check_header_name(&format!("{field}.header"), h)?;
-            } else if s.prefix.is_some() {
-                return Err(ConfigError::new(
-                    format!("{field}.prefix"),
-                    "only applies to header sources",
-                ));
-            }
-            if s.query
-                .as_deref()
-                .or(s.cookie.as_deref())
-                .is_some_and(str::is_empty)
-            {
-                return Err(ConfigError::new(
-                    field,
-                    "the parameter or cookie name must not be empty",
-                ));
-            }
-        }
+        self.validate_token_sources()?;
         if !(256..=65536).contains(&self.max_token_bytes) {
             return Err(ConfigError::new(
                 "max_token_bytes",
@@ -565,16 +654,7 @@ impl AuthConfig {
             ));
         }
         for (i, p) in self.public_paths.iter().enumerate() {
-            let field = format!("public_paths[{i}]");
-            match (&p.exact, &p.prefix) {
-                (Some(path), None) | (None, Some(path)) if path.starts_with('/') => {}
-                _ => {
-                    return Err(ConfigError::new(
-                        field,
-                        "set exactly one of exact, prefix, starting with '/'",
-                    ));
-                }
-            }
+            PublicPath::compile(&format!("public_paths[{i}]"), p.clone())?;
         }
         let names = self.identity_headers.all();
         for (i, name) in names.iter().enumerate() {
@@ -636,6 +716,98 @@ impl AuthConfig {
                 ));
             }
             t.client.validate("verification_throttle.client")?;
+        }
+        Ok(())
+    }
+
+    /// Every token source, in order: `token_sources`, `from_headers`,
+    /// `from_params`, `from_cookies`; `Authorization: Bearer` when none of
+    /// them is set.
+    pub fn all_token_sources(&self) -> Vec<TokenSource> {
+        let headers = self.from_headers.iter().map(|h| TokenSource::Header {
+            name: h.name.clone(),
+            prefix: h.value_prefix.clone(),
+        });
+        let params = self.from_params.iter().cloned().map(TokenSource::Query);
+        let cookies = self.from_cookies.iter().cloned().map(TokenSource::Cookie);
+        let listed = self.token_sources.iter().flatten().filter_map(|s| {
+            match (&s.header, &s.query, &s.cookie) {
+                (Some(name), _, _) => Some(TokenSource::Header {
+                    name: name.clone(),
+                    prefix: s.prefix.clone(),
+                }),
+                (_, Some(name), _) => Some(TokenSource::Query(name.clone())),
+                (_, _, Some(name)) => Some(TokenSource::Cookie(name.clone())),
+                _ => None,
+            }
+        });
+        let sources: Vec<TokenSource> =
+            listed.chain(headers).chain(params).chain(cookies).collect();
+        if sources.is_empty() && self.token_sources.is_none() {
+            vec![TokenSource::Header {
+                name: "authorization".into(),
+                prefix: Some("Bearer ".into()),
+            }]
+        } else {
+            sources
+        }
+    }
+
+    fn validate_token_sources(&self) -> Result<(), ConfigError> {
+        if self.token_sources.as_ref().is_some_and(Vec::is_empty)
+            && self.from_headers.is_empty()
+            && self.from_params.is_empty()
+            && self.from_cookies.is_empty()
+        {
+            return Err(ConfigError::new(
+                "token_sources",
+                "at least one source is required",
+            ));
+        }
+        for (i, s) in self.token_sources.iter().flatten().enumerate() {
+            let field = format!("token_sources[{i}]");
+            let set = [s.header.is_some(), s.query.is_some(), s.cookie.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
+            if set != 1 {
+                return Err(ConfigError::new(
+                    field,
+                    "set exactly one of header, query, cookie",
+                ));
+            }
+            if let Some(h) = &s.header {
+                check_header_name(&format!("{field}.header"), h)?;
+            } else if s.prefix.is_some() {
+                return Err(ConfigError::new(
+                    format!("{field}.prefix"),
+                    "only applies to header sources",
+                ));
+            }
+            if s.query
+                .as_deref()
+                .or(s.cookie.as_deref())
+                .is_some_and(str::is_empty)
+            {
+                return Err(ConfigError::new(
+                    field,
+                    "the parameter or cookie name must not be empty",
+                ));
+            }
+        }
+        for (i, h) in self.from_headers.iter().enumerate() {
+            check_header_name(&format!("from_headers[{i}].name"), &h.name)?;
+        }
+        for (field, names) in [
+            ("from_params", &self.from_params),
+            ("from_cookies", &self.from_cookies),
+        ] {
+            if let Some(i) = names.iter().position(String::is_empty) {
+                return Err(ConfigError::new(
+                    format!("{field}[{i}]"),
+                    "must not be empty",
+                ));
+            }
         }
         Ok(())
     }

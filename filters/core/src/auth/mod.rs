@@ -32,6 +32,7 @@ pub mod config;
 pub mod denial;
 pub mod identity;
 pub mod jwks_sync;
+pub mod public_path;
 pub mod shared_cache;
 pub mod sources;
 pub mod target;
@@ -46,13 +47,14 @@ use serde::Serialize;
 use crate::http::RequestHead;
 use crate::jwt::{Algorithm, KeyRef, KeySet, TokenClaims, TokenError, inspect};
 use crate::operation::{Operation, OperationMap, OperationMatch};
-use crate::path::{PathParameters, canonical_path, canonical_segments};
+use crate::path::{PathParameters, canonical_path};
 use crate::scope::required_scope;
 use crate::shared::{Secret, SharedStore};
 use cache::{Digest, TokenCache};
 use config::{AuthConfig, ConfigError, JwksConfig, RemoteJwksConfig, Unmatched};
 use denial::{Denial, Reason};
 use identity::{ClaimRules, Identity};
+use public_path::PublicPath;
 use shared_cache::{SharedEntry, SharedTokenCache, provider_tag};
 use sources::TokenSource;
 use target::Target;
@@ -141,12 +143,6 @@ impl Provider {
                 .invalid_before
                 .is_none_or(|nbf| nbf.as_secs() <= now.saturating_add(skew))
     }
-}
-
-struct PublicPath {
-    segments: Vec<String>,
-    prefix: bool,
-    methods: Vec<String>,
 }
 
 /// The compiled, immutable configuration.
@@ -316,6 +312,7 @@ impl Auth {
     pub fn new(config: AuthConfig, namespace: &str, secret: Secret) -> Result<Auth, ConfigError> {
         config.validate()?;
         let operations = crate::operation::OperationMap::compile(&config.operations)?;
+        let sources = config.all_token_sources();
         let mut providers = Vec::with_capacity(config.providers.len());
         for (i, p) in config.providers.into_iter().enumerate() {
             let algorithms = match &p.algorithms {
@@ -373,34 +370,12 @@ impl Auth {
                 remote,
             });
         }
-        let sources: Vec<TokenSource> = config
-            .token_sources
+        let public_paths = config
+            .public_paths
             .into_iter()
-            .filter_map(|s| match (s.header, s.query, s.cookie) {
-                (Some(name), _, _) => Some(TokenSource::Header {
-                    name,
-                    prefix: s.prefix,
-                }),
-                (_, Some(name), _) => Some(TokenSource::Query(name)),
-                (_, _, Some(name)) => Some(TokenSource::Cookie(name)),
-                _ => None,
-            })
-            .collect();
-        let mut public_paths = Vec::new();
-        for (i, p) in config.public_paths.into_iter().enumerate() {
-            let (raw, prefix) = match (p.exact, p.prefix) {
-                (Some(exact), _) => (exact, false),
-                (_, Some(prefix)) => (prefix, true),
-                _ => continue,
-            };
-            let segments = canonical_segments(&raw)
-                .map_err(|e| ConfigError::new(format!("public_paths[{i}]"), e.to_string()))?;
-            public_paths.push(PublicPath {
-                segments,
-                prefix,
-                methods: p.methods,
-            });
-        }
+            .enumerate()
+            .map(|(i, p)| PublicPath::compile(&format!("public_paths[{i}]"), p))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut read_params: Vec<String> = operations
             .parameters()
             .chain(sources::query_parameters(&sources))
@@ -413,7 +388,7 @@ impl Auth {
             realm: config.realm,
             providers,
             sources,
-            forward_token: config.forward_token,
+            forward_token: config.forward,
             max_token_bytes: config.max_token_bytes,
             operations,
             public_paths,
@@ -593,14 +568,9 @@ impl Auth {
     }
 
     fn is_public(&self, method: &str, segments: &[String]) -> bool {
-        self.public_paths.iter().any(|p| {
-            (p.methods.is_empty() || p.methods.iter().any(|m| m == method))
-                && if p.prefix {
-                    segments.starts_with(&p.segments)
-                } else {
-                    segments == p.segments.as_slice()
-                }
-        })
+        self.public_paths
+            .iter()
+            .any(|p| p.matches(method, segments))
     }
 
     /// Verifies a token, through this worker's cache, then the shared one.

@@ -5,7 +5,7 @@
 //! request are refused (which identity would the upstream act for?); the
 //! same token in several places is one token. A token that was read is
 //! removed from the request before it goes upstream, wherever it was,
-//! unless `forward_token` is set.
+//! unless `forward` (or its older spelling `forward_token`) is set.
 
 use super::Allowed;
 use super::denial::{Denial, Reason};

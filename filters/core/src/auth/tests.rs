@@ -698,6 +698,32 @@ fn configuration_errors_name_the_field() {
         err(json!({"token_sources": [{"header": "a", "query": "b"}]}))
             .starts_with("token_sources[0]")
     );
+    assert!(err(json!({"token_sources": []})).starts_with("token_sources:"));
+    assert!(
+        err(json!({"from_headers": [{"name": "Authorization"}]}))
+            .starts_with("from_headers[0].name:")
+    );
+    assert!(err(json!({"from_params": ["a", ""]})).starts_with("from_params[1]:"));
+    assert!(err(json!({"from_cookies": [""]})).starts_with("from_cookies[0]:"));
+    assert!(
+        err(json!({"from_headers": [{"name": "x", "prefix": "Bearer "}]}))
+            .starts_with("from_headers[0].prefix: unknown field")
+    );
+    assert!(
+        err(json!({"forward": true, "forward_token": true})).contains("duplicate field `forward`")
+    );
+    assert!(
+        err(json!({"public_paths": [{"exact": "health"}]}))
+            .starts_with("public_paths[0]: 'health' must start with '/'")
+    );
+    assert!(
+        err(json!({"public_paths": [{"prefix": "/a", "suffix": "/b"}]}))
+            .starts_with("public_paths[0]: set exactly one of")
+    );
+    assert!(
+        err(json!({"providers": [{"name": "p", "issuer": "i", "clock_skew_seconds": "1.5s", "jwks": {"inline": {"keys": []}}}]}))
+            .starts_with("providers[0].clock_skew_seconds: invalid duration \"1.5s\": is not a whole number of seconds")
+    );
     assert!(
         err(json!({"identity_headers": {"tenant": "X-Tenant"}})).starts_with("identity_headers")
     );
@@ -924,6 +950,87 @@ fn repeated_authorization_headers_joined_by_envoy_are_split() {
         .outcome,
         Outcome::Allow(_)
     ));
+}
+
+#[test]
+fn jwt_authn_token_sources_are_the_same_sources() {
+    let parse = |extra: Value| -> AuthConfig {
+        let key = ES256KeyPair::generate();
+        config::parse_json(config(&key, extra).to_string().as_bytes()).unwrap()
+    };
+    let envoy = parse(json!({
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}, {"name": "x-jwt"}],
+        "from_params": ["access_token"],
+        "from_cookies": ["ctx_token"]
+    }));
+    let ours = parse(json!({"token_sources": [
+        {"header": "authorization", "prefix": "Bearer "},
+        {"header": "x-jwt"},
+        {"query": "access_token"},
+        {"cookie": "ctx_token"}
+    ]}));
+    assert_eq!(envoy.all_token_sources(), ours.all_token_sources());
+    // Both spellings together: all of them, token_sources first.
+    let both = parse(json!({"token_sources": [{"query": "t"}], "from_cookies": ["c"]}));
+    assert_eq!(
+        both.all_token_sources(),
+        [
+            sources::TokenSource::Query("t".into()),
+            sources::TokenSource::Cookie("c".into())
+        ]
+    );
+    // None at all (or empty jwt_authn lists, as in jwt_authn): the default.
+    let bearer = [sources::TokenSource::Header {
+        name: "authorization".into(),
+        prefix: Some("Bearer ".into()),
+    }];
+    assert_eq!(parse(json!({})).all_token_sources(), bearer);
+    assert_eq!(
+        parse(json!({"from_headers": [], "from_params": []})).all_token_sources(),
+        bearer
+    );
+
+    let mut f = fixture(json!({
+        "from_params": ["access_token"],
+        "from_cookies": ["ctx_token"],
+        "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}]
+    }));
+    let token = f.token(json!({}));
+    let path = format!("/v1/contexts/projects/a?access_token={token}");
+    let d = f.check("GET", &path, &[]);
+    assert_eq!(
+        header(allowed(&d), ":path"),
+        Some("/v1/contexts/projects/a")
+    );
+    let cookie = format!("ctx_token={token}");
+    assert!(matches!(
+        f.check("GET", "/v1/contexts/projects/a", &[("cookie", &cookie)])
+            .outcome,
+        Outcome::Allow(_)
+    ));
+    let other = format!("Bearer {}", f.token(json!({"sub": "bob"})));
+    assert_eq!(
+        denied(&f.check("GET", &path, &[("authorization", &other)])),
+        Reason::MultipleTokens
+    );
+}
+
+#[test]
+fn forward_keeps_the_token_under_either_spelling() {
+    for (extra, kept) in [
+        (json!({}), false),
+        (json!({"forward": true}), true),
+        (json!({"forward_token": true}), true),
+        (json!({"forward": false}), false),
+    ] {
+        let mut f = fixture(extra.clone());
+        let token = f.token(json!({}));
+        let d = f.bearer("GET", "/v1/contexts/projects/a", &token);
+        let removed = allowed(&d)
+            .remove_headers
+            .contains(&"authorization".to_owned());
+        assert_eq!(removed, !kept, "{extra}");
+    }
 }
 
 #[test]

@@ -3,10 +3,16 @@
 use serde::Deserialize;
 
 use crate::auth::config::{ConfigError, check_header_name};
+use crate::duration;
+use crate::matcher::NamedMatcher;
 
+/// Circuit breakers shared by every worker of one Envoy.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct BreakersConfig {
+    /// The breakers (at least one, unique names). A request is guarded by
+    /// the first whose `select` matches it.
     pub breakers: Vec<BreakerConfig>,
     /// Compare-and-swap attempts per update of a breaker record.
     #[serde(default = "default_cas_attempts")]
@@ -17,71 +23,91 @@ fn default_cas_attempts() -> u32 {
     32
 }
 
+/// One circuit breaker, for one class of upstream.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
     /// Upstream class, e.g. `context_repository`; `[A-Za-z0-9_-]+`.
     pub name: String,
-    /// Which requests this breaker guards; every field given must match.
+    /// Which requests this breaker guards; every member given must match
+    /// (default: all requests).
     #[serde(default)]
     pub select: Selector,
-    /// Upstream request timeout, enforced by Envoy's router (the filter
-    /// sets `x-envoy-upstream-rq-timeout-ms`); a timeout counts as a failure.
-    #[serde(default)]
+    /// Upstream request timeout (1 ms to 1 h), enforced by Envoy's router
+    /// (the filter sets `x-envoy-upstream-rq-timeout-ms`, which overrides
+    /// the route's timeout); a timeout counts as a failure. Default: the
+    /// route's timeout.
+    #[serde(default, deserialize_with = "duration::option_milliseconds")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<duration::Milliseconds>"))]
     pub request_timeout_ms: Option<u64>,
-    /// Failure rate (percent of requests in the window) that opens the breaker.
+    /// Failure rate (percent of the requests in the window, 1-100) that
+    /// opens the breaker.
     #[serde(default = "defaults::threshold")]
     pub error_threshold_percent: u64,
-    /// Rolling window the failure rate is measured over.
-    #[serde(default = "defaults::window")]
+    /// Rolling window the failure rate is measured over (1 s to 1 h, ten
+    /// buckets).
+    #[serde(default = "defaults::window", deserialize_with = "duration::seconds")]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Seconds"))]
     pub window_seconds: u64,
-    /// Fewest requests in the window before the rate counts.
+    /// Fewest requests in the window before the failure rate counts.
     #[serde(default = "defaults::min_requests")]
     pub min_requests: u64,
-    /// How long the breaker stays open before probing.
-    #[serde(default = "defaults::reset_timeout")]
+    /// How long the breaker stays open before probing (1 ms to 1 h).
+    #[serde(
+        default = "defaults::reset_timeout",
+        deserialize_with = "duration::milliseconds"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Milliseconds"))]
     pub reset_timeout_ms: u64,
-    /// Probe requests let through while half-open; all must succeed to close.
+    /// Probe requests let through while half-open (1-1000); all must
+    /// succeed to close, one failure opens again.
     #[serde(default = "defaults::probes")]
     pub half_open_probes: u32,
     /// Statuses that count as failures (default: every 5xx, which includes
     /// Envoy's 503 for upstream resets and 504 for timeouts).
     #[serde(default)]
     pub failure_statuses: Option<Vec<u16>>,
-    /// What an open breaker does with requests.
+    /// What an open breaker does with requests: `{"action": "reject"}`
+    /// (default) or `{"action": "fallback", ...}`.
     #[serde(default)]
     pub on_open: OpenAction,
 }
 
+/// Which requests a breaker guards; every member given must match.
+///
 /// Route and cluster names are those Envoy selected when the request
 /// arrived (`xds.route_name`, `xds.cluster_name`). Behind a filter that
 /// changes routing headers (tagging, or a breaker's fallback) the final
 /// route may differ: select on the tag header there.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
-    /// Envoy route names.
+    /// Envoy route names (exact).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", serde(skip_serializing_if = "Option::is_none"))]
     pub routes: Option<Vec<String>>,
-    /// Envoy cluster names (of the selected route).
+    /// Envoy cluster names (exact) of the selected route.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", serde(skip_serializing_if = "Option::is_none"))]
     pub clusters: Option<Vec<String>>,
-    /// A request header (e.g. a tag set by the tagging filter) and values.
+    /// A request header test, e.g. a tag the tagging stage set:
+    /// `{"name": "x-context-type", "values": ["large-context"]}` or, as
+    /// Envoy writes it, `{"name": "x-context-type", "string_match":
+    /// {"exact": "large-context"}}`.
     #[serde(default)]
-    pub header: Option<HeaderSelector>,
+    #[cfg_attr(feature = "schema", serde(skip_serializing_if = "Option::is_none"))]
+    pub header: Option<NamedMatcher>,
     /// Several header tests, any of which selects the request.
     #[serde(default)]
-    pub any_header: Option<Vec<HeaderSelector>>,
+    #[cfg_attr(feature = "schema", serde(skip_serializing_if = "Option::is_none"))]
+    pub any_header: Option<Vec<NamedMatcher>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderSelector {
-    pub name: String,
-    pub values: Vec<String>,
-}
-
+/// What an open breaker does with requests, by `action`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields, rename_all = "snake_case", tag = "action")]
 pub enum OpenAction {
     /// Answer 503 with `Retry-After` and a JSON body naming the breaker.
@@ -91,12 +117,17 @@ pub enum OpenAction {
     /// it to a fallback cluster) and mark the response with
     /// `response_header: response_value`.
     Fallback {
+        /// Request header that steers the route table to the fallback
+        /// (lower case; removed from client requests).
         #[serde(default = "defaults::degraded_header")]
         request_header: String,
+        /// Its value.
         #[serde(default = "defaults::degraded_request_value")]
         request_value: String,
+        /// Response header marking the answer as degraded (lower case).
         #[serde(default = "defaults::degraded_header")]
         response_header: String,
+        /// Its value.
         #[serde(default = "defaults::degraded_response_value")]
         response_value: String,
     },
@@ -209,7 +240,7 @@ impl BreakerConfig {
             }
         }
         if let Some(any) = &self.select.any_header
-            && (any.is_empty() || any.iter().any(|h| h.values.is_empty()))
+            && (any.is_empty() || any.iter().any(NamedMatcher::is_empty_list))
         {
             return Err(ConfigError::new(
                 f("select.any_header"),
@@ -217,7 +248,7 @@ impl BreakerConfig {
             ));
         }
         if let Some(h) = &self.select.header
-            && h.values.is_empty()
+            && h.is_empty_list()
         {
             return Err(ConfigError::new(
                 f("select.header.values"),

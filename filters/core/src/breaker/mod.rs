@@ -498,17 +498,12 @@ impl Breakers {
                 && named(&s.clusters, selection.cluster)
                 && s.header
                     .as_ref()
-                    .is_none_or(|h| header_matches(&selection.head, h))
+                    .is_none_or(|h| h.matches_header(&selection.head))
                 && s.any_header
                     .as_ref()
-                    .is_none_or(|any| any.iter().any(|h| header_matches(&selection.head, h)))
+                    .is_none_or(|any| any.iter().any(|h| h.matches_header(&selection.head)))
         })
     }
-}
-
-fn header_matches(head: &RequestHead<'_>, selector: &config::HeaderSelector) -> bool {
-    head.header(&selector.name)
-        .is_some_and(|v| selector.values.iter().any(|x| x == v))
 }
 
 #[cfg(test)]

@@ -5,10 +5,16 @@ use serde::Deserialize;
 
 use crate::auth::config::{AuthConfig, ConfigError};
 use crate::breaker::config::BreakersConfig;
+use crate::duration;
 use crate::ratelimit::config::RateLimitConfig;
 use crate::tagging::config::TaggingConfig;
 
+/// The configuration of the `ctxgate` plugin: one section per stage, run
+/// in this order over one read of the request. A stage runs only if its
+/// section is present; at least one must be.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[cfg_attr(feature = "schema", schemars(title = "ctxgate plugin configuration"))]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Multi-tenant JWT authentication and context-scope authorisation.
@@ -23,17 +29,23 @@ pub struct PipelineConfig {
     /// Circuit breakers shared by every worker.
     #[serde(default)]
     pub breaker: Option<BreakersConfig>,
+    /// How the module's counters reach Envoy's stats.
     #[serde(default)]
     pub metrics: MetricsConfig,
 }
 
 /// How metrics reach the proxy.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Counters are counted in the module and handed to the proxy this
-    /// often (milliseconds). `/stats` lags by at most this much.
-    #[serde(default = "default_flush_interval_ms")]
+    /// often (10 ms to 60 s). `/stats` lags by at most this much.
+    #[serde(
+        default = "default_flush_interval_ms",
+        deserialize_with = "duration::milliseconds"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Milliseconds"))]
     pub flush_interval_ms: u64,
 }
 

@@ -6,19 +6,24 @@ use serde::Deserialize;
 
 use crate::auth::config::{ConfigError, check_header_name};
 use crate::client::ClientConfig;
+use crate::duration;
 use crate::operation::OperationRule;
 
+/// Cost-weighted rate limits: leaky buckets per tenant (and tier) in
+/// shared data, adaptive limits, and global limits through an Envoy Rate
+/// Limit Service.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// Operation map used when the auth filter did not run before this one
-    /// (otherwise the operation comes from its filter state).
+    /// Operation map used when the auth stage did not run (otherwise the
+    /// operation comes from it).
     #[serde(default)]
     pub operations: Vec<OperationRule>,
-    /// Cost of each operation, in read-equivalents.
+    /// Cost of each operation (by name), in read-equivalents (1-10000).
     #[serde(default = "defaults::costs")]
     pub costs: BTreeMap<String, u32>,
-    /// Cost of requests whose operation is unknown or not priced.
+    /// Cost of requests whose operation is unknown or not priced (1-10000).
     #[serde(default = "defaults::one")]
     pub default_cost: u32,
     /// Cost multipliers by the request body's size: its `content-length`
@@ -27,7 +32,7 @@ pub struct RateLimitConfig {
     /// far, charged as they stream in.
     #[serde(default = "defaults::payload_bands")]
     pub payload_bands: Vec<Band>,
-    /// Cost multipliers by the depth of the context path.
+    /// Cost multipliers by the depth (segments) of the context path.
     #[serde(default)]
     pub depth_bands: Vec<Band>,
     /// Cost multipliers by a numeric request header (e.g. a declared
@@ -42,10 +47,12 @@ pub struct RateLimitConfig {
     /// How requests without a verified identity are keyed.
     #[serde(default)]
     pub anonymous: AnonymousConfig,
-    /// Limits per tier.
+    /// Limits per tier (`tier -> limits`, 1-4 limits each); the
+    /// `default_tier` and `anonymous.tier` must be here.
     #[serde(default = "defaults::tiers")]
     pub tiers: BTreeMap<String, Vec<LimitConfig>>,
-    /// Per-tenant overrides: a tier, or explicit limits.
+    /// Per-tenant overrides (`tenant -> override`): a tier, or explicit
+    /// limits.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
     /// Tier used when the identity names none, or one not configured.
@@ -59,14 +66,15 @@ pub struct RateLimitConfig {
     /// issuer handing out absurd limits).
     #[serde(default = "defaults::max_token_limit")]
     pub max_token_limit: u64,
-    /// Shared-data slots holding buckets (memory bound: slots x ways
-    /// entries, each a few dozen bytes).
+    /// Shared-data slots holding the tenants' buckets (1-65536; memory
+    /// bound: slots x ways entries, each a few dozen bytes).
     #[serde(default = "defaults::slots")]
     pub slots: u32,
-    /// Buckets per slot.
+    /// Buckets per slot (1-16); also the ways of the anonymous table.
     #[serde(default = "defaults::ways")]
     pub ways: u32,
-    /// Compare-and-swap attempts before giving up on a bucket update.
+    /// Compare-and-swap attempts before giving up on a bucket update
+    /// (1-1000).
     #[serde(default = "defaults::cas_attempts")]
     pub cas_attempts: u32,
     /// What happens when every attempt lost the race: `allow` or `deny`.
@@ -75,8 +83,12 @@ pub struct RateLimitConfig {
     /// Add `x-ratelimit-*` headers to responses that were let through.
     #[serde(default = "defaults::yes")]
     pub response_headers: bool,
+    /// Shrink limits while the upstream is slow, and refuse beyond a number
+    /// of requests in flight (default: off).
     #[serde(default)]
     pub adaptive: Option<AdaptiveConfig>,
+    /// Global limits through an Envoy Rate Limit Service (default: local
+    /// limits only).
     #[serde(default)]
     pub global: Option<GlobalConfig>,
 }
@@ -84,29 +96,46 @@ pub struct RateLimitConfig {
 /// A cost multiplier applying above a threshold; the highest matching
 /// band wins.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct Band {
+    /// The band applies to values larger than this (bytes, segments, or
+    /// the header's number).
     pub above: u64,
+    /// What the cost is multiplied by (1-1000).
     pub multiplier: u32,
 }
 
+/// Cost multipliers by the number in a request header.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct HeaderFactor {
+    /// The header (lower case) holding a number.
     pub header: String,
+    /// Multipliers by the header's value; the highest matching band wins.
     pub bands: Vec<Band>,
 }
 
+/// A part of a bucket's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum KeyPart {
+    /// The verified tenant.
     Tenant,
+    /// The token's subject.
     Subject,
+    /// The operation's name.
     Operation,
+    /// The Envoy route's name.
     Route,
 }
 
+/// Requests without a verified identity: keyed by client address, in a
+/// table of their own.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct AnonymousConfig {
     /// How the client address is found and aggregated (see
@@ -114,7 +143,7 @@ pub struct AnonymousConfig {
     pub client: ClientConfig,
     /// The tier whose limits apply to anonymous clients.
     pub tier: String,
-    /// Shared-data slots of the anonymous table, kept apart from the
+    /// Shared-data slots of the anonymous table (1-65536), kept apart from the
     /// tenants' table so a flood of client addresses can never push a
     /// tenant's bucket out.
     pub slots: u32,
@@ -133,11 +162,19 @@ impl Default for AnonymousConfig {
 /// One limit: `limit` units per `window_seconds`, as a token bucket of
 /// capacity `burst` (default `limit`) refilled continuously.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
+    /// The limit's name (unique among a tier's limits), reported in
+    /// refusals; a bucket's level belongs to the key and this name.
     pub name: String,
+    /// Units (cost or requests) per window (1-1000000000).
     pub limit: u64,
+    /// The window the limit leaks over (1 s to 31 days).
+    #[serde(deserialize_with = "duration::seconds")]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Seconds"))]
     pub window_seconds: u64,
+    /// Bucket capacity (default: `limit`).
     #[serde(default)]
     pub burst: Option<u64>,
     /// `cost` (default): requests consume their cost; `requests`: each
@@ -146,38 +183,54 @@ pub struct LimitConfig {
     pub counts: Counts,
 }
 
+/// What a limit counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum Counts {
+    /// Requests consume their cost.
     #[default]
     Cost,
+    /// Each request consumes 1.
     Requests,
 }
 
+/// A tenant's override: exactly one of `tier`, `limits`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
+    /// A configured tier whose limits apply to the tenant.
     #[serde(default)]
     pub tier: Option<String>,
+    /// The tenant's own limits (1-4).
     #[serde(default)]
     pub limits: Option<Vec<LimitConfig>>,
 }
 
+/// What happens when a bucket update loses every compare-and-swap race.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum Contention {
+    /// Let the request through (and count it).
     #[default]
     Allow,
+    /// Refuse it (429 `contention`).
     Deny,
 }
 
 /// Shrink limits when the upstream struggles, as seen from the gateway.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct AdaptiveConfig {
-    /// Upstream latency (EWMA) above which limits shrink.
+    /// Upstream latency (EWMA) above which limits shrink (positive).
+    #[serde(deserialize_with = "duration::milliseconds")]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Milliseconds"))]
     pub latency_threshold_ms: u64,
-    /// Factor applied to limits while latency is above the threshold.
+    /// Factor applied to limits (capacity and refill) while latency is
+    /// above the threshold, in (0, 1].
     #[serde(default = "defaults::latency_multiplier")]
     pub latency_multiplier: f64,
     /// Weight of a new latency sample in the EWMA (0-1].
@@ -187,27 +240,42 @@ pub struct AdaptiveConfig {
     /// requests are refused with 503. 0 disables.
     #[serde(default)]
     pub max_in_flight: u64,
-    /// How often workers publish and combine their measurements.
-    #[serde(default = "defaults::publish_interval_ms")]
+    /// How often workers publish and combine their measurements (10 ms to
+    /// 10 s).
+    #[serde(
+        default = "defaults::publish_interval_ms",
+        deserialize_with = "duration::milliseconds"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Milliseconds"))]
     pub publish_interval_ms: u64,
 }
 
+/// Global limits: the Envoy Rate Limit Service
+/// (`envoy.service.ratelimit.v3.RateLimitService`) counts for every
+/// gateway; usage reports carry an id so a retried report counts once.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct GlobalConfig {
     /// `hierarchical`: local buckets decide until a tenant nears its global
     /// limit, then the RLS decides; `always`: the RLS decides every request.
     #[serde(default)]
     pub mode: GlobalMode,
-    /// Envoy cluster of the rate-limit service (gRPC, HTTP/2).
+    /// Envoy cluster of the rate-limit service (gRPC, HTTP/2; not empty).
     pub cluster: String,
-    /// RLS domain.
+    /// RLS domain (not empty).
     #[serde(default = "defaults::domain")]
     pub domain: String,
-    /// Deadline of an RLS call, enforced by the filter.
-    #[serde(default = "defaults::rls_timeout_ms")]
+    /// Deadline of an RLS call, enforced by the filter even if Envoy
+    /// queues the call (1 ms to 10 s).
+    #[serde(
+        default = "defaults::rls_timeout_ms",
+        deserialize_with = "duration::milliseconds"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Milliseconds"))]
     pub timeout_ms: u64,
-    /// Fraction of the global limit below which local buckets decide alone.
+    /// Fraction of the global limit below which local buckets decide
+    /// alone, in (0, 1].
     #[serde(default = "defaults::sync_threshold")]
     pub sync_threshold: f64,
     /// How many gateways (Envoy processes) share the global limit, at most.
@@ -217,39 +285,58 @@ pub struct GlobalConfig {
     /// over-admission near the limit.
     #[serde(default = "defaults::gateways")]
     pub gateways: u32,
-    /// How often local consumption is reported to the RLS.
-    #[serde(default = "defaults::sync_interval_ms")]
+    /// How often local consumption is reported to the RLS (10 ms to 60 s).
+    #[serde(
+        default = "defaults::sync_interval_ms",
+        deserialize_with = "duration::milliseconds"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Milliseconds"))]
     pub sync_interval_ms: u64,
     /// When the RLS fails or is late: `local_fallback`, `allow` or `deny`.
     #[serde(default)]
     pub failure_mode: FailureMode,
-    /// Status for `failure_mode: deny`.
+    /// Status for `failure_mode: deny` (4xx or 5xx).
     #[serde(default = "defaults::deny_status")]
     pub deny_status: u16,
     /// How long a report the RLS did not acknowledge is retried (same
-    /// report id, so the RLS counts it once) before it is dropped.
-    #[serde(default = "defaults::report_retry_seconds")]
+    /// report id, so the RLS counts it once) before it is dropped and
+    /// counted (1 s to 1 h).
+    #[serde(
+        default = "defaults::report_retry_seconds",
+        deserialize_with = "duration::seconds"
+    )]
+    #[cfg_attr(feature = "schema", schemars(with = "duration::Seconds"))]
     pub report_retry_seconds: u64,
-    /// Reports waiting for a retry, per worker, at most (the oldest are
-    /// dropped beyond it, and counted).
+    /// Reports waiting for a retry, per worker, at most (1-1000000; the
+    /// oldest are dropped beyond it, and counted).
     #[serde(default = "defaults::max_pending_reports")]
     pub max_pending_reports: usize,
 }
 
+/// Who decides requests in global mode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum GlobalMode {
+    /// Local buckets decide until a tenant nears its global limit
+    /// (`sync_threshold`), then the RLS decides.
     #[default]
     Hierarchical,
+    /// The RLS decides every request.
     Always,
 }
 
+/// What happens when the RLS fails, is late or unreachable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 pub enum FailureMode {
+    /// The local bucket's decision.
     #[default]
     LocalFallback,
+    /// Let the request through.
     Allow,
+    /// Refuse it with `deny_status`.
     Deny,
 }
 

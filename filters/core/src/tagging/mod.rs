@@ -18,71 +18,14 @@ pub mod config;
 
 use std::collections::BTreeMap;
 
-use regex::Regex;
-
 use crate::auth::SharedOperation;
 use crate::auth::config::{ConfigError, check_header_name, parse_json};
 use crate::auth::identity::SharedIdentity;
 use crate::http::{BodySize, RequestHead};
+use crate::matcher::{NamedMatcher, StringMatcher};
 use crate::operation::{OperationMap, OperationMatch};
 use crate::path::{canonical_segments, split_path_query};
 use config::{ConditionConfig, TaggingConfig, VariantConfig, VariantKey};
-
-/// Longest regex (in bytes) accepted in a rule, and the compiled-size cap:
-/// rules are operator-written but a runaway pattern must fail at load.
-const MAX_REGEX_BYTES: usize = 1024;
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
-#[derive(Debug, Clone)]
-enum StringMatch {
-    Exact(String),
-    Prefix(String),
-    Regex(Regex),
-    OneOf(Vec<String>),
-}
-
-impl StringMatch {
-    fn compile(
-        field: &str,
-        exact: &Option<String>,
-        prefix: &Option<String>,
-        regex: &Option<String>,
-        one_of: &Option<Vec<String>>,
-    ) -> Result<StringMatch, ConfigError> {
-        match (exact, prefix, regex, one_of) {
-            (Some(e), None, None, None) => Ok(StringMatch::Exact(e.clone())),
-            (None, Some(p), None, None) => Ok(StringMatch::Prefix(p.clone())),
-            (None, None, Some(r), None) => {
-                if r.len() > MAX_REGEX_BYTES {
-                    return Err(ConfigError::new(
-                        format!("{field}.regex"),
-                        "is longer than 1024 bytes",
-                    ));
-                }
-                // Anchored: a regex must match the whole value, as in Envoy.
-                regex::RegexBuilder::new(&format!("^(?:{r})$"))
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                    .map(StringMatch::Regex)
-                    .map_err(|e| ConfigError::new(format!("{field}.regex"), e.to_string()))
-            }
-            (None, None, None, Some(values)) => Ok(StringMatch::OneOf(values.clone())),
-            _ => Err(ConfigError::new(
-                field,
-                "set exactly one of exact, prefix, regex, one_of",
-            )),
-        }
-    }
-
-    fn matches(&self, value: &str) -> bool {
-        match self {
-            StringMatch::Exact(e) => value == e,
-            StringMatch::Prefix(p) => value.starts_with(p.as_str()),
-            StringMatch::Regex(r) => r.is_match(value),
-            StringMatch::OneOf(values) => values.iter().any(|v| v == value),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Condition {
@@ -90,10 +33,9 @@ enum Condition {
     Any(Vec<Condition>),
     Not(Box<Condition>),
     Method(Vec<String>),
-    Path(StringMatch),
-    HeaderPresent(String, bool),
-    Header(String, StringMatch),
-    Claim(String, StringMatch),
+    Path(StringMatcher),
+    Header(NamedMatcher),
+    Claim(NamedMatcher),
     Operation(Vec<String>),
     Size {
         above: Option<u64>,
@@ -143,45 +85,19 @@ impl Condition {
                 }
                 Condition::Method(methods.clone())
             }
-            ConditionConfig::Path(m) => Condition::Path(StringMatch::compile(
-                &format!("{field}.path"),
-                &m.exact,
-                &m.prefix,
-                &m.regex,
-                &m.one_of,
-            )?),
+            ConditionConfig::Path(m) => Condition::Path(m.clone()),
             ConditionConfig::Header(h) => {
-                let f = format!("{field}.header");
-                check_header_name(&format!("{f}.name"), &h.name)?;
-                match h.present {
-                    Some(present) => {
-                        if h.exact.is_some()
-                            || h.prefix.is_some()
-                            || h.regex.is_some()
-                            || h.one_of.is_some()
-                        {
-                            return Err(ConfigError::new(
-                                f,
-                                "present cannot be combined with a value match",
-                            ));
-                        }
-                        Condition::HeaderPresent(h.name.clone(), present)
-                    }
-                    None => Condition::Header(
-                        h.name.clone(),
-                        StringMatch::compile(&f, &h.exact, &h.prefix, &h.regex, &h.one_of)?,
-                    ),
-                }
+                check_header_name(&format!("{field}.header.name"), &h.name)?;
+                Condition::Header(h.clone())
             }
             ConditionConfig::Claim(c) => {
-                let f = format!("{field}.claim");
                 if c.name.is_empty() {
-                    return Err(ConfigError::new(format!("{f}.name"), "must not be empty"));
+                    return Err(ConfigError::new(
+                        format!("{field}.claim.name"),
+                        "must not be empty",
+                    ));
                 }
-                Condition::Claim(
-                    c.name.clone(),
-                    StringMatch::compile(&f, &c.exact, &c.prefix, &c.regex, &c.one_of)?,
-                )
+                Condition::Claim(c.clone())
             }
             ConditionConfig::Operation(names) => Condition::Operation(names.clone()),
             ConditionConfig::Size(s) => {
@@ -206,9 +122,8 @@ impl Condition {
             Condition::Not(inner) => !inner.eval(facts),
             Condition::Method(methods) => methods.iter().any(|m| m == facts.head.method),
             Condition::Path(m) => m.matches(&facts.path),
-            Condition::HeaderPresent(name, present) => facts.head.has_header(name) == *present,
-            Condition::Header(name, m) => facts.head.header(name).is_some_and(|v| m.matches(v)),
-            Condition::Claim(name, m) => facts.claim(name).is_some_and(|v| m.matches(v)),
+            Condition::Header(m) => m.matches_header(facts.head),
+            Condition::Claim(m) => m.matches(facts.claim(&m.name)),
             Condition::Operation(names) => facts
                 .operation
                 .as_ref()
