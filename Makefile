@@ -90,7 +90,7 @@ test-fuzz-corpus:
 bench: build
 	cargo build --profile wasm --target $(WASM_TARGET) -p ctxgate-wasm-floor
 	cargo build --release -p ctxgate-rls
-	cargo run --release -p ctxgate-e2e --bin ctxgate-bench -- --out docs/benchmarks.md
+	cargo run --release -p ctxgate-e2e --bin ctxgate-bench -- --out docs/benchmarks.md --readme README.md
 
 clean:
 	cargo clean

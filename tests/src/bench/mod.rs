@@ -20,5 +20,6 @@ pub mod cpu;
 pub mod report;
 pub mod run;
 pub mod scenarios;
+pub mod targets;
 pub mod tokens;
 pub mod wrk;

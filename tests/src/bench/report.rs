@@ -176,6 +176,23 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
     }
     let _ = writeln!(w);
 
+    let _ = writeln!(w, "## Targets\n");
+    let _ = writeln!(
+        w,
+        "Overhead: a row's Envoy CPU per request minus bare Envoy's, medians of this run.\n"
+    );
+    w.push_str(&super::targets::targets_table(rows));
+    let _ = writeln!(w, "\n## What each stage adds\n");
+    let _ = writeln!(
+        w,
+        "Each stage alone in its own plugin (`dist/ctxgate.wasm` with one section), \
+         against bare Envoy and against the wasm floor (a Rust proxy-wasm filter that does \
+         nothing). The floor rows with host calls make exactly the host calls of the stage \
+         or the pipeline and nothing else: the difference to them is the logic.\n"
+    );
+    w.push_str(&super::targets::stages_table(rows));
+    w.push('\n');
+
     let _ = writeln!(w, "## How to read this\n");
     let _ = writeln!(
         w,

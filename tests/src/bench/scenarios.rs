@@ -28,6 +28,8 @@ pub const FOUR_PLUGINS: &str = "four plugins";
 pub const JWT_AUTHN_CACHE: &str = "jwt_authn+cache";
 pub const AUTH_REPEATED: &str = "auth (repeated token)";
 pub const WASM_FLOOR: &str = "wasm floor (no-op filter)";
+pub const PIPELINE_HOST_CALLS: &str = "wasm floor + the pipeline's host calls";
+pub const AUTH_HOST_CALLS: &str = "wasm floor + auth's host calls";
 
 /// What the load generator puts on each request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,7 +234,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
         },
         Scenario {
-            name: "wasm floor + the pipeline's host calls",
+            name: PIPELINE_HOST_CALLS,
             about: "The no-op filter making the host calls `pipeline` makes on a request \
                     (read the headers, the clock, one filter-state value, a bucket read and \
                     compare-and-swap, a breaker read, the header changes in one call; on \
@@ -243,6 +245,18 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
                 "read_headers,clock,filter_state,shared_rw,shared_read,set_map,\
                  response_clock,response_status,response_shared_rw,response_set3",
             )],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
+        },
+        Scenario {
+            name: AUTH_HOST_CALLS,
+            about: "The no-op filter making the host calls the auth stage makes on a \
+                    request with a cached token (read the headers, the clock, one \
+                    filter-state value, seven header changes) and nothing else: \
+                    `auth (repeated token)` minus this row is the stage's own logic.",
+            filters: vec![floor("read_headers,clock,filter_state,set_headers")],
             load: Load::Anonymous,
             unauthenticated_status: None,
             needs_rls: false,

@@ -32,6 +32,10 @@ struct Args {
     /// Write the markdown report here (the table is printed either way).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace the generated performance block of this README (between
+    /// its `BEGIN GENERATED: performance` and `END GENERATED` markers).
+    #[arg(long)]
+    readme: Option<PathBuf>,
     /// Envoy worker threads (`--concurrency`), the same for every scenario.
     #[arg(long, default_value_t = 2)]
     concurrency: u32,
@@ -257,6 +261,23 @@ fn bench_main(args: &Args) -> Result<()> {
             .with_context(|| format!("cannot write {}", out.display()))?;
         println!("report written to {}", out.display());
     }
+    if let Some(readme) = &args.readme {
+        let text = std::fs::read_to_string(readme)
+            .with_context(|| format!("cannot read {}", readme.display()))?;
+        let section = bench::targets::readme_section(&rows, &report::utc_date(started));
+        let Some(spliced) = bench::targets::splice_readme(&text, &section) else {
+            bail!(
+                "{} has no {} ... {} block",
+                readme.display(),
+                bench::targets::README_BEGIN,
+                bench::targets::README_END
+            );
+        };
+        std::fs::write(readme, spliced)
+            .with_context(|| format!("cannot write {}", readme.display()))?;
+        println!("performance section of {} regenerated", readme.display());
+    }
+    println!("{}", bench::targets::targets_table(&rows));
     Ok(())
 }
 

@@ -1,0 +1,166 @@
+//! What the pipeline is held to, computed from one run: overheads over
+//! bare Envoy (Envoy CPU per request minus bare's, medians), the targets
+//! of the pipeline, and what each stage adds over the wasm floor. The same
+//! numbers go to `docs/benchmarks.md` and to the README's performance
+//! section.
+
+use std::fmt::Write as _;
+
+use super::report::{Row, median};
+use super::run::RunResult;
+use super::scenarios::{
+    AUTH_HOST_CALLS, AUTH_REPEATED, BARE, FOUR_PLUGINS, JWT_AUTHN_CACHE, PIPELINE,
+    PIPELINE_HOST_CALLS, WASM_FLOOR,
+};
+
+/// `pipeline`'s overhead is at most this share of the four plugins'.
+const PIPELINE_TARGET: f64 = 1.0 / 3.0;
+/// auth's overhead (repeated token) is at most this multiple of native
+/// `jwt_authn` with its cache.
+const AUTH_TARGET: f64 = 2.0;
+
+/// Rows of the per-stage table: a stage alone, in its own plugin.
+const STAGES: [&str; 6] = [
+    AUTH_REPEATED,
+    "auth (public path)",
+    "ratelimit (local)",
+    "ratelimit (hierarchical RLS)",
+    "tagging",
+    "breaker",
+];
+
+/// Median Envoy CPU per request of a row, if the run has it.
+fn cpu(rows: &[Row], name: &str) -> Option<f64> {
+    let row = rows.iter().find(|r| r.scenario.name == name)?;
+    let values: Vec<f64> = row
+        .runs
+        .iter()
+        .map(RunResult::envoy_us_per_request)
+        .collect();
+    (!values.is_empty()).then(|| median(&values))
+}
+
+/// A row's CPU per request minus bare's.
+fn overhead(rows: &[Row], name: &str) -> Option<f64> {
+    Some(cpu(rows, name)? - cpu(rows, BARE)?)
+}
+
+/// One line per target: what was measured and whether it holds.
+pub fn targets_table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| target | measured (overhead over bare, Envoy CPU/req) | ratio | target | met |\n\
+         |---|---|---:|---:|:---:|\n",
+    );
+    let mut line = |what: &str,
+                    (a, a_name): (Option<f64>, &str),
+                    (b, b_name): (Option<f64>, &str),
+                    target: f64,
+                    op: &str| {
+        match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => {
+                let ratio = a / b;
+                let met = ratio <= target;
+                let _ = writeln!(
+                    out,
+                    "| {what} | `{a_name}` {a:.1} µs, `{b_name}` {b:.1} µs | {ratio:.2}{op} | ≤ {target:.2}{op} | {} |",
+                    if met { "yes" } else { "**no**" }
+                );
+            }
+            _ => {
+                let _ = writeln!(out, "| {what} | not measured in this run | | | |");
+            }
+        }
+    };
+    line(
+        "the pipeline costs at most a third of the four plugins",
+        (overhead(rows, PIPELINE), PIPELINE),
+        (overhead(rows, FOUR_PLUGINS), FOUR_PLUGINS),
+        PIPELINE_TARGET,
+        "",
+    );
+    line(
+        "auth (repeated token) costs at most twice native `jwt_authn` with its cache",
+        (overhead(rows, AUTH_REPEATED), AUTH_REPEATED),
+        (overhead(rows, JWT_AUTHN_CACHE), JWT_AUTHN_CACHE),
+        AUTH_TARGET,
+        "×",
+    );
+    out
+}
+
+/// What each stage adds: over bare Envoy, and over the wasm floor (what
+/// any Rust proxy-wasm filter costs before it does anything).
+pub fn stages_table(rows: &[Row]) -> String {
+    let floor = cpu(rows, WASM_FLOOR);
+    let mut out = String::from(
+        "| stage (alone, in its own plugin) | Envoy CPU/req | over bare | over the wasm floor |\n\
+         |---|---:|---:|---:|\n",
+    );
+    let mut any = false;
+    for name in STAGES.into_iter().chain([
+        WASM_FLOOR,
+        AUTH_HOST_CALLS,
+        PIPELINE_HOST_CALLS,
+        PIPELINE,
+        FOUR_PLUGINS,
+    ]) {
+        let (Some(total), Some(over_bare)) = (cpu(rows, name), overhead(rows, name)) else {
+            continue;
+        };
+        any = true;
+        let over_floor = floor.map_or("–".to_owned(), |f| format!("{:.1} µs", total - f));
+        let _ = writeln!(
+            out,
+            "| {name} | {total:.1} µs | {over_bare:.1} µs | {over_floor} |"
+        );
+    }
+    if any { out } else { String::new() }
+}
+
+/// The README's performance numbers, between the markers of
+/// [`README_BEGIN`] and [`README_END`].
+pub fn readme_section(rows: &[Row], when: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Medians of the committed run ({when}, `make bench`; the whole report is \
+         [docs/benchmarks.md](docs/benchmarks.md)). Overhead is Envoy's CPU per \
+         request minus bare Envoy's.\n"
+    );
+    out.push_str(&targets_table(rows));
+    out.push('\n');
+    out.push_str(&stages_table(rows));
+    out
+}
+
+pub const README_BEGIN: &str = "<!-- BEGIN GENERATED: performance (make bench) -->";
+pub const README_END: &str = "<!-- END GENERATED -->";
+
+/// `readme` with the text between the performance markers replaced by
+/// `section`; `None` if the markers are missing.
+pub fn splice_readme(readme: &str, section: &str) -> Option<String> {
+    let start = readme.find(README_BEGIN)? + README_BEGIN.len();
+    let end = start + readme.get(start..)?.find(README_END)?;
+    Some(format!(
+        "{}\n\n{}\n{}",
+        readme.get(..start)?,
+        section.trim_end(),
+        readme.get(end..)?
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_block_between_the_markers_is_replaced_and_nothing_else() {
+        let readme = format!("a\n{README_BEGIN}\nold\n{README_END}\nb\n");
+        let spliced = splice_readme(&readme, "new\n").unwrap();
+        assert_eq!(
+            spliced,
+            format!("a\n{README_BEGIN}\n\nnew\n{README_END}\nb\n")
+        );
+        assert!(splice_readme("no markers", "x").is_none());
+    }
+}
