@@ -585,20 +585,22 @@ impl Auth {
         now: u64,
         decision: &mut Decision,
     ) -> Result<Rc<Identity>, Denial> {
-        let digest = cache::digest(token);
-        match state.cache.get(&digest, now) {
-            Some(Ok(identity)) if !state.still_trusted(&identity) => state.cache.forget(&digest),
+        let key = state.cache.key_of(token);
+        match state.cache.get(&key, now) {
+            Some(Ok(identity)) if !state.still_trusted(&identity) => state.cache.forget(&key),
             Some(verdict) => {
                 decision.cache = CacheUse::Hit;
                 return verdict;
             }
             None => {}
         }
+        // Missed this worker's cache: the shared one is keyed by SHA-256.
+        let digest = cache::digest(token);
         if let Some((identity, valid_until)) = self.shared_lookup(state, store, &digest, now) {
             decision.cache = CacheUse::SharedHit;
             state
                 .cache
-                .insert(&digest, Ok(identity.clone()), valid_until, now);
+                .insert(&key, Ok(identity.clone()), valid_until, now);
             return Ok(identity);
         }
         decision.cache = CacheUse::Miss;
@@ -654,7 +656,7 @@ impl Auth {
                 }
                 state
                     .cache
-                    .insert(&digest, Ok(identity.clone()), valid_until, now);
+                    .insert(&key, Ok(identity.clone()), valid_until, now);
                 Ok(identity)
             }
             Err(Unverified {
@@ -676,7 +678,7 @@ impl Auth {
                         let expires_at = now.saturating_add(self.failure_ttl_seconds);
                         state
                             .cache
-                            .insert(&digest, Err(denial.clone()), expires_at, now);
+                            .insert(&key, Err(denial.clone()), expires_at, now);
                     }
                 }
                 if matches!(denial.reason, Reason::UnknownKid | Reason::KeysUnavailable) {
