@@ -11,6 +11,7 @@ pub mod auth;
 pub mod breaker;
 pub mod bucket;
 pub mod client;
+pub mod config;
 pub mod duration;
 pub mod host;
 pub mod http;

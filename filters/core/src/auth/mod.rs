@@ -44,6 +44,7 @@ use std::rc::Rc;
 use jwt_simple::prelude::{Duration, UnixTimeStamp, VerificationOptions};
 use serde::Serialize;
 
+use crate::config::ConfigError;
 use crate::http::RequestHead;
 use crate::jwt::{Algorithm, KeyRef, KeySet, TokenClaims, TokenError, inspect};
 use crate::operation::{Operation, OperationMap, OperationMatch};
@@ -51,7 +52,7 @@ use crate::path::{PathParameters, canonical_path};
 use crate::scope::required_scope;
 use crate::shared::{Secret, SharedStore};
 use cache::{Digest, TokenCache};
-use config::{AuthConfig, ConfigError, JwksConfig, RemoteJwksConfig, Unmatched};
+use config::{AuthConfig, JwksConfig, RemoteJwksConfig, Unmatched};
 use denial::{Denial, Reason};
 use identity::{ClaimRules, Identity};
 use public_path::PublicPath;
@@ -414,7 +415,7 @@ impl Auth {
 
     /// Parses and compiles the plugin configuration.
     pub fn from_json(json: &[u8], namespace: &str, secret: Secret) -> Result<Auth, ConfigError> {
-        Auth::new(config::parse_json(json)?, namespace, secret)
+        Auth::new(crate::config::parse_json(json)?, namespace, secret)
     }
 
     /// Creates the shared-data keys this configuration writes with CAS.

@@ -956,7 +956,7 @@ fn repeated_authorization_headers_joined_by_envoy_are_split() {
 fn jwt_authn_token_sources_are_the_same_sources() {
     let parse = |extra: Value| -> AuthConfig {
         let key = ES256KeyPair::generate();
-        config::parse_json(config(&key, extra).to_string().as_bytes()).unwrap()
+        crate::config::parse_json(config(&key, extra).to_string().as_bytes()).unwrap()
     };
     let envoy = parse(json!({
         "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}, {"name": "x-jwt"}],

@@ -23,7 +23,7 @@ use std::fmt;
 
 use serde_json::json;
 
-use crate::auth::config::{ConfigError, check_header_name, parse_json};
+use crate::config::{ConfigError, check_header_name, parse_json};
 use crate::http::{LocalReply, RequestHead};
 use crate::record::{self, Kind, RecordError};
 use crate::shared::{Change, SharedStore, Update, update};

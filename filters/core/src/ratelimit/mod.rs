@@ -34,11 +34,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::json;
 
-use crate::auth::config::{ConfigError, parse_json};
 use crate::auth::identity::SharedIdentity;
 use crate::bucket::{
     BucketTable, GlobalAction, GlobalView, LimitSpec, MILLI, TakeOutcome, Tightest, limit_id,
 };
+use crate::config::{ConfigError, parse_json};
 use crate::http::{BodySize, LocalReply, RequestHead};
 use crate::operation::{OperationMap, OperationMatch};
 use crate::record::RecordError;

@@ -19,8 +19,8 @@ pub mod config;
 use std::collections::BTreeMap;
 
 use crate::auth::SharedOperation;
-use crate::auth::config::{ConfigError, check_header_name, parse_json};
 use crate::auth::identity::SharedIdentity;
+use crate::config::{ConfigError, check_header_name, parse_json};
 use crate::http::{BodySize, RequestHead};
 use crate::matcher::{NamedMatcher, StringMatcher};
 use crate::operation::{OperationMap, OperationMatch};
