@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod bucket;
 pub mod client;
 pub mod config;
+pub mod contract;
 pub mod duration;
 pub mod host;
 pub mod http;

@@ -42,9 +42,9 @@ use std::collections::HashSet;
 use std::rc::Rc;
 
 use jwt_simple::prelude::{Duration, UnixTimeStamp, VerificationOptions};
-use serde::Serialize;
 
 use crate::config::ConfigError;
+use crate::contract::{self, Established, MatchedOperation};
 use crate::http::RequestHead;
 use crate::jwt::{Algorithm, KeyRef, KeySet, TokenClaims, TokenError, inspect};
 use crate::operation::{Operation, OperationMap, OperationMatch};
@@ -62,45 +62,6 @@ use target::Target;
 use throttle::Throttle;
 
 pub use config::IdentityHeaders;
-
-/// Filter-state key (`wasm.ctxgate.request` in Envoy) holding what the auth
-/// filter established about a request, as a [`SharedRequest`] in JSON.
-/// Later ctxgate filters read it; a client cannot write filter state.
-pub const REQUEST_FILTER_STATE: &str = "ctxgate.request";
-
-/// What later filters learn from the auth filter.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-pub struct SharedRequest {
-    #[serde(default)]
-    pub identity: Option<identity::SharedIdentity>,
-    #[serde(default)]
-    pub operation: Option<SharedOperation>,
-}
-
-impl SharedRequest {
-    /// Parses the filter-state value; anything unreadable is "nothing known".
-    pub fn parse(bytes: Option<&[u8]>) -> SharedRequest {
-        bytes
-            .and_then(|b| serde_json::from_slice(b).ok())
-            .unwrap_or_default()
-    }
-}
-
-/// Builds the [`SharedRequest`] JSON from the identity's JSON (serialized
-/// once per token) and the operation of this request.
-fn encode_shared_request(identity_json: &[u8], operation: Option<&SharedOperation>) -> Vec<u8> {
-    let operation = operation.and_then(|op| serde_json::to_vec(op).ok());
-    let mut out =
-        Vec::with_capacity(identity_json.len() + operation.as_ref().map_or(0, Vec::len) + 32);
-    out.extend_from_slice(b"{\"identity\":");
-    out.extend_from_slice(identity_json);
-    if let Some(op) = operation {
-        out.extend_from_slice(b",\"operation\":");
-        out.extend_from_slice(&op);
-    }
-    out.push(b'}');
-    out
-}
 
 /// One trusted issuer, compiled.
 pub struct Provider {
@@ -241,13 +202,13 @@ pub struct Allowed {
     /// Headers to set: trusted identity headers, and `:path` when the
     /// canonical target differs from what the client sent.
     pub set_headers: Vec<(String, String)>,
-    /// The [`SharedRequest`] for Envoy filter state (empty: nothing to
-    /// share, e.g. a public path).
+    /// The [`Established`] JSON for Envoy filter state (empty: nothing
+    /// established, e.g. a public path).
     pub filter_state: Vec<u8>,
     /// Set when the request carried a verified token.
     pub tenant: Option<String>,
     /// What `filter_state` says, for the stages of the same pipeline.
-    pub request: SharedRequest,
+    pub request: Established,
 }
 
 /// The decision for one request, with what metrics need to know.
@@ -270,17 +231,6 @@ pub struct StaleKeys {
     pub provider: usize,
     /// The token named a `kid` the keys do not have.
     pub unknown_kid: bool,
-}
-
-/// The matched operation, as later filters read it from filter state
-/// (`ctxgate.operation`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct SharedOperation {
-    pub name: String,
-    #[serde(default)]
-    pub action: String,
-    #[serde(default)]
-    pub context: String,
 }
 
 /// What the host knows about a request beyond its headers.
@@ -914,27 +864,19 @@ impl Auth {
                 .set_headers
                 .push((h.actor_chain.clone(), identity.actor_chain_header()));
         }
-        let mut shared_operation = None;
-        if let Some(op) = operation {
-            let context = op.context.to_string();
+        let matched = operation.map(MatchedOperation::from);
+        if let Some(op) = &matched {
             allowed
                 .set_headers
-                .push((h.operation.clone(), op.name.to_owned()));
+                .push((h.operation.clone(), op.name.clone()));
             allowed
                 .set_headers
-                .push((h.context_path.clone(), context.clone()));
-            let shared = SharedOperation {
-                name: op.name.to_owned(),
-                action: op.action.as_str().to_owned(),
-                context,
-            };
-            shared_operation = Some(shared);
+                .push((h.context_path.clone(), op.context.clone()));
         }
-        allowed.filter_state =
-            encode_shared_request(&identity.filter_state, shared_operation.as_ref());
-        allowed.request = SharedRequest {
+        allowed.filter_state = contract::encode(&identity.filter_state, matched.as_ref());
+        allowed.request = Established {
             identity: Some(identity.shared.clone()),
-            operation: shared_operation,
+            operation: matched,
         };
         allowed.tenant = Some(identity.tenant.clone());
     }

@@ -161,7 +161,7 @@ fn a_valid_token_is_allowed_and_described() {
         vec!["authorization"],
         "the token is not forwarded by default"
     );
-    let shared = SharedRequest::parse(Some(&a.filter_state));
+    let shared = Established::parse(Some(&a.filter_state));
     assert_eq!(shared.identity.unwrap().tenant, "acme");
     assert_eq!(
         shared.operation.unwrap().context,

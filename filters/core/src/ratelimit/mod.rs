@@ -34,11 +34,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::json;
 
-use crate::auth::identity::SharedIdentity;
 use crate::bucket::{
     BucketTable, GlobalAction, GlobalView, LimitSpec, MILLI, TakeOutcome, Tightest, limit_id,
 };
 use crate::config::{ConfigError, parse_json};
+use crate::contract::{Caller, MatchedOperation};
 use crate::http::{BodySize, LocalReply, RequestHead};
 use crate::operation::{OperationMap, OperationMatch};
 use crate::record::RecordError;
@@ -49,13 +49,11 @@ use config::{
 };
 use report::{Outbox, Report, ReportId};
 
-pub use crate::auth::SharedOperation;
-
 /// Everything the decision needs to know about a request.
 pub struct RequestFacts<'a> {
     pub head: RequestHead<'a>,
-    pub identity: Option<SharedIdentity>,
-    pub operation: Option<SharedOperation>,
+    pub identity: Option<Caller>,
+    pub operation: Option<MatchedOperation>,
     /// The downstream address Envoy computed (`ip:port`).
     pub client_address: Option<String>,
     /// The route name, if the key includes the route.
@@ -431,7 +429,7 @@ impl RateLimiter {
 
     /// The cost of a request with a payload multiplier of 1, and the
     /// payload multiplier known from the headers.
-    fn costs(&self, facts: &RequestFacts<'_>, operation: Option<&SharedOperation>) -> (u64, u64) {
+    fn costs(&self, facts: &RequestFacts<'_>, operation: Option<&MatchedOperation>) -> (u64, u64) {
         let base = operation
             .and_then(|op| self.costs.get(&op.name))
             .copied()
@@ -459,12 +457,12 @@ impl RateLimiter {
 
     /// The cost of a request, in read-equivalents (>= 1), as far as the
     /// headers tell.
-    pub fn cost(&self, facts: &RequestFacts<'_>, operation: Option<&SharedOperation>) -> u64 {
+    pub fn cost(&self, facts: &RequestFacts<'_>, operation: Option<&MatchedOperation>) -> u64 {
         let (unit, payload) = self.costs(facts, operation);
         unit.saturating_mul(payload)
     }
 
-    fn operation(&self, facts: &RequestFacts<'_>) -> Option<SharedOperation> {
+    fn operation(&self, facts: &RequestFacts<'_>) -> Option<MatchedOperation> {
         if let Some(op) = &facts.operation {
             return Some(op.clone());
         }
@@ -473,11 +471,7 @@ impl RateLimiter {
             .as_ref()?
             .lookup_raw(facts.head.method, facts.head.path)
         {
-            OperationMatch::Matched(op) => Some(SharedOperation {
-                name: op.name.to_owned(),
-                action: op.action.as_str().to_owned(),
-                context: op.context.to_string(),
-            }),
+            OperationMatch::Matched(op) => Some(MatchedOperation::from(&op)),
             _ => None,
         }
     }
@@ -486,7 +480,7 @@ impl RateLimiter {
     fn key(
         &self,
         facts: &RequestFacts<'_>,
-        operation: Option<&SharedOperation>,
+        operation: Option<&MatchedOperation>,
     ) -> (Table, String, Vec<(String, String)>, String) {
         let Some(identity) = &facts.identity else {
             let forwarded_for: Vec<&str> = facts
@@ -533,7 +527,7 @@ impl RateLimiter {
         )
     }
 
-    fn limits(&self, identity: Option<&SharedIdentity>, multiplier: f64) -> Limits<'_> {
+    fn limits(&self, identity: Option<&Caller>, multiplier: f64) -> Limits<'_> {
         let configs = self.limit_configs(identity);
         let specs = configs
             .iter()
@@ -552,7 +546,7 @@ impl RateLimiter {
         Limits { specs, configs }
     }
 
-    fn limit_configs(&self, identity: Option<&SharedIdentity>) -> Cow<'_, [LimitConfig]> {
+    fn limit_configs(&self, identity: Option<&Caller>) -> Cow<'_, [LimitConfig]> {
         let Some(identity) = identity else {
             return self.tier(&self.anonymous.tier);
         };

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::auth::identity::RateLimitClaims;
+use crate::contract::{Caller, MatchedOperation, RateLimitClaims};
 use crate::shared::MemoryStore;
 
 const NOW: u64 = 1_800_000_000_000;
@@ -25,8 +25,8 @@ fn limiter(extra: Value) -> RateLimiter {
     RateLimiter::from_json(config.to_string().as_bytes(), "t", SECRET).unwrap()
 }
 
-fn identity(tenant: &str, tier: &str) -> SharedIdentity {
-    SharedIdentity {
+fn identity(tenant: &str, tier: &str) -> Caller {
+    Caller {
         tenant: tenant.into(),
         subject: "alice".into(),
         tier: tier.into(),
@@ -41,13 +41,13 @@ struct Req {
     method: &'static str,
     path: &'static str,
     headers: Vec<(String, Vec<u8>)>,
-    identity: Option<SharedIdentity>,
+    identity: Option<Caller>,
     operation: Option<&'static str>,
     client: Option<&'static str>,
     end_of_stream: bool,
 }
 
-fn req(identity: Option<SharedIdentity>, operation: Option<&'static str>) -> Req {
+fn req(identity: Option<Caller>, operation: Option<&'static str>) -> Req {
     Req {
         method: "GET",
         path: "/v1/contexts/projects/a",
@@ -73,7 +73,7 @@ impl Req {
                 headers: &self.headers,
             },
             identity: self.identity.clone(),
-            operation: self.operation.map(|name| SharedOperation {
+            operation: self.operation.map(|name| MatchedOperation {
                 name: name.into(),
                 action: "read".into(),
                 context: "projects/a".into(),
@@ -342,7 +342,7 @@ fn limits_come_from_claims_tenants_and_tiers() {
         "use_token_limits": true,
         "tenants": {"globex": {"tier": "premium"}, "initech": {"limits": [{"name": "tiny", "limit": 2, "window_seconds": 1}]}}
     }));
-    let capacity = |id: SharedIdentity| {
+    let capacity = |id: Caller| {
         l.limits(Some(&id), 1.0)
             .specs
             .iter()
