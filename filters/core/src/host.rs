@@ -10,7 +10,7 @@
 //! operation names its stream: an engine that must switch to the stream
 //! first (proxy-wasm's effective context) does so itself.
 
-use crate::http::LocalReply;
+use crate::reply::LocalReply;
 use crate::shared::SharedStore;
 
 /// One request/response exchange, as the engine numbers it.

@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod query;
 pub mod ratelimit;
 pub mod record;
+pub mod reply;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod scope;

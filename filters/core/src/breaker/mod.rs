@@ -24,8 +24,9 @@ use std::fmt;
 use serde_json::json;
 
 use crate::config::{ConfigError, check_header_name, parse_json};
-use crate::http::{LocalReply, RequestHead};
+use crate::http::RequestHead;
 use crate::record::{self, Kind, RecordError};
+use crate::reply::LocalReply;
 use crate::shared::{Change, SharedStore, Update, update};
 use config::{BreakerConfig, BreakersConfig, OpenAction};
 

@@ -39,9 +39,10 @@ use crate::bucket::{
 };
 use crate::config::{ConfigError, parse_json};
 use crate::contract::{Caller, MatchedOperation};
-use crate::http::{BodySize, LocalReply, RequestHead};
+use crate::http::{BodySize, RequestHead};
 use crate::operation::{OperationMap, OperationMatch};
 use crate::record::RecordError;
+use crate::reply::LocalReply;
 use crate::shared::{Secret, SharedStore};
 use config::{
     AdaptiveConfig, Band, Contention, Counts, FailureMode, GlobalConfig, GlobalMode, KeyPart,
