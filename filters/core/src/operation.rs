@@ -172,7 +172,7 @@ impl OperationMap {
     }
 
     /// Finds the first rule matching `method`, the canonical segments of the
-    /// path (computed once by the caller and shared with other matchers)
+    /// path (computed once by the caller and reused by other matchers)
     /// and the parsed query.
     pub fn lookup<'a>(
         &'a self,

@@ -69,7 +69,7 @@ pub struct Identity {
     /// (see [`crate::contract`]), serialized once per token.
     pub filter_state: Vec<u8>,
     /// The same, for the stages of the same pipeline (no JSON round trip).
-    pub shared: Caller,
+    pub caller: Caller,
 }
 
 /// How claims map to an identity, per provider.
@@ -191,7 +191,7 @@ impl Identity {
             .map_err(|_| TokenError::InvalidScopes)?
             .unwrap_or_default();
         let actors = actor_chain(extra.get("act"))?;
-        let shared = Caller {
+        let caller = Caller {
             tenant: tenant.to_owned(),
             subject: subject.clone(),
             tier: tier.clone(),
@@ -211,7 +211,7 @@ impl Identity {
                 .collect(),
         };
         let filter_state =
-            serde_json::to_vec(&shared).map_err(|e| TokenError::Malformed(e.to_string()))?;
+            serde_json::to_vec(&caller).map_err(|e| TokenError::Malformed(e.to_string()))?;
         Ok(Identity {
             provider: rules.provider.to_owned(),
             provider_index: rules.provider_index,
@@ -228,7 +228,7 @@ impl Identity {
             rate_limits,
             valid_until,
             filter_state,
-            shared,
+            caller,
         })
     }
 
@@ -320,8 +320,8 @@ mod tests {
         assert_eq!(id.scopes.rejected(), 1);
         assert_eq!(id.actors, vec!["agent-7", "planner,v2"]);
         assert_eq!(id.actor_chain_header(), "agent-7,planner%2Cv2");
-        let shared: Caller = serde_json::from_slice(&id.filter_state).unwrap();
-        assert_eq!(shared.rate_limits.unwrap().requests_per_minute, Some(600));
+        let caller: Caller = serde_json::from_slice(&id.filter_state).unwrap();
+        assert_eq!(caller.rate_limits.unwrap().requests_per_minute, Some(600));
     }
 
     #[test]

@@ -875,7 +875,7 @@ impl Auth {
         }
         allowed.filter_state = contract::encode(&identity.filter_state, matched.as_ref());
         allowed.request = Established {
-            identity: Some(identity.shared.clone()),
+            identity: Some(identity.caller.clone()),
             operation: matched,
         };
         allowed.tenant = Some(identity.tenant.clone());

@@ -161,10 +161,10 @@ fn a_valid_token_is_allowed_and_described() {
         vec!["authorization"],
         "the token is not forwarded by default"
     );
-    let shared = Established::parse(Some(&a.filter_state));
-    assert_eq!(shared.identity.unwrap().tenant, "acme");
+    let established = Established::parse(Some(&a.filter_state));
+    assert_eq!(established.identity.unwrap().tenant, "acme");
     assert_eq!(
-        shared.operation.unwrap().context,
+        established.operation.unwrap().context,
         "projects/engineering/notes"
     );
     assert_eq!(d.cache, CacheUse::Miss);

@@ -159,7 +159,7 @@ impl AuthStage {
                         &allowed.filter_state,
                     );
                 }
-                request.set_shared(allowed.request);
+                request.set_established(allowed.request);
                 Step::Next
             }
             Outcome::Deny(denial) => Step::Reply(denial.reply(&self.auth.realm, &request.head())),

@@ -197,8 +197,8 @@ impl RateLimitStage {
         stream: &mut RateLimitStream,
         metrics: &mut Metrics,
     ) -> Step {
-        let shared = request.shared(host).clone();
-        let client_address = match shared.identity {
+        let established = request.established(host).clone();
+        let client_address = match established.identity {
             None => request.attribute(host, Attribute::ClientAddress),
             Some(_) => None,
         };
@@ -209,8 +209,8 @@ impl RateLimitStage {
         let now = host.now_ms();
         let facts = RequestFacts {
             head: request.head(),
-            identity: shared.identity,
-            operation: shared.operation,
+            identity: established.identity,
+            operation: established.operation,
             client_address,
             route,
             end_of_stream: request.end_of_stream,

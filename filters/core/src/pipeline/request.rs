@@ -18,7 +18,7 @@ pub struct Request {
     pub end_of_stream: bool,
     /// Identity and operation: from the auth stage of this pipeline, or
     /// read from filter state once if auth runs in another filter.
-    shared: Option<Established>,
+    established: Option<Established>,
 }
 
 impl Request {
@@ -38,7 +38,7 @@ impl Request {
             path,
             changes: Vec::new(),
             end_of_stream,
-            shared: None,
+            established: None,
         }
     }
 
@@ -124,15 +124,15 @@ impl Request {
     }
 
     /// What the auth stage of this pipeline established.
-    pub fn set_shared(&mut self, shared: Established) {
-        self.shared = Some(shared);
+    pub fn set_established(&mut self, established: Established) {
+        self.established = Some(established);
     }
 
     /// Identity and operation: from this pipeline's auth stage, or from the
     /// filter state an auth filter earlier in the chain wrote.
-    pub fn shared(&mut self, host: &mut dyn Host) -> &Established {
+    pub fn established(&mut self, host: &mut dyn Host) -> &Established {
         let stream = self.stream;
-        self.shared.get_or_insert_with(|| {
+        self.established.get_or_insert_with(|| {
             Established::parse(host.filter_state(stream, REQUEST_FILTER_STATE).as_deref())
         })
     }
