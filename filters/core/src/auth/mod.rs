@@ -208,7 +208,7 @@ pub struct Allowed {
     /// Set when the request carried a verified token.
     pub tenant: Option<String>,
     /// What `filter_state` says, for the stages of the same pipeline.
-    pub request: Established,
+    pub established: Established,
 }
 
 /// The decision for one request, with what metrics need to know.
@@ -874,7 +874,7 @@ impl Auth {
                 .push((h.context_path.clone(), op.context.clone()));
         }
         allowed.filter_state = contract::encode(&identity.filter_state, matched.as_ref());
-        allowed.request = Established {
+        allowed.established = Established {
             identity: Some(identity.caller.clone()),
             operation: matched,
         };

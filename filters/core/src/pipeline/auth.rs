@@ -159,7 +159,7 @@ impl AuthStage {
                         &allowed.filter_state,
                     );
                 }
-                request.set_established(allowed.request);
+                request.set_established(allowed.established);
                 Step::Next
             }
             Outcome::Deny(denial) => Step::Reply(denial.reply(&self.auth.realm, &request.head())),

@@ -34,8 +34,8 @@ use crate::ratelimit::config::FailureMode;
 use crate::ratelimit::report::{Dropped, REPORT_HEADER, Report};
 use crate::ratelimit::rls::{self, decode_response};
 use crate::ratelimit::{
-    Admitted, DecidedBy, LimiterState, RateLimiter, Refusal, Refused, RequestFacts, RlsCall,
-    Step as LimiterStep,
+    Admitted, DecidedBy, LimiterState, LocalDecision, RateLimiter, Refusal, Refused, RequestFacts,
+    RlsCall,
 };
 
 /// How much later than the pipeline's deadline the proxy's own call
@@ -220,11 +220,13 @@ impl RateLimitStage {
             .check(&mut self.state, host.shared(), &facts, now);
         self.count_state(metrics);
         match step {
-            LimiterStep::Allow(admitted) => {
+            LocalDecision::Allow(admitted) => {
                 self.settle(Ok(admitted), 0, stream, now, host, metrics)
             }
-            LimiterStep::Deny(refused) => self.settle(Err(refused), 0, stream, now, host, metrics),
-            LimiterStep::AskRls(call) => {
+            LocalDecision::Deny(refused) => {
+                self.settle(Err(refused), 0, stream, now, host, metrics)
+            }
+            LocalDecision::AskRls(call) => {
                 let id = call.report.id.header_value();
                 let metadata = [(REPORT_HEADER, id.as_bytes())];
                 let grpc = GrpcCall {

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::json;
 
 use crate::bucket::{
-    BucketTable, GlobalAction, GlobalView, LimitSpec, MILLI, TakeOutcome, Tightest, limit_id,
+    BucketTable, GlobalAccounting, GlobalView, LimitSpec, MILLI, TakeOutcome, Tightest, limit_id,
 };
 use crate::config::{ConfigError, parse_json};
 use crate::contract::{Caller, MatchedOperation};
@@ -209,7 +209,7 @@ pub struct RlsCall {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub enum LocalDecision {
     Allow(Admitted),
     Deny(Refused),
     AskRls(Box<RlsCall>),
@@ -629,7 +629,7 @@ impl RateLimiter {
         store: &dyn SharedStore,
         facts: &RequestFacts<'_>,
         now_ms: u64,
-    ) -> Step {
+    ) -> LocalDecision {
         let request = &facts.head;
         if let Some(adaptive) = &state.adaptive
             && adaptive.queue_full()
@@ -646,7 +646,7 @@ impl RateLimiter {
                 "ctxgate_ratelimit_refused{queue_full}".into(),
             );
             reply.grpc_status = reply.grpc_status.map(|_| 8);
-            return Step::Deny(Refused {
+            return LocalDecision::Deny(Refused {
                 reply,
                 refusal: Refusal::QueueFull,
             });
@@ -664,10 +664,10 @@ impl RateLimiter {
 
         // Does the RLS get a say? The local/global split is decided inside
         // the bucket update, atomically.
-        let global_action = match &self.global {
-            None => GlobalAction::None,
-            Some(g) if g.mode == GlobalMode::Always => GlobalAction::ClaimUnreported,
-            Some(g) => GlobalAction::Hierarchical {
+        let accounting = match &self.global {
+            None => GlobalAccounting::None,
+            Some(g) if g.mode == GlobalMode::Always => GlobalAccounting::ClaimUnreported,
+            Some(g) => GlobalAccounting::Hierarchical {
                 threshold: g.sync_threshold,
                 budget_share: (1.0 - g.sync_threshold) / g.gateways as f64,
             },
@@ -688,9 +688,9 @@ impl RateLimiter {
             })
         });
 
-        let outcome =
-            self.table(table)
-                .take(store, hash, &limits.specs, cost, global_action, now_ms);
+        let outcome = self
+            .table(table)
+            .take(store, hash, &limits.specs, cost, accounting, now_ms);
         let (take, claimed) = match outcome {
             TakeOutcome::Done {
                 take,
@@ -702,13 +702,13 @@ impl RateLimiter {
                     _ => state.counts.contended += 1,
                 }
                 return match self.on_contention {
-                    Contention::Allow => Step::Allow(Admitted {
+                    Contention::Allow => LocalDecision::Allow(Admitted {
                         view: None,
                         cost,
                         decided_by: DecidedBy::Contention,
                         meter: None,
                     }),
-                    Contention::Deny => Step::Deny(contention_refusal(request)),
+                    Contention::Deny => LocalDecision::Deny(contention_refusal(request)),
                 };
             }
         };
@@ -730,7 +730,7 @@ impl RateLimiter {
             } else {
                 Refusal::LocalLimit
             };
-            return Step::Deny(Refused { reply, refusal });
+            return LocalDecision::Deny(Refused { reply, refusal });
         }
         let admitted = Admitted {
             view: self.view(&limits, &take.tightest, global_view, now_ms),
@@ -750,7 +750,7 @@ impl RateLimiter {
                     hits,
                     created_ms: now_ms,
                 };
-                Step::AskRls(Box::new(RlsCall {
+                LocalDecision::AskRls(Box::new(RlsCall {
                     report,
                     cluster: g.cluster.clone(),
                     timeout_ms: g.timeout_ms,
@@ -765,9 +765,9 @@ impl RateLimiter {
             }
             Some(_) => {
                 state.mark_dirty(hash, table == Table::Anonymous, &descriptor);
-                Step::Allow(admitted)
+                LocalDecision::Allow(admitted)
             }
-            None => Step::Allow(admitted),
+            None => LocalDecision::Allow(admitted),
         }
     }
 
@@ -789,14 +789,19 @@ impl RateLimiter {
             return Ok(BodyCharge::default());
         }
         let extra = meter.unit_cost.saturating_mul(multiplier - meter.charged);
-        let action = if self.global.is_some() {
-            GlobalAction::CountLocally
+        let accounting = if self.global.is_some() {
+            GlobalAccounting::CountLocally
         } else {
-            GlobalAction::None
+            GlobalAccounting::None
         };
-        let outcome =
-            self.table(meter.table)
-                .take(store, meter.hash, &meter.specs, extra, action, now_ms);
+        let outcome = self.table(meter.table).take(
+            store,
+            meter.hash,
+            &meter.specs,
+            extra,
+            accounting,
+            now_ms,
+        );
         let take = match outcome {
             TakeOutcome::Done { take, .. } => take,
             TakeOutcome::Invalid(e) => {
