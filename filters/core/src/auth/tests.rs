@@ -4,7 +4,12 @@ use jwt_simple::prelude::*;
 use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
 use serde_json::{Value, json};
 
+use super::config::AuthConfig;
+use super::denial::Reason;
+use super::shared_cache::SharedEntry;
 use super::*;
+use crate::contract::Established;
+use crate::http::RequestHead;
 use crate::jwt::ExtraClaims;
 
 const NOW: u64 = 1_800_000_000;
