@@ -26,7 +26,6 @@
 //! 8. The upstream receives the canonical target the decision was made on
 //!    and the verified identity as headers; later filters read it from
 //!    Envoy filter state.
-
 //!
 //! One concern per file:
 //!

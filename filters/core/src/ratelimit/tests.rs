@@ -2,9 +2,12 @@
 
 use serde_json::{Value, json};
 
+use super::config::FailureMode;
 use super::*;
+use crate::bucket::MILLI;
 use crate::contract::{Caller, MatchedOperation, RateLimitClaims};
-use crate::shared::MemoryStore;
+use crate::http::RequestHead;
+use crate::shared::{MemoryStore, Secret, SharedStore};
 
 const NOW: u64 = 1_800_000_000_000;
 const SECRET: Secret = Secret::from_bytes([3; 16]);
