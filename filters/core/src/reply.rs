@@ -1,6 +1,7 @@
 //! The replies a stage sends itself instead of forwarding the request:
 //! status, headers, a JSON body (none for `HEAD`), the gRPC status for gRPC
-//! requests, and Envoy's response code details.
+//! requests, and Envoy's response code details; and the gRPC status codes
+//! ([`grpc`]).
 
 use crate::http::RequestHead;
 
@@ -50,12 +51,25 @@ impl LocalReply {
 /// The gRPC status matching an HTTP status, as Envoy maps them.
 pub fn grpc_status_for(http_status: u16) -> u32 {
     match http_status {
-        400 => 3,        // INVALID_ARGUMENT
-        401 => 16,       // UNAUTHENTICATED
-        403 => 7,        // PERMISSION_DENIED
-        404 => 12,       // UNIMPLEMENTED
-        429 => 8,        // RESOURCE_EXHAUSTED
-        502..=504 => 14, // UNAVAILABLE
-        _ => 2,          // UNKNOWN
+        400 => grpc::INVALID_ARGUMENT,
+        401 => grpc::UNAUTHENTICATED,
+        403 => grpc::PERMISSION_DENIED,
+        404 => grpc::UNIMPLEMENTED,
+        429 => grpc::RESOURCE_EXHAUSTED,
+        502..=504 => grpc::UNAVAILABLE,
+        _ => grpc::UNKNOWN,
     }
+}
+
+/// The gRPC status codes ctxgate sends or reads (`google.rpc.Code`).
+pub mod grpc {
+    pub const OK: u32 = 0;
+    pub const UNKNOWN: u32 = 2;
+    pub const INVALID_ARGUMENT: u32 = 3;
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const PERMISSION_DENIED: u32 = 7;
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    pub const UNIMPLEMENTED: u32 = 12;
+    pub const UNAVAILABLE: u32 = 14;
+    pub const UNAUTHENTICATED: u32 = 16;
 }

@@ -37,12 +37,11 @@ use crate::ratelimit::{
     Admitted, DecidedBy, LimiterState, LocalDecision, RateLimiter, Refusal, Refused, RequestFacts,
     RlsCall,
 };
+use crate::reply::grpc;
 
 /// How much later than the pipeline's deadline the proxy's own call
 /// timeout fires (a backstop: the driver enforces the deadline).
 const PROXY_TIMEOUT_SLACK_MS: u64 = 50;
-/// gRPC DEADLINE_EXCEEDED: the proxy's timer beat the driver's.
-const GRPC_DEADLINE_EXCEEDED: u32 = 4;
 /// Timer resolution while RLS calls may be pending (deadline enforcement).
 const WATCHDOG_TICK_MS: u64 = 5;
 
@@ -273,7 +272,10 @@ impl RateLimitStage {
         };
         let now = host.now_ms();
         let outcome = match response {
-            CallResponse::Grpc { status: 0, message } => match decode_response(message) {
+            CallResponse::Grpc {
+                status: grpc::OK,
+                message,
+            } => match decode_response(message) {
                 Ok(answer) => {
                     metrics.inc(self.counters.rls_ok);
                     self.limiter
@@ -286,7 +288,8 @@ impl RateLimitStage {
                 }
             },
             CallResponse::Grpc { status, .. } => {
-                if *status == GRPC_DEADLINE_EXCEEDED {
+                // DEADLINE_EXCEEDED: the proxy's timer beat the driver's.
+                if *status == grpc::DEADLINE_EXCEEDED {
                     metrics.inc(self.counters.rls_timeout);
                 } else {
                     metrics.inc(self.counters.rls_failed);
@@ -501,7 +504,10 @@ impl RateLimitStage {
             return false;
         };
         let answer = match response {
-            CallResponse::Grpc { status: 0, message } => decode_response(message).ok(),
+            CallResponse::Grpc {
+                status: grpc::OK,
+                message,
+            } => decode_response(message).ok(),
             _ => None,
         };
         match answer {

@@ -3,15 +3,12 @@
 //! the difference in cost is taken from the bucket, and the request is
 //! refused mid-stream if it does not fit.
 
-use serde_json::json;
-
 use super::keys::Table;
 use super::limiter::{LimiterState, RateLimiter};
 use super::pricing::band;
-use super::refusal::{Refusal, Refused};
+use super::refusal::{Refused, body_refusal};
 use super::view::LimitView;
 use crate::bucket::{GlobalAccounting, LimitSpec, TakeOutcome};
-use crate::reply::LocalReply;
 use crate::shared::SharedStore;
 
 /// The charge of a body whose size was unknown when the headers arrived.
@@ -108,31 +105,6 @@ impl RateLimiter {
                 }),
             });
         }
-        let retry = take.tightest.reset_seconds.clamp(1, 86_400);
-        let body = json!({
-            "error": "rate_limited",
-            "message": format!(
-                "{} cannot pay for a body of {} bytes and more: it costs {} read-equivalents more",
-                meter.label, meter.received, extra
-            ),
-            "cost": extra,
-            "retry_after_seconds": retry,
-        });
-        let mut headers = vec![("retry-after".to_owned(), retry.to_string())];
-        headers.push(("content-type".into(), "application/json".into()));
-        Err(Refused {
-            reply: LocalReply {
-                status: 429,
-                headers,
-                body: if meter.head_request {
-                    Vec::new()
-                } else {
-                    body.to_string().into_bytes()
-                },
-                grpc_status: meter.grpc.then_some(8),
-                details: "ctxgate_ratelimit_refused{local_limit}".into(),
-            },
-            refusal: Refusal::LocalLimit,
-        })
+        Err(body_refusal(meter, extra, take.tightest.reset_seconds))
     }
 }

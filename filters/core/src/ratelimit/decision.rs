@@ -2,22 +2,19 @@
 //! atomic bucket update, and whether the RLS must be asked (global
 //! limiting).
 
-use serde_json::json;
-
 use super::adaptive;
 use super::body::BodyMeter;
 use super::config::{Contention, FailureMode, GlobalMode};
 use super::global::RlsCall;
 use super::keys::Table;
 use super::limiter::{LimiterState, RateLimiter};
-use super::refusal::{Refusal, Refused, contention_refusal};
+use super::refusal::{Refusal, Refused, contention_refusal, queue_full_refusal};
 use super::report::Report;
 use super::rls;
 use super::view::LimitView;
 use crate::bucket::{GlobalAccounting, TakeOutcome};
 use crate::contract::{Caller, MatchedOperation};
 use crate::http::{BodySize, RequestHead};
-use crate::reply::LocalReply;
 use crate::shared::SharedStore;
 
 /// Everything the decision needs to know about a request.
@@ -83,22 +80,7 @@ impl RateLimiter {
         if let Some(adaptive) = &state.adaptive
             && adaptive.queue_full()
         {
-            let body = json!({
-                "error": "overloaded",
-                "message": "too many requests in flight to the upstream; retry shortly",
-            });
-            let mut reply = LocalReply::json_error(
-                request,
-                503,
-                &body,
-                vec![("retry-after".into(), "1".into())],
-                "ctxgate_ratelimit_refused{queue_full}".into(),
-            );
-            reply.grpc_status = reply.grpc_status.map(|_| 8);
-            return LocalDecision::Deny(Refused {
-                reply,
-                refusal: Refusal::QueueFull,
-            });
+            return LocalDecision::Deny(queue_full_refusal(request));
         }
         let operation = self.operation(facts);
         let (unit_cost, payload) = self.costs(facts, operation.as_ref());

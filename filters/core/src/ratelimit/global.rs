@@ -3,12 +3,10 @@
 //! RLS fails or is late (the report the call carried is kept and sent
 //! again under the same id).
 
-use serde_json::json;
-
 use super::config::FailureMode;
 use super::decision::{Admitted, DecidedBy};
 use super::limiter::{LimiterState, RateLimiter};
-use super::refusal::{Refusal, Refused, reply_for};
+use super::refusal::{Refused, rls_unavailable_refusal};
 use super::report::Report;
 use super::rls;
 use super::view::LimitView;
@@ -62,30 +60,7 @@ impl RateLimiter {
                 meter: call.local.meter.clone(),
             });
         }
-        let body = json!({
-            "error": "rate_limited",
-            "message": format!("{} exceeded its global limit of {limit} per {window} s", call.label),
-            "limit": {"scope": "global", "limit": limit, "window_seconds": window},
-            "cost": call.cost,
-            "retry_after_seconds": reset,
-        });
-        let mut headers = if self.response_headers {
-            global.map(|g| g.headers()).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        headers.push(("retry-after".into(), reset.max(1).to_string()));
-        let reply = reply_for(
-            call,
-            429,
-            &body,
-            headers,
-            "ctxgate_ratelimit_refused{global_limit}",
-        );
-        Err(Refused {
-            reply,
-            refusal: Refusal::GlobalLimit,
-        })
+        Err(self.rls_over_limit_refusal(call, limit, window, reset, global))
     }
 
     /// The RLS failed, or missed its deadline: apply the failure mode. The
@@ -108,20 +83,7 @@ impl RateLimiter {
                 decided_by: DecidedBy::Fallback(FailureMode::Allow),
                 meter: call.local.meter.clone(),
             }),
-            FailureMode::Deny => {
-                let body = json!({"error": "rate_limit_unavailable", "message": "the rate limit service is unavailable"});
-                let reply = reply_for(
-                    call,
-                    call.deny_status,
-                    &body,
-                    Vec::new(),
-                    "ctxgate_ratelimit_refused{rls_unavailable}",
-                );
-                Err(Refused {
-                    reply,
-                    refusal: Refusal::RlsUnavailable,
-                })
-            }
+            FailureMode::Deny => Err(rls_unavailable_refusal(call)),
         }
     }
 
