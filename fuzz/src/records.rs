@@ -19,7 +19,7 @@ use ctxgate_core::auth::shared_cache::{SharedTokenCache, provider_tag};
 use ctxgate_core::auth::{Auth, Outcome, RequestEnv};
 use ctxgate_core::breaker::{Admission, Breakers, State};
 use ctxgate_core::bucket::{
-    BucketTable, GlobalAction, GlobalView, LimitSpec, MILLI, TakeOutcome, limit_id,
+    BucketTable, GlobalAccounting, GlobalView, LimitSpec, MILLI, TakeOutcome, limit_id,
 };
 use ctxgate_core::http::RequestHead;
 use ctxgate_core::jwt::{KeySet, Symmetric};
@@ -222,16 +222,16 @@ fn bucket_slot(value: &[u8]) {
     let _ = table.global_view(&store, hash);
     assert_eq!(value_of(&store, key), value, "{}", what("a read wrote"));
 
-    let hierarchical = GlobalAction::Hierarchical {
+    let hierarchical = GlobalAccounting::Hierarchical {
         threshold: 0.8,
         budget_share: 0.2,
     };
     for now in times {
         for (i, action) in [
-            GlobalAction::None,
-            GlobalAction::CountLocally,
+            GlobalAccounting::None,
+            GlobalAccounting::CountLocally,
             hierarchical,
-            GlobalAction::ClaimUnreported,
+            GlobalAccounting::ClaimUnreported,
         ]
         .into_iter()
         .enumerate()
@@ -275,8 +275,15 @@ fn bucket_slot(value: &[u8]) {
         );
         assert_eq!(claimed.is_err(), !decodes, "{}", what("claim_unreported"));
         // A new key: the slot is full at two ways, so an entry is replaced.
-        let _ = table.take(&store, hash ^ 1, &specs, 1, GlobalAction::None, now);
-        let _ = table.take(&store, hash ^ 2, &specs, 1, GlobalAction::CountLocally, now);
+        let _ = table.take(&store, hash ^ 1, &specs, 1, GlobalAccounting::None, now);
+        let _ = table.take(
+            &store,
+            hash ^ 2,
+            &specs,
+            1,
+            GlobalAccounting::CountLocally,
+            now,
+        );
         check_slot(
             &table,
             &store,

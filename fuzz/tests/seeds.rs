@@ -21,7 +21,7 @@ use ctxgate_core::auth::cache::digest;
 use ctxgate_core::auth::jwks_sync::JwksSync;
 use ctxgate_core::auth::{Auth, Outcome, RequestEnv};
 use ctxgate_core::breaker::Breakers;
-use ctxgate_core::bucket::{BucketTable, GlobalAction, GlobalView, LimitSpec, MILLI, limit_id};
+use ctxgate_core::bucket::{BucketTable, GlobalAccounting, GlobalView, LimitSpec, MILLI, limit_id};
 use ctxgate_core::http::RequestHead;
 use ctxgate_core::ratelimit::adaptive::Adaptive;
 use ctxgate_core::ratelimit::config::AdaptiveConfig;
@@ -591,7 +591,7 @@ fn record_seeds() {
         acme,
         &specs[..1],
         3,
-        GlobalAction::CountLocally,
+        GlobalAccounting::CountLocally,
         NOW * 1000,
     );
     add("bucket-one-entry", slot(&store));
@@ -608,7 +608,7 @@ fn record_seeds() {
         table.hash_key("globex"),
         &specs,
         1,
-        GlobalAction::None,
+        GlobalAccounting::None,
         NOW * 1000,
     );
     add("bucket-two-entries-eight-limits", slot(&store));

@@ -37,8 +37,9 @@ use std::path::PathBuf;
 use std::sync::LazyLock;
 
 use crd::Crds;
-use ctxgate_core::auth::config::{AuthConfig, ConfigError, JwksConfig, parse_json};
+use ctxgate_core::auth::config::{AuthConfig, JwksConfig};
 use ctxgate_core::breaker::config::{BreakersConfig, OpenAction};
+use ctxgate_core::config::{ConfigError, parse_json};
 use ctxgate_core::mock::MockHost;
 use ctxgate_core::pipeline::config::PipelineConfig;
 use ctxgate_core::pipeline::{Seeds, Worker};

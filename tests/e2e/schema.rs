@@ -27,8 +27,8 @@ mod yaml;
 use std::sync::LazyLock;
 
 use ctxgate_core::auth::Auth;
-use ctxgate_core::auth::config::parse_json;
 use ctxgate_core::breaker::Breakers;
+use ctxgate_core::config::parse_json;
 use ctxgate_core::pipeline::config::PipelineConfig;
 use ctxgate_core::ratelimit::RateLimiter;
 use ctxgate_core::shared::Secret;

@@ -263,7 +263,7 @@ pub struct Tightest {
 
 /// How a request should change the global view when it is admitted.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum GlobalAction {
+pub enum GlobalAccounting {
     /// No global limiting.
     None,
     /// Admitted by the local bucket: count it as used and unreported.
@@ -347,7 +347,7 @@ impl BucketTable {
         hash: u64,
         specs: &[LimitSpec],
         cost: u64,
-        global: GlobalAction,
+        global: GlobalAccounting,
         now_ms: u64,
     ) -> TakeOutcome {
         let outcome = update(store, &self.slot_of(hash), self.attempts, |value| {
@@ -477,7 +477,7 @@ impl BucketTable {
             .into_iter()
             .find(|e| e.key == hash)
             .unwrap_or_else(|| Entry::fresh(hash, now_ms));
-        let (take, _) = consume(&mut entry, specs, cost, GlobalAction::None, now_ms);
+        let (take, _) = consume(&mut entry, specs, cost, GlobalAccounting::None, now_ms);
         Ok((take.allowed, take.tightest))
     }
 
@@ -545,12 +545,12 @@ fn consume(
     entry: &mut Entry,
     specs: &[LimitSpec],
     cost: u64,
-    global: GlobalAction,
+    global: GlobalAccounting,
     now_ms: u64,
 ) -> (Take, u64) {
     // The RLS already said this key is over its limit for the rest of the
     // window: refuse here instead of asking it again for every request.
-    let global_exhausted = matches!(global, GlobalAction::Hierarchical { .. })
+    let global_exhausted = matches!(global, GlobalAccounting::Hierarchical { .. })
         && entry.global.is_known(now_ms)
         && entry.global.used >= entry.global.limit;
     let mut allowed = !global_exhausted;
@@ -618,8 +618,8 @@ fn consume(
     let mut claimed = 0;
     let mut ask_rls = false;
     if allowed {
-        let action = match global {
-            GlobalAction::Hierarchical {
+        let accounting = match global {
+            GlobalAccounting::Hierarchical {
                 threshold,
                 budget_share,
             } => {
@@ -630,24 +630,24 @@ fn consume(
                     // (+1e-6: 0.2 x 100 is 19.999... in floating point.)
                     && (view.unreported.saturating_add(cost) as f64) <= (budget_share * limit + 1e-6).floor().max(1.0);
                 if local {
-                    GlobalAction::CountLocally
+                    GlobalAccounting::CountLocally
                 } else {
-                    GlobalAction::ClaimUnreported
+                    GlobalAccounting::ClaimUnreported
                 }
             }
             other => other,
         };
-        match action {
-            GlobalAction::CountLocally => {
+        match accounting {
+            GlobalAccounting::CountLocally => {
                 entry.global.used = entry.global.used.saturating_add(cost);
                 entry.global.unreported = entry.global.unreported.saturating_add(cost);
             }
-            GlobalAction::ClaimUnreported => {
+            GlobalAccounting::ClaimUnreported => {
                 claimed = entry.global.unreported;
                 entry.global.unreported = 0;
                 ask_rls = true;
             }
-            GlobalAction::None | GlobalAction::Hierarchical { .. } => {}
+            GlobalAccounting::None | GlobalAccounting::Hierarchical { .. } => {}
         }
     }
     (
@@ -693,7 +693,7 @@ mod tests {
         cost: u64,
         now: u64,
     ) -> Take {
-        match t.take(s, t.hash_key(key), specs, cost, GlobalAction::None, now) {
+        match t.take(s, t.hash_key(key), specs, cost, GlobalAccounting::None, now) {
             TakeOutcome::Done { take, .. } => take,
             other => panic!("{other:?}"),
         }
@@ -854,18 +854,18 @@ mod tests {
         let h = t.hash_key("acme");
         let specs = [spec("m", 100, 0)];
         for _ in 0..3 {
-            t.take(&store, h, &specs, 2, GlobalAction::CountLocally, 0);
+            t.take(&store, h, &specs, 2, GlobalAccounting::CountLocally, 0);
         }
         let view = t.global_view(&store, h).unwrap();
         assert_eq!((view.used, view.unreported), (6, 6));
         let TakeOutcome::Done {
             claimed_unreported, ..
-        } = t.take(&store, h, &specs, 1, GlobalAction::ClaimUnreported, 0)
+        } = t.take(&store, h, &specs, 1, GlobalAccounting::ClaimUnreported, 0)
         else {
             panic!()
         };
         assert_eq!(claimed_unreported, 6);
-        t.take(&store, h, &specs, 4, GlobalAction::CountLocally, 0);
+        t.take(&store, h, &specs, 4, GlobalAccounting::CountLocally, 0);
         let answer = GlobalView {
             used: 50,
             limit: 100,
@@ -888,7 +888,7 @@ mod tests {
         let t = table(&store, 1, 2);
         let specs = [spec("m", 100, 0)];
         let a = t.hash_key("a");
-        t.take(&store, a, &specs, 3, GlobalAction::CountLocally, 0);
+        t.take(&store, a, &specs, 3, GlobalAccounting::CountLocally, 0);
         take(&t, &store, "b", &specs, 1, 10);
         let c = take(&t, &store, "c", &specs, 1, 20);
         assert!(c.evicted && c.lost_unreported == 0);
@@ -900,7 +900,7 @@ mod tests {
         let store = MemoryStore::default();
         let t = table(&store, 1, 2);
         store.set("t.slot.0", b"\x01\x02garbage", None).unwrap();
-        let outcome = t.take(&store, 1, &[spec("m", 1, 0)], 1, GlobalAction::None, 0);
+        let outcome = t.take(&store, 1, &[spec("m", 1, 0)], 1, GlobalAccounting::None, 0);
         assert_eq!(outcome, TakeOutcome::Invalid(RecordError::NotARecord));
         assert_eq!(store.get("t.slot.0").unwrap().0, b"\x01\x02garbage");
         // A slot from a newer format version is not overwritten either.
@@ -908,7 +908,7 @@ mod tests {
         newer[2] = 9;
         store.set("t.slot.0", &newer, None).unwrap();
         assert_eq!(
-            t.take(&store, 1, &[spec("m", 1, 0)], 1, GlobalAction::None, 0),
+            t.take(&store, 1, &[spec("m", 1, 0)], 1, GlobalAccounting::None, 0),
             TakeOutcome::Invalid(RecordError::UnknownVersion(9))
         );
     }
@@ -937,7 +937,7 @@ mod tests {
         let store = Hostile(MemoryStore::default());
         let t = BucketTable::new("t", 1, 1, 3, Secret::from_bytes([0; 16]));
         t.init_shared(&store);
-        let outcome = t.take(&store, 1, &[spec("m", 1, 0)], 1, GlobalAction::None, 0);
+        let outcome = t.take(&store, 1, &[spec("m", 1, 0)], 1, GlobalAccounting::None, 0);
         assert_eq!(outcome, TakeOutcome::Contended);
     }
 

@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 
-use crate::auth::config::ConfigError;
+use crate::config::ConfigError;
 
 /// Where the client address comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

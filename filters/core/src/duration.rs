@@ -279,7 +279,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::auth::config::parse_json;
+    use crate::config::parse_json;
 
     #[test]
     fn envoy_style_strings_are_read_in_the_fields_unit() {

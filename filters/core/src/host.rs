@@ -2,7 +2,7 @@
 //!
 //! The logic in this crate is written once against [`Host`]. The wasm
 //! engine (`filters/ctxgate`) implements it on proxy-wasm host calls; the
-//! tests implement it in memory ([`crate::mock`]). Nothing here names a
+//! tests implement it in memory (`mock.rs`, feature `mock`). Nothing here names a
 //! proxy-wasm type, so a second engine (a native Envoy module) can
 //! implement it too.
 //!
@@ -10,7 +10,7 @@
 //! operation names its stream: an engine that must switch to the stream
 //! first (proxy-wasm's effective context) does so itself.
 
-use crate::http::LocalReply;
+use crate::reply::LocalReply;
 use crate::shared::SharedStore;
 
 /// One request/response exchange, as the engine numbers it.

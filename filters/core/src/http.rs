@@ -1,4 +1,5 @@
-//! Plain views of an HTTP request and the replies a filter sends itself.
+//! A plain view of an HTTP request: what a stage decides on. The replies a
+//! stage sends itself are in [`crate::reply`].
 
 /// The parts of a request a filter decides on. Header names are lower case
 /// (Envoy normalizes them); values are raw bytes because HTTP allows
@@ -67,61 +68,5 @@ impl BodySize {
             Some(length) => BodySize::Known(length),
             None => BodySize::Unknown,
         }
-    }
-}
-
-/// A response the filter sends instead of forwarding the request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalReply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    /// Set for gRPC requests: Envoy then answers with HTTP 200 and this
-    /// `grpc-status`.
-    pub grpc_status: Option<u32>,
-    /// Envoy's response code details (`%RESPONSE_CODE_DETAILS%` in access
-    /// logs): a stable, whitespace-free string such as
-    /// `ctxgate_auth_denied{token_expired}`.
-    pub details: String,
-}
-
-impl LocalReply {
-    /// A JSON error reply shaped for the request: no body for HEAD, a
-    /// gRPC status for gRPC.
-    pub fn json_error(
-        request: &RequestHead<'_>,
-        status: u16,
-        body: &serde_json::Value,
-        headers: Vec<(String, String)>,
-        details: String,
-    ) -> LocalReply {
-        let mut headers = headers;
-        let body = if request.is_head() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        };
-        headers.push(("content-type".into(), "application/json".into()));
-        let grpc_status = request.is_grpc().then(|| grpc_status_for(status));
-        LocalReply {
-            status,
-            headers,
-            body,
-            grpc_status,
-            details,
-        }
-    }
-}
-
-/// The gRPC status matching an HTTP status, as Envoy maps them.
-pub fn grpc_status_for(http_status: u16) -> u32 {
-    match http_status {
-        400 => 3,        // INVALID_ARGUMENT
-        401 => 16,       // UNAUTHENTICATED
-        403 => 7,        // PERMISSION_DENIED
-        404 => 12,       // UNIMPLEMENTED
-        429 => 8,        // RESOURCE_EXHAUSTED
-        502..=504 => 14, // UNAVAILABLE
-        _ => 2,          // UNKNOWN
     }
 }

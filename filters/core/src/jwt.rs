@@ -310,19 +310,19 @@ impl KeySet {
         token: &str,
         header: &TokenHeader,
         options: &VerificationOptions,
-    ) -> Result<(TokenClaims, KeyRef), Unverified> {
+    ) -> Result<(TokenClaims, KeyRef), VerifyError> {
         let mut candidates = self
             .keys
             .iter()
             .filter(|key| header.kid.is_none() || key.kid == header.kid)
             .peekable();
         if header.kid.is_some() && candidates.peek().is_none() {
-            return Err(Unverified {
+            return Err(VerifyError {
                 error: TokenError::UnknownKid,
                 signature_checked: false,
             });
         }
-        let mut last = Unverified {
+        let mut last = VerifyError {
             error: TokenError::AlgorithmMismatch,
             signature_checked: false,
         };
@@ -338,7 +338,7 @@ impl KeySet {
                     }
                     Err(e) => {
                         let error = TokenError::from_jwt_simple(&e);
-                        last = Unverified {
+                        last = VerifyError {
                             error,
                             signature_checked: true,
                         };
@@ -358,7 +358,7 @@ impl KeySet {
 /// A failed verification, and whether it cost signature work (what makes a
 /// refusal worth caching, and worth throttling).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unverified {
+pub struct VerifyError {
     pub error: TokenError,
     pub signature_checked: bool,
 }

@@ -11,6 +11,8 @@ pub mod auth;
 pub mod breaker;
 pub mod bucket;
 pub mod client;
+pub mod config;
+pub mod contract;
 pub mod duration;
 pub mod host;
 pub mod http;
@@ -25,6 +27,7 @@ pub mod pipeline;
 pub mod query;
 pub mod ratelimit;
 pub mod record;
+pub mod reply;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod scope;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::host::{
     Attribute, CallId, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind, StreamId,
 };
-use crate::http::LocalReply;
+use crate::reply::LocalReply;
 use crate::shared::{MemoryStore, SharedStore};
 
 /// What the proxy holds for one stream.

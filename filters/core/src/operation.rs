@@ -25,6 +25,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::config::ConfigError;
 use crate::path::{
     ContextPath, MAX_PATH_BYTES, PathError, canonical_path, canonical_segments, rendered_len,
     split_path_query,
@@ -88,19 +89,6 @@ struct CompiledRule {
     action: Action,
 }
 
-/// A configuration mistake in the operation map, naming the entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OperationConfigError {
-    pub index: usize,
-    pub message: String,
-}
-
-impl fmt::Display for OperationConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "operations[{}]: {}", self.index, self.message)
-    }
-}
-
 /// The matched operation of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operation<'a> {
@@ -159,12 +147,13 @@ pub struct OperationMap {
 }
 
 impl OperationMap {
-    pub fn compile(rules: &[OperationRule]) -> Result<OperationMap, OperationConfigError> {
+    pub fn compile(rules: &[OperationRule]) -> Result<OperationMap, ConfigError> {
         let compiled = rules
             .iter()
             .enumerate()
             .map(|(index, rule)| {
-                compile_rule(rule).map_err(|message| OperationConfigError { index, message })
+                compile_rule(rule)
+                    .map_err(|message| ConfigError::new(format!("operations[{index}]"), message))
             })
             .collect::<Result<_, _>>()?;
         Ok(OperationMap { rules: compiled })
@@ -183,7 +172,7 @@ impl OperationMap {
     }
 
     /// Finds the first rule matching `method`, the canonical segments of the
-    /// path (computed once by the caller and shared with other matchers)
+    /// path (computed once by the caller and reused by other matchers)
     /// and the parsed query.
     pub fn lookup<'a>(
         &'a self,
@@ -528,7 +517,7 @@ mod tests {
             action: Action::Read,
         });
         let err = OperationMap::compile(&rules).unwrap_err();
-        assert_eq!(err.index, 5);
+        assert_eq!(err.field, "operations[5]");
         assert!(err.to_string().contains("methods"), "{err}");
 
         let bad = |path: &str, param: Option<&str>| {

@@ -10,7 +10,7 @@ use ctxgate_core::host::{
     Attribute, CallId, CallResponse, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind,
     StreamId,
 };
-use ctxgate_core::http::LocalReply;
+use ctxgate_core::reply::LocalReply;
 use ctxgate_core::shared::{Cas, SetError, SharedStore};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};

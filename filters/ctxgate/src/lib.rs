@@ -28,11 +28,12 @@ proxy_wasm::main! {{
     });
 }}
 
-type Shared = Rc<RefCell<Worker>>;
+/// The worker, owned by the root context and lent to its streams.
+type WorkerCell = Rc<RefCell<Worker>>;
 
 struct Root {
     id: u32,
-    worker: Option<Shared>,
+    worker: Option<WorkerCell>,
 }
 
 impl Root {
@@ -114,7 +115,7 @@ impl RootContext for Root {
 struct Stream {
     id: u32,
     root: u32,
-    worker: Shared,
+    worker: WorkerCell,
 }
 
 impl Stream {

@@ -8,8 +8,9 @@
 
 use serde_json::json;
 
-use crate::http::{LocalReply, RequestHead};
+use crate::http::RequestHead;
 use crate::jwt::TokenError;
+use crate::reply::LocalReply;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {

@@ -6,11 +6,10 @@
 //! break the request. Tenants are held to a strict alphabet because they
 //! key rate limits, routing and shared-data slots.
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
+use crate::contract::{Caller, RateLimitClaims};
 use crate::jwt::{KeyRef, TokenClaims, TokenError};
 use crate::scope::ScopeSet;
 
@@ -42,17 +41,6 @@ pub struct DelegationRights {
     pub delegatable_scopes: Vec<String>,
 }
 
-/// The `rate_limits` claim, passed on to the rate limiter.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RateLimitClaims {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_minute: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context_operations_per_hour: Option<u64>,
-}
-
 /// A verified token, as cached and as used for every request carrying it.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -77,29 +65,11 @@ pub struct Identity {
     /// Unix seconds after which this identity must not be used (the
     /// token's `exp` plus the provider's skew), if the token expires.
     pub valid_until: Option<u64>,
-    /// The identity as other ctxgate filters read it from Envoy filter
-    /// state (see [`super::SharedRequest`]), serialized once per token.
+    /// The caller as other ctxgate filters read it from Envoy filter state
+    /// (see [`crate::contract`]), serialized once per token.
     pub filter_state: Vec<u8>,
     /// The same, for the stages of the same pipeline (no JSON round trip).
-    pub shared: SharedIdentity,
-}
-
-/// What later filters read from filter state. A client cannot write filter
-/// state, so this cannot be forged the way a header could.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SharedIdentity {
-    pub tenant: String,
-    pub subject: String,
-    pub tier: String,
-    pub issuer: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub actors: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limits: Option<RateLimitClaims>,
-    /// String claims the auth filter is configured to pass on
-    /// (`filter_state_claims`), e.g. a data-residency region for tagging.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub claims: BTreeMap<String, String>,
+    pub caller: Caller,
 }
 
 /// How claims map to an identity, per provider.
@@ -114,7 +84,7 @@ pub struct ClaimRules<'a> {
     pub default_tier: &'a str,
     pub require_expiration: bool,
     pub skew_seconds: u64,
-    /// Claims copied into [`SharedIdentity::claims`] when they are strings.
+    /// Claims copied into [`Caller::claims`] when they are strings.
     pub forwarded_claims: &'a [String],
     /// Longest accepted time from now to `exp`.
     pub max_lifetime_seconds: Option<u64>,
@@ -221,7 +191,7 @@ impl Identity {
             .map_err(|_| TokenError::InvalidScopes)?
             .unwrap_or_default();
         let actors = actor_chain(extra.get("act"))?;
-        let shared = SharedIdentity {
+        let caller = Caller {
             tenant: tenant.to_owned(),
             subject: subject.clone(),
             tier: tier.clone(),
@@ -241,7 +211,7 @@ impl Identity {
                 .collect(),
         };
         let filter_state =
-            serde_json::to_vec(&shared).map_err(|e| TokenError::Malformed(e.to_string()))?;
+            serde_json::to_vec(&caller).map_err(|e| TokenError::Malformed(e.to_string()))?;
         Ok(Identity {
             provider: rules.provider.to_owned(),
             provider_index: rules.provider_index,
@@ -258,7 +228,7 @@ impl Identity {
             rate_limits,
             valid_until,
             filter_state,
-            shared,
+            caller,
         })
     }
 
@@ -350,8 +320,8 @@ mod tests {
         assert_eq!(id.scopes.rejected(), 1);
         assert_eq!(id.actors, vec!["agent-7", "planner,v2"]);
         assert_eq!(id.actor_chain_header(), "agent-7,planner%2Cv2");
-        let shared: SharedIdentity = serde_json::from_slice(&id.filter_state).unwrap();
-        assert_eq!(shared.rate_limits.unwrap().requests_per_minute, Some(600));
+        let caller: Caller = serde_json::from_slice(&id.filter_state).unwrap();
+        assert_eq!(caller.rate_limits.unwrap().requests_per_minute, Some(600));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
-use super::config::ConfigError;
+use crate::config::ConfigError;
 use crate::matcher::{Fields, Key, ONE_PATTERN, Pattern, StringMatcher};
 use crate::path::canonical_segments;
 
@@ -177,7 +177,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::auth::config::parse_json;
+    use crate::config::parse_json;
 
     fn public(config: Value) -> PublicPath {
         let parsed: PublicPathConfig = parse_json(config.to_string().as_bytes()).unwrap();

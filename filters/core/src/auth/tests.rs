@@ -4,7 +4,12 @@ use jwt_simple::prelude::*;
 use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
 use serde_json::{Value, json};
 
+use super::config::AuthConfig;
+use super::denial::Reason;
+use super::shared_cache::SharedEntry;
 use super::*;
+use crate::contract::Established;
+use crate::http::RequestHead;
 use crate::jwt::ExtraClaims;
 
 const NOW: u64 = 1_800_000_000;
@@ -161,10 +166,10 @@ fn a_valid_token_is_allowed_and_described() {
         vec!["authorization"],
         "the token is not forwarded by default"
     );
-    let shared = SharedRequest::parse(Some(&a.filter_state));
-    assert_eq!(shared.identity.unwrap().tenant, "acme");
+    let established = Established::parse(Some(&a.filter_state));
+    assert_eq!(established.identity.unwrap().tenant, "acme");
     assert_eq!(
-        shared.operation.unwrap().context,
+        established.operation.unwrap().context,
         "projects/engineering/notes"
     );
     assert_eq!(d.cache, CacheUse::Miss);
@@ -956,7 +961,7 @@ fn repeated_authorization_headers_joined_by_envoy_are_split() {
 fn jwt_authn_token_sources_are_the_same_sources() {
     let parse = |extra: Value| -> AuthConfig {
         let key = ES256KeyPair::generate();
-        config::parse_json(config(&key, extra).to_string().as_bytes()).unwrap()
+        crate::config::parse_json(config(&key, extra).to_string().as_bytes()).unwrap()
     };
     let envoy = parse(json!({
         "from_headers": [{"name": "authorization", "value_prefix": "Bearer "}, {"name": "x-jwt"}],

@@ -9,7 +9,7 @@
 //! one shared-data read, and it only happens on a cache miss.
 
 use super::config::VerificationThrottleConfig;
-use crate::bucket::{BucketTable, GlobalAction, LimitSpec, MILLI, TakeOutcome, limit_id};
+use crate::bucket::{BucketTable, GlobalAccounting, LimitSpec, MILLI, TakeOutcome, limit_id};
 use crate::client::ClientConfig;
 use crate::record::RecordError;
 use crate::shared::{Secret, SharedStore};
@@ -83,7 +83,7 @@ impl Throttle {
             hash,
             std::slice::from_ref(&self.spec),
             1,
-            GlobalAction::None,
+            GlobalAccounting::None,
             now_ms,
         ) {
             TakeOutcome::Invalid(e) => Err(e),

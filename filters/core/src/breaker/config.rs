@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::auth::config::{ConfigError, check_header_name};
+use crate::config::{ConfigError, check_header_name};
 use crate::duration;
 use crate::matcher::NamedMatcher;
 

@@ -23,9 +23,10 @@ use std::fmt;
 
 use serde_json::json;
 
-use crate::auth::config::{ConfigError, check_header_name, parse_json};
-use crate::http::{LocalReply, RequestHead};
+use crate::config::{ConfigError, check_header_name, parse_json};
+use crate::http::RequestHead;
 use crate::record::{self, Kind, RecordError};
+use crate::reply::{LocalReply, grpc};
 use crate::shared::{Change, SharedStore, Update, update};
 use config::{BreakerConfig, BreakersConfig, OpenAction};
 
@@ -312,7 +313,7 @@ impl Breaker {
                     vec![("retry-after".into(), retry.to_string())],
                     format!("ctxgate_breaker_open{{{}}}", self.config.name),
                 );
-                reply.grpc_status = reply.grpc_status.map(|_| 14);
+                reply.grpc_status = reply.grpc_status.map(|_| grpc::UNAVAILABLE);
                 Admission::Reject(reply)
             }
             OpenAction::Fallback {

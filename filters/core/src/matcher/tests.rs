@@ -1,7 +1,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::auth::config::parse_json;
+use crate::config::parse_json;
 
 fn string(config: Value) -> Result<StringMatcher, String> {
     parse_json(config.to_string().as_bytes()).map_err(|e| e.to_string())

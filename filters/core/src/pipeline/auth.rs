@@ -18,7 +18,8 @@ use super::Step;
 use super::request::Request;
 use crate::auth::denial::Reason;
 use crate::auth::jwks_sync::{FetchOutcome, JwksSync};
-use crate::auth::{Auth, AuthState, CacheUse, Decision, Outcome, REQUEST_FILTER_STATE, RequestEnv};
+use crate::auth::{Auth, AuthState, CacheUse, Decision, Outcome, RequestEnv};
+use crate::contract::REQUEST_FILTER_STATE;
 use crate::host::{Attribute, CallId, CallResponse, Host, HttpCall};
 use crate::jwt::KeySet;
 use crate::metrics::{Counter, Metrics};
@@ -158,7 +159,7 @@ impl AuthStage {
                         &allowed.filter_state,
                     );
                 }
-                request.set_shared(allowed.request);
+                request.set_established(allowed.established);
                 Step::Next
             }
             Outcome::Deny(denial) => Step::Reply(denial.reply(&self.auth.realm, &request.head())),

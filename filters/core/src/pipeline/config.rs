@@ -3,8 +3,9 @@
 
 use serde::Deserialize;
 
-use crate::auth::config::{AuthConfig, ConfigError};
+use crate::auth::config::AuthConfig;
 use crate::breaker::config::BreakersConfig;
+use crate::config::ConfigError;
 use crate::duration;
 use crate::ratelimit::config::RateLimitConfig;
 use crate::tagging::config::TaggingConfig;

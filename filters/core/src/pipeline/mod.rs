@@ -32,12 +32,12 @@ mod tests;
 use std::collections::HashMap;
 
 use crate::auth::Auth;
-use crate::auth::config::ConfigError;
 use crate::breaker::Breakers;
+use crate::config::{ConfigError, in_section};
 use crate::host::{CallId, CallResponse, Host, StreamId};
-use crate::http::LocalReply;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::reply::LocalReply;
 use crate::shared::load_secret;
 use crate::tagging::Tagger;
 use auth::AuthStage;
@@ -143,7 +143,7 @@ impl Worker {
         seeds: Seeds,
         host: &mut dyn Host,
     ) -> Result<Worker, ConfigError> {
-        let config: PipelineConfig = crate::auth::config::parse_json(config)?;
+        let config: PipelineConfig = crate::config::parse_json(config)?;
         config.validate()?;
         let namespace = format!("ctxgate/{plugin_name}");
         let secret = || {
@@ -478,16 +478,4 @@ fn refuse(host: &mut dyn Host, stream: &mut Stream, reply: &LocalReply) -> Flow 
     host.send_reply(stream.request.stream, reply);
     stream.phase = Phase::Refused;
     Flow::Pause
-}
-
-/// Prefixes a stage's configuration error with its section.
-fn in_section(section: &'static str) -> impl Fn(ConfigError) -> ConfigError {
-    move |e| {
-        let field = if e.field.is_empty() || e.field == "." {
-            section.to_owned()
-        } else {
-            format!("{section}.{}", e.field)
-        };
-        ConfigError::new(field, e.message)
-    }
 }

@@ -34,15 +34,14 @@ use crate::ratelimit::config::FailureMode;
 use crate::ratelimit::report::{Dropped, REPORT_HEADER, Report};
 use crate::ratelimit::rls::{self, decode_response};
 use crate::ratelimit::{
-    Admitted, DecidedBy, LimiterState, RateLimiter, Refusal, Refused, RequestFacts, RlsCall,
-    Step as LimiterStep,
+    Admitted, DecidedBy, LimiterState, LocalDecision, RateLimiter, Refusal, Refused, RequestFacts,
+    RlsCall,
 };
+use crate::reply::grpc;
 
 /// How much later than the pipeline's deadline the proxy's own call
 /// timeout fires (a backstop: the driver enforces the deadline).
 const PROXY_TIMEOUT_SLACK_MS: u64 = 50;
-/// gRPC DEADLINE_EXCEEDED: the proxy's timer beat the driver's.
-const GRPC_DEADLINE_EXCEEDED: u32 = 4;
 /// Timer resolution while RLS calls may be pending (deadline enforcement).
 const WATCHDOG_TICK_MS: u64 = 5;
 
@@ -197,8 +196,8 @@ impl RateLimitStage {
         stream: &mut RateLimitStream,
         metrics: &mut Metrics,
     ) -> Step {
-        let shared = request.shared(host).clone();
-        let client_address = match shared.identity {
+        let established = request.established(host).clone();
+        let client_address = match established.identity {
             None => request.attribute(host, Attribute::ClientAddress),
             Some(_) => None,
         };
@@ -209,8 +208,8 @@ impl RateLimitStage {
         let now = host.now_ms();
         let facts = RequestFacts {
             head: request.head(),
-            identity: shared.identity,
-            operation: shared.operation,
+            identity: established.identity,
+            operation: established.operation,
             client_address,
             route,
             end_of_stream: request.end_of_stream,
@@ -220,11 +219,13 @@ impl RateLimitStage {
             .check(&mut self.state, host.shared(), &facts, now);
         self.count_state(metrics);
         match step {
-            LimiterStep::Allow(admitted) => {
+            LocalDecision::Allow(admitted) => {
                 self.settle(Ok(admitted), 0, stream, now, host, metrics)
             }
-            LimiterStep::Deny(refused) => self.settle(Err(refused), 0, stream, now, host, metrics),
-            LimiterStep::AskRls(call) => {
+            LocalDecision::Deny(refused) => {
+                self.settle(Err(refused), 0, stream, now, host, metrics)
+            }
+            LocalDecision::AskRls(call) => {
                 let id = call.report.id.header_value();
                 let metadata = [(REPORT_HEADER, id.as_bytes())];
                 let grpc = GrpcCall {
@@ -271,7 +272,10 @@ impl RateLimitStage {
         };
         let now = host.now_ms();
         let outcome = match response {
-            CallResponse::Grpc { status: 0, message } => match decode_response(message) {
+            CallResponse::Grpc {
+                status: grpc::OK,
+                message,
+            } => match decode_response(message) {
                 Ok(answer) => {
                     metrics.inc(self.counters.rls_ok);
                     self.limiter
@@ -284,7 +288,8 @@ impl RateLimitStage {
                 }
             },
             CallResponse::Grpc { status, .. } => {
-                if *status == GRPC_DEADLINE_EXCEEDED {
+                // DEADLINE_EXCEEDED: the proxy's timer beat the driver's.
+                if *status == grpc::DEADLINE_EXCEEDED {
                     metrics.inc(self.counters.rls_timeout);
                 } else {
                     metrics.inc(self.counters.rls_failed);
@@ -499,7 +504,10 @@ impl RateLimitStage {
             return false;
         };
         let answer = match response {
-            CallResponse::Grpc { status: 0, message } => decode_response(message).ok(),
+            CallResponse::Grpc {
+                status: grpc::OK,
+                message,
+            } => decode_response(message).ok(),
             _ => None,
         };
         match answer {

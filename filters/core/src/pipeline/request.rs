@@ -2,7 +2,7 @@
 //! changes the stages made (applied to the proxy in one batch), and what
 //! the auth stage established about the caller.
 
-use crate::auth::{REQUEST_FILTER_STATE, SharedRequest};
+use crate::contract::{Established, REQUEST_FILTER_STATE};
 use crate::host::{Attribute, HeaderOp, Host, StreamId};
 use crate::http::RequestHead;
 
@@ -18,7 +18,7 @@ pub struct Request {
     pub end_of_stream: bool,
     /// Identity and operation: from the auth stage of this pipeline, or
     /// read from filter state once if auth runs in another filter.
-    shared: Option<SharedRequest>,
+    established: Option<Established>,
 }
 
 impl Request {
@@ -38,7 +38,7 @@ impl Request {
             path,
             changes: Vec::new(),
             end_of_stream,
-            shared: None,
+            established: None,
         }
     }
 
@@ -124,16 +124,16 @@ impl Request {
     }
 
     /// What the auth stage of this pipeline established.
-    pub fn set_shared(&mut self, shared: SharedRequest) {
-        self.shared = Some(shared);
+    pub fn set_established(&mut self, established: Established) {
+        self.established = Some(established);
     }
 
     /// Identity and operation: from this pipeline's auth stage, or from the
     /// filter state an auth filter earlier in the chain wrote.
-    pub fn shared(&mut self, host: &mut dyn Host) -> &SharedRequest {
+    pub fn established(&mut self, host: &mut dyn Host) -> &Established {
         let stream = self.stream;
-        self.shared.get_or_insert_with(|| {
-            SharedRequest::parse(host.filter_state(stream, REQUEST_FILTER_STATE).as_deref())
+        self.established.get_or_insert_with(|| {
+            Established::parse(host.filter_state(stream, REQUEST_FILTER_STATE).as_deref())
         })
     }
 }

@@ -32,11 +32,11 @@ impl TaggingStage {
         request: &mut Request,
         metrics: &mut Metrics,
     ) -> Step {
-        let shared = request.shared(host).clone();
+        let established = request.established(host).clone();
         let input = TagInput {
             head: request.head(),
-            identity: shared.identity,
-            operation: shared.operation,
+            identity: established.identity,
+            operation: established.operation,
             end_of_stream: request.end_of_stream,
         };
         let tags = self.tagger.tag(&input);

@@ -172,7 +172,7 @@ fn one_header_read_one_change_batch_and_no_metric_call_per_request() {
     assert!(gw.host.header(id, "authorization").is_none());
     assert!(
         s.filter_state
-            .contains_key(crate::auth::REQUEST_FILTER_STATE)
+            .contains_key(crate::contract::REQUEST_FILTER_STATE)
     );
     gw.respond(id, 200);
     assert!(
@@ -503,7 +503,7 @@ fn without_auth_in_the_pipeline_stages_read_the_filter_state_an_earlier_filter_w
         .get_mut(&id)
         .unwrap()
         .filter_state
-        .insert(crate::auth::REQUEST_FILTER_STATE.into(), state.to_vec());
+        .insert(crate::contract::REQUEST_FILTER_STATE.into(), state.to_vec());
     assert_eq!(
         gw.worker.on_request_headers(&mut gw.host, id, true),
         Flow::Continue

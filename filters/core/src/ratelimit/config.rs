@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 
-use crate::auth::config::{ConfigError, check_header_name};
 use crate::client::ClientConfig;
+use crate::config::{ConfigError, check_header_name};
 use crate::duration;
 use crate::operation::OperationRule;
 

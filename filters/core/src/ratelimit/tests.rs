@@ -2,9 +2,12 @@
 
 use serde_json::{Value, json};
 
+use super::config::FailureMode;
 use super::*;
-use crate::auth::identity::RateLimitClaims;
-use crate::shared::MemoryStore;
+use crate::bucket::MILLI;
+use crate::contract::{Caller, MatchedOperation, RateLimitClaims};
+use crate::http::RequestHead;
+use crate::shared::{MemoryStore, Secret, SharedStore};
 
 const NOW: u64 = 1_800_000_000_000;
 const SECRET: Secret = Secret::from_bytes([3; 16]);
@@ -25,8 +28,8 @@ fn limiter(extra: Value) -> RateLimiter {
     RateLimiter::from_json(config.to_string().as_bytes(), "t", SECRET).unwrap()
 }
 
-fn identity(tenant: &str, tier: &str) -> SharedIdentity {
-    SharedIdentity {
+fn identity(tenant: &str, tier: &str) -> Caller {
+    Caller {
         tenant: tenant.into(),
         subject: "alice".into(),
         tier: tier.into(),
@@ -41,13 +44,13 @@ struct Req {
     method: &'static str,
     path: &'static str,
     headers: Vec<(String, Vec<u8>)>,
-    identity: Option<SharedIdentity>,
+    identity: Option<Caller>,
     operation: Option<&'static str>,
     client: Option<&'static str>,
     end_of_stream: bool,
 }
 
-fn req(identity: Option<SharedIdentity>, operation: Option<&'static str>) -> Req {
+fn req(identity: Option<Caller>, operation: Option<&'static str>) -> Req {
     Req {
         method: "GET",
         path: "/v1/contexts/projects/a",
@@ -73,7 +76,7 @@ impl Req {
                 headers: &self.headers,
             },
             identity: self.identity.clone(),
-            operation: self.operation.map(|name| SharedOperation {
+            operation: self.operation.map(|name| MatchedOperation {
                 name: name.into(),
                 action: "read".into(),
                 context: "projects/a".into(),
@@ -91,20 +94,20 @@ fn check(
     store: &MemoryStore,
     r: &Req,
     now: u64,
-) -> Step {
+) -> LocalDecision {
     l.check(state, store, &r.facts(), now)
 }
 
-fn admitted(step: &Step) -> &Admitted {
+fn admitted(step: &LocalDecision) -> &Admitted {
     match step {
-        Step::Allow(a) => a,
+        LocalDecision::Allow(a) => a,
         other => panic!("expected Allow, got {other:?}"),
     }
 }
 
-fn refused(step: &Step) -> &Refused {
+fn refused(step: &LocalDecision) -> &Refused {
     match step {
-        Step::Deny(r) => r,
+        LocalDecision::Deny(r) => r,
         other => panic!("expected Deny, got {other:?}"),
     }
 }
@@ -342,7 +345,7 @@ fn limits_come_from_claims_tenants_and_tiers() {
         "use_token_limits": true,
         "tenants": {"globex": {"tier": "premium"}, "initech": {"limits": [{"name": "tiny", "limit": 2, "window_seconds": 1}]}}
     }));
-    let capacity = |id: SharedIdentity| {
+    let capacity = |id: Caller| {
         l.limits(Some(&id), 1.0)
             .specs
             .iter()
@@ -437,7 +440,7 @@ fn a_body_of_unknown_length_is_charged_as_it_streams() {
     // A body the bucket cannot pay for is refused mid-stream.
     let mut big = r.facts();
     big.identity = Some(identity("initech", "anonymous"));
-    let Step::Allow(a) = l.check(&mut state, &store, &big, NOW) else {
+    let LocalDecision::Allow(a) = l.check(&mut state, &store, &big, NOW) else {
         panic!()
     };
     let mut meter = a.meter.unwrap();
@@ -482,7 +485,7 @@ fn hierarchical_mode_goes_local_below_the_threshold_and_global_above() {
         setup(json!({"global": {"cluster": "rls", "sync_threshold": 0.8, "gateways": 1}}));
     let r = req(Some(identity("acme", "premium")), Some("read"));
     // Nothing known yet: the RLS decides.
-    let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+    let LocalDecision::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
         panic!()
     };
     assert_eq!(
@@ -502,7 +505,7 @@ fn hierarchical_mode_goes_local_below_the_threshold_and_global_above() {
     for _ in 0..20 {
         assert_eq!(admitted_local(&l, &mut state, &store, &r), DecidedBy::Local);
     }
-    let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+    let LocalDecision::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
         panic!("budget used")
     };
     assert_eq!(
@@ -518,7 +521,7 @@ fn hierarchical_mode_goes_local_below_the_threshold_and_global_above() {
     for _ in 0..4 {
         assert_eq!(admitted_local(&l, &mut state, &store, &r), DecidedBy::Local);
     }
-    let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+    let LocalDecision::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
         panic!("80/100 reached")
     };
     let over = l
@@ -534,7 +537,7 @@ fn hierarchical_mode_goes_local_below_the_threshold_and_global_above() {
     // A new window: the RLS decides again.
     assert!(matches!(
         check(&l, &mut state, &store, &r, NOW + 30_000),
-        Step::AskRls(_)
+        LocalDecision::AskRls(_)
     ));
 }
 
@@ -554,14 +557,14 @@ fn the_countdown_is_monotonic_across_local_and_global_decisions() {
     let mut decided = std::collections::BTreeSet::new();
     for i in 0..55 {
         let admitted = match check(&l, &mut state, &store, &r, NOW + i) {
-            Step::Allow(a) => a,
-            Step::AskRls(call) => {
+            LocalDecision::Allow(a) => a,
+            LocalDecision::AskRls(call) => {
                 rls_used += call.report.hits;
                 let answer = answer(false, 1200, 1200 - rls_used);
                 l.on_rls_answer(&mut state, &store, &call, &answer, NOW + i)
                     .unwrap()
             }
-            Step::Deny(r) => panic!("{r:?}"),
+            LocalDecision::Deny(r) => panic!("{r:?}"),
         };
         decided.insert(format!("{:?}", admitted.decided_by));
         let remaining: u64 = header(&admitted.response_headers(), "x-ratelimit-remaining")
@@ -583,7 +586,7 @@ fn more_gateways_mean_smaller_local_budgets() {
     let (l, mut state, store) =
         setup(json!({"global": {"cluster": "rls", "sync_threshold": 0.8, "gateways": 4}}));
     let r = req(Some(identity("acme", "premium")), Some("read"));
-    let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+    let LocalDecision::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
         panic!()
     };
     l.on_rls_answer(&mut state, &store, &call, &answer(false, 1000, 999), NOW)
@@ -594,7 +597,7 @@ fn more_gateways_mean_smaller_local_budgets() {
     }
     assert!(matches!(
         check(&l, &mut state, &store, &r, NOW),
-        Step::AskRls(_)
+        LocalDecision::AskRls(_)
     ));
 }
 
@@ -611,7 +614,7 @@ fn admitted_local(
 fn local_admissions_are_reported_once_and_a_failed_report_is_resent_unchanged() {
     let (l, mut state, store) = setup(hierarchical());
     let r = req(Some(identity("acme", "premium")), Some("write"));
-    let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+    let LocalDecision::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
         panic!()
     };
     l.on_rls_answer(&mut state, &store, &call, &answer(false, 1000, 998), NOW)
@@ -659,7 +662,7 @@ fn failure_modes_keep_the_failed_call_s_report_for_a_retry() {
         let (l, mut state, store) =
             setup(json!({"global": {"cluster": "rls", "failure_mode": mode, "deny_status": 503}}));
         let r = req(Some(identity("acme", "premium")), Some("graph_traversal"));
-        let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+        let LocalDecision::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
             panic!()
         };
         match (l.on_rls_failure(&mut state, &call), expect) {
@@ -682,7 +685,7 @@ fn local_fallback_still_refuses_what_the_local_bucket_refuses() {
     let (l, mut state, store) = setup(json!({"global": {"cluster": "rls", "mode": "always"}}));
     let r = req(Some(identity("acme", "standard")), Some("graph_traversal"));
     for _ in 0..10 {
-        let Step::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
+        let LocalDecision::AskRls(call) = check(&l, &mut state, &store, &r, NOW) else {
             panic!()
         };
         l.on_rls_failure(&mut state, &call).unwrap();

@@ -18,9 +18,8 @@ pub mod config;
 
 use std::collections::BTreeMap;
 
-use crate::auth::SharedOperation;
-use crate::auth::config::{ConfigError, check_header_name, parse_json};
-use crate::auth::identity::SharedIdentity;
+use crate::config::{ConfigError, check_header_name, parse_json};
+use crate::contract::{Caller, MatchedOperation};
 use crate::http::{BodySize, RequestHead};
 use crate::matcher::{NamedMatcher, StringMatcher};
 use crate::operation::{OperationMap, OperationMatch};
@@ -144,16 +143,16 @@ struct Rule {
 /// What the tagger knows about a request.
 pub struct TagInput<'a> {
     pub head: RequestHead<'a>,
-    pub identity: Option<SharedIdentity>,
-    pub operation: Option<SharedOperation>,
+    pub identity: Option<Caller>,
+    pub operation: Option<MatchedOperation>,
     /// The request headers ended the stream (no body).
     pub end_of_stream: bool,
 }
 
 struct Facts<'a> {
     head: &'a RequestHead<'a>,
-    identity: Option<&'a SharedIdentity>,
-    operation: Option<SharedOperation>,
+    identity: Option<&'a Caller>,
+    operation: Option<MatchedOperation>,
     /// Canonical path, `/`-joined.
     path: String,
     size: u64,
@@ -305,11 +304,7 @@ impl Tagger {
         let head = &input.head;
         let operation = input.operation.clone().or_else(|| {
             match self.operations.as_ref()?.lookup_raw(head.method, head.path) {
-                OperationMatch::Matched(op) => Some(SharedOperation {
-                    name: op.name.to_owned(),
-                    action: op.action.as_str().to_owned(),
-                    context: op.context.to_string(),
-                }),
+                OperationMatch::Matched(op) => Some(MatchedOperation::from(&op)),
                 _ => None,
             }
         });

@@ -8,8 +8,8 @@ fn tagger(config: Value) -> Tagger {
     Tagger::from_json(config.to_string().as_bytes()).unwrap()
 }
 
-fn identity(tenant: &str, tier: &str) -> SharedIdentity {
-    SharedIdentity {
+fn identity(tenant: &str, tier: &str) -> Caller {
+    Caller {
         tenant: tenant.into(),
         subject: format!("{tenant}-user"),
         tier: tier.into(),
@@ -20,8 +20,8 @@ fn identity(tenant: &str, tier: &str) -> SharedIdentity {
     }
 }
 
-fn op(name: &str, context: &str) -> SharedOperation {
-    SharedOperation {
+fn op(name: &str, context: &str) -> MatchedOperation {
+    MatchedOperation {
         name: name.into(),
         action: "read".into(),
         context: context.into(),
@@ -33,8 +33,8 @@ fn tags(
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
-    id: Option<SharedIdentity>,
-    operation: Option<SharedOperation>,
+    id: Option<Caller>,
+    operation: Option<MatchedOperation>,
 ) -> Tags {
     let headers: Vec<(String, Vec<u8>)> = headers
         .iter()

@@ -1,0 +1,204 @@
+//! The local decision on a request: its cost, its key and limits, one
+//! atomic bucket update, and whether the RLS must be asked (global
+//! limiting).
+
+use super::adaptive;
+use super::body::BodyMeter;
+use super::config::{Contention, FailureMode, GlobalMode};
+use super::global::RlsCall;
+use super::keys::Table;
+use super::limiter::{LimiterState, RateLimiter};
+use super::refusal::{Refusal, Refused, contention_refusal, queue_full_refusal};
+use super::report::Report;
+use super::rls;
+use super::view::LimitView;
+use crate::bucket::{GlobalAccounting, TakeOutcome};
+use crate::contract::{Caller, MatchedOperation};
+use crate::http::{BodySize, RequestHead};
+use crate::shared::SharedStore;
+
+/// Everything the decision needs to know about a request.
+pub struct RequestFacts<'a> {
+    pub head: RequestHead<'a>,
+    pub identity: Option<Caller>,
+    pub operation: Option<MatchedOperation>,
+    /// The downstream address Envoy computed (`ip:port`).
+    pub client_address: Option<String>,
+    /// The route name, if the key includes the route.
+    pub route: Option<String>,
+    /// The request headers ended the stream: there is no body.
+    pub end_of_stream: bool,
+}
+
+/// What the local buckets decided: let the request through, refuse it,
+/// or ask the RLS (global limiting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalDecision {
+    Allow(Admitted),
+    Deny(Refused),
+    AskRls(Box<RlsCall>),
+}
+
+/// A decision that lets the request through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// For `x-ratelimit-*` (absent when response headers are disabled).
+    pub view: Option<LimitView>,
+    pub cost: u64,
+    /// Who decided, for metrics.
+    pub decided_by: DecidedBy,
+    /// Set when the body's size is unknown: charge it as it streams.
+    pub meter: Option<Box<BodyMeter>>,
+}
+
+impl Admitted {
+    pub fn response_headers(&self) -> Vec<(String, String)> {
+        self.view.map(|v| v.headers()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecidedBy {
+    Local,
+    Rls,
+    /// The RLS failed; the failure mode let the request through.
+    Fallback(FailureMode),
+    /// The bucket could not be updated; `on_contention: allow`.
+    Contention,
+}
+
+impl RateLimiter {
+    /// Decides on a request.
+    pub fn check(
+        &self,
+        state: &mut LimiterState,
+        store: &dyn SharedStore,
+        facts: &RequestFacts<'_>,
+        now_ms: u64,
+    ) -> LocalDecision {
+        let request = &facts.head;
+        if let Some(adaptive) = &state.adaptive
+            && adaptive.queue_full()
+        {
+            return LocalDecision::Deny(queue_full_refusal(request));
+        }
+        let operation = self.operation(facts);
+        let (unit_cost, payload) = self.costs(facts, operation.as_ref());
+        let cost = unit_cost.saturating_mul(payload);
+        let (table, key, descriptor, label) = self.key(facts, operation.as_ref());
+        let hash = self.table(table).hash_key(&key);
+        let multiplier = state
+            .adaptive
+            .as_ref()
+            .map_or(1.0, adaptive::Adaptive::multiplier);
+        let limits = self.limits(facts.identity.as_ref(), multiplier);
+
+        // Does the RLS get a say? The local/global split is decided inside
+        // the bucket update, atomically.
+        let accounting = match &self.global {
+            None => GlobalAccounting::None,
+            Some(g) if g.mode == GlobalMode::Always => GlobalAccounting::ClaimUnreported,
+            Some(g) => GlobalAccounting::Hierarchical {
+                threshold: g.sync_threshold,
+                budget_share: (1.0 - g.sync_threshold) / g.gateways as f64,
+            },
+        };
+        let meter = (BodySize::of(request, facts.end_of_stream) == BodySize::Unknown).then(|| {
+            Box::new(BodyMeter {
+                table,
+                hash,
+                specs: limits.specs.clone(),
+                windows: limits.configs.iter().map(|l| l.window_seconds).collect(),
+                unit_cost,
+                charged: 1,
+                received: 0,
+                descriptor: descriptor.clone(),
+                label: label.clone(),
+                grpc: request.is_grpc(),
+                head_request: request.is_head(),
+            })
+        });
+
+        let outcome = self
+            .table(table)
+            .take(store, hash, &limits.specs, cost, accounting, now_ms);
+        let (take, claimed) = match outcome {
+            TakeOutcome::Done {
+                take,
+                claimed_unreported,
+            } => (take, claimed_unreported),
+            TakeOutcome::Contended | TakeOutcome::Unavailable | TakeOutcome::Invalid(_) => {
+                match outcome {
+                    TakeOutcome::Invalid(e) => state.record_invalid(e),
+                    _ => state.counts.contended += 1,
+                }
+                return match self.on_contention {
+                    Contention::Allow => LocalDecision::Allow(Admitted {
+                        view: None,
+                        cost,
+                        decided_by: DecidedBy::Contention,
+                        meter: None,
+                    }),
+                    Contention::Deny => LocalDecision::Deny(contention_refusal(request)),
+                };
+            }
+        };
+        state.counts.evictions += u64::from(take.evicted);
+        state.counts.lost_unreported = state
+            .counts
+            .lost_unreported
+            .saturating_add(take.lost_unreported);
+        let global_view = self.global.is_some().then_some(&take.global);
+        if !take.allowed {
+            let reply = if take.global_exhausted {
+                self.global_refusal_reply(request, &label, &take.global, cost, now_ms)
+            } else {
+                let view = self.view(&limits, &take.tightest, global_view, now_ms);
+                self.refusal_reply(request, &label, &limits, &take.tightest, cost, view)
+            };
+            let refusal = if take.global_exhausted {
+                Refusal::GlobalLimit
+            } else {
+                Refusal::LocalLimit
+            };
+            return LocalDecision::Deny(Refused { reply, refusal });
+        }
+        let admitted = Admitted {
+            view: self.view(&limits, &take.tightest, global_view, now_ms),
+            cost,
+            decided_by: DecidedBy::Local,
+            meter,
+        };
+        match &self.global {
+            Some(g) if take.ask_rls => {
+                let hits = cost.saturating_add(claimed);
+                let report = Report {
+                    id: state.outbox.next_id(),
+                    key_hash: hash,
+                    anonymous: table == Table::Anonymous,
+                    message: rls::encode_request(&g.domain, &descriptor, hits),
+                    descriptor,
+                    hits,
+                    created_ms: now_ms,
+                };
+                LocalDecision::AskRls(Box::new(RlsCall {
+                    report,
+                    cluster: g.cluster.clone(),
+                    timeout_ms: g.timeout_ms,
+                    cost,
+                    local: admitted,
+                    label,
+                    failure_mode: g.failure_mode,
+                    deny_status: g.deny_status,
+                    grpc: request.is_grpc(),
+                    head_request: request.is_head(),
+                }))
+            }
+            Some(_) => {
+                state.mark_dirty(hash, table == Table::Anonymous, &descriptor);
+                LocalDecision::Allow(admitted)
+            }
+            None => LocalDecision::Allow(admitted),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Global limiting: the question a request puts to the RLS, its answer
+//! (recorded in the bucket's global view), and the failure mode when the
+//! RLS fails or is late (the report the call carried is kept and sent
+//! again under the same id).
+
+use super::config::FailureMode;
+use super::decision::{Admitted, DecidedBy};
+use super::limiter::{LimiterState, RateLimiter};
+use super::refusal::{Refused, rls_unavailable_refusal};
+use super::report::Report;
+use super::rls;
+use super::view::LimitView;
+use crate::bucket::GlobalView;
+use crate::shared::SharedStore;
+
+/// A question for the RLS, and what to do if it does not answer in time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RlsCall {
+    /// The report this call carries (its id goes in the call's metadata).
+    pub report: Report,
+    pub cluster: String,
+    pub timeout_ms: u64,
+    pub cost: u64,
+    /// What the local bucket decided, used by `local_fallback`.
+    pub local: Admitted,
+    pub(super) label: String,
+    pub(super) failure_mode: FailureMode,
+    pub(super) deny_status: u16,
+    pub(super) grpc: bool,
+    pub(super) head_request: bool,
+}
+
+impl RateLimiter {
+    /// Applies an RLS answer to a pending request.
+    pub fn on_rls_answer(
+        &self,
+        state: &mut LimiterState,
+        store: &dyn SharedStore,
+        call: &RlsCall,
+        answer: &rls::RlsAnswer,
+        now_ms: u64,
+    ) -> Result<Admitted, Refused> {
+        state.outbox.acknowledged(call.report.id);
+        self.learn(state, store, &call.report, answer, now_ms);
+        let limit = answer.limit.unwrap_or(0);
+        let window = answer.window_seconds.unwrap_or(60);
+        let reset = answer.reset_in_ms.map_or(window, |ms| ms.div_ceil(1000));
+        let global = answer.limit.map(|limit| LimitView {
+            limit,
+            window_seconds: window,
+            remaining: answer.remaining,
+            reset_seconds: reset,
+        });
+        let view = call.local.view.map(|local| local.tighter(global));
+        if !answer.over_limit {
+            return Ok(Admitted {
+                view,
+                cost: call.cost,
+                decided_by: DecidedBy::Rls,
+                meter: call.local.meter.clone(),
+            });
+        }
+        Err(self.rls_over_limit_refusal(call, limit, window, reset, global))
+    }
+
+    /// The RLS failed, or missed its deadline: apply the failure mode. The
+    /// report the call carried (this request's cost and the usage sent
+    /// along with it) is kept and sent again later under the same id.
+    pub fn on_rls_failure(
+        &self,
+        state: &mut LimiterState,
+        call: &RlsCall,
+    ) -> Result<Admitted, Refused> {
+        state.outbox.keep(call.report.clone(), false);
+        match call.failure_mode {
+            FailureMode::LocalFallback => Ok(Admitted {
+                decided_by: DecidedBy::Fallback(FailureMode::LocalFallback),
+                ..call.local.clone()
+            }),
+            FailureMode::Allow => Ok(Admitted {
+                view: None,
+                cost: call.cost,
+                decided_by: DecidedBy::Fallback(FailureMode::Allow),
+                meter: call.local.meter.clone(),
+            }),
+            FailureMode::Deny => Err(rls_unavailable_refusal(call)),
+        }
+    }
+
+    /// Records what the RLS said about a key.
+    pub(super) fn learn(
+        &self,
+        state: &mut LimiterState,
+        store: &dyn SharedStore,
+        report: &Report,
+        answer: &rls::RlsAnswer,
+        now_ms: u64,
+    ) {
+        let sync_ms = self.global.as_ref().map_or(1000, |g| g.sync_interval_ms);
+        let window_ms = answer.window_seconds.unwrap_or(60).saturating_mul(1000);
+        let view = match answer.used() {
+            Some(used) => GlobalView {
+                used,
+                limit: answer.limit.unwrap_or(0),
+                reset_ms: now_ms.saturating_add(answer.reset_in_ms.unwrap_or(window_ms)),
+                window_ms,
+                unreported: 0,
+            },
+            // The RLS has no limit for this key: local buckets decide, and
+            // the question is asked again after a while.
+            None => GlobalView {
+                used: 0,
+                limit: u64::MAX,
+                reset_ms: now_ms.saturating_add(sync_ms.saturating_mul(50)),
+                window_ms,
+                unreported: 0,
+            },
+        };
+        if let Err(e) = self
+            .table_of(report.anonymous)
+            .learn_global(store, report.key_hash, view)
+        {
+            state.record_invalid(e);
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Whose bucket pays: the key of a verified caller (tenant, and
+//! optionally subject, operation and route), or of an anonymous client
+//! (its address, in a table of its own), with the matching RLS descriptor.
+
+use super::config::KeyPart;
+use super::decision::RequestFacts;
+use super::limiter::RateLimiter;
+use crate::contract::MatchedOperation;
+
+/// Which table a key lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Table {
+    Tenants,
+    Anonymous,
+}
+
+impl RateLimiter {
+    /// The bucket table, key, RLS descriptor and a label for messages.
+    pub(super) fn key(
+        &self,
+        facts: &RequestFacts<'_>,
+        operation: Option<&MatchedOperation>,
+    ) -> (Table, String, Vec<(String, String)>, String) {
+        let Some(identity) = &facts.identity else {
+            let forwarded_for: Vec<&str> = facts
+                .head
+                .header_values("x-forwarded-for")
+                .filter_map(|v| std::str::from_utf8(v).ok())
+                .collect();
+            let forwarded_for = (!forwarded_for.is_empty()).then(|| forwarded_for.join(","));
+            let client = self
+                .anonymous
+                .client
+                .key(facts.client_address.as_deref(), forwarded_for.as_deref());
+            let descriptor = vec![("client".to_owned(), client.clone())];
+            return (
+                Table::Anonymous,
+                format!("anon|{client}"),
+                descriptor,
+                format!("client {client}"),
+            );
+        };
+        let mut key = String::new();
+        let mut descriptor = Vec::new();
+        for part in &self.key {
+            let (name, value) = match part {
+                KeyPart::Tenant => ("tenant", identity.tenant.as_str()),
+                KeyPart::Subject => ("subject", identity.subject.as_str()),
+                KeyPart::Operation => (
+                    "operation",
+                    operation.map_or("unknown", |o| o.name.as_str()),
+                ),
+                KeyPart::Route => ("route", facts.route.as_deref().unwrap_or("unknown")),
+            };
+            key.push_str(name);
+            key.push('=');
+            key.push_str(value);
+            key.push('|');
+            descriptor.push((name.to_owned(), value.to_owned()));
+        }
+        (
+            Table::Tenants,
+            key,
+            descriptor,
+            format!("tenant {}", identity.tenant),
+        )
+    }
+}
