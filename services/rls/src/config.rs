@@ -98,13 +98,14 @@ pub struct Rule {
     /// the same file counts under the same name, and reordering the file does
     /// not reset counts.
     pub namespace: String,
-    pub action: Action,
+    pub policy: Policy,
     /// Where the node starts in its file.
     pub line: usize,
 }
 
+/// What a descriptor node does with the hits it matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub enum Policy {
     /// `unlimited: true`: always OK, nothing counted.
     Unlimited,
     Limit(RateLimit),
@@ -178,7 +179,7 @@ impl Unit {
 
 /// Why a config could not be loaded, with where.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
+pub struct LimitsError {
     pub file: PathBuf,
     /// 1-based; 0 when the error is about the file as a whole.
     pub line: usize,
@@ -187,7 +188,7 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-impl fmt::Display for ConfigError {
+impl fmt::Display for LimitsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.reason)
@@ -204,14 +205,14 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for LimitsError {}
 
 impl Limits {
     /// Loads `path`: one YAML file, or every `*.yaml` / `*.yml` file directly
     /// in a directory (like envoyproxy/ratelimit's runtime directory), one
     /// domain per file.
-    pub fn load(path: &Path) -> Result<Limits, ConfigError> {
-        let whole = |reason: String| ConfigError {
+    pub fn load(path: &Path) -> Result<Limits, LimitsError> {
+        let whole = |reason: String| LimitsError {
             file: path.to_path_buf(),
             line: 0,
             column: 0,
@@ -242,7 +243,7 @@ impl Limits {
         };
         let mut limits = Limits::default();
         for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|e| ConfigError {
+            let text = std::fs::read_to_string(&file).map_err(|e| LimitsError {
                 file: file.clone(),
                 line: 0,
                 column: 0,
@@ -254,9 +255,9 @@ impl Limits {
     }
 
     /// Adds one parsed domain; refuses a domain already loaded from another file.
-    pub fn add(&mut self, domain: Domain) -> Result<(), ConfigError> {
+    pub fn add(&mut self, domain: Domain) -> Result<(), LimitsError> {
         if let Some(first) = self.domains.get(&domain.name) {
-            return Err(ConfigError {
+            return Err(LimitsError {
                 file: domain.file.clone(),
                 line: 0,
                 column: 0,
@@ -348,9 +349,9 @@ impl Domain {
     }
 
     /// Parses one file's text; `file` is only used in errors.
-    pub fn parse(file: &Path, text: &str) -> Result<Domain, ConfigError> {
+    pub fn parse(file: &Path, text: &str) -> Result<Domain, LimitsError> {
         let parser = Parser { file };
-        let docs = MarkedYaml::load_from_str(text).map_err(|e| ConfigError {
+        let docs = MarkedYaml::load_from_str(text).map_err(|e| LimitsError {
             file: file.to_path_buf(),
             line: e.marker().line(),
             column: e.marker().col() + 1,
@@ -405,8 +406,8 @@ struct Parser<'f> {
 type Mapping<'n, 'i> = Vec<(&'n MarkedYaml<'i>, String, &'n MarkedYaml<'i>)>;
 
 impl Parser<'_> {
-    fn whole(&self, reason: &str) -> ConfigError {
-        ConfigError {
+    fn whole(&self, reason: &str) -> LimitsError {
+        LimitsError {
             file: self.file.to_path_buf(),
             line: 0,
             column: 0,
@@ -414,8 +415,8 @@ impl Parser<'_> {
         }
     }
 
-    fn at(&self, node: &MarkedYaml<'_>, reason: impl Into<String>) -> ConfigError {
-        ConfigError {
+    fn at(&self, node: &MarkedYaml<'_>, reason: impl Into<String>) -> LimitsError {
+        LimitsError {
             file: self.file.to_path_buf(),
             line: node.span.start.line(),
             column: node.span.start.col() + 1,
@@ -429,7 +430,7 @@ impl Parser<'_> {
         key: &str,
         place: &str,
         allowed: &str,
-    ) -> ConfigError {
+    ) -> LimitsError {
         self.at(
             node,
             format!("unknown key '{key}' in {place} (allowed: {allowed})"),
@@ -441,7 +442,7 @@ impl Parser<'_> {
         &self,
         node: &'n MarkedYaml<'i>,
         what: &str,
-    ) -> Result<Mapping<'n, 'i>, ConfigError> {
+    ) -> Result<Mapping<'n, 'i>, LimitsError> {
         let YamlData::Mapping(map) = &node.data else {
             return Err(self.at(node, format!("{what} must be a mapping of keys to values")));
         };
@@ -457,7 +458,7 @@ impl Parser<'_> {
 
     /// A scalar read as text; numbers and booleans are accepted as written
     /// (`value: 42` is the string "42", as in envoyproxy/ratelimit).
-    fn string(&self, node: &MarkedYaml<'_>, what: &str) -> Result<String, ConfigError> {
+    fn string(&self, node: &MarkedYaml<'_>, what: &str) -> Result<String, LimitsError> {
         match &node.data {
             YamlData::Value(Scalar::String(s)) => Ok(s.to_string()),
             YamlData::Value(Scalar::Integer(i)) => Ok(i.to_string()),
@@ -471,7 +472,7 @@ impl Parser<'_> {
         }
     }
 
-    fn boolean(&self, node: &MarkedYaml<'_>, what: &str) -> Result<bool, ConfigError> {
+    fn boolean(&self, node: &MarkedYaml<'_>, what: &str) -> Result<bool, LimitsError> {
         match &node.data {
             YamlData::Value(Scalar::Boolean(b)) => Ok(*b),
             _ => Err(self.at(node, format!("`{what}` must be true or false"))),
@@ -486,7 +487,7 @@ impl Parser<'_> {
         domain: &str,
         path: &mut Vec<(String, Option<String>)>,
         level: &mut Level,
-    ) -> Result<(), ConfigError> {
+    ) -> Result<(), LimitsError> {
         let items = match &list.data {
             YamlData::Sequence(items) => items.as_slice(),
             YamlData::Value(Scalar::Null) => &[],
@@ -504,7 +505,7 @@ impl Parser<'_> {
         domain: &str,
         path: &mut Vec<(String, Option<String>)>,
         level: &mut Level,
-    ) -> Result<(), ConfigError> {
+    ) -> Result<(), LimitsError> {
         let map = self.mapping(item, "a descriptor")?;
         let mut key = None;
         let mut value = None;
@@ -596,7 +597,7 @@ impl Parser<'_> {
         domain: &str,
         path: &[(String, Option<String>)],
         shadow_mode: bool,
-    ) -> Result<Rule, ConfigError> {
+    ) -> Result<Rule, LimitsError> {
         let map = self.mapping(node, "`rate_limit`")?;
         let mut unit = None;
         let mut requests = None;
@@ -619,14 +620,14 @@ impl Parser<'_> {
                 }
             }
         }
-        let action = if unlimited {
+        let policy = if unlimited {
             if let Some((_, unit_node)) = unit {
                 return Err(self.at(
                     unit_node,
                     "`unit` must not be set together with `unlimited: true`",
                 ));
             }
-            Action::Unlimited
+            Policy::Unlimited
         } else {
             let unit = match unit {
                 Some((text, unit_node)) => Unit::parse(&text).ok_or_else(|| {
@@ -664,7 +665,7 @@ impl Parser<'_> {
                     return Err(self.at(requests, "`requests_per_unit` must be a whole number"));
                 }
             };
-            Action::Limit(RateLimit {
+            Policy::Limit(RateLimit {
                 requests_per_unit,
                 unit,
                 name,
@@ -674,7 +675,7 @@ impl Parser<'_> {
         Ok(Rule {
             full_key: full_key(domain, path),
             namespace: namespace(domain, path),
-            action,
+            policy,
             line: descriptor.span.start.line(),
         })
     }
@@ -737,7 +738,7 @@ pub(crate) fn escape_into(out: &mut String, text: &str) {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Domain, ConfigError> {
+    fn parse(text: &str) -> Result<Domain, LimitsError> {
         Domain::parse(Path::new("limits.yaml"), text)
     }
 
@@ -776,9 +777,9 @@ descriptors:
 ";
 
     fn limit(rule: Option<&Rule>) -> Option<(u32, Unit)> {
-        match &rule?.action {
-            Action::Limit(l) => Some((l.requests_per_unit, l.unit)),
-            Action::Unlimited => None,
+        match &rule?.policy {
+            Policy::Limit(l) => Some((l.requests_per_unit, l.unit)),
+            Policy::Unlimited => None,
         }
     }
 
@@ -805,8 +806,8 @@ descriptors:
             Some((100, Unit::Hour))
         );
         assert_eq!(
-            domain.find([("tenant", "internal")]).unwrap().action,
-            Action::Unlimited
+            domain.find([("tenant", "internal")]).unwrap().policy,
+            Policy::Unlimited
         );
     }
 
@@ -838,8 +839,8 @@ descriptors:
         let acme = domain.find([("tenant", "acme")]).unwrap();
         assert_eq!(acme.line, 7);
         assert_eq!(
-            acme.action,
-            Action::Limit(RateLimit {
+            acme.policy,
+            Policy::Limit(RateLimit {
                 requests_per_unit: 20000,
                 unit: Unit::Minute,
                 name: "acme-plan".into(),
@@ -850,11 +851,11 @@ descriptors:
             .find([("tenant", "acme"), ("operation", "delete")])
             .unwrap();
         assert!(
-            matches!(&shadow.action, Action::Limit(l) if l.shadow_mode && l.unit == Unit::Hour)
+            matches!(&shadow.policy, Policy::Limit(l) if l.shadow_mode && l.unit == Unit::Hour)
         );
         assert_eq!(
-            domain.find([("internal", "x")]).unwrap().action,
-            Action::Unlimited
+            domain.find([("internal", "x")]).unwrap().policy,
+            Policy::Unlimited
         );
     }
 

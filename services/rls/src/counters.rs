@@ -218,13 +218,13 @@ pub fn counter_key(rule: &Rule, entries: &[(&str, &str)], window: u64) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Action;
+    use crate::config::Policy;
 
     fn rule(namespace: &str) -> Rule {
         Rule {
             full_key: String::new(),
             namespace: namespace.to_owned(),
-            action: Action::Unlimited,
+            policy: Policy::Unlimited,
             line: 1,
         }
     }

@@ -113,8 +113,8 @@ pub mod report;
 pub mod server;
 pub mod service;
 
-pub use config::{ConfigError, Limits};
+pub use config::{Limits, LimitsError};
 pub use counters::StorageConfig;
 pub use report::{Dedupe, ReportId};
 pub use server::{RlsHandle, rate_limiter, serve, spawn_in_thread, spawn_in_thread_with};
-pub use service::RateLimiter;
+pub use service::RlsService;

@@ -17,7 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::Limits;
 use crate::counters::{Counters, StorageConfig};
 use crate::report::Dedupe;
-use crate::service::{RateLimiter, stamp_deadline};
+use crate::service::{RlsService, stamp_deadline};
 
 /// Opens the counter storage and builds the service (with Redis: fails if
 /// Redis cannot be reached now).
@@ -25,9 +25,9 @@ pub async fn rate_limiter(
     limits: Limits,
     storage: &StorageConfig,
     dedupe: Dedupe,
-) -> Result<RateLimiter> {
+) -> Result<RlsService> {
     let counters = Counters::open(storage, dedupe).await?;
-    Ok(RateLimiter::new(Arc::new(limits), counters))
+    Ok(RlsService::new(Arc::new(limits), counters))
 }
 
 /// Serves `envoy.service.ratelimit.v3.RateLimitService` and
@@ -37,13 +37,13 @@ pub async fn rate_limiter(
 /// HTTP/2 GOAWAY must not hold the process), and returns.
 pub async fn serve(
     listener: TcpListener,
-    limiter: RateLimiter,
+    limiter: RlsService,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
 ) -> Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<RateLimitServiceServer<RateLimiter>>()
+        .set_serving::<RateLimitServiceServer<RlsService>>()
         .await;
     let (drain, draining) = oneshot::channel::<()>();
     let server = Server::builder()

@@ -14,7 +14,7 @@ use envoy_types::pb::google::protobuf::Duration as ProtoDuration;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::config::{Action, Limits, RateLimit, Rule, Unit};
+use crate::config::{Limits, Policy, RateLimit, Rule, Unit};
 use crate::counters::{Counters, Hit, StorageError, counter_key};
 use crate::report::{self, ReportId};
 
@@ -24,7 +24,7 @@ use crate::report::{self, ReportId};
 const MAX_COST: u64 = 1 << 32;
 
 /// The gRPC service: the loaded limits and their counters.
-pub struct RateLimiter {
+pub struct RlsService {
     limits: Arc<Limits>,
     counters: Counters,
     /// Whether the last storage call succeeded: storage failures are logged
@@ -45,9 +45,9 @@ enum Planned<'r> {
     },
 }
 
-impl RateLimiter {
-    pub fn new(limits: Arc<Limits>, counters: Counters) -> RateLimiter {
-        RateLimiter {
+impl RlsService {
+    pub fn new(limits: Arc<Limits>, counters: Counters) -> RlsService {
+        RlsService {
             limits,
             counters,
             storage_ok: AtomicBool::new(true),
@@ -100,17 +100,17 @@ impl RateLimiter {
                 .as_ref()
                 .map_or(request_cost, |h| h.value);
             let rule = domain.and_then(|d| d.find(entries.iter().copied()));
-            planned.push(match rule.map(|r| (r, &r.action)) {
+            planned.push(match rule.map(|r| (r, &r.policy)) {
                 None => Planned::Answered(DescriptorStatus {
                     code: Code::Ok.into(),
                     ..Default::default()
                 }),
-                Some((_, Action::Unlimited)) => Planned::Answered(DescriptorStatus {
+                Some((_, Policy::Unlimited)) => Planned::Answered(DescriptorStatus {
                     code: Code::Ok.into(),
                     limit_remaining: u32::MAX,
                     ..Default::default()
                 }),
-                Some((rule, Action::Limit(limit))) => {
+                Some((rule, Policy::Limit(limit))) => {
                     let unit = limit.unit.seconds();
                     hits.push(Hit {
                         key: counter_key(rule, &entries, now / unit),
@@ -309,7 +309,7 @@ fn parse_grpc_timeout(text: &str) -> Option<Duration> {
 }
 
 #[tonic::async_trait]
-impl RateLimitService for RateLimiter {
+impl RateLimitService for RlsService {
     async fn should_rate_limit(
         &self,
         request: Request<RateLimitRequest>,

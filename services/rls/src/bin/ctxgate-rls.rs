@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use ctxgate_rls::config::Action;
+use ctxgate_rls::config::Policy;
 use ctxgate_rls::{Dedupe, Limits, StorageConfig};
 use tokio::net::TcpListener;
 use tracing::Level;
@@ -124,9 +124,9 @@ fn describe(limits: &Limits) -> String {
         .map(|domain| {
             let (mut limited, mut unlimited) = (0, 0);
             for rule in domain.rules() {
-                match rule.action {
-                    Action::Limit(_) => limited += 1,
-                    Action::Unlimited => unlimited += 1,
+                match rule.policy {
+                    Policy::Limit(_) => limited += 1,
+                    Policy::Unlimited => unlimited += 1,
                 }
             }
             let unlimited = if unlimited > 0 {
