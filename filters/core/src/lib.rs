@@ -33,3 +33,5 @@ pub mod schema;
 pub mod scope;
 pub mod shared;
 pub mod tagging;
+#[cfg(test)]
+mod test_keys;

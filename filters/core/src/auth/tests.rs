@@ -1,7 +1,6 @@
 //! The auth decision, end to end in plain Rust: real tokens, real keys.
 
 use jwt_simple::prelude::*;
-use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
 use serde_json::{Value, json};
 
 use super::config::AuthConfig;
@@ -11,6 +10,7 @@ use super::*;
 use crate::contract::Established;
 use crate::http::RequestHead;
 use crate::jwt::ExtraClaims;
+use crate::test_keys::{b64, jwks, sign};
 
 const NOW: u64 = 1_800_000_000;
 const ISS: &str = "https://idp.test";
@@ -32,15 +32,6 @@ struct Fixture {
     state: AuthState,
     store: crate::shared::MemoryStore,
     key: ES256KeyPair,
-}
-
-fn b64(bytes: &[u8]) -> String {
-    Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap()
-}
-
-fn jwks(key: &ES256KeyPair) -> Value {
-    let point = key.public_key().public_key().to_bytes_uncompressed();
-    json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "x": b64(&point[1..33]), "y": b64(&point[33..65])}]})
 }
 
 fn config(key: &ES256KeyPair, extra: Value) -> Value {
@@ -89,21 +80,7 @@ impl Fixture {
                 }
             }
         }
-        let custom: ExtraClaims = serde_json::from_value(base).unwrap();
-        // Registered claims pass through the custom map unchanged when
-        // signing: jwt-simple flattens it into the payload.
-        let claims = JWTClaims {
-            issued_at: None,
-            expires_at: None,
-            invalid_before: None,
-            issuer: None,
-            subject: None,
-            audiences: None,
-            jwt_id: None,
-            nonce: None,
-            custom,
-        };
-        self.key.sign(claims).unwrap()
+        sign(&self.key, base)
     }
 
     fn check(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {

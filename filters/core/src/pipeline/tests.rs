@@ -2,15 +2,14 @@
 //! is asked to do, in what order, for whole requests.
 
 use jwt_simple::prelude::*;
-use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
 use prost::Message;
 use serde_json::{Value, json};
 
 use super::*;
 use crate::host::HeaderOp;
-use crate::jwt::ExtraClaims;
 use crate::mock::MockHost;
 use crate::ratelimit::rls;
+use crate::test_keys::{jwks, sign};
 
 const NOW_MS: u64 = 1_800_000_000_000;
 const ISS: &str = "https://idp.test";
@@ -19,15 +18,9 @@ const SEEDS: Seeds = Seeds {
     reporter: 42,
 };
 
-fn b64(bytes: &[u8]) -> String {
-    Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap()
-}
-
 fn auth_section(key: &ES256KeyPair) -> Value {
-    let point = key.public_key().public_key().to_bytes_uncompressed();
     json!({
-        "providers": [{"name": "test", "issuer": ISS, "audiences": ["context-api"], "jwks": {"inline":
-            {"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "x": b64(&point[1..33]), "y": b64(&point[33..65])}]}}}],
+        "providers": [{"name": "test", "issuer": ISS, "audiences": ["context-api"], "jwks": {"inline": jwks(key)}}],
         "operations": [
             {"name": "read", "methods": ["GET", "HEAD"], "path": "/v1/contexts/{context}", "action": "read"},
             {"name": "write", "methods": ["PUT", "POST"], "path": "/v1/contexts/{context}", "action": "write"}
@@ -37,23 +30,13 @@ fn auth_section(key: &ES256KeyPair) -> Value {
 
 fn token(key: &ES256KeyPair, tenant: &str) -> String {
     let now = NOW_MS / 1000;
-    let custom: ExtraClaims = serde_json::from_value(json!({
-        "iss": ISS, "sub": "alice", "aud": "context-api", "iat": now, "exp": now + 600,
-        "tenant_id": tenant, "context_scopes": ["read:projects/*", "write:projects/engineering"]
-    }))
-    .unwrap();
-    let claims = JWTClaims {
-        issued_at: None,
-        expires_at: None,
-        invalid_before: None,
-        issuer: None,
-        subject: None,
-        audiences: None,
-        jwt_id: None,
-        nonce: None,
-        custom,
-    };
-    key.sign(claims).unwrap()
+    sign(
+        key,
+        json!({
+            "iss": ISS, "sub": "alice", "aud": "context-api", "iat": now, "exp": now + 600,
+            "tenant_id": tenant, "context_scopes": ["read:projects/*", "write:projects/engineering"]
+        }),
+    )
 }
 
 fn ratelimit_section(limit: u64, extra: Value) -> Value {
