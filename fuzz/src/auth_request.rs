@@ -136,7 +136,7 @@ fn check(fixture: &Fixture, request: &RequestHead<'_>, decision: &Decision) {
         return;
     }
     assert!(
-        allowed.tenant.is_some(),
+        allowed.identity.is_some(),
         "{what}: allowed without an identity: {allowed:?}"
     );
     assert!(

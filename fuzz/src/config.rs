@@ -32,7 +32,7 @@ pub fn config(data: &[u8]) {
         // none can.
         if let Outcome::Allow(allowed) = &decision.outcome {
             assert!(
-                allowed.tenant.is_none(),
+                allowed.identity.is_none(),
                 "a tokenless request was given a tenant: {allowed:?}"
             );
         }

@@ -13,6 +13,7 @@
 //! with `operation` absent when no operation matched.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,10 +29,11 @@ pub const REQUEST_FILTER_STATE: &str = "ctxgate.request";
 pub struct Established {
     /// The verified caller; `None` for a request without a token (public
     /// path, CORS preflight) or when no auth stage ran.
+    /// Shared, not copied, by the stages that read it.
     #[serde(default)]
-    pub identity: Option<Caller>,
+    pub identity: Option<Rc<Caller>>,
     #[serde(default)]
-    pub operation: Option<MatchedOperation>,
+    pub operation: Option<Rc<MatchedOperation>>,
 }
 
 impl Established {
@@ -143,8 +145,8 @@ mod tests {
         assert_eq!(
             Established::parse(Some(&bytes)),
             Established {
-                identity: Some(caller),
-                operation: Some(operation),
+                identity: Some(caller.into()),
+                operation: Some(operation.into()),
             }
         );
         assert_eq!(

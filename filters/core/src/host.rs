@@ -44,11 +44,11 @@ impl Attribute {
 }
 
 /// One change to the request headers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderOp {
-    Remove(String),
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderOp<'a> {
+    Remove(&'a str),
     /// Replaces every value of the header with this one.
-    Set(String, String),
+    Set(&'a str, &'a [u8]),
 }
 
 /// A gRPC call to make (unary).
@@ -103,7 +103,7 @@ pub trait Host {
     fn change_request_headers(
         &mut self,
         stream: StreamId,
-        changes: &[HeaderOp],
+        changes: &[HeaderOp<'_>],
         result: &[(String, Vec<u8>)],
     );
 

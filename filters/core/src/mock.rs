@@ -10,12 +10,31 @@ use crate::host::{
 use crate::reply::LocalReply;
 use crate::shared::{MemoryStore, SharedStore};
 
+/// A request header change the mock host received (an owned
+/// [`HeaderOp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppliedOp {
+    Remove(String),
+    Set(String, String),
+}
+
+impl From<&HeaderOp<'_>> for AppliedOp {
+    fn from(op: &HeaderOp<'_>) -> AppliedOp {
+        match *op {
+            HeaderOp::Remove(name) => AppliedOp::Remove(name.to_owned()),
+            HeaderOp::Set(name, value) => {
+                AppliedOp::Set(name.to_owned(), String::from_utf8_lossy(value).into_owned())
+            }
+        }
+    }
+}
+
 /// What the proxy holds for one stream.
 #[derive(Debug, Default, Clone)]
 pub struct MockStream {
     pub request_headers: Vec<(String, Vec<u8>)>,
     /// Every batch of changes, as applied.
-    pub change_batches: Vec<Vec<HeaderOp>>,
+    pub change_batches: Vec<Vec<AppliedOp>>,
     pub response_headers: Vec<(String, String)>,
     pub attributes: HashMap<&'static str, String>,
     pub reply: Option<LocalReply>,
@@ -126,11 +145,12 @@ impl Host for MockHost {
     fn change_request_headers(
         &mut self,
         stream: StreamId,
-        changes: &[HeaderOp],
+        changes: &[HeaderOp<'_>],
         result: &[(String, Vec<u8>)],
     ) {
         let s = self.streams.entry(stream).or_default();
-        s.change_batches.push(changes.to_vec());
+        s.change_batches
+            .push(changes.iter().map(AppliedOp::from).collect());
         s.request_headers = result.to_vec();
     }
 

@@ -117,7 +117,7 @@ impl Host for WasmHost {
     fn change_request_headers(
         &mut self,
         stream: StreamId,
-        changes: &[HeaderOp],
+        changes: &[HeaderOp<'_>],
         _result: &[(String, Vec<u8>)],
     ) {
         // One call per change: `proxy_set_header_map_pairs` (replace the
@@ -130,7 +130,7 @@ impl Host for WasmHost {
                     hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
                 }
                 HeaderOp::Set(name, value) => {
-                    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                    hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
                 }
             };
         }

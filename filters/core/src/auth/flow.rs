@@ -4,7 +4,7 @@
 //! delegation and scopes.
 
 use super::compile::Auth;
-use super::config::Unmatched;
+use super::config::{IdentityHeaders, Unmatched};
 use super::denial::{Denial, Reason};
 use super::identity::Identity;
 use super::sources;
@@ -16,6 +16,7 @@ use crate::operation::{Operation, OperationMatch};
 use crate::path::canonical_path;
 use crate::scope::required_scope;
 use crate::shared::SharedStore;
+use std::rc::Rc;
 
 /// How the token cache served a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,20 +37,57 @@ pub enum Outcome {
 }
 
 /// What to change on an allowed request.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allowed {
     /// Headers to remove (the consumed token).
     pub remove_headers: Vec<String>,
-    /// Headers to set: trusted identity headers, and `:path` when the
-    /// canonical target differs from what the client sent.
+    /// Headers to set for this request: `:path` when the canonical target
+    /// differs from what the client sent, `cookie` without the token. The
+    /// identity and operation headers come on top: [`Allowed::headers`].
     pub set_headers: Vec<(String, String)>,
     /// The [`Established`] JSON for Envoy filter state (empty: nothing
     /// established, e.g. a public path).
     pub filter_state: Vec<u8>,
-    /// Set when the request carried a verified token.
-    pub tenant: Option<String>,
+    /// Set when the request carried a verified token (shared with the
+    /// token cache, not copied).
+    pub identity: Option<Rc<Identity>>,
     /// What `filter_state` says, for the stages of the same pipeline.
     pub established: Established,
+}
+
+impl Allowed {
+    /// Every header to set on the request: [`Allowed::set_headers`], then
+    /// the identity headers and the operation headers under `names`.
+    pub fn headers<'a>(
+        &'a self,
+        names: &'a IdentityHeaders,
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let own = self
+            .set_headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()));
+        let identity = self.identity.iter().flat_map(move |id| {
+            [
+                (names.tenant.as_str(), id.tenant.as_str()),
+                (&names.subject, &id.subject),
+                (&names.tier, &id.tier),
+                (&names.scopes, &id.scopes_header),
+                (&names.issuer, &id.issuer),
+            ]
+            .into_iter()
+            .chain(
+                (!id.actors.is_empty())
+                    .then_some((names.actor_chain.as_str(), id.actor_chain_header.as_str())),
+            )
+        });
+        let operation = self.established.operation.iter().flat_map(move |op| {
+            [
+                (names.operation.as_str(), op.name.as_str()),
+                (&names.context_path, &op.context),
+            ]
+        });
+        own.chain(identity).chain(operation)
+    }
 }
 
 /// The decision for one request, with what metrics need to know.

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::contract::{Caller, RateLimitClaims};
 use crate::jwt::{KeyRef, TokenClaims, TokenError};
 use crate::scope::ScopeSet;
+use std::rc::Rc;
 
 /// Tenant ids: 1-128 characters of `[A-Za-z0-9._:-]`, starting alphanumeric.
 pub fn is_valid_tenant(tenant: &str) -> bool {
@@ -42,7 +43,7 @@ pub struct DelegationRights {
 }
 
 /// A verified token, as cached and as used for every request carrying it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub provider: String,
     /// Index of the provider in the configuration.
@@ -59,6 +60,9 @@ pub struct Identity {
     pub scopes_header: String,
     /// RFC 8693 actor chain, current actor first.
     pub actors: Vec<String>,
+    /// The actor chain as one header value: actors joined by `,`, each
+    /// actor percent-encoding any `,` or `%` it contains.
+    pub actor_chain_header: String,
     pub delegation: Option<DelegationRights>,
     pub delegatable: ScopeSet,
     pub rate_limits: Option<RateLimitClaims>,
@@ -69,7 +73,7 @@ pub struct Identity {
     /// (see [`crate::contract`]), serialized once per token.
     pub filter_state: Vec<u8>,
     /// The same, for the stages of the same pipeline (no JSON round trip).
-    pub caller: Caller,
+    pub caller: Rc<Caller>,
 }
 
 /// How claims map to an identity, per provider.
@@ -222,25 +226,25 @@ impl Identity {
             tier,
             scopes,
             scopes_header,
+            actor_chain_header: actor_chain_header(&actors),
             actors,
             delegation,
             delegatable,
             rate_limits,
             valid_until,
             filter_state,
-            caller,
+            caller: Rc::new(caller),
         })
     }
+}
 
-    /// The actor chain as one header value: actors joined by `,`, each
-    /// actor percent-encoding any `,` or `%` it contains.
-    pub fn actor_chain_header(&self) -> String {
-        self.actors
-            .iter()
-            .map(|a| a.replace('%', "%25").replace(',', "%2C"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
+/// The actor chain as one header value.
+fn actor_chain_header(actors: &[String]) -> String {
+    actors
+        .iter()
+        .map(|a| a.replace('%', "%25").replace(',', "%2C"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Longest actor chain read from a token; deeper chains are refused here,
@@ -319,7 +323,7 @@ mod tests {
         assert_eq!(id.scopes_header, "read:projects/* write:projects/eng");
         assert_eq!(id.scopes.rejected(), 1);
         assert_eq!(id.actors, vec!["agent-7", "planner,v2"]);
-        assert_eq!(id.actor_chain_header(), "agent-7,planner%2Cv2");
+        assert_eq!(id.actor_chain_header, "agent-7,planner%2Cv2");
         let caller: Caller = serde_json::from_slice(&id.filter_state).unwrap();
         assert_eq!(caller.rate_limits.unwrap().requests_per_minute, Some(600));
     }

@@ -7,51 +7,23 @@ use super::flow::Allowed;
 use super::identity::Identity;
 use crate::contract::{self, Established, MatchedOperation};
 use crate::operation::Operation;
+use std::rc::Rc;
 
 impl Auth {
-    /// Sets the verified identity's headers and the request contract on
-    /// an allowed request.
+    /// Records the verified identity and the request contract on an
+    /// allowed request (its headers: [`Allowed::headers`]).
     pub(super) fn describe(
         &self,
-        identity: &Identity,
+        identity: &Rc<Identity>,
         operation: Option<&Operation<'_>>,
         allowed: &mut Allowed,
     ) {
-        let h = &self.headers;
-        allowed
-            .set_headers
-            .push((h.tenant.clone(), identity.tenant.clone()));
-        allowed
-            .set_headers
-            .push((h.subject.clone(), identity.subject.clone()));
-        allowed
-            .set_headers
-            .push((h.tier.clone(), identity.tier.clone()));
-        allowed
-            .set_headers
-            .push((h.scopes.clone(), identity.scopes_header.clone()));
-        allowed
-            .set_headers
-            .push((h.issuer.clone(), identity.issuer.clone()));
-        if !identity.actors.is_empty() {
-            allowed
-                .set_headers
-                .push((h.actor_chain.clone(), identity.actor_chain_header()));
-        }
-        let matched = operation.map(MatchedOperation::from);
-        if let Some(op) = &matched {
-            allowed
-                .set_headers
-                .push((h.operation.clone(), op.name.clone()));
-            allowed
-                .set_headers
-                .push((h.context_path.clone(), op.context.clone()));
-        }
-        allowed.filter_state = contract::encode(&identity.filter_state, matched.as_ref());
+        let matched = operation.map(|op| Rc::new(MatchedOperation::from(op)));
+        allowed.filter_state = contract::encode(&identity.filter_state, matched.as_deref());
         allowed.established = Established {
-            identity: Some(identity.caller.clone()),
+            identity: Some(Rc::clone(&identity.caller)),
             operation: matched,
         };
-        allowed.tenant = Some(identity.tenant.clone());
+        allowed.identity = Some(Rc::clone(identity));
     }
 }

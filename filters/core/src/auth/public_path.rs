@@ -15,7 +15,7 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 use crate::config::ConfigError;
-use crate::matcher::{Fields, Key, ONE_PATTERN, Pattern, StringMatcher};
+use crate::matcher::{Fields, Key, ONE_PATTERN, PATTERNS, Pattern, StringMatcher, concat};
 use crate::path::canonical_segments;
 
 /// One `public_paths` entry, as configured.
@@ -28,18 +28,10 @@ pub struct PublicPathConfig {
 }
 
 /// Every member of a `public_paths` entry.
-pub(crate) const PUBLIC_PATH_FIELDS: &[&str] = &[
-    "exact",
-    "prefix",
-    "path_separated_prefix",
-    "suffix",
-    "contains",
-    "safe_regex",
-    "regex",
-    "one_of",
-    "ignore_case",
-    "methods",
-];
+pub(crate) const PUBLIC_PATH_FIELDS: &[&str] = &concat::<7, 3, 10>(
+    PATTERNS,
+    ["path_separated_prefix", "ignore_case", "methods"],
+);
 
 struct PublicPathVisitor;
 

@@ -3,7 +3,7 @@
 use jwt_simple::prelude::*;
 use serde_json::{Value, json};
 
-use super::config::AuthConfig;
+use super::config::{AuthConfig, IdentityHeaders};
 use super::denial::Reason;
 use super::shared_cache::SharedEntry;
 use super::*;
@@ -117,11 +117,11 @@ fn allowed(decision: &Decision) -> &Allowed {
     }
 }
 
+/// A header the request is forwarded with (the default header names).
 fn header<'a>(a: &'a Allowed, name: &str) -> Option<&'a str> {
-    a.set_headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
+    static NAMES: std::sync::LazyLock<IdentityHeaders> =
+        std::sync::LazyLock::new(IdentityHeaders::default);
+    a.headers(&NAMES).find(|(n, _)| *n == name).map(|(_, v)| v)
 }
 
 #[test]
@@ -888,7 +888,7 @@ fn shared_data_never_holds_the_token_or_a_part_of_it() {
     let token = f.token(json!({}));
     assert!(
         allowed(&f.bearer("GET", "/v1/contexts/projects/a", &token))
-            .tenant
+            .identity
             .is_some()
     );
     let forged = format!("{}x", token.trim_end_matches(|c| c != '.'));

@@ -486,9 +486,10 @@ impl Breakers {
         headers
     }
 
-    /// The first breaker whose selector matches.
-    pub fn select(&self, selection: &Selection<'_>) -> Option<&Breaker> {
-        self.breakers.iter().find(|b| {
+    /// The index (in [`Breakers::breakers`]) of the first breaker whose
+    /// selector matches.
+    pub fn select(&self, selection: &Selection<'_>) -> Option<usize> {
+        self.breakers.iter().position(|b| {
             let s = &b.config.select;
             let named = |names: &Option<Vec<String>>, actual: Option<&str>| {
                 names

@@ -219,7 +219,7 @@ fn selection_by_route_cluster_and_header() {
             cluster,
             head,
         })
-        .map(|b| b.name().to_owned())
+        .map(|i| bs.breakers[i].name().to_owned())
     };
     assert_eq!(pick(None, None, &headers).as_deref(), Some("processor"));
     assert_eq!(

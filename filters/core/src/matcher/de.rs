@@ -11,19 +11,10 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, Visitor};
 
-use super::{AnchoredRegex, Pattern, StringMatcher};
+use super::{AnchoredRegex, PATTERNS, Pattern, StringMatcher, concat};
 
 /// The members of a `StringMatcher`, as written in the configuration.
-pub(crate) const STRING_MATCHER_FIELDS: &[&str] = &[
-    "exact",
-    "prefix",
-    "suffix",
-    "contains",
-    "safe_regex",
-    "regex",
-    "one_of",
-    "ignore_case",
-];
+pub(crate) const STRING_MATCHER_FIELDS: &[&str] = &concat::<7, 1, 8>(PATTERNS, ["ignore_case"]);
 
 /// What to set when no pattern, or two, are given.
 pub(crate) const ONE_PATTERN: &str =

@@ -33,6 +33,41 @@ pub use named::{NamedMatcher, NamedTest};
 
 use regex::Regex;
 
+/// The pattern members of a string matcher, exactly one of which is given
+/// (`regex` is the older spelling of `safe_regex`). The one list every
+/// parser, error message and schema of a matcher is built from.
+pub(crate) const PATTERNS: [&str; 7] = [
+    "exact",
+    "prefix",
+    "suffix",
+    "contains",
+    "safe_regex",
+    "regex",
+    "one_of",
+];
+
+/// `a` then `b`, as one array (`N` must be their total length), for
+/// member lists built from [`PATTERNS`] at compile time. Only used in
+/// `const` items, so a wrong `N` fails the build, never a request.
+#[allow(clippy::indexing_slicing)]
+pub(crate) const fn concat<const A: usize, const B: usize, const N: usize>(
+    a: [&'static str; A],
+    b: [&'static str; B],
+) -> [&'static str; N] {
+    assert!(A + B == N, "concat: N must be A + B");
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = b[i - A];
+        i += 1;
+    }
+    out
+}
+
 /// Longest regex (in bytes) accepted, and the compiled-size cap: regexes
 /// are operator-written, but a runaway pattern must fail at load.
 pub const MAX_REGEX_BYTES: usize = 1024;

@@ -11,8 +11,8 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
-use super::StringMatcher;
 use super::de::{Fields, Key};
+use super::{PATTERNS, StringMatcher, concat};
 use crate::http::RequestHead;
 
 /// A named value and the test it must pass.
@@ -56,23 +56,15 @@ impl NamedMatcher {
 }
 
 /// Every member a named matcher accepts.
-pub(super) const NAMED_MATCHER_FIELDS: &[&str] = &[
-    "name",
-    "present_match",
-    "present",
-    "string_match",
-    "exact",
-    "prefix",
-    "suffix",
-    "contains",
-    "safe_regex",
-    "regex",
-    "one_of",
-    "values",
-    "ignore_case",
-];
+pub(super) const NAMED_MATCHER_FIELDS: &[&str] = &concat::<11, 2, 13>(
+    concat::<4, 7, 11>(
+        ["name", "present_match", "present", "string_match"],
+        PATTERNS,
+    ),
+    ["values", "ignore_case"],
+);
 
-const ONE_TEST: &str = "set exactly one of present_match (or present), string_match, \
+pub(super) const ONE_TEST: &str = "set exactly one of present_match (or present), string_match, \
                         exact, prefix, suffix, contains, safe_regex (or regex), one_of (or values)";
 
 struct NamedMatcherVisitor;

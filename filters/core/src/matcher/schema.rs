@@ -13,17 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::{MAX_REGEX_BYTES, NamedMatcher, NamedTest, Pattern, StringMatcher};
 
-/// The pattern members of a string matcher, which exactly one of must be
-/// given.
-pub(crate) const PATTERNS: [&str; 7] = [
-    "exact",
-    "prefix",
-    "suffix",
-    "contains",
-    "safe_regex",
-    "regex",
-    "one_of",
-];
+pub(crate) use super::PATTERNS;
 
 /// The members of a string matcher: `properties` of its schema. Each may
 /// be `null`, which the parser reads as absent.

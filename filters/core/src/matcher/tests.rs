@@ -173,3 +173,17 @@ fn null_members_are_absent_as_they_were() {
             .starts_with("set exactly one of")
     );
 }
+
+#[test]
+fn every_member_list_and_message_names_every_pattern() {
+    for pattern in PATTERNS {
+        assert!(de::STRING_MATCHER_FIELDS.contains(&pattern), "{pattern}");
+        assert!(named::NAMED_MATCHER_FIELDS.contains(&pattern), "{pattern}");
+        assert!(
+            crate::auth::public_path::PUBLIC_PATH_FIELDS.contains(&pattern),
+            "{pattern}"
+        );
+        assert!(ONE_PATTERN.contains(pattern), "{pattern}");
+        assert!(named::ONE_TEST.contains(pattern), "{pattern}");
+    }
+}

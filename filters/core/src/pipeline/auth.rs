@@ -149,7 +149,7 @@ impl AuthStage {
                 for name in &allowed.remove_headers {
                     request.remove(name);
                 }
-                for (name, value) in &allowed.set_headers {
+                for (name, value) in allowed.headers(&self.auth.headers) {
                     request.set(name, value);
                 }
                 if !allowed.filter_state.is_empty() {
@@ -191,7 +191,7 @@ impl AuthStage {
             CacheUse::NotNeeded => {}
         }
         match &decision.outcome {
-            Outcome::Allow(a) if a.tenant.is_some() => metrics.inc(c.allowed),
+            Outcome::Allow(a) if a.identity.is_some() => metrics.inc(c.allowed),
             Outcome::Allow(_) => metrics.inc(c.passthrough),
             Outcome::Deny(d) => {
                 if let Some((_, counter)) = c.denied.iter().find(|(r, _)| *r == d.reason) {

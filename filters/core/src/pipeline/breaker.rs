@@ -143,12 +143,7 @@ impl BreakerStage {
             cluster: cluster.as_deref(),
             head: request.head(),
         };
-        let Some(index) = self.breakers.select(&selection).and_then(|b| {
-            self.breakers
-                .breakers
-                .iter()
-                .position(|x| std::ptr::eq(x, b))
-        }) else {
+        let Some(index) = self.breakers.select(&selection) else {
             return Step::Next;
         };
         let (Some(breaker), Some(counters)) =

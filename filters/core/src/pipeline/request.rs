@@ -12,8 +12,10 @@ pub struct Request {
     headers: Vec<(String, Vec<u8>)>,
     method: String,
     path: String,
-    /// Changes not yet handed to the proxy.
-    changes: Vec<HeaderOp>,
+    /// Names of the headers changed since the proxy last saw them, in
+    /// the order first changed. What each became is in `headers`: a set
+    /// leaves exactly one value, a removal none.
+    changed: Vec<String>,
     /// The request headers ended the stream (no body).
     pub end_of_stream: bool,
     /// Identity and operation: from the auth stage of this pipeline, or
@@ -36,7 +38,7 @@ impl Request {
             headers,
             method,
             path,
-            changes: Vec::new(),
+            changed: Vec::new(),
             end_of_stream,
             established: None,
         }
@@ -59,7 +61,13 @@ impl Request {
     pub fn remove(&mut self, name: &str) {
         if self.has_header(name) {
             self.headers.retain(|(n, _)| n != name);
-            self.changes.push(HeaderOp::Remove(name.to_owned()));
+            self.mark_changed(name);
+        }
+    }
+
+    fn mark_changed(&mut self, name: &str) {
+        if !self.changed.iter().any(|n| n == name) {
+            self.changed.push(name.to_owned());
         }
     }
 
@@ -80,7 +88,8 @@ impl Request {
         match self.headers.iter().position(|(n, _)| n == name) {
             Some(i) => {
                 if let Some(entry) = self.headers.get_mut(i) {
-                    entry.1 = value.as_bytes().to_vec();
+                    entry.1.clear();
+                    entry.1.extend_from_slice(value.as_bytes());
                 }
                 let mut seen = 0usize;
                 self.headers.retain(|(n, _)| {
@@ -96,21 +105,27 @@ impl Request {
                 .headers
                 .push((name.to_owned(), value.as_bytes().to_vec())),
         }
-        self.changes
-            .push(HeaderOp::Set(name.to_owned(), value.to_owned()));
+        self.mark_changed(name);
     }
 
     /// Hands the collected changes to the proxy, if there are any.
     pub fn apply_changes(&mut self, host: &mut dyn Host) {
-        if !self.changes.is_empty() {
-            let changes = std::mem::take(&mut self.changes);
+        if !self.changed.is_empty() {
+            let changes = self.pending_changes();
             host.change_request_headers(self.stream, &changes, &self.headers);
+            self.changed.clear();
         }
     }
 
-    /// Changes not yet applied (tests, and the driver's checks).
-    pub fn pending_changes(&self) -> &[HeaderOp] {
-        &self.changes
+    /// Changes not yet applied: one per changed header, what it became.
+    pub fn pending_changes(&self) -> Vec<HeaderOp<'_>> {
+        self.changed
+            .iter()
+            .map(|name| match self.headers.iter().find(|(n, _)| n == name) {
+                Some((_, value)) => HeaderOp::Set(name, value),
+                None => HeaderOp::Remove(name),
+            })
+            .collect()
     }
 
     /// A proxy attribute of this request. Route and cluster depend on the
@@ -161,7 +176,7 @@ mod tests {
         r.remove("x-absent");
         assert!(r.pending_changes().is_empty());
         r.remove("x-a");
-        assert_eq!(r.pending_changes(), [HeaderOp::Remove("x-a".into())]);
+        assert_eq!(r.pending_changes(), [HeaderOp::Remove("x-a")]);
         assert!(!r.has_header("x-a"));
     }
 
@@ -177,6 +192,19 @@ mod tests {
             r.pending_changes().len(),
             2,
             "setting the same value is no change"
+        );
+    }
+
+    #[test]
+    fn a_header_changed_twice_is_one_change_to_its_final_value() {
+        let mut r = request();
+        r.set("x-b", "1");
+        r.remove("x-b");
+        r.remove("x-a");
+        r.set("x-a", "4");
+        assert_eq!(
+            r.pending_changes(),
+            [HeaderOp::Remove("x-b"), HeaderOp::Set("x-a", b"4")]
         );
     }
 }

@@ -35,16 +35,16 @@ impl TaggingStage {
         let established = request.established(host).clone();
         let input = TagInput {
             head: request.head(),
-            identity: established.identity,
-            operation: established.operation,
+            identity: established.identity.as_deref(),
+            operation: established.operation.as_deref(),
             end_of_stream: request.end_of_stream,
         };
         let tags = self.tagger.tag(&input);
-        for name in &tags.remove_headers {
+        for name in tags.remove_headers {
             request.remove(name);
         }
-        for (name, value) in &tags.set_headers {
-            request.set(name, value);
+        for tag in &tags.values {
+            request.set(tag.header, &tag.value);
         }
         metrics.inc(self.tagged);
         Step::Next

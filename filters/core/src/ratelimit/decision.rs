@@ -16,12 +16,13 @@ use crate::bucket::{GlobalAccounting, TakeOutcome};
 use crate::contract::{Caller, MatchedOperation};
 use crate::http::{BodySize, RequestHead};
 use crate::shared::SharedStore;
+use std::rc::Rc;
 
 /// Everything the decision needs to know about a request.
 pub struct RequestFacts<'a> {
     pub head: RequestHead<'a>,
-    pub identity: Option<Caller>,
-    pub operation: Option<MatchedOperation>,
+    pub identity: Option<Rc<Caller>>,
+    pub operation: Option<Rc<MatchedOperation>>,
     /// The downstream address Envoy computed (`ip:port`).
     pub client_address: Option<String>,
     /// The route name, if the key includes the route.
@@ -83,15 +84,15 @@ impl RateLimiter {
             return LocalDecision::Deny(queue_full_refusal(request));
         }
         let operation = self.operation(facts);
-        let (unit_cost, payload) = self.costs(facts, operation.as_ref());
+        let (unit_cost, payload) = self.costs(facts, operation.as_deref());
         let cost = unit_cost.saturating_mul(payload);
-        let (table, key, descriptor, label) = self.key(facts, operation.as_ref());
+        let (table, key, descriptor, label) = self.key(facts, operation.as_deref());
         let hash = self.table(table).hash_key(&key);
         let multiplier = state
             .adaptive
             .as_ref()
             .map_or(1.0, adaptive::Adaptive::multiplier);
-        let limits = self.limits(facts.identity.as_ref(), multiplier);
+        let limits = self.limits(facts.identity.as_deref(), multiplier);
 
         // Does the RLS get a say? The local/global split is decided inside
         // the bucket update, atomically.

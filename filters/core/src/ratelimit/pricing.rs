@@ -9,6 +9,7 @@ use super::limiter::RateLimiter;
 use crate::contract::MatchedOperation;
 use crate::http::BodySize;
 use crate::operation::OperationMatch;
+use std::rc::Rc;
 
 impl RateLimiter {
     /// The cost of a request with a payload multiplier of 1, and the
@@ -50,16 +51,16 @@ impl RateLimiter {
         unit.saturating_mul(payload)
     }
 
-    pub(super) fn operation(&self, facts: &RequestFacts<'_>) -> Option<MatchedOperation> {
+    pub(super) fn operation(&self, facts: &RequestFacts<'_>) -> Option<Rc<MatchedOperation>> {
         if let Some(op) = &facts.operation {
-            return Some(op.clone());
+            return Some(Rc::clone(op));
         }
         match self
             .operations
             .as_ref()?
             .lookup_raw(facts.head.method, facts.head.path)
         {
-            OperationMatch::Matched(op) => Some(MatchedOperation::from(&op)),
+            OperationMatch::Matched(op) => Some(Rc::new(MatchedOperation::from(&op))),
             _ => None,
         }
     }

@@ -75,11 +75,13 @@ impl Req {
                 path: self.path,
                 headers: &self.headers,
             },
-            identity: self.identity.clone(),
-            operation: self.operation.map(|name| MatchedOperation {
-                name: name.into(),
-                action: "read".into(),
-                context: "projects/a".into(),
+            identity: self.identity.clone().map(std::rc::Rc::new),
+            operation: self.operation.map(|name| {
+                std::rc::Rc::new(MatchedOperation {
+                    name: name.into(),
+                    action: "read".into(),
+                    context: "projects/a".into(),
+                })
             }),
             client_address: self.client.map(str::to_owned),
             route: None,
@@ -136,7 +138,7 @@ fn operations_are_priced() {
             r = r.header(k, v);
         }
         let facts = r.facts();
-        l.cost(&facts, facts.operation.as_ref())
+        l.cost(&facts, facts.operation.as_deref())
     };
     assert_eq!(cost(Some("read"), &[]), 1);
     assert_eq!(cost(Some("write"), &[]), 2);
@@ -154,7 +156,7 @@ fn operations_are_priced() {
             req(Some(identity("acme", "standard")), Some("write")).header("content-length", length);
         r.end_of_stream = false;
         let facts = r.facts();
-        l.cost(&facts, facts.operation.as_ref())
+        l.cost(&facts, facts.operation.as_deref())
     };
     assert_eq!(body_cost("200000"), 4);
     assert_eq!(body_cost("2000000"), 8);
@@ -174,7 +176,7 @@ fn depth_and_header_bands_apply_when_configured() {
     let r = req(Some(identity("acme", "standard")), Some("read")).header("x-context-fanout", "500");
     let facts = r.facts();
     assert_eq!(
-        l.cost(&facts, facts.operation.as_ref()),
+        l.cost(&facts, facts.operation.as_deref()),
         6,
         "depth 2 > 1 (x3) and fan-out 500 > 100 (x2)"
     );
@@ -439,7 +441,7 @@ fn a_body_of_unknown_length_is_charged_as_it_streams() {
     );
     // A body the bucket cannot pay for is refused mid-stream.
     let mut big = r.facts();
-    big.identity = Some(identity("initech", "anonymous"));
+    big.identity = Some(std::rc::Rc::new(identity("initech", "anonymous")));
     let LocalDecision::Allow(a) = l.check(&mut state, &store, &big, NOW) else {
         panic!()
     };

@@ -16,6 +16,8 @@
 
 pub mod config;
 
+use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 use crate::config::{ConfigError, check_header_name, parse_json};
@@ -114,13 +116,13 @@ impl Condition {
         })
     }
 
-    fn eval(&self, facts: &Facts<'_>) -> bool {
+    fn eval(&self, facts: &Facts<'_, '_>) -> bool {
         match self {
             Condition::All(items) => items.iter().all(|c| c.eval(facts)),
             Condition::Any(items) => items.iter().any(|c| c.eval(facts)),
             Condition::Not(inner) => !inner.eval(facts),
             Condition::Method(methods) => methods.iter().any(|m| m == facts.head.method),
-            Condition::Path(m) => m.matches(&facts.path),
+            Condition::Path(m) => m.matches(facts.path()),
             Condition::Header(m) => m.matches_header(facts.head),
             Condition::Claim(m) => m.matches(facts.claim(&m.name)),
             Condition::Operation(names) => facts
@@ -140,45 +142,96 @@ struct Rule {
     set: Vec<(String, String)>,
 }
 
-/// What the tagger knows about a request.
-pub struct TagInput<'a> {
-    pub head: RequestHead<'a>,
-    pub identity: Option<Caller>,
-    pub operation: Option<MatchedOperation>,
+/// What the tagger knows about a request: its head (`'h`), and what the
+/// auth stage established (`'a`, which the tags may borrow).
+pub struct TagInput<'h, 'a> {
+    pub head: RequestHead<'h>,
+    pub identity: Option<&'a Caller>,
+    pub operation: Option<&'a MatchedOperation>,
     /// The request headers ended the stream (no body).
     pub end_of_stream: bool,
 }
 
-struct Facts<'a> {
-    head: &'a RequestHead<'a>,
+struct Facts<'h, 'a> {
+    head: &'h RequestHead<'h>,
     identity: Option<&'a Caller>,
-    operation: Option<MatchedOperation>,
-    /// Canonical path, `/`-joined.
-    path: String,
+    operation: Option<Cow<'a, MatchedOperation>>,
+    /// Canonical path, `/`-joined: computed only if a rule asks for it.
+    path: OnceCell<String>,
     size: u64,
 }
 
-impl Facts<'_> {
+impl Facts<'_, '_> {
+    fn path(&self) -> &str {
+        self.path.get_or_init(|| {
+            let (raw_path, _) = split_path_query(self.head.path);
+            canonical_segments(raw_path)
+                .map_or_else(|_| raw_path.to_owned(), |s| format!("/{}", s.join("/")))
+        })
+    }
+
     fn claim(&self, name: &str) -> Option<&str> {
-        let identity = self.identity?;
-        match name {
-            "tenant" => Some(&identity.tenant),
-            "subject" => Some(&identity.subject),
-            "tier" => Some(&identity.tier),
-            "issuer" => Some(&identity.issuer),
-            other => identity.claims.get(other).map(String::as_str),
-        }
+        claim_of(self.identity?, name)
     }
 }
 
 /// The tags of one request, and the header changes that carry them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Tags {
+pub struct Tags<'a> {
     /// Owned headers the client sent: removed before tagging.
-    pub remove_headers: Vec<String>,
-    /// Headers to set, one per tag with a value.
-    pub set_headers: Vec<(String, String)>,
-    pub values: BTreeMap<String, String>,
+    pub remove_headers: Vec<&'a str>,
+    /// One per tag with a value, in the order of `headers`.
+    pub values: Vec<Tag<'a>>,
+}
+
+/// A tag's value and the header that carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag<'a> {
+    pub name: &'a str,
+    pub header: &'a str,
+    pub value: Cow<'a, str>,
+}
+
+/// The value of each tag, first come first served (tags without a header
+/// are never sent, so they take no slot).
+struct Slots<'a> {
+    headers: &'a [(String, String)],
+    values: Vec<Option<Cow<'a, str>>>,
+}
+
+impl<'a> Slots<'a> {
+    fn new(headers: &'a [(String, String)]) -> Slots<'a> {
+        Slots {
+            headers,
+            values: vec![None; headers.len()],
+        }
+    }
+
+    /// The slot of `tag`, if it is still empty.
+    fn open(&mut self, tag: &str) -> Option<&mut Option<Cow<'a, str>>> {
+        let i = self.headers.iter().position(|(t, _)| t == tag)?;
+        self.values.get_mut(i).filter(|v| v.is_none())
+    }
+
+    fn offer(&mut self, tag: &str, value: impl FnOnce() -> Cow<'a, str>) {
+        if let Some(slot) = self.open(tag) {
+            *slot = Some(value());
+        }
+    }
+
+    fn into_tags(self) -> Vec<Tag<'a>> {
+        self.headers
+            .iter()
+            .zip(self.values)
+            .filter_map(|((name, header), value)| {
+                Some(Tag {
+                    name,
+                    header,
+                    value: value?,
+                })
+            })
+            .collect()
+    }
 }
 
 pub struct Tagger {
@@ -300,17 +353,19 @@ impl Tagger {
     }
 
     /// Computes the tags of a request.
-    pub fn tag(&self, input: &TagInput<'_>) -> Tags {
+    pub fn tag<'a>(&'a self, input: &TagInput<'_, 'a>) -> Tags<'a> {
         let head = &input.head;
-        let operation = input.operation.clone().or_else(|| {
-            match self.operations.as_ref()?.lookup_raw(head.method, head.path) {
-                OperationMatch::Matched(op) => Some(MatchedOperation::from(&op)),
+        let operation = match input.operation {
+            Some(op) => Some(Cow::Borrowed(op)),
+            None => match self
+                .operations
+                .as_ref()
+                .map(|m| m.lookup_raw(head.method, head.path))
+            {
+                Some(OperationMatch::Matched(op)) => Some(Cow::Owned(MatchedOperation::from(&op))),
                 _ => None,
-            }
-        });
-        let (raw_path, _) = split_path_query(head.path);
-        let path = canonical_segments(raw_path)
-            .map_or_else(|_| raw_path.to_owned(), |s| format!("/{}", s.join("/")));
+            },
+        };
         let size = match BodySize::of(head, input.end_of_stream) {
             BodySize::Empty => 0,
             BodySize::Known(length) => length,
@@ -318,81 +373,86 @@ impl Tagger {
         };
         let facts = Facts {
             head,
-            identity: input.identity.as_ref(),
+            identity: input.identity,
             operation,
-            path,
+            path: OnceCell::new(),
             size,
         };
 
-        let mut values: BTreeMap<String, String> = BTreeMap::new();
+        let mut slots = Slots::new(&self.headers);
         for rule in &self.rules {
             if rule.when.as_ref().is_none_or(|c| c.eval(&facts)) {
                 for (tag, value) in &rule.set {
-                    values.entry(tag.clone()).or_insert_with(|| value.clone());
+                    slots.offer(tag, || Cow::Borrowed(value));
                 }
             }
         }
-        if let Some(identity) = facts.identity {
+        if let Some(identity) = input.identity {
             if let Some(tags) = self.tenants.get(&identity.tenant) {
                 for (tag, value) in tags {
-                    values.entry(tag.clone()).or_insert_with(|| value.clone());
+                    slots.offer(tag, || Cow::Borrowed(value));
                 }
             }
             for (tag, claim) in &self.from_claims {
-                if let Some(value) = facts
-                    .claim(claim)
-                    .filter(|v| crate::auth::identity::is_valid_label(v))
+                if let Some(slot) = slots.open(tag)
+                    && let Some(value) = claim_of(identity, claim)
+                        .filter(|v| crate::auth::identity::is_valid_label(v))
                 {
-                    values
-                        .entry(tag.clone())
-                        .or_insert_with(|| value.to_owned());
+                    *slot = Some(Cow::Borrowed(value));
                 }
             }
-            values
-                .entry("tenant".into())
-                .or_insert_with(|| identity.tenant.clone());
+            slots.offer("tenant", || Cow::Borrowed(&identity.tenant));
             if let Some(variant) = &self.variant {
                 let key = match variant.key {
                     VariantKey::Tenant => &identity.tenant,
                     VariantKey::Subject => &identity.subject,
                 };
-                values
-                    .entry("variant".into())
-                    .or_insert_with(|| pick_variant(variant, key).to_owned());
+                slots.offer("variant", || Cow::Borrowed(pick_variant(variant, key)));
             }
         }
-        if let Some(op) = facts.operation.as_ref().filter(|op| !op.context.is_empty()) {
-            values
-                .entry("context_id".into())
-                .or_insert_with(|| op.context.clone());
+        if let Some(op) = facts.operation.filter(|op| !op.context.is_empty()) {
+            slots.offer("context_id", || match op {
+                Cow::Borrowed(op) => Cow::Borrowed(&op.context),
+                Cow::Owned(op) => Cow::Owned(op.context),
+            });
         }
         for (tag, value) in &self.defaults {
-            values.entry(tag.clone()).or_insert_with(|| value.clone());
+            slots.offer(tag, || Cow::Borrowed(value));
         }
 
         let remove_headers = self
             .headers
             .iter()
             .filter(|(_, h)| head.has_header(h))
-            .map(|(_, h)| h.clone())
-            .collect();
-        let set_headers = self
-            .headers
-            .iter()
-            .filter_map(|(tag, header)| values.get(tag).map(|v| (header.clone(), v.clone())))
+            .map(|(_, h)| h.as_str())
             .collect();
         Tags {
             remove_headers,
-            set_headers,
-            values,
+            values: slots.into_tags(),
         }
+    }
+}
+
+/// A claim of the caller, by the name a `claim` condition or `from_claims`
+/// gives it.
+fn claim_of<'a>(identity: &'a Caller, name: &str) -> Option<&'a str> {
+    match name {
+        "tenant" => Some(&identity.tenant),
+        "subject" => Some(&identity.subject),
+        "tier" => Some(&identity.tier),
+        "issuer" => Some(&identity.issuer),
+        other => identity.claims.get(other).map(String::as_str),
     }
 }
 
 /// The variant of `key`: a stable hash into the cumulative weights.
 pub fn pick_variant<'a>(config: &'a VariantConfig, key: &str) -> &'a str {
     let total: u64 = config.variants.iter().map(|v| u64::from(v.weight)).sum();
-    let digest = hmac_sha256::Hash::hash(format!("{}\u{0}{key}", config.salt).as_bytes());
+    let mut hash = hmac_sha256::Hash::new();
+    hash.update(config.salt.as_bytes());
+    hash.update([0u8]);
+    hash.update(key.as_bytes());
+    let digest = hash.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
     let mut point = u64::from_le_bytes(first) % total.max(1);

@@ -35,23 +35,47 @@ fn tags(
     headers: &[(&str, &str)],
     id: Option<Caller>,
     operation: Option<MatchedOperation>,
-) -> Tags {
+) -> Owned {
     let headers: Vec<(String, Vec<u8>)> = headers
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
         .collect();
-    t.tag(&TagInput {
+    let tags = t.tag(&TagInput {
         head: RequestHead {
             method,
             path,
             headers: &headers,
         },
-        identity: id,
-        operation,
+        identity: id.as_ref(),
+        operation: operation.as_ref(),
         end_of_stream: !headers
             .iter()
             .any(|(k, _)| k == "content-length" || k == "transfer-encoding"),
-    })
+    });
+    Owned {
+        remove_headers: tags
+            .remove_headers
+            .iter()
+            .map(|h| (*h).to_owned())
+            .collect(),
+        set_headers: tags
+            .values
+            .iter()
+            .map(|t| (t.header.to_owned(), t.value.to_string()))
+            .collect(),
+        values: tags
+            .values
+            .iter()
+            .map(|t| (t.name.to_owned(), t.value.to_string()))
+            .collect(),
+    }
+}
+
+/// [`Tags`], owned (the tags borrow the tagger and the input).
+struct Owned {
+    remove_headers: Vec<String>,
+    set_headers: Vec<(String, String)>,
+    values: BTreeMap<String, String>,
 }
 
 fn demo() -> Tagger {
