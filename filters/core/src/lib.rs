@@ -18,6 +18,7 @@ pub mod host;
 pub mod http;
 pub mod jwt;
 pub mod matcher;
+pub mod mcp;
 pub mod metrics;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;

@@ -480,7 +480,7 @@ fn check_limits(field: &str, limits: &[LimitConfig]) -> Result<(), ConfigError> 
     Ok(())
 }
 
-fn check_bands(field: &str, bands: &[Band]) -> Result<(), ConfigError> {
+pub(crate) fn check_bands(field: &str, bands: &[Band]) -> Result<(), ConfigError> {
     for (i, b) in bands.iter().enumerate() {
         if !(1..=1000).contains(&b.multiplier) {
             return Err(ConfigError::new(

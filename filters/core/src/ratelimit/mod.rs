@@ -59,6 +59,7 @@ pub use body::{BodyCharge, BodyMeter};
 pub use decision::{Admitted, DecidedBy, LocalDecision, RequestFacts};
 pub use global::RlsCall;
 pub use limiter::{Dirty, Events, LimiterState, RateLimiter};
+pub(crate) use pricing::band;
 pub use refusal::{Refusal, Refused};
 pub use view::LimitView;
 

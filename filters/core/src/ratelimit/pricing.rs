@@ -67,7 +67,7 @@ impl RateLimiter {
 }
 
 /// The highest multiplier of the bands whose threshold `value` exceeds.
-pub(super) fn band(bands: &[Band], value: u64) -> u64 {
+pub(crate) fn band(bands: &[Band], value: u64) -> u64 {
     bands
         .iter()
         .filter(|b| value > b.above)
