@@ -66,6 +66,7 @@ pub fn auth_request(data: &[u8]) {
         let env = RequestEnv {
             end_of_stream: true,
             client_address: &client_address,
+            authorised_later: false,
         };
         let mut worker = auth.new_state();
         let first = auth.check(&mut worker, &store, &request, &env, fixtures::NOW);

@@ -629,6 +629,7 @@ fn record_seeds() {
     let env = RequestEnv {
         end_of_stream: true,
         client_address: &address,
+        authorised_later: false,
     };
     let decision = auth.check(&mut auth.new_state(), &store, &request, &env, NOW);
     assert!(

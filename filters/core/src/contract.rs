@@ -18,6 +18,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use crate::operation::Operation;
+use crate::scope::ScopeSet;
 
 /// Filter-state key (`wasm.ctxgate.request` in Envoy) holding what the auth
 /// stage established about a request, as an [`Established`] in JSON.
@@ -34,6 +35,10 @@ pub struct Established {
     pub identity: Option<Rc<Caller>>,
     #[serde(default)]
     pub operation: Option<Rc<MatchedOperation>>,
+    /// The caller's scopes, for stages that authorise by what the body
+    /// says (MCP). Only in memory: in the same pipeline as auth.
+    #[serde(skip)]
+    pub scopes: Option<Rc<ScopeSet>>,
 }
 
 impl Established {
@@ -147,6 +152,7 @@ mod tests {
             Established {
                 identity: Some(caller.into()),
                 operation: Some(operation.into()),
+                scopes: None,
             }
         );
         assert_eq!(

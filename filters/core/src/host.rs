@@ -107,6 +107,11 @@ pub trait Host {
         result: &[(String, Vec<u8>)],
     );
 
+    /// The first `size` bytes of the request body the proxy buffered for
+    /// `stream` (in its request-body callback, after the pipeline paused
+    /// it so that the proxy buffers).
+    fn request_body(&mut self, stream: StreamId, size: usize) -> Vec<u8>;
+
     /// A response header of `stream` (in its response-headers callback).
     fn response_header(&mut self, stream: StreamId, name: &str) -> Option<String>;
 

@@ -42,6 +42,8 @@ pub struct MockStream {
     pub filter_state: BTreeMap<String, Vec<u8>>,
     /// Header reads (one per request is the contract).
     pub header_reads: u32,
+    /// The request body the proxy buffered so far.
+    pub request_body: Vec<u8>,
 }
 
 /// A call the pipeline made.
@@ -198,6 +200,12 @@ impl Host for MockHost {
 
     fn filter_state(&mut self, stream: StreamId, key: &str) -> Option<Vec<u8>> {
         self.streams.get(&stream)?.filter_state.get(key).cloned()
+    }
+
+    fn request_body(&mut self, stream: StreamId, size: usize) -> Vec<u8> {
+        self.streams.get(&stream).map_or_else(Vec::new, |s| {
+            s.request_body.iter().take(size).copied().collect()
+        })
     }
 
     fn grpc_call(

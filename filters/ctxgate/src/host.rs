@@ -179,6 +179,14 @@ impl Host for WasmHost {
         hostcalls::get_property(vec![key]).ok().flatten()
     }
 
+    fn request_body(&mut self, stream: StreamId, size: usize) -> Vec<u8> {
+        self.on(stream);
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
     fn grpc_call(
         &mut self,
         owner: Option<StreamId>,

@@ -160,13 +160,13 @@ impl HttpContext for Stream {
         action(flow)
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let mut host = self.host();
         let size = u64::try_from(body_size).unwrap_or(u64::MAX);
-        let flow = self
-            .worker
-            .borrow_mut()
-            .on_request_body(&mut host, self.id, size);
+        let flow =
+            self.worker
+                .borrow_mut()
+                .on_request_body(&mut host, self.id, size, end_of_stream);
         host.finish();
         action(flow)
     }

@@ -118,6 +118,9 @@ pub struct RequestEnv<'a> {
     pub end_of_stream: bool,
     /// Envoy's downstream address (`ip:port`), looked up only when needed.
     pub client_address: &'a dyn Fn() -> Option<String>,
+    /// A later stage authorises this request from its body (an MCP
+    /// endpoint): a request no operation matches needs only a valid token.
+    pub authorised_later: bool,
 }
 
 impl Auth {
@@ -224,7 +227,7 @@ impl Auth {
         self.check_delegation(&identity, operation.as_ref())?;
         match &operation {
             Some(op) => self.check_scopes(&identity, op)?,
-            None if self.unmatched == Unmatched::Authenticate => {}
+            None if self.unmatched == Unmatched::Authenticate || env.authorised_later => {}
             None => {
                 return Err(Denial::new(
                     Reason::UnknownOperation,

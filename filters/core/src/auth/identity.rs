@@ -55,7 +55,7 @@ pub struct Identity {
     pub subject: String,
     pub tenant: String,
     pub tier: String,
-    pub scopes: ScopeSet,
+    pub scopes: Rc<ScopeSet>,
     /// Scopes as sent upstream: canonical, space-separated.
     pub scopes_header: String,
     /// RFC 8693 actor chain, current actor first.
@@ -224,7 +224,7 @@ impl Identity {
             subject,
             tenant: tenant.to_owned(),
             tier,
-            scopes,
+            scopes: Rc::new(scopes),
             scopes_header,
             actor_chain_header: actor_chain_header(&actors),
             actors,

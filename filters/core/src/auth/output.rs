@@ -23,6 +23,7 @@ impl Auth {
         allowed.established = Established {
             identity: Some(Rc::clone(&identity.caller)),
             operation: matched,
+            scopes: Some(Rc::clone(&identity.scopes)),
         };
         allowed.identity = Some(Rc::clone(identity));
     }

@@ -24,6 +24,7 @@ fn env() -> RequestEnv<'static> {
     RequestEnv {
         end_of_stream: true,
         client_address: &client_address,
+        authorised_later: false,
     }
 }
 

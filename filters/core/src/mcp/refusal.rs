@@ -62,10 +62,15 @@ pub enum Reason {
     InvalidContext,
     /// The caller's scopes do not grant what the message needs.
     InsufficientScope,
+    /// The body is longer than `max_body_bytes` (refused unread).
+    BodyTooLarge,
+    /// A token in the query string: MCP clients send it in the
+    /// `Authorization` header only (MCP authorization, RFC 6750 2.3).
+    QueryToken,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::NotJson,
         Reason::InvalidJson,
         Reason::DuplicateKey,
@@ -79,6 +84,8 @@ impl Reason {
         Reason::UnknownResource,
         Reason::InvalidContext,
         Reason::InsufficientScope,
+        Reason::BodyTooLarge,
+        Reason::QueryToken,
     ];
 
     /// The stable reason code: metric label, `data.reason`, response
@@ -98,15 +105,18 @@ impl Reason {
             Reason::UnknownResource => "mcp_unknown_resource",
             Reason::InvalidContext => "mcp_invalid_context",
             Reason::InsufficientScope => "insufficient_scope",
+            Reason::BodyTooLarge => "mcp_body_too_large",
+            Reason::QueryToken => "mcp_query_token",
         }
     }
 
     /// The HTTP status: 415 for a body that is not declared JSON, 403 for
     /// what the caller may not do, 400 for everything malformed. (A body
-    /// over `max_body_bytes` is the caller's 413, before any parsing.)
+    /// over `max_body_bytes` is 413, refused before any parsing.)
     pub fn status(self) -> u16 {
         match self {
             Reason::NotJson => 415,
+            Reason::BodyTooLarge => 413,
             Reason::UnknownTool | Reason::UnknownResource | Reason::InsufficientScope => 403,
             _ => 400,
         }
@@ -119,7 +129,9 @@ impl Reason {
             Reason::NotJson
             | Reason::InvalidJsonRpc
             | Reason::BatchNotAllowed
-            | Reason::BatchTooLarge => code::INVALID_REQUEST,
+            | Reason::BatchTooLarge
+            | Reason::BodyTooLarge
+            | Reason::QueryToken => code::INVALID_REQUEST,
             Reason::InvalidParams
             | Reason::UnknownTool
             | Reason::UnknownResource
@@ -261,6 +273,8 @@ mod tests {
             (Reason::UnknownResource, 403, -32602),
             (Reason::InvalidContext, 400, -32602),
             (Reason::InsufficientScope, 403, -31403),
+            (Reason::BodyTooLarge, 413, -32600),
+            (Reason::QueryToken, 400, -32600),
         ];
         assert_eq!(expect.len(), Reason::ALL.len());
         for (reason, status, code) in expect {

@@ -172,6 +172,7 @@ impl AuthStage {
         let env = RequestEnv {
             end_of_stream: request.end_of_stream,
             client_address: &client_address,
+            authorised_later: request.authorised_later,
         };
         self.auth.check(
             &mut self.state,

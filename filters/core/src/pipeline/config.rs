@@ -7,6 +7,7 @@ use crate::auth::config::AuthConfig;
 use crate::breaker::config::BreakersConfig;
 use crate::config::ConfigError;
 use crate::duration;
+use crate::mcp::config::McpConfig;
 use crate::ratelimit::config::RateLimitConfig;
 use crate::tagging::config::TaggingConfig;
 
@@ -21,6 +22,10 @@ pub struct PipelineConfig {
     /// Multi-tenant JWT authentication and context-scope authorisation.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// MCP endpoints: tool calls, prompts and resources authorised by the
+    /// context their JSON-RPC body names. Needs `auth`.
+    #[serde(default)]
+    pub mcp: Option<McpConfig>,
     /// Cost-weighted rate limits, local and global (RLS).
     #[serde(default)]
     pub ratelimit: Option<RateLimitConfig>,
@@ -72,6 +77,13 @@ impl PipelineConfig {
             return Err(ConfigError::new(
                 "",
                 "no stage configured: add at least one of auth, ratelimit, tagging, breaker",
+            ));
+        }
+        if self.mcp.is_some() && self.auth.is_none() {
+            return Err(ConfigError::new(
+                "mcp",
+                "needs the auth section in the same plugin: MCP messages are authorised \
+                 against the scopes of the token auth verified",
             ));
         }
         if !(10..=60_000).contains(&self.metrics.flush_interval_ms) {

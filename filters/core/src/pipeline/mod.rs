@@ -17,12 +17,15 @@
 //!   with the next stage, resuming the request if it is let through;
 //! * a refusal at any stage stops the pipeline there.
 //!
-//! Stages run in a fixed order: auth, ratelimit, tagging, breaker. A stage
-//! runs only if its section is in the configuration.
+//! Stages run in a fixed order: auth, mcp, ratelimit, tagging, breaker. A
+//! stage runs only if its section is in the configuration. For a POST to
+//! an MCP endpoint the driver first waits for the whole body (bounded),
+//! so that every stage, and every refusal, can read it.
 
 mod auth;
 mod breaker;
 pub mod config;
+mod mcp;
 mod ratelimit;
 pub mod request;
 mod tagging;
@@ -43,6 +46,7 @@ use crate::tagging::Tagger;
 use auth::AuthStage;
 use breaker::{BreakerStage, BreakerStream};
 use config::PipelineConfig;
+use mcp::McpStage;
 use ratelimit::{RateLimitStage, RateLimitStream};
 use request::Request;
 use tagging::TaggingStage;
@@ -70,13 +74,15 @@ pub enum Flow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StageId {
     Auth,
+    Mcp,
     RateLimit,
     Tagging,
     Breaker,
 }
 
-const ORDER: [StageId; 4] = [
+const ORDER: [StageId; 5] = [
     StageId::Auth,
+    StageId::Mcp,
     StageId::RateLimit,
     StageId::Tagging,
     StageId::Breaker,
@@ -84,6 +90,11 @@ const ORDER: [StageId; 4] = [
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    /// Paused until the whole body is buffered (at most `limit` bytes):
+    /// then the stages run.
+    Buffering {
+        limit: u64,
+    },
     /// The request headers are being decided.
     Deciding,
     /// Paused until `call` is answered or `deadline_ms` passes; then the
@@ -123,6 +134,7 @@ pub struct Seeds {
 /// The pipeline of one proxy worker.
 pub struct Worker {
     auth: Option<AuthStage>,
+    mcp: Option<McpStage>,
     ratelimit: Option<RateLimitStage>,
     tagging: Option<TaggingStage>,
     breaker: Option<BreakerStage>,
@@ -159,6 +171,10 @@ impl Worker {
             }
             None => None,
         };
+        let mcp = match config.mcp {
+            Some(c) => Some(McpStage::new(c, &mut metrics).map_err(in_section("mcp"))?),
+            None => None,
+        };
         let ratelimit = match config.ratelimit {
             Some(c) => {
                 let limiter =
@@ -188,6 +204,7 @@ impl Worker {
         };
         let mut worker = Worker {
             auth,
+            mcp,
             ratelimit,
             tagging,
             breaker,
@@ -235,18 +252,61 @@ impl Worker {
             breaker: BreakerStream::default(),
             buffered: None,
         };
-        let flow = self.run(host, &mut stream, 0);
+        let flow = match self.before_stages(host, &mut stream, end_of_stream) {
+            Some(flow) => flow,
+            None => self.run(host, &mut stream, 0),
+        };
         self.streams.insert(id, stream);
         flow
     }
 
+    /// What happens before the stages run: the MCP resource metadata is
+    /// served, and the body of an MCP POST is awaited. `None`: run them.
+    fn before_stages(
+        &mut self,
+        host: &mut dyn Host,
+        stream: &mut Stream,
+        end_of_stream: bool,
+    ) -> Option<Flow> {
+        let mcp = self.mcp.as_ref()?;
+        stream.request.authorised_later = mcp.is_endpoint(&stream.request);
+        if let Some(reply) = mcp.metadata_reply(&stream.request, &mut self.metrics) {
+            return Some(refuse(host, stream, &reply));
+        }
+        let limit = mcp.body_limit(&stream.request)?;
+        if end_of_stream {
+            return None;
+        }
+        let declared = stream
+            .request
+            .head()
+            .header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            let reply = mcp.too_large(&mut self.metrics);
+            return Some(refuse(host, stream, &reply));
+        }
+        stream.phase = Phase::Buffering { limit };
+        Some(Flow::Pause)
+    }
+
     /// `body_size`: what the proxy reports as buffered for this callback.
-    pub fn on_request_body(&mut self, host: &mut dyn Host, id: StreamId, body_size: u64) -> Flow {
+    pub fn on_request_body(
+        &mut self,
+        host: &mut dyn Host,
+        id: StreamId,
+        body_size: u64,
+        end_of_stream: bool,
+    ) -> Flow {
         let Some(mut stream) = self.streams.remove(&id) else {
             return Flow::Continue;
         };
         let new_bytes = body_size.saturating_sub(stream.buffered.take().unwrap_or(0));
         let flow = match &mut stream.phase {
+            Phase::Buffering { limit } => {
+                let limit = *limit;
+                self.on_buffered_body(host, &mut stream, body_size, limit, end_of_stream)
+            }
             Phase::Refused => {
                 stream.buffered = Some(body_size);
                 Flow::Pause
@@ -276,6 +336,53 @@ impl Worker {
             }
         };
         self.streams.insert(id, stream);
+        flow
+    }
+
+    /// A body the stages wait for: refused if too long, buffered until it
+    /// is complete, then the stages run with it.
+    fn on_buffered_body(
+        &mut self,
+        host: &mut dyn Host,
+        stream: &mut Stream,
+        body_size: u64,
+        limit: u64,
+        end_of_stream: bool,
+    ) -> Flow {
+        if body_size > limit {
+            let reply = match self.mcp.as_ref() {
+                Some(mcp) => mcp.too_large(&mut self.metrics),
+                None => LocalReply {
+                    status: 413,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    grpc_status: None,
+                    details: "ctxgate_body_too_large".to_owned(),
+                },
+            };
+            stream.buffered = Some(body_size);
+            return refuse(host, stream, &reply);
+        }
+        if !end_of_stream {
+            stream.buffered = Some(body_size);
+            return Flow::Pause;
+        }
+        let size = usize::try_from(body_size).unwrap_or(usize::MAX);
+        stream.request.body = Some(host.request_body(stream.request.stream, size));
+        stream.request.end_of_stream = true;
+        stream.phase = Phase::Deciding;
+        let flow = self.run(host, stream, 0);
+        match &mut stream.phase {
+            // The rate limiter waits for the RLS: the body it held is
+            // charged with the answer.
+            Phase::Waiting { body_bytes, .. } => {
+                *body_bytes = body_size;
+                stream.buffered = Some(body_size);
+            }
+            Phase::Refused => stream.buffered = Some(body_size),
+            // Let through: the proxy passes the buffered body on.
+            _ => stream.buffered = None,
+        }
         flow
     }
 
@@ -390,6 +497,10 @@ impl Worker {
                     .auth
                     .as_mut()
                     .map(|s| s.on_request(host, request, metrics)),
+                StageId::Mcp => self
+                    .mcp
+                    .as_mut()
+                    .map(|s| s.on_request(host, request, metrics)),
                 StageId::RateLimit => self
                     .ratelimit
                     .as_mut()
@@ -405,7 +516,14 @@ impl Worker {
             };
             match step {
                 None | Some(Step::Next) => {}
-                Some(Step::Reply(reply)) => return refuse(host, stream, &reply),
+                Some(Step::Reply(mut reply)) => {
+                    if *stage == StageId::Auth
+                        && let Some(mcp) = self.mcp.as_ref()
+                    {
+                        mcp.amend_refusal(&stream.request, &mut reply);
+                    }
+                    return refuse(host, stream, &reply);
+                }
                 Some(Step::Wait { call, deadline_ms }) => {
                     stream.phase = Phase::Waiting {
                         stage: *stage,

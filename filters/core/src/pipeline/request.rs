@@ -5,6 +5,8 @@
 use crate::contract::{Established, REQUEST_FILTER_STATE};
 use crate::host::{Attribute, HeaderOp, Host, StreamId};
 use crate::http::RequestHead;
+use crate::scope::ScopeSet;
+use std::rc::Rc;
 
 pub struct Request {
     pub stream: StreamId,
@@ -21,6 +23,11 @@ pub struct Request {
     /// Identity and operation: from the auth stage of this pipeline, or
     /// read from filter state once if auth runs in another filter.
     established: Option<Established>,
+    /// The whole request body, when the pipeline waited for it (MCP).
+    pub body: Option<Vec<u8>>,
+    /// A later stage authorises this request from its body (an MCP
+    /// endpoint), so auth only authenticates it.
+    pub authorised_later: bool,
 }
 
 impl Request {
@@ -41,6 +48,8 @@ impl Request {
             changed: Vec::new(),
             end_of_stream,
             established: None,
+            body: None,
+            authorised_later: false,
         }
     }
 
@@ -141,6 +150,20 @@ impl Request {
     /// What the auth stage of this pipeline established.
     pub fn set_established(&mut self, established: Established) {
         self.established = Some(established);
+    }
+
+    /// The caller's scopes, if this pipeline's auth stage verified a token.
+    pub fn established_scopes(&self) -> Option<Rc<ScopeSet>> {
+        self.established.as_ref()?.scopes.clone()
+    }
+
+    /// What the stages established so far, to amend (the MCP stage names
+    /// the operation once it has read the body).
+    pub fn established_mut(&mut self, host: &mut dyn Host) -> &mut Established {
+        let stream = self.stream;
+        self.established.get_or_insert_with(|| {
+            Established::parse(host.filter_state(stream, REQUEST_FILTER_STATE).as_deref())
+        })
     }
 
     /// Identity and operation: from this pipeline's auth stage, or from the

@@ -383,11 +383,11 @@ fn body_bytes_arriving_while_waiting_are_held_not_resumed() {
         Flow::Pause
     );
     assert_eq!(
-        gw.worker.on_request_body(&mut gw.host, id, 100),
+        gw.worker.on_request_body(&mut gw.host, id, 100, false),
         Flow::Pause
     );
     assert_eq!(
-        gw.worker.on_request_body(&mut gw.host, id, 300),
+        gw.worker.on_request_body(&mut gw.host, id, 300, false),
         Flow::Pause
     );
     assert_eq!(gw.host.stream(id).resumed, 0);
@@ -397,7 +397,7 @@ fn body_bytes_arriving_while_waiting_are_held_not_resumed() {
     assert_eq!(gw.host.stream(id).resumed, 1);
     // After the resume the proxy counts from zero again.
     assert_eq!(
-        gw.worker.on_request_body(&mut gw.host, id, 10),
+        gw.worker.on_request_body(&mut gw.host, id, 10, true),
         Flow::Continue
     );
 }
@@ -531,4 +531,231 @@ fn configuration_errors_name_the_section_and_field() {
         &mut host,
     );
     assert!(e.starts_with("metrics.flush_interval_ms"), "{e}");
+}
+
+fn mcp_chain(key: &ES256KeyPair) -> Value {
+    json!({
+        "auth": auth_section(key),
+        "mcp": {
+            "max_body_bytes": 2048,
+            "tools": [
+                {"name": "search_*", "action": "read", "context": {"pointer": "/path"}},
+                {"name": "write_context", "action": "write", "context": {"pointer": "/path"}}
+            ],
+            "resource_metadata": {
+                "resource": "https://gw.example/mcp",
+                "authorization_servers": ["https://idp.test"]
+            }
+        },
+        "ratelimit": ratelimit_section(100, json!({}))
+    })
+}
+
+fn tool_call(id: u64, tool: &str, path: &str) -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": tool, "arguments": {"path": path}}})
+    .to_string()
+    .into_bytes()
+}
+
+impl Gateway {
+    /// A POST to `/mcp` whose body arrives in one piece after the headers.
+    fn mcp_post(&mut self, headers: &[(&str, &str)], body: &[u8]) -> (StreamId, Flow, Flow) {
+        let id = self.next_stream;
+        self.next_stream += 1;
+        let length = body.len().to_string();
+        let mut all = vec![
+            (":method", "POST"),
+            (":path", "/mcp"),
+            (":authority", "gw.example"),
+            ("content-type", "application/json"),
+            ("content-length", length.as_str()),
+        ];
+        all.extend_from_slice(headers);
+        self.host.open(id, &all);
+        let on_headers = self.worker.on_request_headers(&mut self.host, id, false);
+        self.host.streams.get_mut(&id).unwrap().request_body = body.to_vec();
+        let on_body = self
+            .worker
+            .on_request_body(&mut self.host, id, body.len() as u64, true);
+        (id, on_headers, on_body)
+    }
+
+    fn reply_json(&self, id: StreamId) -> Value {
+        serde_json::from_slice(&self.host.stream(id).reply.as_ref().unwrap().body).unwrap()
+    }
+
+    fn reply_header(&self, id: StreamId, name: &str) -> Option<String> {
+        let reply = self.host.stream(id).reply.as_ref()?;
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+#[test]
+fn mcp_a_tool_call_in_scope_waits_for_its_body_and_goes_through_without_the_token() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut gw = Gateway::new(mcp_chain(&key));
+    let bearer = format!("Bearer {}", token(&key, "acme"));
+    let body = tool_call(7, "search_context", "projects/engineering/roadmap");
+    let (id, on_headers, on_body) = gw.mcp_post(&[("authorization", &bearer)], &body);
+    assert_eq!(on_headers, Flow::Pause, "the stages wait for the body");
+    assert_eq!(on_body, Flow::Continue);
+    assert_eq!(gw.reply_status(id), None);
+    let forwarded = &gw.host.stream(id).request_headers;
+    assert!(
+        !forwarded.iter().any(|(n, _)| n == "authorization"),
+        "no token passthrough: {forwarded:?}"
+    );
+    assert!(
+        forwarded
+            .iter()
+            .any(|(n, v)| n == "x-context-tenant" && v == b"acme")
+    );
+}
+
+#[test]
+fn mcp_a_tool_call_outside_the_scope_is_refused_with_the_scope_it_needs() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut gw = Gateway::new(mcp_chain(&key));
+    let bearer = format!("Bearer {}", token(&key, "acme"));
+    let body = tool_call(8, "write_context", "projects/sales/plan");
+    let (id, _, on_body) = gw.mcp_post(&[("authorization", &bearer)], &body);
+    assert_eq!(on_body, Flow::Pause);
+    assert_eq!(gw.reply_status(id), Some(403));
+    let reply = gw.reply_json(id);
+    assert_eq!(reply["id"], 8);
+    assert_eq!(reply["jsonrpc"], "2.0");
+    assert_eq!(reply["error"]["data"]["reason"], "insufficient_scope");
+    let challenge = gw.reply_header(id, "www-authenticate").unwrap();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("scope=\"write:projects/sales/plan\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains(
+            "resource_metadata=\"https://gw.example/.well-known/oauth-protected-resource/mcp\""
+        ),
+        "{challenge}"
+    );
+    // A tool missing from the map is denied.
+    let (id, _, _) = gw.mcp_post(
+        &[("authorization", &bearer)],
+        &tool_call(9, "drop_everything", "projects/a"),
+    );
+    assert_eq!(gw.reply_status(id), Some(403));
+    assert_eq!(
+        gw.reply_json(id)["error"]["data"]["reason"],
+        "mcp_unknown_tool"
+    );
+}
+
+#[test]
+fn mcp_no_token_gets_a_401_naming_the_resource_metadata_with_the_request_id() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut gw = Gateway::new(mcp_chain(&key));
+    let (id, _, _) = gw.mcp_post(&[], &tool_call(3, "search_context", "projects/a"));
+    assert_eq!(gw.reply_status(id), Some(401));
+    let challenge = gw.reply_header(id, "www-authenticate").unwrap();
+    assert!(
+        challenge.contains(
+            "resource_metadata=\"https://gw.example/.well-known/oauth-protected-resource/mcp\""
+        ),
+        "{challenge}"
+    );
+    assert_eq!(gw.reply_json(id)["id"], 3);
+    // The metadata document is served without a token.
+    let (id, flow) = gw.request("GET", "/.well-known/oauth-protected-resource/mcp", &[]);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(gw.reply_status(id), Some(200));
+    let document = gw.reply_json(id);
+    assert_eq!(document["resource"], "https://gw.example/mcp");
+    assert_eq!(document["authorization_servers"][0], "https://idp.test");
+}
+
+#[test]
+fn mcp_bounds_and_malformed_bodies_are_refused_before_any_policy() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut gw = Gateway::new(mcp_chain(&key));
+    let bearer = format!("Bearer {}", token(&key, "acme"));
+    // Declared too long: refused at the headers, unread.
+    let big = vec![b' '; 4096];
+    let (id, on_headers, _) = gw.mcp_post(&[("authorization", &bearer)], &big);
+    assert_eq!(on_headers, Flow::Pause);
+    assert_eq!(gw.reply_status(id), Some(413));
+    // Duplicate keys.
+    let dup = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"ping"}"#;
+    let (id, _, _) = gw.mcp_post(&[("authorization", &bearer)], dup);
+    assert_eq!(gw.reply_status(id), Some(400));
+    assert_eq!(
+        gw.reply_json(id)["error"]["data"]["reason"],
+        "mcp_duplicate_key"
+    );
+    // A header that disagrees with the body.
+    let body = tool_call(4, "search_context", "projects/a");
+    let (id, _, _) = gw.mcp_post(
+        &[("authorization", &bearer), ("mcp-method", "tools/list")],
+        &body,
+    );
+    assert_eq!(gw.reply_status(id), Some(400));
+    assert_eq!(gw.reply_json(id)["error"]["code"], -32020);
+    // A token in the query string.
+    let id = gw.next_stream;
+    gw.next_stream += 1;
+    gw.host.open(
+        id,
+        &[
+            (":method", "POST"),
+            (":path", "/mcp?access_token=abc"),
+            (":authority", "gw"),
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+    );
+    gw.worker.on_request_headers(&mut gw.host, id, false);
+    gw.host.streams.get_mut(&id).unwrap().request_body = body.clone();
+    gw.worker
+        .on_request_body(&mut gw.host, id, body.len() as u64, true);
+    assert_eq!(gw.reply_status(id), Some(400));
+    assert_eq!(
+        gw.reply_json(id)["error"]["data"]["reason"],
+        "mcp_query_token"
+    );
+}
+
+#[test]
+fn mcp_a_body_that_grows_past_the_limit_is_refused_while_streaming() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut gw = Gateway::new(mcp_chain(&key));
+    let id = gw.next_stream;
+    gw.host.open(
+        id,
+        &[
+            (":method", "POST"),
+            (":path", "/mcp"),
+            (":authority", "gw"),
+            ("content-type", "application/json"),
+        ],
+    );
+    assert_eq!(
+        gw.worker.on_request_headers(&mut gw.host, id, false),
+        Flow::Pause
+    );
+    assert_eq!(
+        gw.worker.on_request_body(&mut gw.host, id, 1000, false),
+        Flow::Pause
+    );
+    assert_eq!(gw.reply_status(id), None, "still buffering");
+    assert_eq!(
+        gw.worker.on_request_body(&mut gw.host, id, 3000, false),
+        Flow::Pause
+    );
+    assert_eq!(gw.reply_status(id), Some(413));
 }

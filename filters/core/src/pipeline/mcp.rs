@@ -1,0 +1,293 @@
+//! The MCP stage: requests to the MCP endpoints (`mcp.paths`), decided on
+//! their JSON-RPC body ([`crate::mcp`]).
+//!
+//! The driver waits for the whole body of a POST to an MCP endpoint (at
+//! most `max_body_bytes`, else 413) before any stage runs, so every
+//! refusal, auth's included, can answer with the request's JSON-RPC id.
+//! After auth verified the token, this stage reads the body, checks the
+//! standard headers against it, resolves each message through the tool
+//! map and checks the caller's scopes; then it names the operation
+//! (`mcp:tools/call`, the tool's action and context path) for the stages
+//! after it and for filter state. The token never reaches the MCP server:
+//! `Authorization` is removed on MCP endpoints whatever auth's `forward`
+//! says, and a token in the query string is refused.
+//!
+//! It also serves the RFC 9728 protected-resource metadata
+//! (`resource_metadata`), without a token, and adds `resource_metadata`
+//! to auth's `WWW-Authenticate` challenges on MCP endpoints.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `ctxgate_mcp.allowed` | counter | MCP POSTs let through (each message decided) |
+//! | `ctxgate_mcp.refused.<reason>` | counter | refusals, one counter per reason code |
+//! | `ctxgate_mcp.metadata` | counter | protected-resource metadata documents served |
+
+use serde_json::json;
+
+use super::Step;
+use super::request::Request;
+use crate::config::ConfigError;
+use crate::contract::MatchedOperation;
+use crate::host::Host;
+use crate::mcp::config::McpConfig;
+use crate::mcp::{Limits, McpHeaders, Reason, Refusal, ToolMap, parse_body};
+use crate::metrics::{Counter, Metrics};
+use crate::path::split_path_query;
+use crate::query::Query;
+use crate::reply::LocalReply;
+use std::rc::Rc;
+
+/// The query parameter RFC 6750 defines for a token in the URI.
+const QUERY_TOKEN_PARAM: &str = "access_token";
+
+struct Counters {
+    allowed: Counter,
+    refused: Vec<(Reason, Counter)>,
+    metadata: Counter,
+}
+
+/// The protected-resource metadata, ready to serve.
+struct Metadata {
+    /// Where it is served (`/.well-known/oauth-protected-resource/mcp`).
+    path: String,
+    /// Its absolute URL, for `WWW-Authenticate: Bearer resource_metadata=`.
+    url: String,
+    document: Vec<u8>,
+}
+
+pub struct McpStage {
+    config: McpConfig,
+    map: ToolMap,
+    limits: Limits,
+    metadata: Option<Metadata>,
+    counters: Counters,
+}
+
+impl McpStage {
+    pub fn new(config: McpConfig, metrics: &mut Metrics) -> Result<McpStage, ConfigError> {
+        config.validate()?;
+        let map = ToolMap::compile(&config)?;
+        let metadata = config.resource_metadata.as_ref().map(|m| {
+            let path = m.well_known_path();
+            let origin = m
+                .resource
+                .split_once("://")
+                .map(|(scheme, rest)| {
+                    let host = rest.split(['/', '?']).next().unwrap_or(rest);
+                    format!("{scheme}://{host}")
+                })
+                .unwrap_or_default();
+            Metadata {
+                url: format!("{origin}{path}"),
+                path,
+                document: m.document().to_string().into_bytes(),
+            }
+        });
+        let counters = Counters {
+            allowed: metrics.counter("ctxgate_mcp.allowed"),
+            refused: Reason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        *r,
+                        metrics.counter(&format!("ctxgate_mcp.refused.{}", r.code())),
+                    )
+                })
+                .collect(),
+            metadata: metrics.counter("ctxgate_mcp.metadata"),
+        };
+        Ok(McpStage {
+            config,
+            map,
+            limits: Limits::default(),
+            metadata,
+            counters,
+        })
+    }
+
+    /// Is `request` for an MCP endpoint?
+    pub fn is_endpoint(&self, request: &Request) -> bool {
+        let (path, _) = split_path_query(request.head().path);
+        self.config.is_endpoint(path)
+    }
+
+    /// The protected-resource metadata, if `request` asks for it: served
+    /// before any other stage runs (it needs no token).
+    pub fn metadata_reply(&self, request: &Request, metrics: &mut Metrics) -> Option<LocalReply> {
+        let metadata = self.metadata.as_ref()?;
+        let head = request.head();
+        let (path, _) = split_path_query(head.path);
+        if path != metadata.path || !matches!(head.method, "GET" | "HEAD") {
+            return None;
+        }
+        metrics.inc(self.counters.metadata);
+        Some(LocalReply {
+            status: 200,
+            headers: vec![
+                ("content-type".to_owned(), "application/json".to_owned()),
+                ("cache-control".to_owned(), "max-age=300".to_owned()),
+            ],
+            body: metadata.document.clone(),
+            grpc_status: None,
+            details: "ctxgate_mcp_resource_metadata".to_owned(),
+        })
+    }
+
+    /// The longest body the driver waits for before the stages run: a
+    /// POST to an MCP endpoint.
+    pub fn body_limit(&self, request: &Request) -> Option<u64> {
+        (request.head().method == "POST" && self.is_endpoint(request))
+            .then_some(self.config.max_body_bytes)
+    }
+
+    /// The refusal of a body longer than [`McpStage::body_limit`].
+    pub fn too_large(&self, metrics: &mut Metrics) -> LocalReply {
+        let refusal = Refusal::new(
+            Reason::BodyTooLarge,
+            format!(
+                "the body is longer than {} bytes",
+                self.config.max_body_bytes
+            ),
+        );
+        self.refuse(refusal, metrics)
+    }
+
+    fn refuse(&self, refusal: Refusal, metrics: &mut Metrics) -> LocalReply {
+        if let Some((_, counter)) = self
+            .counters
+            .refused
+            .iter()
+            .find(|(r, _)| *r == refusal.reason)
+        {
+            metrics.inc(*counter);
+        }
+        let mut reply = refusal.reply();
+        if let Some(scope) = &refusal.required_scope {
+            let mut challenge = format!(
+                "Bearer error=\"insufficient_scope\", scope=\"{}\"",
+                scope.replace(['"', '\\'], "")
+            );
+            if let Some(m) = &self.metadata {
+                challenge.push_str(&format!(", resource_metadata=\"{}\"", m.url));
+            }
+            reply
+                .headers
+                .push(("www-authenticate".to_owned(), challenge));
+        }
+        reply
+    }
+
+    /// An earlier stage's refusal of a request to an MCP endpoint: auth's
+    /// challenge names the resource metadata, and the body becomes a
+    /// JSON-RPC error with the request's id (none for a notification).
+    pub fn amend_refusal(&self, request: &Request, reply: &mut LocalReply) {
+        if !self.is_endpoint(request) {
+            return;
+        }
+        if let Some(m) = &self.metadata {
+            for (name, value) in reply.headers.iter_mut() {
+                if name.eq_ignore_ascii_case("www-authenticate") {
+                    value.push_str(&format!(", resource_metadata=\"{}\"", m.url));
+                }
+            }
+        }
+        let Some(body) = request.body.as_deref() else {
+            return;
+        };
+        let Ok(parsed) = parse_body(body, &McpHeaders::from_head(&request.head()), &self.limits)
+        else {
+            return;
+        };
+        let Some(first) = parsed.messages.first() else {
+            return;
+        };
+        let message = serde_json::from_slice::<serde_json::Value>(&reply.body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "refused".to_owned());
+        if first.id.is_none() && !parsed.batch {
+            reply.body.clear();
+            reply.headers.retain(|(n, _)| n != "content-type");
+            return;
+        }
+        let id = if parsed.batch {
+            serde_json::Value::Null
+        } else {
+            first
+                .id
+                .as_ref()
+                .map_or(serde_json::Value::Null, |id| id.to_json())
+        };
+        reply.body = json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {
+                "code": crate::mcp::code::INVALID_REQUEST,
+                "message": message,
+                "data": {"status": reply.status},
+            },
+        })
+        .to_string()
+        .into_bytes();
+    }
+
+    pub fn on_request(
+        &mut self,
+        host: &mut dyn Host,
+        request: &mut Request,
+        metrics: &mut Metrics,
+    ) -> Step {
+        if !self.is_endpoint(request) {
+            return Step::Next;
+        }
+        let (_, query) = split_path_query(request.head().path);
+        if Query::parse(query).is_ok_and(|q| q.values(QUERY_TOKEN_PARAM).next().is_some()) {
+            let refusal = Refusal::new(
+                Reason::QueryToken,
+                "send the token in the Authorization header, not the query string",
+            );
+            return Step::Reply(self.refuse(refusal, metrics));
+        }
+        // No token passthrough: the MCP server never sees the caller's
+        // token, whatever auth's `forward` says.
+        request.remove("authorization");
+        if request.head().method != "POST" {
+            return Step::Next;
+        }
+        let body = request.body.take().unwrap_or_default();
+        let decided = {
+            let head = request.head();
+            let headers = McpHeaders::from_head(&head);
+            let scopes = request.established_scopes();
+            parse_body(&body, &headers, &self.limits).and_then(|parsed| {
+                let scopes = scopes.unwrap_or_default();
+                self.map.decide(&parsed, &headers, &scopes)
+            })
+        };
+        request.body = Some(body);
+        let resolved = match decided {
+            Ok(resolved) => resolved,
+            Err(refusal) => return Step::Reply(self.refuse(refusal, metrics)),
+        };
+        metrics.inc(self.counters.allowed);
+        // The first message names the operation (a batch is priced per
+        // message by the rate limiter in a later change; today one).
+        if let Some(first) = resolved.first() {
+            let operation = MatchedOperation {
+                name: first.operation.clone(),
+                action: first
+                    .access
+                    .as_ref()
+                    .map(|a| a.action.as_str().to_owned())
+                    .unwrap_or_default(),
+                context: first
+                    .access
+                    .as_ref()
+                    .map(|a| a.context.to_string())
+                    .unwrap_or_default(),
+            };
+            request.established_mut(host).operation = Some(Rc::new(operation));
+        }
+        Step::Next
+    }
+}
