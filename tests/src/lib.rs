@@ -1,6 +1,8 @@
 //! End-to-end test harness for ctxgate: runs a real Envoy (1.40, V8 wasm
 //! runtime) with the wasm modules from `dist/`, talks to it over raw HTTP/1.1,
-//! and plays the upstreams and JWKS endpoints it needs.
+//! and plays the upstreams and JWKS endpoints it needs. For MCP it runs
+//! real peers instead ([`mcp`]): the demo MCP server and a client, both on
+//! the official Python SDK.
 //!
 //! Unit tests of the filter logic live next to the code in `filters/`; this
 //! crate answers the questions only a real Envoy can: does the module load,
@@ -37,6 +39,7 @@ pub mod config;
 pub mod demo_idp;
 pub mod envoy;
 pub mod http;
+pub mod mcp;
 pub mod reference;
 pub mod rls;
 pub mod servers;
@@ -48,6 +51,7 @@ pub use config::{
 };
 pub use envoy::{Envoy, envoy_binary, process_alive};
 pub use http::{Client, Request, Response, send_raw};
+pub use mcp::{McpClient, McpOutput, McpRequest, McpServer, Sessions};
 pub use rls::{Redis, Rls, SlowRls, rls_binary};
 pub use servers::{RecordedRequest, ScriptedResponse, ScriptedServer};
 pub use stats::WASM_METRIC_PREFIX;

@@ -55,7 +55,7 @@ pub fn rls_binary() -> PathBuf {
 }
 
 /// Stops `child`: SIGTERM, then SIGKILL after `grace` (zero: SIGKILL now).
-fn stop_child(child: &mut Child, grace: Duration) {
+pub(crate) fn stop_child(child: &mut Child, grace: Duration) {
     if child.try_wait().ok().flatten().is_some() {
         return;
     }
