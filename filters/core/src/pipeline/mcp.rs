@@ -191,32 +191,30 @@ impl McpStage {
                 }
             }
         }
-        let Some(body) = request.body.as_deref() else {
-            return;
-        };
-        let Ok(parsed) = parse_body(body, &McpHeaders::from_head(&request.head()), &self.limits)
-        else {
-            return;
-        };
-        let Some(first) = parsed.messages.first() else {
-            return;
-        };
+        // Auth decides at the headers, before the body is in (Proxy-Wasm
+        // delivers no body while the headers are held): the id is the
+        // body's when it was read, else null, as JSON-RPC prescribes when
+        // the id cannot be determined.
+        let parsed = request.body.as_deref().and_then(|body| {
+            parse_body(body, &McpHeaders::from_head(&request.head()), &self.limits).ok()
+        });
+        let first = parsed.as_ref().and_then(|p| p.messages.first());
+        let batch = parsed.as_ref().is_some_and(|p| p.batch);
         let message = serde_json::from_slice::<serde_json::Value>(&reply.body)
             .ok()
             .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
             .unwrap_or_else(|| "refused".to_owned());
-        if first.id.is_none() && !parsed.batch {
+        if first.is_some_and(|m| m.id.is_none()) && !batch {
             reply.body.clear();
             reply.headers.retain(|(n, _)| n != "content-type");
             return;
         }
-        let id = if parsed.batch {
-            serde_json::Value::Null
-        } else {
-            first
-                .id
-                .as_ref()
-                .map_or(serde_json::Value::Null, |id| id.to_json())
+        let id = match first {
+            Some(m) if !batch => {
+                m.id.as_ref()
+                    .map_or(serde_json::Value::Null, |id| id.to_json())
+            }
+            _ => serde_json::Value::Null,
         };
         reply.body = json!({
             "jsonrpc": "2.0",
@@ -231,12 +229,9 @@ impl McpStage {
         .into_bytes();
     }
 
-    pub fn on_request(
-        &mut self,
-        host: &mut dyn Host,
-        request: &mut Request,
-        metrics: &mut Metrics,
-    ) -> Step {
+    /// At the headers: a token in the query string is refused, and the
+    /// caller's token never goes on to the MCP server.
+    pub fn on_request(&mut self, request: &mut Request, metrics: &mut Metrics) -> Step {
         if !self.is_endpoint(request) {
             return Step::Next;
         }
@@ -248,30 +243,44 @@ impl McpStage {
             );
             return Step::Reply(self.refuse(refusal, metrics));
         }
-        // No token passthrough: the MCP server never sees the caller's
-        // token, whatever auth's `forward` says.
+        // No token passthrough, whatever auth's `forward` says.
         request.remove("authorization");
-        if request.head().method != "POST" {
-            return Step::Next;
-        }
+        Step::Next
+    }
+
+    /// With the whole body of a POST: the messages are read, checked
+    /// against the standard headers, resolved and authorised; the
+    /// operation is named for the rate limiter and filter state, and the
+    /// price set.
+    pub fn on_body(
+        &mut self,
+        host: &mut dyn Host,
+        request: &mut Request,
+        metrics: &mut Metrics,
+    ) -> Step {
         let body = request.body.take().unwrap_or_default();
         let decided = {
             let head = request.head();
             let headers = McpHeaders::from_head(&head);
-            let scopes = request.established_scopes();
-            parse_body(&body, &headers, &self.limits).and_then(|parsed| {
-                let scopes = scopes.unwrap_or_default();
-                self.map.decide(&parsed, &headers, &scopes)
-            })
+            let scopes = request.established_scopes().unwrap_or_default();
+            parse_body(&body, &headers, &self.limits)
+                .and_then(|parsed| self.map.decide(&parsed, &headers, &scopes))
         };
+        let body_bytes = body.len() as u64;
         request.body = Some(body);
         let resolved = match decided {
             Ok(resolved) => resolved,
             Err(refusal) => return Step::Reply(self.refuse(refusal, metrics)),
         };
         metrics.inc(self.counters.allowed);
-        // The first message names the operation (a batch is priced per
-        // message by the rate limiter in a later change; today one).
+        request.price = Some(
+            resolved
+                .iter()
+                .map(|r| r.cost.units(body_bytes))
+                .fold(0u64, u64::saturating_add),
+        );
+        // The first message names the operation (a batch's others are
+        // priced, not named).
         if let Some(first) = resolved.first() {
             let operation = MatchedOperation {
                 name: first.operation.clone(),
@@ -286,7 +295,20 @@ impl McpStage {
                     .map(|a| a.context.to_string())
                     .unwrap_or_default(),
             };
-            request.established_mut(host).operation = Some(Rc::new(operation));
+            let established = request.established_mut(host);
+            established.operation = Some(Rc::new(operation));
+            // Filter state for access logs and later filters, now with
+            // the operation (auth wrote it without one at the headers).
+            if let Some(caller) = established.identity.as_deref()
+                && let Ok(caller_json) = serde_json::to_vec(caller)
+            {
+                let state = crate::contract::encode(&caller_json, established.operation.as_deref());
+                host.set_filter_state(
+                    request.stream,
+                    crate::contract::REQUEST_FILTER_STATE,
+                    &state,
+                );
+            }
         }
         Step::Next
     }

@@ -80,6 +80,10 @@ enum StageId {
     Breaker,
 }
 
+/// The stages that run when the body is in, for a request whose body
+/// decides (an MCP POST), in this order; at the headers they are skipped.
+const BODY_STAGES: [StageId; 2] = [StageId::Mcp, StageId::RateLimit];
+
 const ORDER: [StageId; 5] = [
     StageId::Auth,
     StageId::Mcp,
@@ -105,6 +109,8 @@ enum Phase {
         deadline_ms: u64,
         /// Body bytes that arrived meanwhile (the proxy buffers them).
         body_bytes: u64,
+        /// Paused in the body stages: the headers are gone already.
+        on_body: bool,
     },
     Forwarded,
     Refused,
@@ -268,15 +274,13 @@ impl Worker {
         stream: &mut Stream,
         end_of_stream: bool,
     ) -> Option<Flow> {
+        let _ = end_of_stream;
         let mcp = self.mcp.as_ref()?;
         stream.request.authorised_later = mcp.is_endpoint(&stream.request);
         if let Some(reply) = mcp.metadata_reply(&stream.request, &mut self.metrics) {
             return Some(refuse(host, stream, &reply));
         }
         let limit = mcp.body_limit(&stream.request)?;
-        if end_of_stream {
-            return None;
-        }
         let declared = stream
             .request
             .head()
@@ -286,8 +290,11 @@ impl Worker {
             let reply = mcp.too_large(&mut self.metrics);
             return Some(refuse(host, stream, &reply));
         }
-        stream.phase = Phase::Buffering { limit };
-        Some(Flow::Pause)
+        // The body decides. Proxy-Wasm delivers no body while the headers
+        // are held, so the headers go on after the header stages, and the
+        // body is held (the proxy buffers it) until it is decided.
+        stream.request.body_limit = Some(if end_of_stream { 0 } else { limit });
+        None
     }
 
     /// `body_size`: what the proxy reports as buffered for this callback.
@@ -369,16 +376,12 @@ impl Worker {
         }
         let size = usize::try_from(body_size).unwrap_or(usize::MAX);
         stream.request.body = Some(host.request_body(stream.request.stream, size));
-        stream.request.end_of_stream = true;
         stream.phase = Phase::Deciding;
-        let flow = self.run(host, stream, 0);
+        let flow = self.run_body_stages(host, stream, 0);
         match &mut stream.phase {
             // The rate limiter waits for the RLS: the body it held is
             // charged with the answer.
-            Phase::Waiting { body_bytes, .. } => {
-                *body_bytes = body_size;
-                stream.buffered = Some(body_size);
-            }
+            Phase::Waiting { .. } => stream.buffered = Some(body_size),
             Phase::Refused => stream.buffered = Some(body_size),
             // Let through: the proxy passes the buffered body on.
             _ => stream.buffered = None,
@@ -490,6 +493,11 @@ impl Worker {
     /// header changes) when every stage let it through.
     fn run(&mut self, host: &mut dyn Host, stream: &mut Stream, from: usize) -> Flow {
         for stage in ORDER.iter().skip(from) {
+            // The rate limiter prices a request whose body decides once
+            // the body is in (the mcp stage runs at both).
+            if stream.request.body_limit.is_some() && *stage == StageId::RateLimit {
+                continue;
+            }
             let metrics = &mut self.metrics;
             let request = &mut stream.request;
             let step = match stage {
@@ -497,10 +505,7 @@ impl Worker {
                     .auth
                     .as_mut()
                     .map(|s| s.on_request(host, request, metrics)),
-                StageId::Mcp => self
-                    .mcp
-                    .as_mut()
-                    .map(|s| s.on_request(host, request, metrics)),
+                StageId::Mcp => self.mcp.as_mut().map(|s| s.on_request(request, metrics)),
                 StageId::RateLimit => self
                     .ratelimit
                     .as_mut()
@@ -530,12 +535,55 @@ impl Worker {
                         call,
                         deadline_ms,
                         body_bytes: 0,
+                        on_body: false,
                     };
                     return Flow::Pause;
                 }
             }
         }
         stream.request.apply_changes(host);
+        stream.phase = Phase::Forwarded;
+        if let Some(limit) = stream.request.body_limit {
+            if stream.request.end_of_stream {
+                // No body at all: decided at once, on an empty one.
+                stream.request.body = Some(Vec::new());
+                return self.run_body_stages(host, stream, 0);
+            }
+            stream.phase = Phase::Buffering { limit };
+        }
+        Flow::Continue
+    }
+
+    /// The stages that decide on the body (`BODY_STAGES`), from the
+    /// `from`th: the headers are forwarded, the body is held until they
+    /// let it through.
+    fn run_body_stages(&mut self, host: &mut dyn Host, stream: &mut Stream, from: usize) -> Flow {
+        for stage in BODY_STAGES.iter().skip(from) {
+            let metrics = &mut self.metrics;
+            let request = &mut stream.request;
+            let step = match stage {
+                StageId::Mcp => self.mcp.as_mut().map(|s| s.on_body(host, request, metrics)),
+                StageId::RateLimit => self
+                    .ratelimit
+                    .as_mut()
+                    .map(|s| s.on_request(host, request, &mut stream.ratelimit, metrics)),
+                _ => None,
+            };
+            match step {
+                None | Some(Step::Next) => {}
+                Some(Step::Reply(reply)) => return refuse(host, stream, &reply),
+                Some(Step::Wait { call, deadline_ms }) => {
+                    stream.phase = Phase::Waiting {
+                        stage: *stage,
+                        call,
+                        deadline_ms,
+                        body_bytes: 0,
+                        on_body: true,
+                    };
+                    return Flow::Pause;
+                }
+            }
+        }
         stream.phase = Phase::Forwarded;
         Flow::Continue
     }
@@ -548,7 +596,10 @@ impl Worker {
             return;
         };
         let Phase::Waiting {
-            stage, body_bytes, ..
+            stage,
+            body_bytes,
+            on_body,
+            ..
         } = stream.phase
         else {
             self.streams.insert(id, stream);
@@ -573,11 +624,20 @@ impl Worker {
                 refuse(host, &mut stream, &reply);
             }
             Step::Next | Step::Wait { .. } => {
-                let next = ORDER
-                    .iter()
-                    .position(|s| *s == stage)
-                    .map_or(ORDER.len(), |i| i + 1);
-                if self.run(host, &mut stream, next) == Flow::Continue {
+                let flow = if on_body {
+                    let next = BODY_STAGES
+                        .iter()
+                        .position(|s| *s == stage)
+                        .map_or(BODY_STAGES.len(), |i| i + 1);
+                    self.run_body_stages(host, &mut stream, next)
+                } else {
+                    let next = ORDER
+                        .iter()
+                        .position(|s| *s == stage)
+                        .map_or(ORDER.len(), |i| i + 1);
+                    self.run(host, &mut stream, next)
+                };
+                if flow == Flow::Continue {
                     // The proxy passes the buffered body on with the
                     // request, and counts from zero again.
                     stream.buffered = None;

@@ -196,6 +196,10 @@ impl RateLimitStage {
         stream: &mut RateLimitStream,
         metrics: &mut Metrics,
     ) -> Step {
+        if request.price == Some(0) {
+            // Free (an MCP `initialize`, `ping`, listing or notification).
+            return Step::Next;
+        }
         let established = request.established(host).clone();
         let client_address = match established.identity {
             None => request.attribute(host, Attribute::ClientAddress),
@@ -213,6 +217,7 @@ impl RateLimitStage {
             client_address,
             route,
             end_of_stream: request.end_of_stream,
+            price: request.price,
         };
         let step = self
             .limiter

@@ -28,6 +28,12 @@ pub struct Request {
     /// A later stage authorises this request from its body (an MCP
     /// endpoint), so auth only authenticates it.
     pub authorised_later: bool,
+    /// The body decides (an MCP POST): the longest body accepted. The
+    /// body stages run once it is in.
+    pub body_limit: Option<u64>,
+    /// What the request costs, in read-equivalents, when a stage priced it
+    /// from the body (MCP); the rate limiter's own pricing otherwise.
+    pub price: Option<u64>,
 }
 
 impl Request {
@@ -50,6 +56,8 @@ impl Request {
             established: None,
             body: None,
             authorised_later: false,
+            body_limit: None,
+            price: None,
         }
     }
 

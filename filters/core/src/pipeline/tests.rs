@@ -602,8 +602,16 @@ fn mcp_a_tool_call_in_scope_waits_for_its_body_and_goes_through_without_the_toke
     let bearer = format!("Bearer {}", token(&key, "acme"));
     let body = tool_call(7, "search_context", "projects/engineering/roadmap");
     let (id, on_headers, on_body) = gw.mcp_post(&[("authorization", &bearer)], &body);
-    assert_eq!(on_headers, Flow::Pause, "the stages wait for the body");
-    assert_eq!(on_body, Flow::Continue);
+    assert_eq!(
+        on_headers,
+        Flow::Continue,
+        "the headers go on (Proxy-Wasm gives no body to held headers)"
+    );
+    assert_eq!(
+        on_body,
+        Flow::Continue,
+        "the body is let through once decided"
+    );
     assert_eq!(gw.reply_status(id), None);
     let forwarded = &gw.host.stream(id).request_headers;
     assert!(
@@ -670,7 +678,12 @@ fn mcp_no_token_gets_a_401_naming_the_resource_metadata_with_the_request_id() {
         ),
         "{challenge}"
     );
-    assert_eq!(gw.reply_json(id)["id"], 3);
+    assert_eq!(
+        gw.reply_json(id)["id"],
+        Value::Null,
+        "refused at the headers: the id is not known yet"
+    );
+    assert_eq!(gw.reply_json(id)["jsonrpc"], "2.0");
     // The metadata document is served without a token.
     let (id, flow) = gw.request("GET", "/.well-known/oauth-protected-resource/mcp", &[]);
     assert_eq!(flow, Flow::Pause);
@@ -734,6 +747,7 @@ fn mcp_bounds_and_malformed_bodies_are_refused_before_any_policy() {
 fn mcp_a_body_that_grows_past_the_limit_is_refused_while_streaming() {
     let key = ES256KeyPair::generate().with_key_id("k1");
     let mut gw = Gateway::new(mcp_chain(&key));
+    let bearer = format!("Bearer {}", token(&key, "acme"));
     let id = gw.next_stream;
     gw.host.open(
         id,
@@ -742,11 +756,12 @@ fn mcp_a_body_that_grows_past_the_limit_is_refused_while_streaming() {
             (":path", "/mcp"),
             (":authority", "gw"),
             ("content-type", "application/json"),
+            ("authorization", &bearer),
         ],
     );
     assert_eq!(
         gw.worker.on_request_headers(&mut gw.host, id, false),
-        Flow::Pause
+        Flow::Continue
     );
     assert_eq!(
         gw.worker.on_request_body(&mut gw.host, id, 1000, false),

@@ -29,6 +29,9 @@ pub struct RequestFacts<'a> {
     pub route: Option<String>,
     /// The request headers ended the stream: there is no body.
     pub end_of_stream: bool,
+    /// The price an earlier stage set from the body (MCP), in
+    /// read-equivalents, instead of this limiter's own pricing.
+    pub price: Option<u64>,
 }
 
 /// What the local buckets decided: let the request through, refuse it,
@@ -84,7 +87,10 @@ impl RateLimiter {
             return LocalDecision::Deny(queue_full_refusal(request));
         }
         let operation = self.operation(facts);
-        let (unit_cost, payload) = self.costs(facts, operation.as_deref());
+        let (unit_cost, payload) = match facts.price {
+            Some(price) => (price.max(1), 1),
+            None => self.costs(facts, operation.as_deref()),
+        };
         let cost = unit_cost.saturating_mul(payload);
         let (table, key, descriptor, label) = self.key(facts, operation.as_deref());
         let hash = self.table(table).hash_key(&key);

@@ -86,6 +86,7 @@ impl Req {
             client_address: self.client.map(str::to_owned),
             route: None,
             end_of_stream: self.end_of_stream,
+            price: None,
         }
     }
 }
