@@ -358,3 +358,49 @@ fn bounds_and_malformed_requests_get_their_own_refusals() {
         .send(gw.addr());
     assert_eq!(response.status, 415);
 }
+
+fn tool_names(listing: &Value) -> Vec<&str> {
+    listing["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools in {listing}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn tools_list_shows_only_the_tools_the_caller_may_use() {
+    let gw = Gateway::start(Sessions::Stateful);
+    for era in [None, Some("2025-11-25")] {
+        let reader = {
+            let c = gw.client(ENGINEERING);
+            match era {
+                Some(v) => c.protocol_version(v),
+                None => c,
+            }
+        };
+        let listing = reader.list_tools();
+        assert_eq!(
+            tool_names(listing.result()),
+            ["search_context", "read_context", "traverse_context"],
+            "a reader does not see write_context ({era:?})"
+        );
+        let writer = {
+            let c = gw.client(&["read:projects/*", "write:projects/engineering/*"]);
+            match era {
+                Some(v) => c.protocol_version(v),
+                None => c,
+            }
+        };
+        assert_eq!(
+            tool_names(writer.list_tools().result()),
+            [
+                "search_context",
+                "read_context",
+                "write_context",
+                "traverse_context"
+            ],
+            "{era:?}"
+        );
+    }
+}

@@ -118,6 +118,18 @@ pub trait Host {
     /// Sets response headers of `stream` (in its response-headers callback).
     fn set_response_headers(&mut self, stream: StreamId, headers: &[(String, String)]);
 
+    /// Removes a response header of `stream` (in its response-headers
+    /// callback).
+    fn remove_response_header(&mut self, stream: StreamId, name: &str);
+
+    /// The first `size` bytes of the response body the proxy holds for
+    /// `stream` (in its response-body callback: the chunk just arrived, or
+    /// everything buffered since the pipeline paused it).
+    fn response_body(&mut self, stream: StreamId, size: usize) -> Vec<u8>;
+
+    /// Replaces the first `size` bytes of that response body with `body`.
+    fn set_response_body(&mut self, stream: StreamId, size: usize, body: &[u8]);
+
     /// Read-only, so a decision can look it up lazily while it holds the
     /// shared store. Read route-dependent attributes only after applying
     /// header changes ([`Attribute::depends_on_headers`]).

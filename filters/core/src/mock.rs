@@ -44,6 +44,8 @@ pub struct MockStream {
     pub header_reads: u32,
     /// The request body the proxy buffered so far.
     pub request_body: Vec<u8>,
+    /// The response body the proxy holds (the current chunk).
+    pub response_body: Vec<u8>,
 }
 
 /// A call the pipeline made.
@@ -200,6 +202,26 @@ impl Host for MockHost {
 
     fn filter_state(&mut self, stream: StreamId, key: &str) -> Option<Vec<u8>> {
         self.streams.get(&stream)?.filter_state.get(key).cloned()
+    }
+
+    fn remove_response_header(&mut self, stream: StreamId, name: &str) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.response_headers.retain(|(n, _)| n != name);
+        }
+    }
+
+    fn response_body(&mut self, stream: StreamId, size: usize) -> Vec<u8> {
+        self.streams.get(&stream).map_or_else(Vec::new, |s| {
+            s.response_body.iter().take(size).copied().collect()
+        })
+    }
+
+    fn set_response_body(&mut self, stream: StreamId, size: usize, body: &[u8]) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            let keep = s.response_body.split_off(size.min(s.response_body.len()));
+            s.response_body = body.to_vec();
+            s.response_body.extend(keep);
+        }
     }
 
     fn request_body(&mut self, stream: StreamId, size: usize) -> Vec<u8> {

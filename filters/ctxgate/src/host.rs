@@ -179,6 +179,24 @@ impl Host for WasmHost {
         hostcalls::get_property(vec![key]).ok().flatten()
     }
 
+    fn remove_response_header(&mut self, stream: StreamId, name: &str) {
+        self.on(stream);
+        let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, name);
+    }
+
+    fn response_body(&mut self, stream: StreamId, size: usize) -> Vec<u8> {
+        self.on(stream);
+        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn set_response_body(&mut self, stream: StreamId, size: usize, body: &[u8]) {
+        self.on(stream);
+        let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, body);
+    }
+
     fn request_body(&mut self, stream: StreamId, size: usize) -> Vec<u8> {
         self.on(stream);
         hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)

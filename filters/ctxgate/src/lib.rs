@@ -181,6 +181,17 @@ impl HttpContext for Stream {
         action(flow)
     }
 
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let mut host = self.host();
+        let size = u64::try_from(body_size).unwrap_or(u64::MAX);
+        let flow =
+            self.worker
+                .borrow_mut()
+                .on_response_body(&mut host, self.id, size, end_of_stream);
+        host.finish();
+        action(flow)
+    }
+
     fn on_log(&mut self) {
         let mut host = self.host();
         self.worker.borrow_mut().on_done(&mut host, self.id);

@@ -21,27 +21,57 @@
 //! | `ctxgate_mcp.allowed` | counter | MCP POSTs let through (each message decided) |
 //! | `ctxgate_mcp.refused.<reason>` | counter | refusals, one counter per reason code |
 //! | `ctxgate_mcp.metadata` | counter | protected-resource metadata documents served |
+//! | `ctxgate_mcp.listing_filtered` | counter | listing responses (or SSE chunks of them) narrowed to what the caller may use |
 
 use serde_json::json;
 
-use super::Step;
 use super::request::Request;
+use super::{Flow, Step};
 use crate::config::ConfigError;
 use crate::contract::MatchedOperation;
-use crate::host::Host;
+use crate::host::{Host, StreamId};
 use crate::mcp::config::McpConfig;
-use crate::mcp::{Limits, McpHeaders, Reason, Refusal, ToolMap, parse_body};
+use crate::mcp::{
+    Limits, Listings, McpHeaders, Reason, Refusal, SseListingFilter, ToolMap, Viewer, filter_json,
+    parse_body,
+};
 use crate::metrics::{Counter, Metrics};
 use crate::path::split_path_query;
 use crate::query::Query;
 use crate::reply::LocalReply;
+use crate::scope::ScopeSet;
 use std::rc::Rc;
+
+/// The longest SSE event held back while a listing stream is filtered.
+const MAX_LISTING_EVENT_BYTES: usize = 1 << 20;
+
+/// What the mcp stage keeps for one stream: the listings its response
+/// answers, which are narrowed to what the caller may use.
+#[derive(Default)]
+pub struct McpStream {
+    listing: Option<Listing>,
+}
+
+struct Listing {
+    listings: Listings,
+    scopes: Rc<ScopeSet>,
+    /// How the response is filtered, once its headers told.
+    mode: Option<ListingMode>,
+}
+
+enum ListingMode {
+    /// One JSON body: held until it is whole.
+    Json,
+    /// An event stream: filtered event by event as it passes.
+    Sse(Box<SseListingFilter>),
+}
 
 /// The query parameter RFC 6750 defines for a token in the URI.
 const QUERY_TOKEN_PARAM: &str = "access_token";
 
 struct Counters {
     allowed: Counter,
+    filtered: Counter,
     refused: Vec<(Reason, Counter)>,
     metadata: Counter,
 }
@@ -85,6 +115,7 @@ impl McpStage {
         });
         let counters = Counters {
             allowed: metrics.counter("ctxgate_mcp.allowed"),
+            filtered: metrics.counter("ctxgate_mcp.listing_filtered"),
             refused: Reason::ALL
                 .iter()
                 .map(|r| {
@@ -256,22 +287,32 @@ impl McpStage {
         &mut self,
         host: &mut dyn Host,
         request: &mut Request,
+        stream: &mut McpStream,
         metrics: &mut Metrics,
     ) -> Step {
         let body = request.body.take().unwrap_or_default();
+        let scopes = request.established_scopes().unwrap_or_default();
         let decided = {
             let head = request.head();
             let headers = McpHeaders::from_head(&head);
-            let scopes = request.established_scopes().unwrap_or_default();
-            parse_body(&body, &headers, &self.limits)
-                .and_then(|parsed| self.map.decide(&parsed, &headers, &scopes))
+            parse_body(&body, &headers, &self.limits).and_then(|parsed| {
+                let resolved = self.map.decide(&parsed, &headers, &scopes)?;
+                Ok((resolved, Listings::of(&parsed)))
+            })
         };
         let body_bytes = body.len() as u64;
         request.body = Some(body);
-        let resolved = match decided {
-            Ok(resolved) => resolved,
+        let (resolved, listings) = match decided {
+            Ok(decided) => decided,
             Err(refusal) => return Step::Reply(self.refuse(refusal, metrics)),
         };
+        if !listings.is_empty() {
+            stream.listing = Some(Listing {
+                listings,
+                scopes,
+                mode: None,
+            });
+        }
         metrics.inc(self.counters.allowed);
         request.price = Some(
             resolved
@@ -311,5 +352,82 @@ impl McpStage {
             }
         }
         Step::Next
+    }
+
+    /// The response to a listing: JSON is held until whole, an event
+    /// stream is filtered as it passes; either way its length changes.
+    pub fn on_response_headers(&self, host: &mut dyn Host, id: StreamId, stream: &mut McpStream) {
+        let Some(listing) = stream.listing.as_mut() else {
+            return;
+        };
+        let media = host
+            .response_header(id, "content-type")
+            .and_then(|ct| ct.split(';').next().map(|m| m.trim().to_ascii_lowercase()));
+        listing.mode = match media.as_deref() {
+            Some("application/json") => Some(ListingMode::Json),
+            Some("text/event-stream") => Some(ListingMode::Sse(Box::new(SseListingFilter::new(
+                listing.listings.clone(),
+                MAX_LISTING_EVENT_BYTES,
+            )))),
+            _ => None,
+        };
+        if listing.mode.is_some() {
+            host.remove_response_header(id, "content-length");
+        }
+    }
+
+    /// A chunk of the response body (`size` bytes held by the proxy).
+    pub fn on_response_body(
+        &self,
+        host: &mut dyn Host,
+        id: StreamId,
+        stream: &mut McpStream,
+        size: usize,
+        end_of_stream: bool,
+        metrics: &mut Metrics,
+    ) -> Flow {
+        let Some(listing) = stream.listing.as_mut() else {
+            return Flow::Continue;
+        };
+        let viewer = Viewer {
+            map: &self.map,
+            scopes: &listing.scopes,
+        };
+        match listing.mode.as_mut() {
+            None => Flow::Continue,
+            Some(ListingMode::Json) => {
+                if !end_of_stream {
+                    return Flow::Pause;
+                }
+                let body = host.response_body(id, size);
+                if let Some(filtered) = filter_json(&body, &listing.listings, &viewer) {
+                    metrics.inc(self.counters.filtered);
+                    host.set_response_body(id, size, &filtered);
+                }
+                Flow::Continue
+            }
+            Some(ListingMode::Sse(filter)) => {
+                let chunk = host.response_body(id, size);
+                let mut out = match filter.push(&chunk, &viewer) {
+                    Ok(out) => out,
+                    // An event too long to hold back whole cannot be
+                    // filtered, and passing it would leak entries: the rest
+                    // of the stream is dropped instead.
+                    Err(_) => {
+                        metrics.inc(self.counters.filtered);
+                        host.set_response_body(id, size, b"");
+                        return Flow::Continue;
+                    }
+                };
+                if end_of_stream {
+                    out.extend(filter.finish(&viewer));
+                }
+                if out != chunk {
+                    metrics.inc(self.counters.filtered);
+                    host.set_response_body(id, size, &out);
+                }
+                Flow::Continue
+            }
+        }
     }
 }

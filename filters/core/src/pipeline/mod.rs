@@ -46,7 +46,7 @@ use crate::tagging::Tagger;
 use auth::AuthStage;
 use breaker::{BreakerStage, BreakerStream};
 use config::PipelineConfig;
-use mcp::McpStage;
+use mcp::{McpStage, McpStream};
 use ratelimit::{RateLimitStage, RateLimitStream};
 use request::Request;
 use tagging::TaggingStage;
@@ -121,6 +121,7 @@ struct Stream {
     phase: Phase,
     ratelimit: RateLimitStream,
     breaker: BreakerStream,
+    mcp: McpStream,
     /// The body size the proxy reported at the last body callback, if that
     /// callback paused (the proxy then buffers, and its next callback
     /// reports everything buffered, not just the new bytes).
@@ -256,6 +257,7 @@ impl Worker {
             phase: Phase::Deciding,
             ratelimit: RateLimitStream::default(),
             breaker: BreakerStream::default(),
+            mcp: McpStream::default(),
             buffered: None,
         };
         let flow = match self.before_stages(host, &mut stream, end_of_stream) {
@@ -414,7 +416,36 @@ impl Worker {
         if !headers.is_empty() {
             host.set_response_headers(id, &headers);
         }
+        if let Some(stage) = self.mcp.as_ref() {
+            stage.on_response_headers(host, id, &mut stream.mcp);
+        }
         Flow::Continue
+    }
+
+    /// A chunk of the response body: a listing is narrowed to what the
+    /// caller may use; anything else passes untouched.
+    pub fn on_response_body(
+        &mut self,
+        host: &mut dyn Host,
+        id: StreamId,
+        body_size: u64,
+        end_of_stream: bool,
+    ) -> Flow {
+        let (Some(stage), Some(stream)) = (self.mcp.as_ref(), self.streams.get_mut(&id)) else {
+            return Flow::Continue;
+        };
+        if stream.phase != Phase::Forwarded {
+            return Flow::Continue;
+        }
+        let size = usize::try_from(body_size).unwrap_or(usize::MAX);
+        stage.on_response_body(
+            host,
+            id,
+            &mut stream.mcp,
+            size,
+            end_of_stream,
+            &mut self.metrics,
+        )
     }
 
     /// The stream is gone (answered, reset or timed out).
@@ -562,7 +593,10 @@ impl Worker {
             let metrics = &mut self.metrics;
             let request = &mut stream.request;
             let step = match stage {
-                StageId::Mcp => self.mcp.as_mut().map(|s| s.on_body(host, request, metrics)),
+                StageId::Mcp => self
+                    .mcp
+                    .as_mut()
+                    .map(|s| s.on_body(host, request, &mut stream.mcp, metrics)),
                 StageId::RateLimit => self
                     .ratelimit
                     .as_mut()

@@ -774,3 +774,77 @@ fn mcp_a_body_that_grows_past_the_limit_is_refused_while_streaming() {
     );
     assert_eq!(gw.reply_status(id), Some(413));
 }
+
+#[test]
+fn mcp_a_listing_response_is_narrowed_to_the_tools_the_caller_may_use() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut gw = Gateway::new(mcp_chain(&key));
+    // The token may read projects/* and write projects/engineering only.
+    let bearer = format!("Bearer {}", token(&key, "acme"));
+    let listing = tools_list_response();
+    for (content_type, body) in [
+        ("application/json", listing.clone()),
+        (
+            "text/event-stream",
+            format!("event: message\ndata: {listing}\n\n"),
+        ),
+    ] {
+        let request = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+        let (id, _, on_body) = gw.mcp_post(&[("authorization", &bearer)], request);
+        assert_eq!(on_body, Flow::Continue);
+        let stream = gw.host.streams.get_mut(&id).unwrap();
+        stream.response_headers = vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), content_type.into()),
+            ("content-length".into(), body.len().to_string()),
+        ];
+        assert_eq!(
+            gw.worker.on_response_headers(&mut gw.host, id),
+            Flow::Continue
+        );
+        assert!(
+            !gw.host
+                .stream(id)
+                .response_headers
+                .iter()
+                .any(|(n, _)| n == "content-length"),
+            "the length changes"
+        );
+        // Two chunks: JSON is held until whole, SSE passes as it can.
+        let (first, second) = body.as_bytes().split_at(body.len() / 2);
+        gw.host.streams.get_mut(&id).unwrap().response_body = first.to_vec();
+        let flow = gw
+            .worker
+            .on_response_body(&mut gw.host, id, first.len() as u64, false);
+        let mut seen = Vec::new();
+        if content_type == "application/json" {
+            assert_eq!(flow, Flow::Pause);
+            gw.host.streams.get_mut(&id).unwrap().response_body = body.as_bytes().to_vec();
+            let flow = gw
+                .worker
+                .on_response_body(&mut gw.host, id, body.len() as u64, true);
+            assert_eq!(flow, Flow::Continue);
+            seen.extend(gw.host.stream(id).response_body.clone());
+        } else {
+            assert_eq!(flow, Flow::Continue);
+            seen.extend(gw.host.stream(id).response_body.clone());
+            gw.host.streams.get_mut(&id).unwrap().response_body = second.to_vec();
+            gw.worker
+                .on_response_body(&mut gw.host, id, second.len() as u64, true);
+            seen.extend(gw.host.stream(id).response_body.clone());
+        }
+        let text = String::from_utf8(seen).unwrap();
+        assert!(text.contains("search_context"), "{content_type}: {text}");
+        assert!(text.contains("write_context"), "{content_type}: {text}");
+        assert!(!text.contains("drop_everything"), "{content_type}: {text}");
+    }
+}
+
+fn tools_list_response() -> String {
+    json!({"jsonrpc": "2.0", "id": 2, "result": {"tools": [
+        {"name": "search_context", "inputSchema": {"type": "object"}},
+        {"name": "write_context", "inputSchema": {"type": "object"}},
+        {"name": "drop_everything", "inputSchema": {"type": "object"}}
+    ]}})
+    .to_string()
+}
