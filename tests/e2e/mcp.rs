@@ -114,8 +114,12 @@ impl Gateway {
     }
 
     fn token(&self, scopes: &[&str]) -> String {
+        self.token_of("agent-7", scopes)
+    }
+
+    fn token_of(&self, subject: &str, scopes: &[&str]) -> String {
         let opts = MintOptions {
-            sub: "agent-7".to_owned(),
+            sub: subject.to_owned(),
             tenant: Some("acme".to_owned()),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
             aud: vec![self.resource.clone()],
@@ -403,4 +407,39 @@ fn tools_list_shows_only_the_tools_the_caller_may_use() {
             "{era:?}"
         );
     }
+}
+
+#[test]
+fn a_session_id_serves_only_the_principal_it_was_issued_to() {
+    let gw = Gateway::start(Sessions::Stateful);
+    let scopes = ["read:projects/*"];
+    let alice = McpClient::new(gw.url()).token(&gw.token_of("alice", &scopes));
+    let opened = alice.open_session();
+    let session = opened.result()["session_id"]
+        .as_str()
+        .expect("the server issued a session id")
+        .to_owned();
+    let roadmap = json!({"path": "projects/engineering/roadmap"});
+    // Its owner goes on using it.
+    let own = alice.call_with_session(&session, "read_context", &roadmap);
+    assert_eq!(own.structured()["received"]["session_id"], session.as_str());
+    // Another principal with a valid token and the same scopes is refused:
+    // 404, as for a session that does not exist.
+    let mallory = McpClient::new(gw.url()).token(&gw.token_of("mallory", &scopes));
+    let hijack = mallory.call_with_session(&session, "read_context", &roadmap);
+    assert_eq!(hijack.error()["http_status"], 404, "{:?}", hijack.lines);
+    // A session id the server never issued: 404 too.
+    let made_up =
+        alice.call_with_session("0123456789abcdef0123456789abcdef", "read_context", &roadmap);
+    assert_eq!(made_up.error()["http_status"], 404);
+    // Nothing of mallory's reached the server on alice's session.
+    assert!(
+        gw.server
+            .requests()
+            .iter()
+            .filter(|r| r.session_id.as_deref() == Some(session.as_str()))
+            .all(|r| r.subject.as_deref() != Some("mallory")),
+        "{}",
+        gw.server.log()
+    );
 }

@@ -36,6 +36,7 @@ pub enum Kind {
     AdaptiveRegistry = 6,
     Breaker = 7,
     Secret = 8,
+    McpSession = 9,
 }
 
 /// Why a shared-data value could not be read as the record expected.

@@ -50,6 +50,7 @@ mod listing;
 mod message;
 mod refusal;
 mod reply;
+mod session;
 mod sse;
 mod tools;
 
@@ -69,5 +70,6 @@ pub use message::{
     parse_body,
 };
 pub use refusal::{Reason, Refusal, code};
+pub use session::{SessionCheck, SessionTable};
 pub use sse::EventTooLarge;
 pub use tools::{Cost, ToolMap};

@@ -67,10 +67,16 @@ pub enum Reason {
     /// A token in the query string: MCP clients send it in the
     /// `Authorization` header only (MCP authorization, RFC 6750 2.3).
     QueryToken,
+    /// An `Mcp-Session-Id` the gateway did not see issued (or forgot): 404,
+    /// the client starts a new session.
+    SessionUnknown,
+    /// An `Mcp-Session-Id` issued to another principal: 404 as well, so
+    /// the holder learns nothing about it.
+    SessionOtherPrincipal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 17] = [
         Reason::NotJson,
         Reason::InvalidJson,
         Reason::DuplicateKey,
@@ -86,6 +92,8 @@ impl Reason {
         Reason::InsufficientScope,
         Reason::BodyTooLarge,
         Reason::QueryToken,
+        Reason::SessionUnknown,
+        Reason::SessionOtherPrincipal,
     ];
 
     /// The stable reason code: metric label, `data.reason`, response
@@ -107,6 +115,8 @@ impl Reason {
             Reason::InsufficientScope => "insufficient_scope",
             Reason::BodyTooLarge => "mcp_body_too_large",
             Reason::QueryToken => "mcp_query_token",
+            Reason::SessionUnknown => "mcp_session_unknown",
+            Reason::SessionOtherPrincipal => "mcp_session_other_principal",
         }
     }
 
@@ -117,6 +127,7 @@ impl Reason {
         match self {
             Reason::NotJson => 415,
             Reason::BodyTooLarge => 413,
+            Reason::SessionUnknown | Reason::SessionOtherPrincipal => 404,
             Reason::UnknownTool | Reason::UnknownResource | Reason::InsufficientScope => 403,
             _ => 400,
         }
@@ -131,7 +142,9 @@ impl Reason {
             | Reason::BatchNotAllowed
             | Reason::BatchTooLarge
             | Reason::BodyTooLarge
-            | Reason::QueryToken => code::INVALID_REQUEST,
+            | Reason::QueryToken
+            | Reason::SessionUnknown
+            | Reason::SessionOtherPrincipal => code::INVALID_REQUEST,
             Reason::InvalidParams
             | Reason::UnknownTool
             | Reason::UnknownResource
@@ -275,6 +288,8 @@ mod tests {
             (Reason::InsufficientScope, 403, -31403),
             (Reason::BodyTooLarge, 413, -32600),
             (Reason::QueryToken, 400, -32600),
+            (Reason::SessionUnknown, 404, -32600),
+            (Reason::SessionOtherPrincipal, 404, -32600),
         ];
         assert_eq!(expect.len(), Reason::ALL.len());
         for (reason, status, code) in expect {

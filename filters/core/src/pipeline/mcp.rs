@@ -35,11 +35,13 @@ use crate::mcp::{
     Limits, Listings, McpHeaders, Reason, Refusal, SseListingFilter, ToolMap, Viewer, filter_json,
     parse_body,
 };
+use crate::mcp::{SessionCheck, SessionTable};
 use crate::metrics::{Counter, Metrics};
 use crate::path::split_path_query;
 use crate::query::Query;
 use crate::reply::LocalReply;
 use crate::scope::ScopeSet;
+use crate::shared::Secret;
 use std::rc::Rc;
 
 /// The longest SSE event held back while a listing stream is filtered.
@@ -50,7 +52,14 @@ const MAX_LISTING_EVENT_BYTES: usize = 1 << 20;
 #[derive(Default)]
 pub struct McpStream {
     listing: Option<Listing>,
+    /// The caller, for binding a session the server issues.
+    principal: Option<u64>,
+    /// The `Mcp-Session-Id` the request carried.
+    session: Option<Vec<u8>>,
 }
+
+/// The session header of the 2025 revisions.
+const SESSION_HEADER: &str = "mcp-session-id";
 
 struct Listing {
     listings: Listings,
@@ -87,6 +96,7 @@ struct Metadata {
 
 pub struct McpStage {
     config: McpConfig,
+    sessions: SessionTable,
     map: ToolMap,
     limits: Limits,
     metadata: Option<Metadata>,
@@ -94,9 +104,22 @@ pub struct McpStage {
 }
 
 impl McpStage {
-    pub fn new(config: McpConfig, metrics: &mut Metrics) -> Result<McpStage, ConfigError> {
+    pub fn new(
+        config: McpConfig,
+        namespace: &str,
+        secret: Secret,
+        host: &dyn Host,
+        metrics: &mut Metrics,
+    ) -> Result<McpStage, ConfigError> {
         config.validate()?;
         let map = ToolMap::compile(&config)?;
+        let sessions = SessionTable::new(
+            namespace,
+            config.sessions.max_entries,
+            config.sessions.ttl_seconds,
+            secret,
+        );
+        sessions.init_shared(host.shared());
         let metadata = config.resource_metadata.as_ref().map(|m| {
             let path = m.well_known_path();
             let origin = m
@@ -129,6 +152,7 @@ impl McpStage {
         };
         Ok(McpStage {
             config,
+            sessions,
             map,
             limits: Limits::default(),
             metadata,
@@ -262,9 +286,38 @@ impl McpStage {
 
     /// At the headers: a token in the query string is refused, and the
     /// caller's token never goes on to the MCP server.
-    pub fn on_request(&mut self, request: &mut Request, metrics: &mut Metrics) -> Step {
+    pub fn on_request(
+        &mut self,
+        host: &mut dyn Host,
+        request: &mut Request,
+        stream: &mut McpStream,
+        metrics: &mut Metrics,
+    ) -> Step {
         if !self.is_endpoint(request) {
             return Step::Next;
+        }
+        stream.principal = request
+            .established(host)
+            .identity
+            .as_deref()
+            .map(|caller| self.sessions.principal(&caller.tenant, &caller.subject));
+        stream.session = request
+            .head()
+            .header(SESSION_HEADER)
+            .map(|v| v.as_bytes().to_vec());
+        if let (Some(session), Some(principal)) = (stream.session.as_deref(), stream.principal) {
+            let reason = match self
+                .sessions
+                .check(host.shared(), session, principal, host.now_ms())
+            {
+                SessionCheck::Bound => None,
+                SessionCheck::OtherPrincipal => Some(Reason::SessionOtherPrincipal),
+                SessionCheck::Unknown | SessionCheck::Invalid => Some(Reason::SessionUnknown),
+            };
+            if let Some(reason) = reason {
+                let refusal = Refusal::new(reason, "Session not found");
+                return Step::Reply(self.refuse(refusal, metrics));
+            }
         }
         let (_, query) = split_path_query(request.head().path);
         if Query::parse(query).is_ok_and(|q| q.values(QUERY_TOKEN_PARAM).next().is_some()) {
@@ -357,6 +410,15 @@ impl McpStage {
     /// The response to a listing: JSON is held until whole, an event
     /// stream is filtered as it passes; either way its length changes.
     pub fn on_response_headers(&self, host: &mut dyn Host, id: StreamId, stream: &mut McpStream) {
+        // A session the server issued belongs to this caller from now on.
+        if let Some(principal) = stream.principal
+            && let Some(issued) = host.response_header(id, SESSION_HEADER)
+            && stream.session.as_deref() != Some(issued.as_bytes())
+        {
+            let now = host.now_ms();
+            self.sessions
+                .bind(host.shared(), issued.as_bytes(), principal, now);
+        }
         let Some(listing) = stream.listing.as_mut() else {
             return;
         };

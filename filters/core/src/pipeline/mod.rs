@@ -179,7 +179,10 @@ impl Worker {
             None => None,
         };
         let mcp = match config.mcp {
-            Some(c) => Some(McpStage::new(c, &mut metrics).map_err(in_section("mcp"))?),
+            Some(c) => Some(
+                McpStage::new(c, &namespace, secret()?, &*host, &mut metrics)
+                    .map_err(in_section("mcp"))?,
+            ),
             None => None,
         };
         let ratelimit = match config.ratelimit {
@@ -536,7 +539,10 @@ impl Worker {
                     .auth
                     .as_mut()
                     .map(|s| s.on_request(host, request, metrics)),
-                StageId::Mcp => self.mcp.as_mut().map(|s| s.on_request(request, metrics)),
+                StageId::Mcp => self
+                    .mcp
+                    .as_mut()
+                    .map(|s| s.on_request(host, request, &mut stream.mcp, metrics)),
                 StageId::RateLimit => self
                     .ratelimit
                     .as_mut()
