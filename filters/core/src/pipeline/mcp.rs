@@ -232,9 +232,8 @@ impl McpStage {
         reply
     }
 
-    /// An earlier stage's refusal of a request to an MCP endpoint: auth's
-    /// challenge names the resource metadata, and the body becomes a
-    /// JSON-RPC error with the request's id (none for a notification).
+    /// Auth's refusal of a request to an MCP endpoint: its challenge names
+    /// the resource metadata, and the body becomes a JSON-RPC error.
     pub fn amend_refusal(&self, request: &Request, reply: &mut LocalReply) {
         if !self.is_endpoint(request) {
             return;
@@ -247,33 +246,15 @@ impl McpStage {
             }
         }
         // Auth decides at the headers, before the body is in (Proxy-Wasm
-        // delivers no body while the headers are held): the id is the
-        // body's when it was read, else null, as JSON-RPC prescribes when
-        // the id cannot be determined.
-        let parsed = request.body.as_deref().and_then(|body| {
-            parse_body(body, &McpHeaders::from_head(&request.head()), &self.limits).ok()
-        });
-        let first = parsed.as_ref().and_then(|p| p.messages.first());
-        let batch = parsed.as_ref().is_some_and(|p| p.batch);
+        // delivers no body while the headers are held), so the request's
+        // id cannot be read: null, as JSON-RPC prescribes then.
         let message = serde_json::from_slice::<serde_json::Value>(&reply.body)
             .ok()
             .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
             .unwrap_or_else(|| "refused".to_owned());
-        if first.is_some_and(|m| m.id.is_none()) && !batch {
-            reply.body.clear();
-            reply.headers.retain(|(n, _)| n != "content-type");
-            return;
-        }
-        let id = match first {
-            Some(m) if !batch => {
-                m.id.as_ref()
-                    .map_or(serde_json::Value::Null, |id| id.to_json())
-            }
-            _ => serde_json::Value::Null,
-        };
         reply.body = json!({
             "jsonrpc": "2.0",
-            "id": id,
+            "id": serde_json::Value::Null,
             "error": {
                 "code": crate::mcp::code::INVALID_REQUEST,
                 "message": message,

@@ -279,7 +279,6 @@ impl Worker {
         stream: &mut Stream,
         end_of_stream: bool,
     ) -> Option<Flow> {
-        let _ = end_of_stream;
         let mcp = self.mcp.as_ref()?;
         stream.request.authorised_later = mcp.is_endpoint(&stream.request);
         if let Some(reply) = mcp.metadata_reply(&stream.request, &mut self.metrics) {
