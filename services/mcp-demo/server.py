@@ -241,6 +241,9 @@ def describe_request(scope: Scope, body: bytes) -> dict[str, Any]:
         "path": scope["path"],
         "rpc": message.get("method") if isinstance(message, dict) else None,
         "name": params.get("name") or params.get("uri"),
+        # The routing tags a gateway in front set (ctxgate's tagging stage).
+        "tag_method": headers.get("x-mcp-method"),
+        "tag_tool": headers.get("x-mcp-tool"),
     }
     record.update(received(headers))
     return record

@@ -20,7 +20,7 @@ use std::time::Duration;
 use ctxgate_demo::mint::DEMO_ISSUER;
 use ctxgate_demo::{MintAlg, MintOptions};
 use ctxgate_e2e::{
-    Envoy, EnvoyConfig, McpClient, McpServer, Request, Response, Route, Sessions, WasmFilter,
+    Envoy, EnvoyConfig, McpClient, McpServer, Request, Response, Rls, Route, Sessions, WasmFilter,
     demo_idp,
 };
 use serde_json::{Value, json};
@@ -42,6 +42,15 @@ struct Gateway {
 
 impl Gateway {
     fn start(sessions: Sessions) -> Gateway {
+        Gateway::start_with(sessions, |filter, config| (filter, config))
+    }
+
+    /// The gateway, with `custom` changing its plugin and Envoy config
+    /// before the catch-all route to the MCP server is added last.
+    fn start_with(
+        sessions: Sessions,
+        custom: impl FnOnce(WasmFilter, EnvoyConfig) -> (WasmFilter, EnvoyConfig),
+    ) -> Gateway {
         let server = McpServer::start(sessions);
         let port = free_port();
         let resource = format!("http://127.0.0.1:{port}/mcp");
@@ -87,12 +96,12 @@ impl Gateway {
                     },
                 }),
             );
-        let config = EnvoyConfig::new()
-            .concurrency(2)
-            .listener_field(
-                "address",
-                json!({"socket_address": {"address": "127.0.0.1", "port_value": port}}),
-            )
+        let config = EnvoyConfig::new().concurrency(2).listener_field(
+            "address",
+            json!({"socket_address": {"address": "127.0.0.1", "port_value": port}}),
+        );
+        let (filter, config) = custom(filter, config);
+        let config = config
             .filter(filter)
             .cluster(server.cluster("mcp"))
             .route(Route::prefix("/").cluster("mcp"));
@@ -442,4 +451,98 @@ fn a_session_id_serves_only_the_principal_it_was_issued_to() {
         "{}",
         gw.server.log()
     );
+}
+
+/// Per-tool global limits in `ctxgate-rls`: a day's budget per tenant, and
+/// two `write_context` calls a minute per tenant.
+const PER_TOOL_LIMITS: &str = "domain: ctxgate
+descriptors:
+  - key: tenant
+    rate_limit: {unit: day, requests_per_unit: 1000000}
+    descriptors:
+      - key: mcp_method
+        value: tools/call
+        descriptors:
+          - key: mcp_tool
+            value: write_context
+            rate_limit: {unit: minute, requests_per_unit: 2}
+";
+
+#[test]
+fn tool_calls_are_routed_by_their_tool_and_limited_per_tool_through_the_rls() {
+    // Writes go to a backend of their own, chosen by the tag the gateway
+    // sets from the call's standard headers (checked against the body).
+    let writes = McpServer::start(Sessions::Stateless);
+    let rls = Rls::start(PER_TOOL_LIMITS, None);
+    let writes_cluster = writes.cluster("mcp_writes");
+    let rls_cluster = rls.cluster("ctxgate_rls");
+    let gw = Gateway::start_with(Sessions::Stateless, move |filter, config| {
+        let mut ratelimit = filter.config["ratelimit"].clone();
+        ratelimit["global"] = json!({"cluster": "ctxgate_rls", "mode": "hierarchical"});
+        let filter = filter
+            .stage("ratelimit", ratelimit)
+            .stage("tagging", json!({}));
+        let config = config.cluster(writes_cluster).cluster(rls_cluster).route(
+            Route::prefix("/mcp")
+                .header("x-mcp-tool", "write_context")
+                .cluster("mcp_writes"),
+        );
+        (filter, config)
+    });
+    let writer = gw.client(&["write:projects/engineering/*"]);
+    let write = |n: u32| {
+        writer.call(
+            "write_context",
+            &json!({"path": format!("projects/engineering/note-{n}"), "content": "x"}),
+        )
+    };
+    for n in 0..2 {
+        let written = write(n);
+        assert_eq!(written.structured()["received"]["tenant"], "acme", "{n}");
+    }
+    let routed: Vec<_> = writes
+        .requests()
+        .into_iter()
+        .filter(|r| r.rpc_method.as_deref() == Some("tools/call"))
+        .collect();
+    assert_eq!(routed.len(), 2, "both writes reached the writes backend");
+    for r in &routed {
+        assert_eq!(r.tag_method.as_deref(), Some("tools/call"));
+        assert_eq!(r.tag_tool.as_deref(), Some("write_context"));
+    }
+    // The third write of the minute: the RLS refuses the tool, and the
+    // client gets a JSON-RPC error answering its request.
+    let refused = write(2);
+    let error = refused.error();
+    assert_eq!(error["http_status"], 429, "{error}");
+    assert_eq!(error["jsonrpc_code"], -31429, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("tools/call write_context of tenant acme exceeded its global limit of 2"),
+        "{error}"
+    );
+    assert_eq!(
+        writes
+            .requests()
+            .iter()
+            .filter(|r| r.rpc_method.as_deref() == Some("tools/call"))
+            .count(),
+        2,
+        "the refused write never reached the backend"
+    );
+    // Other tools of the tenant go on, to the default backend.
+    let found = gw.client(ENGINEERING).call(
+        "search_context",
+        &json!({"path": "projects/engineering/roadmap", "query": "roadmap"}),
+    );
+    assert_eq!(found.structured()["received"]["tenant"], "acme");
+    let searched = gw
+        .server
+        .requests()
+        .into_iter()
+        .find(|r| r.name.as_deref() == Some("search_context"))
+        .expect("the search reached the default backend");
+    assert_eq!(searched.tag_tool.as_deref(), Some("search_context"));
 }

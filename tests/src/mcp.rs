@@ -201,6 +201,9 @@ pub struct McpRequest {
     pub subject: Option<String>,
     pub session_id: Option<String>,
     pub protocol_version: Option<String>,
+    /// The routing tags that arrived (`x-mcp-method`, `x-mcp-tool`).
+    pub tag_method: Option<String>,
+    pub tag_tool: Option<String>,
 }
 
 impl McpRequest {
@@ -215,6 +218,8 @@ impl McpRequest {
             subject: text("subject"),
             session_id: text("session_id"),
             protocol_version: text("protocol_version"),
+            tag_method: text("tag_method"),
+            tag_tool: text("tag_tool"),
         }
     }
 }

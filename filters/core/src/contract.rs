@@ -89,6 +89,10 @@ pub struct MatchedOperation {
     pub action: String,
     #[serde(default)]
     pub context: String,
+    /// What an MCP message acts on: the tool's or prompt's name, or the
+    /// resource's URI (`tools/call`, `prompts/get`, `resources/read`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 impl From<&Operation<'_>> for MatchedOperation {
@@ -97,6 +101,7 @@ impl From<&Operation<'_>> for MatchedOperation {
             name: op.name.to_owned(),
             action: op.action.as_str().to_owned(),
             context: op.context.to_string(),
+            target: None,
         }
     }
 }
@@ -140,6 +145,7 @@ mod tests {
             name: "read".into(),
             action: "read".into(),
             context: "projects/eng".into(),
+            target: None,
         };
         let caller_json = serde_json::to_vec(&caller).unwrap();
         let bytes = encode(&caller_json, Some(&operation));

@@ -78,6 +78,43 @@ impl<'a> McpHeaders<'a> {
     }
 }
 
+/// The method and tool a POST declares in its standard headers
+/// (2026-07-28), known before its body: what routing tags are made of.
+/// The body still decides, and one that disagrees is refused
+/// ([`check_headers`]), so a declared call that reaches the upstream is
+/// the call it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    pub method: String,
+    /// `Mcp-Name` of a `tools/call`.
+    pub tool: Option<String>,
+}
+
+impl McpHeaders<'_> {
+    /// What the headers declare: `None` without a single `Mcp-Method`.
+    /// A value that could not be a header value as it stands (not
+    /// printable ASCII once decoded) declares nothing: it is no tag.
+    pub fn declared(&self) -> Option<Declared> {
+        let Header::Value(method) = self.method else {
+            return None;
+        };
+        let method = printable(method)?;
+        let tool = match self.name {
+            Header::Value(name) if method == "tools/call" => {
+                decode_name(name).and_then(|n| printable(n.as_bytes()))
+            }
+            _ => None,
+        };
+        Some(Declared { method, tool })
+    }
+}
+
+/// `value` as text, if it is non-empty printable ASCII.
+fn printable(value: &[u8]) -> Option<String> {
+    let ok = !value.is_empty() && value.iter().all(|b| (0x20..0x7f).contains(b));
+    ok.then(|| String::from_utf8_lossy(value).into_owned())
+}
+
 /// Refuses `message` if a standard header that is present disagrees with
 /// it. For a batch, every message is checked against the same headers.
 pub fn check_headers(message: &Message, headers: &McpHeaders<'_>) -> Result<(), Refusal> {
@@ -213,6 +250,54 @@ mod tests {
         let mut parsed =
             parse_body(body.to_string().as_bytes(), &headers, &Limits::default()).unwrap();
         parsed.messages.remove(0)
+    }
+
+    fn declared(method: Header<'_>, name: Header<'_>) -> Option<Declared> {
+        McpHeaders {
+            method,
+            name,
+            ..McpHeaders::default()
+        }
+        .declared()
+    }
+
+    #[test]
+    fn the_headers_declare_a_method_and_the_tool_of_a_call() {
+        let call = Some(Declared {
+            method: "tools/call".into(),
+            tool: Some("search_context".into()),
+        });
+        let v = Header::Value;
+        assert_eq!(declared(v(b"tools/call"), v(b"search_context")), call);
+        // The Base64 form declares the same tool.
+        assert_eq!(
+            declared(v(b"tools/call"), v(b"=?base64?c2VhcmNoX2NvbnRleHQ=?=")),
+            call
+        );
+        // Only a tools/call names a tool.
+        assert_eq!(
+            declared(v(b"prompts/get"), v(b"summary")),
+            Some(Declared {
+                method: "prompts/get".into(),
+                tool: None
+            })
+        );
+        // Nothing without one Mcp-Method; no tool that is not printable
+        // ASCII once decoded (a newline, "\u{e9}").
+        assert_eq!(declared(Header::Absent, v(b"search_context")), None);
+        assert_eq!(declared(Header::Repeated, v(b"search_context")), None);
+        assert_eq!(declared(v(b"tools/\x01call"), Header::Absent), None);
+        for name in [
+            &b"=?base64?YQpi?="[..],
+            b"=?base64?w6k=?=",
+            b"=?base64?%%%?=",
+        ] {
+            assert_eq!(
+                declared(v(b"tools/call"), v(name)).and_then(|d| d.tool),
+                None,
+                "{name:?}"
+            );
+        }
     }
 
     fn call(name: &str) -> Message {

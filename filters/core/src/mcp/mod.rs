@@ -60,8 +60,8 @@ mod tests;
 pub use decide::{Access, RESPONSE_OPERATION, Resolved, authorize};
 pub use glob::Glob;
 pub use headers::{
-    CONTENT_TYPE, Header, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, McpHeaders, check_headers,
-    decode_name,
+    CONTENT_TYPE, Declared, Header, MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, McpHeaders,
+    check_headers, decode_name,
 };
 pub use json::MAX_DEPTH_CEILING;
 pub use listing::{ListKind, Listings, SseListingFilter, Viewer, filter_body, filter_json};

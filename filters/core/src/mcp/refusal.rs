@@ -30,6 +30,13 @@ pub mod code {
     /// can mistake it for a code either defines; `data.reason` and the
     /// HTTP status say what it means.
     pub const FORBIDDEN: i64 = -31403;
+
+    /// The code of a refusal another stage made with HTTP `status` (the
+    /// rate limiter's 429 is -31429): application-defined like
+    /// [`FORBIDDEN`], -31000 minus the status.
+    pub fn for_status(status: u16) -> i64 {
+        -31_000 - i64::from(status)
+    }
 }
 
 /// Why a message was refused.

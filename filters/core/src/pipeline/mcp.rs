@@ -1,16 +1,19 @@
 //! The MCP stage: requests to the MCP endpoints (`mcp.paths`), decided on
 //! their JSON-RPC body ([`crate::mcp`]).
 //!
-//! The driver waits for the whole body of a POST to an MCP endpoint (at
-//! most `max_body_bytes`, else 413) before any stage runs, so every
-//! refusal, auth's included, can answer with the request's JSON-RPC id.
-//! After auth verified the token, this stage reads the body, checks the
-//! standard headers against it, resolves each message through the tool
-//! map and checks the caller's scopes; then it names the operation
-//! (`mcp:tools/call`, the tool's action and context path) for the stages
-//! after it and for filter state. The token never reaches the MCP server:
-//! `Authorization` is removed on MCP endpoints whatever auth's `forward`
-//! says, and a token in the query string is refused.
+//! At the headers (after auth authenticated the caller): a session id
+//! must be bound to the caller, a token in the query string is refused,
+//! `Authorization` is removed whatever auth's `forward` says (the token
+//! never reaches the MCP server), and the call the standard headers
+//! declare (`Mcp-Method`, `Mcp-Name`) is kept for routing tags. Proxy-Wasm
+//! gives no body to a filter that holds the headers, so the headers go on
+//! and the driver holds the body of a POST (at most `max_body_bytes`, else
+//! 413). With the whole body this stage reads the messages, checks the
+//! standard headers against them, resolves each through the tool map and
+//! checks the caller's scopes; then it names the operation
+//! (`mcp:tools/call`, the tool's action, context path and name) for the
+//! rate limiter and filter state, and sets the price. A refusal resets the
+//! upstream request, which never received a byte of the body.
 //!
 //! It also serves the RFC 9728 protected-resource metadata
 //! (`resource_metadata`), without a token, and adds `resource_metadata`
@@ -31,11 +34,11 @@ use crate::config::ConfigError;
 use crate::contract::MatchedOperation;
 use crate::host::{Host, StreamId};
 use crate::mcp::config::McpConfig;
+use crate::mcp::{Id, Kind, SessionCheck, SessionTable, code};
 use crate::mcp::{
     Limits, Listings, McpHeaders, Reason, Refusal, SseListingFilter, ToolMap, Viewer, filter_json,
     parse_body,
 };
-use crate::mcp::{SessionCheck, SessionTable};
 use crate::metrics::{Counter, Metrics};
 use crate::path::split_path_query;
 use crate::query::Query;
@@ -56,6 +59,16 @@ pub struct McpStream {
     principal: Option<u64>,
     /// The `Mcp-Session-Id` the request carried.
     session: Option<Vec<u8>>,
+    /// Whom a later stage's refusal answers, once the body is decided.
+    answering: Option<Answering>,
+}
+
+/// The message a refusal after the mcp stage answers: the first one's id
+/// (`None` for a batch: null), or nobody (a notification or a client's
+/// response waits for no answer).
+struct Answering {
+    id: Option<Id>,
+    silent: bool,
 }
 
 /// The session header of the 2025 revisions.
@@ -265,6 +278,54 @@ impl McpStage {
         .into_bytes();
     }
 
+    /// A refusal by a stage after this one (the rate limiter's 429) of a
+    /// POST this stage decided: a JSON-RPC error with the request's id,
+    /// the code -31000 minus the status, the refusing stage's message, and
+    /// its other fields (`retry_after_seconds`, `limit`...) under `data`
+    /// with `reason` and `status`; no body for a notification. Status,
+    /// headers and response details are the stage's.
+    pub fn amend_body_refusal(&self, stream: &McpStream, reply: &mut LocalReply) {
+        let Some(answering) = &stream.answering else {
+            return;
+        };
+        if answering.silent {
+            reply.body.clear();
+            reply
+                .headers
+                .retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
+            return;
+        }
+        let mut fields = match serde_json::from_slice::<serde_json::Value>(&reply.body) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        };
+        let message = match fields.remove("message") {
+            Some(serde_json::Value::String(message)) => message,
+            _ => "refused".to_owned(),
+        };
+        if let Some(reason) = fields.remove("error") {
+            fields.insert("reason".to_owned(), reason);
+        }
+        fields.insert("status".to_owned(), reply.status.into());
+        reply.body = json!({
+            "jsonrpc": "2.0",
+            "id": answering.id.as_ref().map_or(serde_json::Value::Null, Id::to_json),
+            "error": {
+                "code": code::for_status(reply.status),
+                "message": message,
+                "data": fields,
+            },
+        })
+        .to_string()
+        .into_bytes();
+        reply
+            .headers
+            .retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
+        reply
+            .headers
+            .push(("content-type".to_owned(), "application/json".to_owned()));
+    }
+
     /// At the headers: a token in the query string is refused, and the
     /// caller's token never goes on to the MCP server.
     pub fn on_request(
@@ -310,6 +371,7 @@ impl McpStage {
         }
         // No token passthrough, whatever auth's `forward` says.
         request.remove("authorization");
+        request.mcp_declared = McpHeaders::from_head(&request.head()).declared();
         Step::Next
     }
 
@@ -331,15 +393,26 @@ impl McpStage {
             let headers = McpHeaders::from_head(&head);
             parse_body(&body, &headers, &self.limits).and_then(|parsed| {
                 let resolved = self.map.decide(&parsed, &headers, &scopes)?;
-                Ok((resolved, Listings::of(&parsed)))
+                let answering = match parsed.messages.first() {
+                    Some(first) if !parsed.batch => Answering {
+                        id: first.id.clone(),
+                        silent: first.kind != Kind::Request,
+                    },
+                    _ => Answering {
+                        id: None,
+                        silent: false,
+                    },
+                };
+                Ok((resolved, Listings::of(&parsed), answering))
             })
         };
         let body_bytes = body.len() as u64;
         request.body = Some(body);
-        let (resolved, listings) = match decided {
+        let (resolved, listings, answering) = match decided {
             Ok(decided) => decided,
             Err(refusal) => return Step::Reply(self.refuse(refusal, metrics)),
         };
+        stream.answering = Some(answering);
         if !listings.is_empty() {
             stream.listing = Some(Listing {
                 listings,
@@ -369,6 +442,7 @@ impl McpStage {
                     .as_ref()
                     .map(|a| a.context.to_string())
                     .unwrap_or_default(),
+                target: first.name.clone(),
             };
             let established = request.established_mut(host);
             established.operation = Some(Rc::new(operation));

@@ -610,7 +610,12 @@ impl Worker {
             };
             match step {
                 None | Some(Step::Next) => {}
-                Some(Step::Reply(reply)) => return refuse(host, stream, &reply),
+                Some(Step::Reply(mut reply)) => {
+                    if let Some(mcp) = self.mcp.as_ref() {
+                        mcp.amend_body_refusal(&stream.mcp, &mut reply);
+                    }
+                    return refuse(host, stream, &reply);
+                }
                 Some(Step::Wait { call, deadline_ms }) => {
                     stream.phase = Phase::Waiting {
                         stage: *stage,
@@ -659,7 +664,10 @@ impl Worker {
             _ => Step::Next,
         };
         match step {
-            Step::Reply(reply) => {
+            Step::Reply(mut reply) => {
+                if let (true, Some(mcp)) = (on_body, self.mcp.as_ref()) {
+                    mcp.amend_body_refusal(&stream.mcp, &mut reply);
+                }
                 refuse(host, &mut stream, &reply);
             }
             Step::Next | Step::Wait { .. } => {

@@ -5,6 +5,7 @@
 use crate::contract::{Established, REQUEST_FILTER_STATE};
 use crate::host::{Attribute, HeaderOp, Host, StreamId};
 use crate::http::RequestHead;
+use crate::mcp::Declared;
 use crate::scope::ScopeSet;
 use std::rc::Rc;
 
@@ -34,6 +35,9 @@ pub struct Request {
     /// What the request costs, in read-equivalents, when a stage priced it
     /// from the body (MCP); the rate limiter's own pricing otherwise.
     pub price: Option<u64>,
+    /// The MCP call the standard headers declare (`Mcp-Method`,
+    /// `Mcp-Name`), for routing tags: the body is checked against it.
+    pub mcp_declared: Option<Declared>,
 }
 
 impl Request {
@@ -58,6 +62,7 @@ impl Request {
             authorised_later: false,
             body_limit: None,
             price: None,
+            mcp_declared: None,
         }
     }
 

@@ -33,11 +33,13 @@ impl TaggingStage {
         metrics: &mut Metrics,
     ) -> Step {
         let established = request.established(host).clone();
+        let declared = request.mcp_declared.clone();
         let input = TagInput {
             head: request.head(),
             identity: established.identity.as_deref(),
             operation: established.operation.as_deref(),
             end_of_stream: request.end_of_stream,
+            mcp: declared.as_ref(),
         };
         let tags = self.tagger.tag(&input);
         for name in tags.remove_headers {

@@ -848,3 +848,61 @@ fn tools_list_response() -> String {
     ]}})
     .to_string()
 }
+
+#[test]
+fn mcp_the_declared_call_becomes_routing_tags_and_a_rate_limit_refusal_answers_its_id() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut chain = mcp_chain(&key);
+    chain["ratelimit"] = ratelimit_section(2, json!({}));
+    chain["tagging"] = json!({});
+    let mut gw = Gateway::new(chain);
+    let bearer = format!("Bearer {}", token(&key, "acme"));
+    let declared = [
+        ("authorization", bearer.as_str()),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "search_context"),
+        ("x-mcp-tool", "forged"),
+    ];
+    let body = tool_call(11, "search_context", "projects/engineering/roadmap");
+    let (id, on_headers, on_body) = gw.mcp_post(&declared, &body);
+    assert_eq!((on_headers, on_body), (Flow::Continue, Flow::Continue));
+    let forwarded = &gw.host.stream(id).request_headers;
+    let values = |name: &str| -> Vec<&[u8]> {
+        forwarded
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+            .collect()
+    };
+    assert_eq!(values("x-mcp-method"), [b"tools/call".as_slice()]);
+    assert_eq!(
+        values("x-mcp-tool"),
+        [b"search_context".as_slice()],
+        "the gateway's tag, never the client's"
+    );
+    assert_eq!(values("x-context-tenant"), [b"acme".as_slice()]);
+    // A call without the standard headers (a 2025 client) gets no MCP tag.
+    let (id, _, _) = gw.mcp_post(
+        &[("authorization", &bearer), ("x-mcp-tool", "forged")],
+        &body,
+    );
+    assert!(
+        !gw.host
+            .stream(id)
+            .request_headers
+            .iter()
+            .any(|(n, _)| n.starts_with("x-mcp-")),
+    );
+    // The third call of the minute: the rate limiter's 429 answers the
+    // request's id as a JSON-RPC error.
+    let (id, _, on_body) = gw.mcp_post(&declared, &tool_call(13, "search_context", "projects/x"));
+    assert_eq!(on_body, Flow::Pause);
+    assert_eq!(gw.reply_status(id), Some(429));
+    let reply = gw.reply_json(id);
+    assert_eq!(reply["jsonrpc"], "2.0");
+    assert_eq!(reply["id"], 13);
+    assert_eq!(reply["error"]["code"], -31429);
+    assert_eq!(reply["error"]["data"]["reason"], "rate_limited");
+    assert_eq!(reply["error"]["data"]["status"], 429);
+    assert!(gw.reply_header(id, "retry-after").is_some());
+}

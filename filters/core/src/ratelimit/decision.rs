@@ -102,9 +102,14 @@ impl RateLimiter {
 
         // Does the RLS get a say? The local/global split is decided inside
         // the bucket update, atomically.
+        // An MCP call with a descriptor of its own asks every time, so a
+        // per-tool limit in the RLS holds exactly.
+        let call = self.call_descriptor(facts, operation.as_deref());
         let accounting = match &self.global {
             None => GlobalAccounting::None,
-            Some(g) if g.mode == GlobalMode::Always => GlobalAccounting::ClaimUnreported,
+            Some(g) if g.mode == GlobalMode::Always || call.is_some() => {
+                GlobalAccounting::ClaimUnreported
+            }
             Some(g) => GlobalAccounting::Hierarchical {
                 threshold: g.sync_threshold,
                 budget_share: (1.0 - g.sync_threshold) / g.gateways as f64,
@@ -183,7 +188,12 @@ impl RateLimiter {
                     id: state.outbox.next_id(),
                     key_hash: hash,
                     anonymous: table == Table::Anonymous,
-                    message: rls::encode_request(&g.domain, &descriptor, hits),
+                    message: rls::encode_request(
+                        &g.domain,
+                        &descriptor,
+                        hits,
+                        call.as_deref().map(|c| (c, cost)),
+                    ),
                     descriptor,
                     hits,
                     created_ms: now_ms,
@@ -194,6 +204,7 @@ impl RateLimiter {
                     timeout_ms: g.timeout_ms,
                     cost,
                     local: admitted,
+                    call_label: call.as_deref().map(call_label),
                     label,
                     failure_mode: g.failure_mode,
                     deny_status: g.deny_status,
@@ -208,4 +219,23 @@ impl RateLimiter {
             None => LocalDecision::Allow(admitted),
         }
     }
+}
+
+/// `tools/call search_context of tenant acme`, from an MCP call's
+/// descriptor.
+fn call_label(descriptor: &[(String, String)]) -> String {
+    let entry = |key: &str| {
+        descriptor
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or("", |(_, v)| v.as_str())
+    };
+    let mut label = entry("mcp_method").to_owned();
+    if let Some((_, tool)) = descriptor.iter().find(|(k, _)| k == "mcp_tool") {
+        label.push(' ');
+        label.push_str(tool);
+    }
+    label.push_str(" of tenant ");
+    label.push_str(entry("tenant"));
+    label
 }

@@ -1,5 +1,7 @@
 //! Global limiting: the question a request puts to the RLS, its answer
-//! (recorded in the bucket's global view), and the failure mode when the
+//! (recorded in the bucket's global view; an MCP call's own descriptor
+//! over its limit refuses the call and teaches the bucket nothing), and
+//! the failure mode when the
 //! RLS fails or is late (the report the call carried is kept and sent
 //! again under the same id).
 
@@ -24,6 +26,9 @@ pub struct RlsCall {
     /// What the local bucket decided, used by `local_fallback`.
     pub local: Admitted,
     pub(super) label: String,
+    /// What an MCP call's own descriptor limits, for its refusal
+    /// (`tools/call search_context of tenant acme`).
+    pub(super) call_label: Option<String>,
     pub(super) failure_mode: FailureMode,
     pub(super) deny_status: u16,
     pub(super) grpc: bool,
@@ -52,6 +57,19 @@ impl RateLimiter {
             reset_seconds: reset,
         });
         let view = call.local.view.map(|local| local.tighter(global));
+        if let Some(over) = answer.call_over.filter(|_| !answer.over_limit) {
+            let window = over.window_seconds.unwrap_or(60);
+            let reset = over.reset_in_ms.map_or(window, |ms| ms.div_ceil(1000));
+            let limit = over.limit.unwrap_or(0);
+            let view = over.limit.map(|limit| LimitView {
+                limit,
+                window_seconds: window,
+                remaining: 0,
+                reset_seconds: reset,
+            });
+            let label = call.call_label.as_deref().unwrap_or(&call.label);
+            return Err(self.rls_over_limit_refusal(call, label, limit, window, reset, view));
+        }
         if !answer.over_limit {
             return Ok(Admitted {
                 view,
@@ -60,7 +78,7 @@ impl RateLimiter {
                 meter: call.local.meter.clone(),
             });
         }
-        Err(self.rls_over_limit_refusal(call, limit, window, reset, global))
+        Err(self.rls_over_limit_refusal(call, &call.label, limit, window, reset, global))
     }
 
     /// The RLS failed, or missed its deadline: apply the failure mode. The

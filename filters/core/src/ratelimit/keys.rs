@@ -1,6 +1,7 @@
 //! Whose bucket pays: the key of a verified caller (tenant, and
 //! optionally subject, operation and route), or of an anonymous client
-//! (its address, in a table of its own), with the matching RLS descriptor.
+//! (its address, in a table of its own), with the matching RLS descriptor;
+//! and the second descriptor an MCP call carries to the RLS.
 
 use super::config::KeyPart;
 use super::decision::RequestFacts;
@@ -64,5 +65,35 @@ impl RateLimiter {
             descriptor,
             format!("tenant {}", identity.tenant),
         )
+    }
+}
+
+/// The operation names the mcp stage gives MCP messages: `mcp:<method>`.
+const MCP_OPERATION_PREFIX: &str = "mcp:";
+
+impl RateLimiter {
+    /// The RLS descriptor of a priced MCP call of a verified caller,
+    /// `[tenant, mcp_method, mcp_tool]` (`mcp_tool` for `tools/call`),
+    /// when global limiting asks about MCP calls (`mcp_descriptor`).
+    pub(super) fn call_descriptor(
+        &self,
+        facts: &RequestFacts<'_>,
+        operation: Option<&MatchedOperation>,
+    ) -> Option<super::rls::Entries> {
+        self.global.as_ref().filter(|g| g.mcp_descriptor)?;
+        facts.price?;
+        let identity = facts.identity.as_deref()?;
+        let operation = operation?;
+        let method = operation.name.strip_prefix(MCP_OPERATION_PREFIX)?;
+        let mut descriptor = vec![
+            ("tenant".to_owned(), identity.tenant.clone()),
+            ("mcp_method".to_owned(), method.to_owned()),
+        ];
+        if method == "tools/call"
+            && let Some(tool) = &operation.target
+        {
+            descriptor.push(("mcp_tool".to_owned(), tool.clone()));
+        }
+        Some(descriptor)
     }
 }

@@ -252,6 +252,7 @@ impl RateLimiter {
     pub(super) fn rls_over_limit_refusal(
         &self,
         call: &RlsCall,
+        label: &str,
         limit: u64,
         window: u64,
         reset: u64,
@@ -259,7 +260,7 @@ impl RateLimiter {
     ) -> Refused {
         let body = json!({
             "error": ERROR_RATE_LIMITED,
-            "message": format!("{} exceeded its global limit of {limit} per {window} s", call.label),
+            "message": format!("{label} exceeded its global limit of {limit} per {window} s"),
             "limit": {"scope": "global", "limit": limit, "window_seconds": window},
             "cost": call.cost,
             "retry_after_seconds": reset,

@@ -26,6 +26,16 @@ pub struct RateLimitRequest {
 pub struct RateLimitDescriptor {
     #[prost(message, repeated, tag = "1")]
     pub entries: Vec<DescriptorEntry>,
+    /// This descriptor's hits, instead of the request's `hits_addend`.
+    #[prost(message, optional, tag = "3")]
+    pub hits_addend: Option<UInt64Value>,
+}
+
+/// `google.protobuf.UInt64Value`.
+#[derive(Clone, PartialEq, Message)]
+pub struct UInt64Value {
+    #[prost(uint64, tag = "1")]
+    pub value: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -92,27 +102,48 @@ pub fn unit_seconds(unit: i32) -> Option<u64> {
     }
 }
 
-/// Builds the serialized request for one descriptor.
-pub fn encode_request(domain: &str, entries: &[(String, String)], hits: u64) -> Vec<u8> {
+/// Descriptor entries, as `(key, value)` pairs in order.
+pub type Entries = Vec<(String, String)>;
+
+/// Builds the serialized request for a bucket's descriptor and `hits`;
+/// with `call`, a second descriptor (an MCP call's) counting its own hits.
+pub fn encode_request(
+    domain: &str,
+    entries: &[(String, String)],
+    hits: u64,
+    call: Option<(&[(String, String)], u64)>,
+) -> Vec<u8> {
+    let descriptor = |entries: &[(String, String)], hits: Option<u64>| RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| DescriptorEntry {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        hits_addend: hits.map(|value| UInt64Value { value }),
+    };
+    let mut descriptors = Vec::with_capacity(2);
+    match call {
+        None => descriptors.push(descriptor(entries, None)),
+        Some((call, call_hits)) => {
+            descriptors.push(descriptor(entries, Some(hits)));
+            descriptors.push(descriptor(call, Some(call_hits)));
+        }
+    }
     RateLimitRequest {
         domain: domain.to_owned(),
-        descriptors: vec![RateLimitDescriptor {
-            entries: entries
-                .iter()
-                .map(|(k, v)| DescriptorEntry {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
-        }],
+        descriptors,
         hits_addend: u32::try_from(hits).unwrap_or(u32::MAX),
     }
     .encode_to_vec()
 }
 
-/// What ctxgate takes from an RLS answer.
+/// What ctxgate takes from an RLS answer: the bucket's descriptor (the
+/// first), and whether an MCP call's (the second) is over its limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RlsAnswer {
+    /// The bucket's descriptor is over its limit.
     pub over_limit: bool,
     /// The limit that applied, if the RLS has one for this descriptor.
     pub limit: Option<u64>,
@@ -120,6 +151,16 @@ pub struct RlsAnswer {
     pub window_seconds: Option<u64>,
     pub remaining: u64,
     /// Milliseconds until the RLS window resets.
+    pub reset_in_ms: Option<u64>,
+    /// The MCP call's descriptor is over its limit: that limit.
+    pub call_over: Option<CallLimit>,
+}
+
+/// The limit an MCP call's descriptor went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimit {
+    pub limit: Option<u64>,
+    pub window_seconds: Option<u64>,
     pub reset_in_ms: Option<u64>,
 }
 
@@ -136,33 +177,54 @@ impl RlsAnswer {
     }
 }
 
+/// A status's limit, window and time to reset.
+fn limit_of(status: Option<&DescriptorStatus>) -> CallLimit {
+    let limit = status.and_then(|s| s.current_limit.as_ref());
+    CallLimit {
+        limit: limit.map(|l| u64::from(l.requests_per_unit)),
+        window_seconds: limit.and_then(|l| unit_seconds(l.unit)),
+        reset_in_ms: status
+            .and_then(|s| s.duration_until_reset.as_ref())
+            .map(|d| {
+                let seconds = u64::try_from(d.seconds).unwrap_or(0);
+                let nanos = u64::try_from(d.nanos).unwrap_or(0);
+                seconds
+                    .saturating_mul(1000)
+                    .saturating_add(nanos / 1_000_000)
+            }),
+    }
+}
+
 /// Parses a serialized `RateLimitResponse`. An unparseable answer or an
-/// `UNKNOWN` code is an error, handled like an unreachable RLS.
+/// `UNKNOWN` code is an error, handled like an unreachable RLS. An answer
+/// over the limit that marks neither descriptor counts against the
+/// bucket.
 pub fn decode_response(bytes: &[u8]) -> Result<RlsAnswer, String> {
     let response =
         RateLimitResponse::decode(bytes).map_err(|e| format!("undecodable RLS response: {e}"))?;
-    let over_limit = match response.overall_code {
+    let overall = match response.overall_code {
         CODE_OK => false,
         CODE_OVER_LIMIT => true,
         other => return Err(format!("RLS answered with code {other}")),
     };
     let status = response.statuses.first();
-    let limit = status.and_then(|s| s.current_limit.as_ref());
-    let reset_in_ms = status
-        .and_then(|s| s.duration_until_reset.as_ref())
-        .map(|d| {
-            let seconds = u64::try_from(d.seconds).unwrap_or(0);
-            let nanos = u64::try_from(d.nanos).unwrap_or(0);
-            seconds
-                .saturating_mul(1000)
-                .saturating_add(nanos / 1_000_000)
-        });
+    let call_over = response
+        .statuses
+        .get(1)
+        .filter(|s| s.code == CODE_OVER_LIMIT)
+        .map(|s| limit_of(Some(s)));
+    let over_limit = match status {
+        Some(s) if s.code == CODE_OVER_LIMIT => true,
+        _ => overall && call_over.is_none(),
+    };
+    let bucket = limit_of(status);
     Ok(RlsAnswer {
         over_limit,
-        limit: limit.map(|l| u64::from(l.requests_per_unit)),
-        window_seconds: limit.and_then(|l| unit_seconds(l.unit)),
+        limit: bucket.limit,
+        window_seconds: bucket.window_seconds,
         remaining: status.map_or(0, |s| u64::from(s.limit_remaining)),
-        reset_in_ms,
+        reset_in_ms: bucket.reset_in_ms,
+        call_over,
     })
 }
 
@@ -172,10 +234,12 @@ mod tests {
 
     #[test]
     fn requests_carry_domain_descriptor_and_hits() {
-        let bytes = encode_request("ctxgate", &[("tenant".into(), "acme".into())], 10);
+        let bytes = encode_request("ctxgate", &[("tenant".into(), "acme".into())], 10, None);
         let request = RateLimitRequest::decode(bytes.as_slice()).unwrap();
         assert_eq!(request.domain, "ctxgate");
         assert_eq!(request.hits_addend, 10);
+        assert_eq!(request.descriptors.len(), 1);
+        assert_eq!(request.descriptors[0].hits_addend, None);
         assert_eq!(
             request.descriptors[0].entries[0],
             DescriptorEntry {
@@ -183,6 +247,61 @@ mod tests {
                 value: "acme".into()
             }
         );
+    }
+
+    #[test]
+    fn an_mcp_call_adds_its_descriptor_with_its_own_hits() {
+        let bucket = [("tenant".to_owned(), "acme".to_owned())];
+        let call = [
+            ("tenant".to_owned(), "acme".to_owned()),
+            ("mcp_method".to_owned(), "tools/call".to_owned()),
+            ("mcp_tool".to_owned(), "search_context".to_owned()),
+        ];
+        // The bucket's descriptor carries the usage claimed along with
+        // this call (12); the call's only its own cost (5).
+        let bytes = encode_request("ctxgate", &bucket, 12, Some((&call, 5)));
+        let request = RateLimitRequest::decode(bytes.as_slice()).unwrap();
+        let hits: Vec<Option<u64>> = request
+            .descriptors
+            .iter()
+            .map(|d| d.hits_addend.as_ref().map(|h| h.value))
+            .collect();
+        assert_eq!(hits, [Some(12), Some(5)]);
+        assert_eq!(request.descriptors[1].entries.len(), 3);
+        assert_eq!(request.descriptors[1].entries[2].value, "search_context");
+    }
+
+    #[test]
+    fn a_call_over_its_limit_is_told_apart_from_the_bucket() {
+        let status = |code, limit| DescriptorStatus {
+            code,
+            current_limit: Some(RateLimit {
+                requests_per_unit: limit,
+                unit: 1,
+                name: String::new(),
+            }),
+            limit_remaining: 0,
+            duration_until_reset: None,
+        };
+        let answer = |statuses| {
+            decode_response(
+                &RateLimitResponse {
+                    overall_code: CODE_OVER_LIMIT,
+                    statuses,
+                }
+                .encode_to_vec(),
+            )
+            .unwrap()
+        };
+        // The tool's limit (5/s) refused, the tenant's (1000/s) did not:
+        // the bucket learns nothing false.
+        let a = answer(vec![status(CODE_OK, 1000), status(CODE_OVER_LIMIT, 5)]);
+        assert!(!a.over_limit);
+        assert_eq!(a.limit, Some(1000));
+        assert_eq!(a.call_over.map(|c| c.limit), Some(Some(5)));
+        // Over, with no descriptor marked: against the bucket.
+        let a = answer(vec![]);
+        assert!(a.over_limit && a.call_over.is_none());
     }
 
     #[test]

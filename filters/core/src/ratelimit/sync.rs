@@ -40,7 +40,7 @@ impl RateLimiter {
                     id: state.outbox.next_id(),
                     key_hash: hash,
                     anonymous: key.anonymous,
-                    message: rls::encode_request(&g.domain, &key.descriptor, hits),
+                    message: rls::encode_request(&g.domain, &key.descriptor, hits, None),
                     descriptor: key.descriptor,
                     hits,
                     created_ms: now_ms,

@@ -81,6 +81,7 @@ impl Req {
                     name: name.into(),
                     action: "read".into(),
                     context: "projects/a".into(),
+                    target: None,
                 })
             }),
             client_address: self.client.map(str::to_owned),
@@ -479,6 +480,7 @@ fn answer(over: bool, limit: u64, remaining: u64) -> rls::RlsAnswer {
         window_seconds: Some(60),
         remaining,
         reset_in_ms: Some(30_000),
+        call_over: None,
     }
 }
 
@@ -736,4 +738,99 @@ fn bad_configuration_names_the_field() {
     );
     assert!(err(json!({"key": ["tenant", "planet"]})).starts_with("key"));
     assert!(err(json!({"bogus": true})).contains("bogus"));
+}
+
+#[test]
+fn an_mcp_call_asks_the_rls_every_time_with_its_own_descriptor() {
+    let (l, mut state, store) =
+        setup(json!({"global": {"cluster": "rls", "sync_threshold": 0.8, "gateways": 1}}));
+    let rest = req(Some(identity("acme", "premium")), Some("read"));
+    let mcp = req(Some(identity("acme", "premium")), Some("mcp:tools/call"));
+    let mcp_facts = || {
+        let mut facts = mcp.facts();
+        facts.operation = Some(std::rc::Rc::new(MatchedOperation {
+            name: "mcp:tools/call".into(),
+            action: "write".into(),
+            context: "projects/a".into(),
+            target: Some("write_context".into()),
+        }));
+        facts.price = Some(5);
+        facts
+    };
+    // The tenant's global usage is known and low: REST requests are local.
+    let LocalDecision::AskRls(call) = check(&l, &mut state, &store, &rest, NOW) else {
+        panic!()
+    };
+    l.on_rls_answer(&mut state, &store, &call, &answer(false, 1000, 999), NOW)
+        .unwrap();
+    assert_eq!(
+        admitted_local(&l, &mut state, &store, &rest),
+        DecidedBy::Local
+    );
+    // An MCP call asks anyway, with the bucket's unreported usage (1) and
+    // its own cost (5) on the bucket's descriptor, and only its cost on
+    // its own.
+    let LocalDecision::AskRls(call) = l.check(&mut state, &store, &mcp_facts(), NOW) else {
+        panic!("an MCP call asks the RLS")
+    };
+    let message =
+        <rls::RateLimitRequest as prost::Message>::decode(call.report.message.as_slice()).unwrap();
+    let descriptors: Vec<(rls::Entries, Option<u64>)> = message
+        .descriptors
+        .iter()
+        .map(|d| {
+            let entries = d.entries.iter().map(|e| (e.key.clone(), e.value.clone()));
+            (entries.collect(), d.hits_addend.as_ref().map(|h| h.value))
+        })
+        .collect();
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    assert_eq!(
+        descriptors,
+        vec![
+            (vec![pair("tenant", "acme")], Some(6)),
+            (
+                vec![
+                    pair("tenant", "acme"),
+                    pair("mcp_method", "tools/call"),
+                    pair("mcp_tool", "write_context"),
+                ],
+                Some(5)
+            ),
+        ]
+    );
+    // The tool's limit refuses the call: 429 naming the tool, and the
+    // tenant's bucket learns nothing false (REST stays local).
+    let mut over = answer(false, 1000, 990);
+    over.call_over = Some(rls::CallLimit {
+        limit: Some(10),
+        window_seconds: Some(60),
+        reset_in_ms: Some(4_000),
+    });
+    let refused = l
+        .on_rls_answer(&mut state, &store, &call, &over, NOW)
+        .unwrap_err();
+    assert_eq!(refused.reply.status, 429);
+    let body = String::from_utf8_lossy(&refused.reply.body).into_owned();
+    assert!(
+        body.contains("tools/call write_context of tenant acme exceeded its global limit of 10"),
+        "{body}"
+    );
+    assert_eq!(header(&refused.reply.headers, "retry-after"), Some("4"));
+    assert_eq!(
+        admitted_local(&l, &mut state, &store, &rest),
+        DecidedBy::Local
+    );
+    // With `mcp_descriptor: false`, an MCP call is counted like any other.
+    let (l, mut state, store) = setup(json!({"global": {
+        "cluster": "rls", "sync_threshold": 0.8, "gateways": 1, "mcp_descriptor": false
+    }}));
+    let LocalDecision::AskRls(call) = check(&l, &mut state, &store, &rest, NOW) else {
+        panic!()
+    };
+    l.on_rls_answer(&mut state, &store, &call, &answer(false, 1000, 999), NOW)
+        .unwrap();
+    assert!(matches!(
+        l.check(&mut state, &store, &mcp_facts(), NOW),
+        LocalDecision::Allow(_)
+    ));
 }

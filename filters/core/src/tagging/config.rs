@@ -49,7 +49,8 @@ pub struct TaggingConfig {
 }
 
 /// Tag name -> request header. The built-in tags are `tenant`, `type`,
-/// `priority`, `region`, `context_id` and `variant`; rules may define more.
+/// `priority`, `region`, `context_id`, `variant`, `mcp_method` and
+/// `mcp_tool`; rules may define more.
 #[derive(Debug, Clone, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(transparent)]
@@ -65,6 +66,8 @@ impl Default for TagHeaders {
                 ("region", "x-context-region"),
                 ("context_id", "x-context-id"),
                 ("variant", "x-context-variant"),
+                ("mcp_method", "x-mcp-method"),
+                ("mcp_tool", "x-mcp-tool"),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))

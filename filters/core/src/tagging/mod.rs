@@ -11,8 +11,10 @@
 //! Each tag's value comes from, in order: the first rule (in configuration
 //! order) that matches and sets it; the tenant table; a claim of the
 //! identity (`from_claims`); the default. `tenant` and `context_id` come
-//! from the identity and the operation when nothing else set them, and
-//! `variant` from a stable hash of the tenant (or subject).
+//! from the identity and the operation when nothing else set them,
+//! `variant` from a stable hash of the tenant (or subject), and
+//! `mcp_method` and `mcp_tool` from the call an MCP request's standard
+//! headers declare (its body is held to agree with them).
 
 pub mod config;
 
@@ -24,6 +26,7 @@ use crate::config::{ConfigError, check_header_name, parse_json};
 use crate::contract::{Caller, MatchedOperation};
 use crate::http::{BodySize, RequestHead};
 use crate::matcher::{NamedMatcher, StringMatcher};
+use crate::mcp::Declared;
 use crate::operation::{OperationMap, OperationMatch};
 use crate::path::{canonical_segments, split_path_query};
 use config::{ConditionConfig, TaggingConfig, VariantConfig, VariantKey};
@@ -150,6 +153,8 @@ pub struct TagInput<'h, 'a> {
     pub operation: Option<&'a MatchedOperation>,
     /// The request headers ended the stream (no body).
     pub end_of_stream: bool,
+    /// The MCP call the request's standard headers declare.
+    pub mcp: Option<&'a Declared>,
 }
 
 struct Facts<'h, 'a> {
@@ -408,6 +413,12 @@ impl Tagger {
                     VariantKey::Subject => &identity.subject,
                 };
                 slots.offer("variant", || Cow::Borrowed(pick_variant(variant, key)));
+            }
+        }
+        if let Some(call) = input.mcp {
+            slots.offer("mcp_method", || Cow::Borrowed(&call.method));
+            if let Some(tool) = &call.tool {
+                slots.offer("mcp_tool", || Cow::Borrowed(tool));
             }
         }
         if let Some(op) = facts.operation.filter(|op| !op.context.is_empty()) {

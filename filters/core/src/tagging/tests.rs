@@ -25,6 +25,7 @@ fn op(name: &str, context: &str) -> MatchedOperation {
         name: name.into(),
         action: "read".into(),
         context: context.into(),
+        target: None,
     }
 }
 
@@ -51,6 +52,7 @@ fn tags(
         end_of_stream: !headers
             .iter()
             .any(|(k, _)| k == "content-length" || k == "transfer-encoding"),
+        mcp: None,
     });
     Owned {
         remove_headers: tags
@@ -324,5 +326,49 @@ fn bad_rules_fail_with_the_field() {
     assert!(
         err(json!({"rules": [{"when": {"colour": "red"}, "set": {"type": "x"}}]}))
             .contains("rules[0].when")
+    );
+}
+
+#[test]
+fn an_mcp_call_declared_in_the_headers_is_tagged_with_its_method_and_tool() {
+    let t = Tagger::from_json(br#"{"defaults": {"type": "standard"}}"#).unwrap();
+    let headers = vec![
+        ("x-mcp-tool".to_owned(), b"forged".to_vec()),
+        ("mcp-name".to_owned(), b"search_context".to_vec()),
+    ];
+    let call = Declared {
+        method: "tools/call".into(),
+        tool: Some("search_context".into()),
+    };
+    let tagged = |mcp: Option<&Declared>| {
+        let tags = t.tag(&TagInput {
+            head: RequestHead {
+                method: "POST",
+                path: "/mcp",
+                headers: &headers,
+            },
+            identity: None,
+            operation: None,
+            end_of_stream: false,
+            mcp,
+        });
+        let values: Vec<(String, String)> = tags
+            .values
+            .iter()
+            .map(|t| (t.header.to_owned(), t.value.to_string()))
+            .collect();
+        (tags.remove_headers.contains(&"x-mcp-tool"), values)
+    };
+    let (removed, values) = tagged(Some(&call));
+    assert!(removed, "the client's x-mcp-tool is removed");
+    assert!(values.contains(&("x-mcp-method".into(), "tools/call".into())));
+    assert!(values.contains(&("x-mcp-tool".into(), "search_context".into())));
+    // Without a declared call: the forged header is still removed, and
+    // no MCP tag is set.
+    let (removed, values) = tagged(None);
+    assert!(removed);
+    assert!(
+        values.iter().all(|(h, _)| !h.starts_with("x-mcp-")),
+        "{values:?}"
     );
 }
