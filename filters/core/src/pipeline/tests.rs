@@ -905,4 +905,12 @@ fn mcp_the_declared_call_becomes_routing_tags_and_a_rate_limit_refusal_answers_i
     assert_eq!(reply["error"]["data"]["reason"], "rate_limited");
     assert_eq!(reply["error"]["data"]["status"], 429);
     assert!(gw.reply_header(id, "retry-after").is_some());
+    // A notification refused the same way gets the status and no body.
+    let notification = json!({"jsonrpc": "2.0", "method": "tools/call",
+        "params": {"name": "search_context", "arguments": {"path": "projects/x"}}});
+    let (id, _, _) = gw.mcp_post(&declared, notification.to_string().as_bytes());
+    assert_eq!(gw.reply_status(id), Some(429));
+    let reply = gw.host.stream(id).reply.as_ref().unwrap();
+    assert!(reply.body.is_empty(), "{:?}", reply.body);
+    assert!(gw.reply_header(id, "content-type").is_none());
 }
