@@ -482,11 +482,18 @@ fn tool_calls_are_routed_by_their_tool_and_limited_per_tool_through_the_rls() {
         let filter = filter
             .stage("ratelimit", ratelimit)
             .stage("tagging", json!({}));
-        let config = config.cluster(writes_cluster).cluster(rls_cluster).route(
-            Route::prefix("/mcp")
-                .header("x-mcp-tool", "write_context")
-                .cluster("mcp_writes"),
-        );
+        let config = config
+            .access_log(
+                "mcp-access %REQ(X-MCP-METHOD)% %REQ(X-MCP-TOOL)% %REQ(X-CONTEXT-TENANT)% \
+                 %FILTER_STATE(wasm.ctxgate.request:PLAIN)%\n",
+            )
+            .cluster(writes_cluster)
+            .cluster(rls_cluster)
+            .route(
+                Route::prefix("/mcp")
+                    .header("x-mcp-tool", "write_context")
+                    .cluster("mcp_writes"),
+            );
         (filter, config)
     });
     let writer = gw.client(&["write:projects/engineering/*"]);
@@ -545,4 +552,40 @@ fn tool_calls_are_routed_by_their_tool_and_limited_per_tool_through_the_rls() {
         .find(|r| r.name.as_deref() == Some("search_context"))
         .expect("the search reached the default backend");
     assert_eq!(searched.tag_tool.as_deref(), Some("search_context"));
+    // A 2025 client declares nothing in headers: no MCP tags, and the
+    // access log still names the call from the filter state the mcp
+    // stage wrote once it read the body.
+    gw.client(ENGINEERING).protocol_version("2025-11-25").call(
+        "read_context",
+        &json!({"path": "projects/engineering/roadmap"}),
+    );
+    let read = gw
+        .server
+        .requests()
+        .into_iter()
+        .find(|r| r.name.as_deref() == Some("read_context"))
+        .expect("the read reached the default backend");
+    assert_eq!((read.tag_method, read.tag_tool), (None, None));
+    let log = gw.envoy.stdout();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("mcp-access "))
+        .collect();
+    let line_of = |needle: &str| {
+        *lines
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no access log line with {needle}: {lines:#?}"))
+    };
+    let write_line = line_of("mcp-access tools/call write_context acme ");
+    assert!(
+        write_line.contains(r#""target":"write_context""#),
+        "{write_line}"
+    );
+    let read_line = line_of(r#""target":"read_context""#);
+    assert!(read_line.starts_with("mcp-access - - acme "), "{read_line}");
+    assert!(
+        read_line.contains(r#""name":"mcp:tools/call""#),
+        "{read_line}"
+    );
 }
