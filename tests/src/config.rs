@@ -30,6 +30,7 @@ pub struct EnvoyConfig {
     http_filters: Vec<Value>,
     routes: Vec<Value>,
     clusters: Vec<Value>,
+    extra_listeners: Vec<Value>,
     access_log: Option<String>,
     hcm_fields: Map<String, Value>,
     listener_fields: Map<String, Value>,
@@ -54,6 +55,7 @@ impl EnvoyConfig {
             http_filters: Vec::new(),
             routes: Vec::new(),
             clusters: Vec::new(),
+            extra_listeners: Vec::new(),
             access_log: None,
             hcm_fields: Map::new(),
             listener_fields: Map::new(),
@@ -88,6 +90,18 @@ impl EnvoyConfig {
     /// Adds a cluster given as raw Envoy JSON (`envoy.config.cluster.v3.Cluster`).
     pub fn raw_cluster(mut self, cluster: Value) -> Self {
         self.clusters.push(cluster);
+        self
+    }
+
+    /// Adds a listener given as raw Envoy JSON
+    /// (`envoy.config.listener.v3.Listener`) next to the HTTP listener,
+    /// always static (also with [`EnvoyConfig::dynamic_listener`]): a
+    /// stand-in upstream served by the same Envoy, say. It needs a name
+    /// other than [`LISTENER_NAME`] and a `stat_prefix` other than
+    /// `ingress`, so that the harness's lookups and counters keep meaning
+    /// the HTTP listener.
+    pub fn extra_listener(mut self, listener: Value) -> Self {
+        self.extra_listeners.push(listener);
         self
     }
 
@@ -214,7 +228,9 @@ impl EnvoyConfig {
                 "address": socket_address("127.0.0.1", 0),
             },
             "static_resources": {
-                "listeners": [self.listener_json()],
+                "listeners": std::iter::once(self.listener_json())
+                    .chain(self.extra_listeners.iter().cloned())
+                    .collect::<Vec<Value>>(),
                 "clusters": self.clusters,
             },
         });
@@ -238,6 +254,7 @@ impl EnvoyConfig {
                 },
             },
             "static_resources": {
+                "listeners": self.extra_listeners,
                 "clusters": self.clusters,
             },
         });

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::run::RunResult;
-use super::scenarios::Scenario;
+use super::scenarios::{MCP_BARE, MCP_NATIVE, MCP_PIPELINE, Scenario};
 
 /// A scenario's spread of requests/s beyond which the run is called noisy.
 const NOISY_SPREAD: f64 = 0.10;
@@ -123,6 +123,72 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// The MCP rows next to each other: req/s, latency and Envoy CPU per
+/// request, what the filters add over `mcp bare`, and the pipeline against
+/// the native filters. Empty when the run has no MCP rows.
+pub fn mcp_table(rows: &[Row]) -> String {
+    let find = |name: &str| rows.iter().find(|r| r.scenario.name == name);
+    let Some(bare) = find(MCP_BARE) else {
+        return String::new();
+    };
+    let p50 = |row: &Row| median(&row.values(|r| r.wrk.p50_us));
+    let p99 = |row: &Row| median(&row.values(|r| r.wrk.p99_us));
+    let cpu = |row: &Row| median(&row.values(RunResult::envoy_us_per_request));
+    let added = |us: f64| format!("{:+.2} ms", us / 1000.0);
+    let mut out = format!(
+        "| scenario | req/s (median) | vs `{MCP_BARE}` | p50 | p99 | added p50 | added p99 | \
+         Envoy CPU/req | added CPU/req |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    let _ = writeln!(
+        out,
+        "| {MCP_BARE} | {:.0} | 1.00× | {} | {} | – | – | {:.1} µs | – |",
+        bare.median_rps(),
+        ms(p50(bare)),
+        ms(p99(bare)),
+        cpu(bare)
+    );
+    let authorising: Vec<&Row> = [MCP_NATIVE, MCP_PIPELINE]
+        .into_iter()
+        .filter_map(&find)
+        .collect();
+    for row in &authorising {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.2}× | {} | {} | {} | {} | {:.1} µs | {:+.1} µs |",
+            row.scenario.name,
+            row.median_rps(),
+            row.median_rps() / bare.median_rps().max(1e-9),
+            ms(p50(row)),
+            ms(p99(row)),
+            added(p50(row) - p50(bare)),
+            added(p99(row) - p99(bare)),
+            cpu(row),
+            cpu(row) - cpu(bare)
+        );
+    }
+    if let (Some(native), Some(pipeline)) = (find(MCP_NATIVE), find(MCP_PIPELINE)) {
+        let added_cpu = |row: &Row| cpu(row) - cpu(bare);
+        let cpu_ratio = if added_cpu(native) > 0.0 {
+            format!(
+                "{:.2}× the native filters' added Envoy CPU per request",
+                added_cpu(pipeline) / added_cpu(native)
+            )
+        } else {
+            "the native filters added no measurable Envoy CPU per request".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "\n`{MCP_PIPELINE}` against `{MCP_NATIVE}`: {:.2}× its requests/s; {cpu_ratio}; \
+             its latency minus theirs: {} at p50, {} at p99.",
+            pipeline.median_rps() / native.median_rps().max(1e-9),
+            added(p50(pipeline) - p50(native)),
+            added(p99(pipeline) - p99(native)),
+        );
+    }
+    out
+}
+
 /// The whole report.
 pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
     let mut md = String::new();
@@ -193,12 +259,31 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
     w.push_str(&super::targets::stages_table(rows));
     w.push('\n');
 
+    let mcp = mcp_table(rows);
+    if !mcp.is_empty() {
+        let _ = writeln!(w, "## MCP tools/call\n");
+        let _ = writeln!(
+            w,
+            "One MCP `tools/call` (`POST /mcp`, JSON-RPC, the same body and token on every \
+             request) authorised by Envoy's native filters and by the pipeline, against the \
+             same call through Envoy with no filter. The three rows share a stand-in MCP \
+             server (see `{MCP_BARE}` below), so *added* is what the filters add to a call: \
+             a row's median minus `{MCP_BARE}`'s. Latencies are at {} open connections, so \
+             they include queueing. Both authorising rows are probed before every run with \
+             calls they must refuse (see their descriptions below).\n",
+            connections(&meta.wrk_params)
+        );
+        w.push_str(&mcp);
+        w.push('\n');
+    }
+
     let _ = writeln!(w, "## How to read this\n");
     let _ = writeln!(
         w,
         "Every scenario is its own Envoy (same binary, same worker count) whose only route \
          answers `200 ok` itself (`direct_response`, no upstream), so the numbers are the cost \
-         of the filters alone. Every request is `GET /v1/contexts/projects/bench`. Tokens are \
+         of the filters alone; the MCP rows, which need an upstream, are the exception (see \
+         their descriptions). Every other request is `GET /v1/contexts/projects/bench`. Tokens are \
          ES256, signed with the demo key, and carry `context_scopes: [\"read:projects/*\"]`; \
          every verifier is configured with the same single public key, issuer and audience. \
          Token rows other than the \"fresh token\" ones send **one token, reused on every \
@@ -229,7 +314,8 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
     let _ = writeln!(
         w,
         "Every run is checked: a probe request before it must get 200 (and 401 without a \
-         token where the filter requires one), and more than 0.1% non-2xx responses \
+         token where the filter requires one, and 403 for the calls an MCP row must \
+         refuse), and more than 0.1% non-2xx responses \
          (Envoy's `http.ingress.downstream_rq_<N>xx` counters) fails the benchmark. \
          Fresh-token pools: {} tokens for the warm-up and {} for the measured run, one new \
          token per request, never repeated unless noted above.\n",

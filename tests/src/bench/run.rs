@@ -3,13 +3,17 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use ctxgate_e2e::{Envoy, EnvoyConfig, Request, Route};
+use serde_json::{Value, json};
 
 use super::cpu;
-use super::scenarios::{Load, PATH, Scenario};
+use super::scenarios::{
+    Call, Load, MCP_CALL, MCP_PATH, MCP_PROTOCOL_VERSION, MCP_RESULT, PATH, Scenario,
+};
 use super::tokens::Pool;
 use super::wrk;
 
@@ -64,9 +68,19 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
     for filter in &scenario.filters {
         config = config.filter(filter.clone());
     }
-    let config = config.route(Route::prefix("/").direct(200, "ok"));
+    let config = match scenario.call {
+        Call::Rest => config.route(Route::prefix("/").direct(200, "ok")),
+        Call::McpTool => {
+            let socket = upstream_socket();
+            config
+                .extra_listener(mcp_upstream_listener(&socket))
+                .raw_cluster(mcp_upstream_cluster(&socket))
+                .route(Route::path(MCP_PATH).cluster(MCP_UPSTREAM))
+        }
+    };
     let envoy = Envoy::start(&config);
     let addr = envoy.listener_addr();
+    let path = request_path(scenario.call);
 
     probe(&envoy, scenario, material)?;
 
@@ -78,8 +92,8 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
         wrk::run(
             &warmup,
             addr,
-            PATH,
-            &wrk_request(scenario.load, material, &material.warmup_pool),
+            path,
+            &wrk_request(scenario, material, &material.warmup_pool)?,
         )
         .context("warm-up")?;
     }
@@ -93,8 +107,8 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
     let outcome = wrk::run(
         &params,
         addr,
-        PATH,
-        &wrk_request(scenario.load, material, &material.measure_pool),
+        path,
+        &wrk_request(scenario, material, &material.measure_pool)?,
     )?;
     let after = cpu::sample(envoy.pid())?;
     let after_counts = settled_status_counts(&envoy);
@@ -120,26 +134,149 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
     Ok(result)
 }
 
-/// What wrk sends for `load`; fresh tokens come from `pool`.
-fn wrk_request<'a>(load: Load, material: &'a Material, pool: &'a Pool) -> wrk::Request<'a> {
-    match load {
-        Load::Anonymous => wrk::Request::Static { headers: vec![] },
-        Load::RepeatedToken => wrk::Request::Static {
-            headers: vec![(
-                "Authorization".to_owned(),
-                format!("Bearer {}", material.repeated_token),
-            )],
-        },
-        Load::FreshToken => wrk::Request::Tokens {
-            pool,
-            script_dir: &material.script_dir,
-        },
+/// The path every request of `call` goes to.
+fn request_path(call: Call) -> &'static str {
+    match call {
+        Call::Rest => PATH,
+        Call::McpTool => MCP_PATH,
     }
 }
 
-/// One request with a token (must be 200) and, where the scenario says
-/// so, one without (must get the scenario's status): a misconfigured
-/// filter fails here, in a second, with the response in the error.
+/// The cluster of the stand-in MCP server.
+const MCP_UPSTREAM: &str = "mcp_upstream";
+
+/// A Unix socket name in the abstract namespace no other run uses: nothing
+/// on the file system to clean up, no port to race other processes for.
+fn upstream_socket() -> String {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "@ctxgate-bench-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The stand-in MCP server: a second listener of the same Envoy, on
+/// `socket`, answering every request with [`MCP_RESULT`] as
+/// `application/json` (`direct_response`, no filters but the router).
+fn mcp_upstream_listener(socket: &str) -> Value {
+    json!({
+        "name": "mcp_upstream",
+        "address": { "pipe": { "path": socket } },
+        "filter_chains": [{ "filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "mcp_upstream",
+                "route_config": { "virtual_hosts": [{
+                    "name": "mcp_upstream",
+                    "domains": ["*"],
+                    "routes": [{
+                        "match": { "prefix": "/" },
+                        "direct_response": { "status": 200, "body": { "inline_string": MCP_RESULT } },
+                        "response_headers_to_add": [{
+                            "header": { "key": "content-type", "value": "application/json" },
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                        }],
+                    }],
+                }] },
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                    },
+                }],
+            },
+        }] }],
+    })
+}
+
+/// The cluster forwarding to [`mcp_upstream_listener`] (HTTP/1.1).
+fn mcp_upstream_cluster(socket: &str) -> Value {
+    json!({
+        "name": MCP_UPSTREAM,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": MCP_UPSTREAM,
+            "endpoints": [{ "lb_endpoints": [{
+                "endpoint": { "address": { "pipe": { "path": socket } } },
+            }] }],
+        },
+    })
+}
+
+/// The headers of an MCP client's POST, besides the token.
+fn mcp_headers() -> Vec<(String, String)> {
+    [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("MCP-Protocol-Version", MCP_PROTOCOL_VERSION),
+    ]
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .to_vec()
+}
+
+/// What wrk sends for `scenario`; fresh tokens come from `pool`.
+fn wrk_request<'a>(
+    scenario: &Scenario,
+    material: &'a Material,
+    pool: &'a Pool,
+) -> Result<wrk::Request<'a>> {
+    let bearer = || {
+        (
+            "Authorization".to_owned(),
+            format!("Bearer {}", material.repeated_token),
+        )
+    };
+    Ok(match (scenario.call, scenario.load) {
+        (Call::Rest, Load::Anonymous) => wrk::Request::Static { headers: vec![] },
+        (Call::Rest, Load::RepeatedToken) => wrk::Request::Static {
+            headers: vec![bearer()],
+        },
+        (Call::Rest, Load::FreshToken) => wrk::Request::Tokens {
+            pool,
+            script_dir: &material.script_dir,
+        },
+        (Call::McpTool, Load::Anonymous | Load::RepeatedToken) => {
+            let mut headers = mcp_headers();
+            if scenario.load == Load::RepeatedToken {
+                headers.push(bearer());
+            }
+            wrk::Request::Post {
+                headers,
+                body: MCP_CALL,
+                script_dir: &material.script_dir,
+            }
+        }
+        (Call::McpTool, Load::FreshToken) => bail!(
+            "scenario `{}`: MCP calls with fresh tokens are not implemented",
+            scenario.name
+        ),
+    })
+}
+
+/// A request of `call` with `body` (MCP only) and, if given, a token.
+fn request(call: Call, body: &str, token: Option<&str>) -> Request {
+    let mut request = match call {
+        Call::Rest => Request::get(PATH),
+        Call::McpTool => mcp_headers()
+            .iter()
+            .fold(Request::post(MCP_PATH), |r, (name, value)| {
+                r.header(name, value)
+            })
+            .body(body.as_bytes().to_vec()),
+    };
+    if let Some(token) = token {
+        request = request.bearer(token);
+    }
+    request
+}
+
+/// One request with a token (must be 200; for MCP, a JSON-RPC result) and,
+/// where the scenario says so, one without (must get the scenario's
+/// status) and the calls it must refuse (403): a misconfigured filter
+/// fails here, in a second, with the response in the error.
 fn probe(envoy: &Envoy, scenario: &Scenario, material: &Material) -> Result<()> {
     let send = |request: Request| {
         request
@@ -147,28 +284,52 @@ fn probe(envoy: &Envoy, scenario: &Scenario, material: &Material) -> Result<()> 
             .try_send(envoy.listener_addr())
             .context("probe request failed")
     };
-    let with_token = match scenario.load {
-        Load::Anonymous => send(Request::get(PATH))?,
-        Load::RepeatedToken | Load::FreshToken => {
-            send(Request::get(PATH).bearer(&material.probe_token))?
-        }
+    let call = scenario.call;
+    let token = match scenario.load {
+        Load::Anonymous => None,
+        Load::RepeatedToken | Load::FreshToken => Some(material.probe_token.as_str()),
+    };
+    let what = match call {
+        Call::Rest => format!("GET {PATH}"),
+        Call::McpTool => format!("POST {MCP_PATH}"),
+    };
+    let with_token = send(request(call, MCP_CALL, token))?;
+    let answered = match call {
+        Call::Rest => true,
+        Call::McpTool => with_token.text() == MCP_RESULT,
     };
     ensure!(
-        with_token.status == 200,
-        "scenario `{}` is misconfigured: GET {PATH} got {} (want 200), body {:?}\n{}",
+        with_token.status == 200 && answered,
+        "scenario `{}` is misconfigured: {what} got {} (want 200{}), body {:?}\n{}",
         scenario.name,
         with_token.status,
+        if call == Call::McpTool {
+            " and the upstream's JSON-RPC result"
+        } else {
+            ""
+        },
         with_token.text(),
         log_tail(envoy)
     );
     if let Some(want) = scenario.unauthenticated_status {
-        let without = send(Request::get(PATH))?;
+        let without = send(request(call, MCP_CALL, None))?;
         ensure!(
             without.status == want,
-            "scenario `{}` is misconfigured: GET {PATH} without a token got {} (want {want}); \
+            "scenario `{}` is misconfigured: {what} without a token got {} (want {want}); \
              is the filter active?",
             scenario.name,
             without.status
+        );
+    }
+    for forbidden in scenario.forbidden {
+        let refused = send(request(call, forbidden.body, token))?;
+        ensure!(
+            refused.status == 403,
+            "scenario `{}` is misconfigured: {what} of {} got {} (want 403), body {:?}",
+            scenario.name,
+            forbidden.what,
+            refused.status,
+            refused.text()
         );
     }
     Ok(())

@@ -6,6 +6,11 @@
 //! upstream), the same request path, the same Envoy binary and worker count.
 //! Adding a row (rate limiting, tagging, breaker, the full chain) means
 //! adding an entry to [`all`].
+//!
+//! The MCP rows ([`Call::McpTool`]) differ in what they send and where it
+//! goes: a JSON-RPC `tools/call` POSTed to [`MCP_PATH`] and forwarded to a
+//! stand-in MCP server, because both MCP filters decide on the body after
+//! the headers went on, which a `direct_response` route would answer first.
 
 use ctxgate_demo::keys::KID_ES256;
 use ctxgate_e2e::{HttpFilter, RawFilter, WasmFilter};
@@ -21,6 +26,25 @@ pub const SCOPE: &str = "read:projects/*";
 pub const ISSUER: &str = ctxgate_demo::mint::DEMO_ISSUER;
 pub const AUDIENCE: &str = ctxgate_demo::mint::DEMO_AUDIENCE;
 
+/// The MCP endpoint the MCP rows call.
+pub const MCP_PATH: &str = "/mcp";
+/// The tool the MCP rows call: a `read` of its argument `context`.
+pub const MCP_TOOL: &str = "search_context";
+/// The body of every MCP request: a `tools/call` of [`MCP_TOOL`] on the
+/// context `projects/bench`, which [`SCOPE`] allows. Protocol revision
+/// 2025-11-25 (the `MCP-Protocol-Version` header, nothing in the body), so
+/// neither filter has 2026-07-28 headers (`Mcp-Method`, `Mcp-Name`) to
+/// compare with the body.
+pub const MCP_CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_context","arguments":{"context":"projects/bench","query":"quarterly roadmap"}}}"#;
+/// The same call of a tool no MCP row allows.
+const MCP_OTHER_TOOL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_context","arguments":{"context":"projects/bench","query":"quarterly roadmap"}}}"#;
+/// The same call on a context [`SCOPE`] does not cover.
+const MCP_OUTSIDE_SCOPE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_context","arguments":{"context":"teams/bench","query":"quarterly roadmap"}}}"#;
+/// The protocol revision the MCP rows speak (`MCP-Protocol-Version`).
+pub const MCP_PROTOCOL_VERSION: &str = "2025-11-25";
+/// What the stand-in MCP server answers to every call (`application/json`).
+pub const MCP_RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}"#;
+
 /// Rows the report compares with each other (targets of the pipeline).
 pub const BARE: &str = "bare";
 pub const PIPELINE: &str = "pipeline";
@@ -30,6 +54,10 @@ pub const AUTH_REPEATED: &str = "auth (repeated token)";
 pub const WASM_FLOOR: &str = "wasm floor (no-op filter)";
 pub const PIPELINE_HOST_CALLS: &str = "wasm floor + the pipeline's host calls";
 pub const AUTH_HOST_CALLS: &str = "wasm floor + auth's host calls";
+/// The MCP rows, compared with each other in the report's MCP section.
+pub const MCP_BARE: &str = "mcp bare";
+pub const MCP_NATIVE: &str = "mcp native (jwt_authn + mcp + rbac)";
+pub const MCP_PIPELINE: &str = "mcp pipeline";
 
 /// What the load generator puts on each request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +80,39 @@ impl Load {
     }
 }
 
+/// What a request is and where it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// `GET` [`PATH`], answered by Envoy itself (`direct_response`).
+    Rest,
+    /// `POST` [`MCP_PATH`] with the body [`MCP_CALL`] and the headers of an
+    /// MCP client (`content-type: application/json`, `accept:
+    /// application/json, text/event-stream`, `MCP-Protocol-Version`),
+    /// routed to the stand-in MCP server: a second listener of the same
+    /// Envoy, on a Unix socket, answering [`MCP_RESULT`] itself.
+    McpTool,
+}
+
+/// A call the scenario's filters must refuse with 403, checked before
+/// each run next to the probe with a token.
+#[derive(Clone, Copy, Debug)]
+pub struct Forbidden {
+    /// What is wrong with it, for the error message.
+    pub what: &'static str,
+    /// The body sent instead of [`MCP_CALL`], with the same token and
+    /// headers.
+    pub body: &'static str,
+}
+
+const OTHER_TOOL: Forbidden = Forbidden {
+    what: "a tool the policy does not allow",
+    body: MCP_OTHER_TOOL,
+};
+const OUTSIDE_SCOPE: Forbidden = Forbidden {
+    what: "a context outside the token's scope",
+    body: MCP_OUTSIDE_SCOPE,
+};
+
 /// One row of the report.
 pub struct Scenario {
     pub name: &'static str,
@@ -70,6 +131,9 @@ pub struct Scenario {
     /// Override wrk's connection count: one connection measures the
     /// latency of a request on an idle gateway rather than under queueing.
     pub connections: Option<u32>,
+    pub call: Call,
+    /// Calls that must be refused with 403 (MCP rows only).
+    pub forbidden: &'static [Forbidden],
 }
 
 /// Limits of the RLS in benchmark runs: far above anything a run sends, so
@@ -122,6 +186,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "jwt_authn",
@@ -133,6 +199,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: Some(401),
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: JWT_AUTHN_CACHE,
@@ -143,6 +211,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: Some(401),
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: AUTH_REPEATED,
@@ -157,6 +227,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: Some(401),
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "auth (fresh token)",
@@ -168,6 +240,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: Some(401),
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "jwt_authn+cache (fresh token)",
@@ -178,6 +252,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: Some(401),
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "auth (public path)",
@@ -192,6 +268,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: Some(200),
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: WASM_FLOOR,
@@ -203,6 +281,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "wasm floor + read headers",
@@ -212,6 +292,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "wasm floor + set 7 headers",
@@ -222,6 +304,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "wasm floor + filter state + clock + 2 metrics",
@@ -232,6 +316,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: PIPELINE_HOST_CALLS,
@@ -249,6 +335,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: AUTH_HOST_CALLS,
@@ -261,6 +349,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "wasm floor + SHA-256",
@@ -272,6 +362,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "local_ratelimit",
@@ -282,6 +374,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "ratelimit (local)",
@@ -293,6 +387,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "ratelimit (hierarchical RLS)",
@@ -304,6 +400,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: true,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "ratelimit (always RLS)",
@@ -314,6 +412,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: true,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "auth + ratelimit (local)",
@@ -327,6 +427,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: Some(401),
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "auth + ratelimit (hierarchical RLS)",
@@ -339,6 +441,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: Some(401),
             needs_rls: true,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "tagging",
@@ -350,6 +454,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "breaker",
@@ -361,6 +467,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: FOUR_PLUGINS,
@@ -379,6 +487,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: Some(401),
             needs_rls: true,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: PIPELINE,
@@ -390,6 +500,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: Some(401),
             needs_rls: true,
             connections: None,
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "ratelimit (local, 1 connection)",
@@ -400,6 +512,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: false,
             connections: Some(1),
+            call: Call::Rest,
+            forbidden: &[],
         },
         Scenario {
             name: "ratelimit (always RLS, 1 connection)",
@@ -410,6 +524,61 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             unauthenticated_status: None,
             needs_rls: true,
             connections: Some(1),
+            call: Call::Rest,
+            forbidden: &[],
+        },
+        Scenario {
+            name: MCP_BARE,
+            about: "Envoy with only the router, an MCP `tools/call` (`POST /mcp`, JSON-RPC \
+                    body, `MCP-Protocol-Version: 2025-11-25`) forwarded to a stand-in MCP \
+                    server: a second listener of the same Envoy on a Unix socket (abstract \
+                    namespace, HTTP/1.1, kept-alive upstream connections) answering a small \
+                    JSON-RPC result (`application/json`) with `direct_response`. The same \
+                    upstream for the three MCP rows, so its cost (the second hop, counted in \
+                    Envoy CPU/req) is in each of them: the ceiling the MCP rows are compared \
+                    with.",
+            filters: vec![],
+            load: Load::Anonymous,
+            unauthenticated_status: None,
+            needs_rls: false,
+            connections: None,
+            call: Call::McpTool,
+            forbidden: &[],
+        },
+        Scenario {
+            name: MCP_NATIVE,
+            about: "Envoy's native filters authorising the same call: `jwt_authn` (the \
+                    `jwt_authn+cache` provider, with `payload_in_metadata`), Envoy 1.40's \
+                    `mcp` filter (defaults: parses the body into dynamic metadata under \
+                    `envoy.filters.http.mcp`) and `rbac` allowing only method `tools/call` of \
+                    tool `search_context` for a verified token whose `context_scopes` \
+                    include `read:projects/*`. Probed: 401 without a token, 403 for another \
+                    tool.",
+            filters: mcp_native(fx),
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: false,
+            connections: None,
+            call: Call::McpTool,
+            forbidden: &[OTHER_TOOL],
+        },
+        Scenario {
+            name: MCP_PIPELINE,
+            about: "`dist/ctxgate.wasm` with every stage, as the `pipeline` row plus an `mcp` \
+                    section: auth authenticates the MCP POST, the mcp stage reads the whole \
+                    body strictly, maps `search_context` to a `read` of the context its \
+                    argument `/context` names and checks it against the token's scopes \
+                    (hierarchically), then rate limiting (hierarchical against \
+                    `ctxgate-rls`, priced by the mcp stage), tagging and the breaker. \
+                    Probed: 401 without a token, 403 for another tool and for a context \
+                    outside the scope.",
+            filters: vec![mcp_pipeline(fx)],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: true,
+            connections: None,
+            call: Call::McpTool,
+            forbidden: &[OTHER_TOOL, OUTSIDE_SCOPE],
         },
     ]
 }
@@ -425,6 +594,8 @@ pub fn floor_row(calls: &str) -> Scenario {
         unauthenticated_status: None,
         needs_rls: false,
         connections: None,
+        call: Call::Rest,
+        forbidden: &[],
     }
 }
 
@@ -549,16 +720,99 @@ fn pipeline(fx: &Fixtures) -> HttpFilter {
         .into()
 }
 
+/// `dist/ctxgate.wasm` running every stage, as [`pipeline`], with an `mcp`
+/// section mapping [`MCP_TOOL`] to a `read` of the context its argument
+/// `context` names.
+fn mcp_pipeline(fx: &Fixtures) -> HttpFilter {
+    WasmFilter::ctxgate("ctxgate")
+        .stage("auth", auth_section(fx, json!({})))
+        .stage(
+            "mcp",
+            json!({
+                "paths": [{ "exact": MCP_PATH }],
+                "tools": [
+                    { "name": MCP_TOOL, "action": "read", "context": { "pointer": "/context" } },
+                ],
+            }),
+        )
+        .stage("ratelimit", ratelimit_section(global("hierarchical")))
+        .stage("tagging", tagging_section())
+        .stage("breaker", breaker_section())
+        .stage("metrics", production_metrics())
+        .into()
+}
+
+/// The jwt_authn metadata key of the verified token's payload.
+const JWT_PAYLOAD: &str = "jwt_payload";
+
+/// Envoy's native MCP authorisation: `jwt_authn` (cached, payload in
+/// dynamic metadata), the `mcp` filter, and `rbac` allowing [`MCP_TOOL`]
+/// only, for a verified token carrying [`SCOPE`].
+fn mcp_native(fx: &Fixtures) -> Vec<HttpFilter> {
+    let mcp_metadata = |path: &[&str], exact: &str| {
+        let path: Vec<Value> = path.iter().map(|key| json!({ "key": key })).collect();
+        json!({ "sourced_metadata": { "metadata_matcher": {
+            "filter": "envoy.filters.http.mcp",
+            "path": path,
+            "value": { "string_match": { "exact": exact } },
+        } } })
+    };
+    let rbac = json!({
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {
+                "action": "ALLOW",
+                "policies": {
+                    "call-search-context": {
+                        "permissions": [{ "and_rules": { "rules": [
+                            mcp_metadata(&["method"], "tools/call"),
+                            mcp_metadata(&["params", "name"], MCP_TOOL),
+                        ] } }],
+                        "principals": [{ "sourced_metadata": { "metadata_matcher": {
+                            "filter": "envoy.filters.http.jwt_authn",
+                            "path": [{ "key": JWT_PAYLOAD }, { "key": "context_scopes" }],
+                            "value": { "list_match": { "one_of": { "string_match": { "exact": SCOPE } } } },
+                        } } }],
+                    },
+                },
+            },
+        },
+    });
+    vec![
+        jwt_authn_filter(fx, true, Some(JWT_PAYLOAD)),
+        RawFilter(json!({
+            "name": "envoy.filters.http.mcp",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.mcp.v3.Mcp",
+            },
+        }))
+        .into(),
+        RawFilter(rbac).into(),
+    ]
+}
+
 /// `envoy.filters.http.jwt_authn` with one provider for the demo issuer and
 /// the ES256 key inline, required for every path.
 fn jwt_authn(fx: &Fixtures, cache: bool) -> HttpFilter {
+    jwt_authn_filter(fx, cache, None)
+}
+
+/// [`jwt_authn`], writing the verified payload to dynamic metadata under
+/// `payload_in_metadata` if given.
+fn jwt_authn_filter(fx: &Fixtures, cache: bool, payload_in_metadata: Option<&str>) -> HttpFilter {
     let mut provider = json!({
         "issuer": ISSUER,
         "audiences": [AUDIENCE],
         "local_jwks": { "inline_string": fx.jwks.to_string() },
     });
-    if let (true, Some(provider)) = (cache, provider.as_object_mut()) {
-        provider.insert("jwt_cache_config".into(), json!({ "jwt_cache_size": 1000 }));
+    if let Some(provider) = provider.as_object_mut() {
+        if cache {
+            provider.insert("jwt_cache_config".into(), json!({ "jwt_cache_size": 1000 }));
+        }
+        if let Some(key) = payload_in_metadata {
+            provider.insert("payload_in_metadata".into(), json!(key));
+        }
     }
     RawFilter(json!({
         "name": "envoy.filters.http.jwt_authn",

@@ -251,6 +251,10 @@ fn bench_main(args: &Args) -> Result<()> {
         },
     };
     println!("\n{}", report::table(&rows));
+    let mcp = report::mcp_table(&rows);
+    if !mcp.is_empty() {
+        println!("{mcp}");
+    }
     println!("{}", report::noise_verdict(&rows));
     if let Some(out) = &args.out {
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
