@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::run::RunResult;
-use super::scenarios::{MCP_BARE, MCP_NATIVE, MCP_PIPELINE, Scenario};
+use super::scenarios::{MCP_BARE, MCP_NATIVE, MCP_PIPELINE, MCP_PIPELINE_LOCAL, Scenario};
 
 /// A scenario's spread of requests/s beyond which the run is called noisy.
 const NOISY_SPREAD: f64 = 0.10;
@@ -148,7 +148,7 @@ pub fn mcp_table(rows: &[Row]) -> String {
         ms(p99(bare)),
         cpu(bare)
     );
-    let authorising: Vec<&Row> = [MCP_NATIVE, MCP_PIPELINE]
+    let authorising: Vec<&Row> = [MCP_NATIVE, MCP_PIPELINE_LOCAL, MCP_PIPELINE]
         .into_iter()
         .filter_map(&find)
         .collect();
@@ -167,7 +167,13 @@ pub fn mcp_table(rows: &[Row]) -> String {
             cpu(row) - cpu(bare)
         );
     }
-    if let (Some(native), Some(pipeline)) = (find(MCP_NATIVE), find(MCP_PIPELINE)) {
+    let Some(native) = find(MCP_NATIVE) else {
+        return out;
+    };
+    for pipeline in [MCP_PIPELINE_LOCAL, MCP_PIPELINE]
+        .into_iter()
+        .filter_map(&find)
+    {
         let added_cpu = |row: &Row| cpu(row) - cpu(bare);
         let cpu_ratio = if added_cpu(native) > 0.0 {
             format!(
@@ -179,8 +185,9 @@ pub fn mcp_table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "\n`{MCP_PIPELINE}` against `{MCP_NATIVE}`: {:.2}× its requests/s; {cpu_ratio}; \
+            "\n`{}` against `{MCP_NATIVE}`: {:.2}× its requests/s; {cpu_ratio}; \
              its latency minus theirs: {} at p50, {} at p99.",
+            pipeline.scenario.name,
             pipeline.median_rps() / native.median_rps().max(1e-9),
             added(p50(pipeline) - p50(native)),
             added(p99(pipeline) - p99(native)),

@@ -58,6 +58,7 @@ pub const AUTH_HOST_CALLS: &str = "wasm floor + auth's host calls";
 pub const MCP_BARE: &str = "mcp bare";
 pub const MCP_NATIVE: &str = "mcp native (jwt_authn + mcp + rbac)";
 pub const MCP_PIPELINE: &str = "mcp pipeline";
+pub const MCP_PIPELINE_LOCAL: &str = "mcp pipeline (local limits)";
 
 /// What the load generator puts on each request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -569,13 +570,29 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
                     body strictly, maps `search_context` to a `read` of the context its \
                     argument `/context` names and checks it against the token's scopes \
                     (hierarchically), then rate limiting (hierarchical against \
-                    `ctxgate-rls`, priced by the mcp stage), tagging and the breaker. \
+                    `ctxgate-rls`, priced by the mcp stage; a priced MCP call asks the RLS \
+                    every time, with its per-tool descriptor), tagging and the breaker. \
                     Probed: 401 without a token, 403 for another tool and for a context \
                     outside the scope.",
-            filters: vec![mcp_pipeline(fx)],
+            filters: vec![mcp_pipeline(fx, global("hierarchical"))],
             load: Load::RepeatedToken,
             unauthenticated_status: Some(401),
             needs_rls: true,
+            connections: None,
+            call: Call::McpTool,
+            forbidden: &[OTHER_TOOL, OUTSIDE_SCOPE],
+        },
+        Scenario {
+            name: MCP_PIPELINE_LOCAL,
+            about: "The `mcp pipeline` row with local rate limits only (no `global`): the \
+                    closest to the native row's work, which has no rate limiting. With \
+                    `global`, a priced MCP call asks the RLS every time (its descriptor \
+                    `[tenant, mcp_method, mcp_tool]` makes per-tool limits exact), so the \
+                    difference between the two pipeline rows is that round trip.",
+            filters: vec![mcp_pipeline(fx, json!({}))],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: false,
             connections: None,
             call: Call::McpTool,
             forbidden: &[OTHER_TOOL, OUTSIDE_SCOPE],
@@ -722,8 +739,8 @@ fn pipeline(fx: &Fixtures) -> HttpFilter {
 
 /// `dist/ctxgate.wasm` running every stage, as [`pipeline`], with an `mcp`
 /// section mapping [`MCP_TOOL`] to a `read` of the context its argument
-/// `context` names.
-fn mcp_pipeline(fx: &Fixtures) -> HttpFilter {
+/// `context` names; `limits` is merged over the rate-limit section.
+fn mcp_pipeline(fx: &Fixtures, limits: Value) -> HttpFilter {
     WasmFilter::ctxgate("ctxgate")
         .stage("auth", auth_section(fx, json!({})))
         .stage(
@@ -735,7 +752,7 @@ fn mcp_pipeline(fx: &Fixtures) -> HttpFilter {
                 ],
             }),
         )
-        .stage("ratelimit", ratelimit_section(global("hierarchical")))
+        .stage("ratelimit", ratelimit_section(limits))
         .stage("tagging", tagging_section())
         .stage("breaker", breaker_section())
         .stage("metrics", production_metrics())
