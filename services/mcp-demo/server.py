@@ -346,8 +346,17 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
     host, port = args.listen
     # Bound here, before the app starts, so `--listen HOST:0` can report the port it got.
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # TCP_NODELAY on every connection: the server writes a response's headers and
+    # each SSE event separately, and with Nagle's algorithm a write waits for the
+    # ACK of the previous one, which a peer in delayed-ACK mode (Envoy's pooled
+    # upstream connection, a keep-alive client) sends only ~40 ms later. asyncio
+    # sets TCP_NODELAY on accepted connections only when the listening socket says
+    # `proto=IPPROTO_TCP` (what uvicorn's own bind gets from getaddrinfo), not on
+    # a bare `socket(AF_INET)` (proto 0); on Linux the option set on the listening
+    # socket is also inherited by each connection it accepts.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     address = "{}:{}".format(*sock.getsockname()[:2])
     mode = "stateful" if args.stateful else "stateless"

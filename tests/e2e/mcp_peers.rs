@@ -12,9 +12,11 @@
     clippy::indexing_slicing
 )]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use ctxgate_e2e::{McpClient, McpServer, ScriptedResponse, ScriptedServer, Sessions};
+use ctxgate_e2e::{
+    Client, McpClient, McpServer, Request, ScriptedResponse, ScriptedServer, Sessions,
+};
 use serde_json::{Value, json};
 
 const ROADMAP: &str = "projects/engineering/roadmap";
@@ -194,6 +196,49 @@ fn it_streams_a_traversal_event_by_event() {
             "the first event {first:?} came long before the result {result:?} ({era})"
         );
     }
+}
+
+/// The server writes a response's head and its body (each SSE event) in
+/// separate writes. With Nagle's algorithm on its socket, each write after
+/// the first waits for the peer to ACK the one before, and a peer in
+/// delayed-ACK mode (a keep-alive client from its second request on,
+/// Envoy's pooled upstream connection) sends that ACK only after its
+/// delayed-ACK timer (40 ms minimum on Linux). So every answer after the
+/// first on a connection took ~44 ms, and through the gateway the first
+/// event of a streamed call came ~40 ms late. The server sets TCP_NODELAY.
+#[test]
+fn it_answers_back_to_back_requests_on_one_connection_without_waiting_for_an_ack() {
+    let server = McpServer::start(Sessions::Stateless);
+    let initialize = Request::post("/mcp")
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {
+                "protocolVersion": HANDSHAKE,
+                "capabilities": {},
+                "clientInfo": {"name": "keep-alive", "version": "0"},
+            },
+        }));
+    let mut client = Client::connect(server.addr());
+    // The first exchange of a connection is ACKed at once (quick-ACK mode).
+    assert_eq!(client.send(&initialize).status, 200);
+    let mut times: Vec<Duration> = (0..7)
+        .map(|_| {
+            let start = Instant::now();
+            let response = client.send(&initialize);
+            let took = start.elapsed();
+            assert_eq!(response.status, 200, "{}", response.text());
+            took
+        })
+        .collect();
+    assert_eq!(client.reconnects(), 0, "one kept-alive connection");
+    times.sort();
+    let median = times[times.len() / 2];
+    assert!(
+        median < Duration::from_millis(30),
+        "answers on a kept-alive connection wait for delayed ACKs \
+         (Nagle on the server's socket): median {median:?} of {times:?}"
+    );
 }
 
 #[test]
