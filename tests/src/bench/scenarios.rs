@@ -570,8 +570,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
                     body strictly, maps `search_context` to a `read` of the context its \
                     argument `/context` names and checks it against the token's scopes \
                     (hierarchically), then rate limiting (hierarchical against \
-                    `ctxgate-rls`, priced by the mcp stage; a priced MCP call asks the RLS \
-                    every time, with its per-tool descriptor), tagging and the breaker. \
+                    `ctxgate-rls`, priced by the mcp stage, the call also counted against \
+                    its per-tool key), tagging and the breaker. \
                     Probed: 401 without a token, 403 for another tool and for a context \
                     outside the scope.",
             filters: vec![mcp_pipeline(fx, global("hierarchical"))],
@@ -585,10 +585,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
         Scenario {
             name: MCP_PIPELINE_LOCAL,
             about: "The `mcp pipeline` row with local rate limits only (no `global`): the \
-                    closest to the native row's work, which has no rate limiting. With \
-                    `global`, a priced MCP call asks the RLS every time (its descriptor \
-                    `[tenant, mcp_method, mcp_tool]` makes per-tool limits exact), so the \
-                    difference between the two pipeline rows is that round trip.",
+                    closest to the native row's work, which has no rate limiting.",
             filters: vec![mcp_pipeline(fx, json!({}))],
             load: Load::RepeatedToken,
             unauthenticated_status: Some(401),

@@ -280,7 +280,7 @@ impl RateLimitStage {
             CallResponse::Grpc {
                 status: grpc::OK,
                 message,
-            } => match decode_response(message) {
+            } => match decode_response(message, call.report.descriptors()) {
                 Ok(answer) => {
                     metrics.inc(self.counters.rls_ok);
                     self.limiter
@@ -512,7 +512,7 @@ impl RateLimitStage {
             CallResponse::Grpc {
                 status: grpc::OK,
                 message,
-            } => decode_response(message).ok(),
+            } => decode_response(message, report.descriptors()).ok(),
             _ => None,
         };
         match answer {

@@ -311,12 +311,12 @@ pub struct GlobalConfig {
     /// oldest are dropped beyond it, and counted).
     #[serde(default = "defaults::max_pending_reports")]
     pub max_pending_reports: usize,
-    /// An MCP call with a price asks the RLS every time (in either mode),
-    /// with a second descriptor `[tenant, mcp_method, mcp_tool]` next to
-    /// the bucket's, so per-method and per-tool limits in the RLS hold
-    /// exactly; `mcp_tool` only for `tools/call`. `false`: MCP calls count
-    /// in the bucket like any request and the RLS sees only the bucket's
-    /// descriptor.
+    /// An MCP call with a price also counts against a global key of its
+    /// own, the descriptor `[tenant, mcp_method, mcp_tool]` (`mcp_tool` for
+    /// `tools/call` only), accounted like the bucket's (`mode`) and sent
+    /// next to it, with its own hits, when it asks: per-method and per-tool
+    /// limits in the RLS hold like a tenant's. `false`: MCP calls count in
+    /// the bucket only.
     #[serde(default = "defaults::yes")]
     pub mcp_descriptor: bool,
 }

@@ -9,7 +9,7 @@ use super::global::RlsCall;
 use super::keys::Table;
 use super::limiter::{LimiterState, RateLimiter};
 use super::refusal::{Refusal, Refused, contention_refusal, queue_full_refusal};
-use super::report::Report;
+use super::report::{Report, ReportKey};
 use super::rls;
 use super::view::LimitView;
 use crate::bucket::{GlobalAccounting, TakeOutcome};
@@ -102,14 +102,9 @@ impl RateLimiter {
 
         // Does the RLS get a say? The local/global split is decided inside
         // the bucket update, atomically.
-        // An MCP call with a descriptor of its own asks every time, so a
-        // per-tool limit in the RLS holds exactly.
-        let call = self.call_descriptor(facts, operation.as_deref());
         let accounting = match &self.global {
             None => GlobalAccounting::None,
-            Some(g) if g.mode == GlobalMode::Always || call.is_some() => {
-                GlobalAccounting::ClaimUnreported
-            }
+            Some(g) if g.mode == GlobalMode::Always => GlobalAccounting::ClaimUnreported,
             Some(g) => GlobalAccounting::Hierarchical {
                 threshold: g.sync_threshold,
                 budget_share: (1.0 - g.sync_threshold) / g.gateways as f64,
@@ -181,44 +176,169 @@ impl RateLimiter {
             decided_by: DecidedBy::Local,
             meter,
         };
-        match &self.global {
-            Some(g) if take.ask_rls => {
+        let Some(g) = &self.global else {
+            return LocalDecision::Allow(admitted);
+        };
+        let call = match self.take_call(
+            state,
+            store,
+            facts,
+            operation.as_deref(),
+            cost,
+            accounting,
+            now_ms,
+        ) {
+            Ok(call) => call,
+            Err(refused) => return LocalDecision::Deny(refused),
+        };
+        let anonymous = table == Table::Anonymous;
+        if !take.ask_rls {
+            state.mark_dirty(hash, anonymous, &descriptor);
+        }
+        if let Some(c) = call.as_ref().filter(|c| !c.ask) {
+            state.mark_dirty(c.hash, false, &c.descriptor);
+        }
+        let call = call.filter(|c| c.ask);
+        // One question for whichever keys ask: the bucket's first, the
+        // call's second (or alone).
+        let (report, label, call_label) = match (take.ask_rls, call) {
+            (false, None) => return LocalDecision::Allow(admitted),
+            (true, call) => {
                 let hits = cost.saturating_add(claimed);
+                let also = call.as_ref().map(|c| ReportKey {
+                    key_hash: c.hash,
+                    descriptor: c.descriptor.clone(),
+                    hits: cost.saturating_add(c.claimed),
+                });
+                let message = rls::encode_request(
+                    &g.domain,
+                    &descriptor,
+                    hits,
+                    also.as_ref().map(|k| (k.descriptor.as_slice(), k.hits)),
+                );
                 let report = Report {
                     id: state.outbox.next_id(),
                     key_hash: hash,
-                    anonymous: table == Table::Anonymous,
-                    message: rls::encode_request(
-                        &g.domain,
-                        &descriptor,
-                        hits,
-                        call.as_deref().map(|c| (c, cost)),
-                    ),
+                    anonymous,
                     descriptor,
                     hits,
+                    also,
+                    message,
                     created_ms: now_ms,
                 };
-                LocalDecision::AskRls(Box::new(RlsCall {
-                    report,
-                    cluster: g.cluster.clone(),
-                    timeout_ms: g.timeout_ms,
-                    cost,
-                    local: admitted,
-                    call_label: call.as_deref().map(call_label),
+                (report, label, call.map(|c| c.label))
+            }
+            (false, Some(call)) => {
+                let hits = cost.saturating_add(call.claimed);
+                let report = Report {
+                    id: state.outbox.next_id(),
+                    key_hash: call.hash,
+                    anonymous: false,
+                    message: rls::encode_request(&g.domain, &call.descriptor, hits, None),
+                    descriptor: call.descriptor,
+                    hits,
+                    also: None,
+                    created_ms: now_ms,
+                };
+                (report, call.label, None)
+            }
+        };
+        LocalDecision::AskRls(Box::new(RlsCall {
+            report,
+            cluster: g.cluster.clone(),
+            timeout_ms: g.timeout_ms,
+            cost,
+            local: admitted,
+            label,
+            call_label,
+            failure_mode: g.failure_mode,
+            deny_status: g.deny_status,
+            grpc: request.is_grpc(),
+            head_request: request.is_head(),
+        }))
+    }
+
+    /// An MCP call's own key, `[tenant, mcp_method, mcp_tool]`
+    /// ([`RateLimiter::call_descriptor`]), in the tenants table: no local
+    /// limit, the same global accounting as the bucket, so a per-tool
+    /// limit in the RLS holds as a tenant's does (counted locally well
+    /// below it, decided by the RLS near it, refused here for the rest of
+    /// the window once over). `None` for other requests, or when the key
+    /// cannot be updated and `on_contention` lets the request through.
+    #[allow(clippy::too_many_arguments)]
+    fn take_call(
+        &self,
+        state: &mut LimiterState,
+        store: &dyn SharedStore,
+        facts: &RequestFacts<'_>,
+        operation: Option<&MatchedOperation>,
+        cost: u64,
+        accounting: GlobalAccounting,
+        now_ms: u64,
+    ) -> Result<Option<CallKey>, Refused> {
+        let Some(descriptor) = self.call_descriptor(facts, operation) else {
+            return Ok(None);
+        };
+        let mut key = String::from("mcp|");
+        for (name, value) in &descriptor {
+            key.push_str(name);
+            key.push('=');
+            key.push_str(value);
+            key.push('|');
+        }
+        let table = self.table(Table::Tenants);
+        let hash = table.hash_key(&key);
+        let label = call_label(&descriptor);
+        match table.take(store, hash, &[], cost, accounting, now_ms) {
+            TakeOutcome::Done {
+                take,
+                claimed_unreported,
+            } => {
+                state.counts.evictions += u64::from(take.evicted);
+                state.counts.lost_unreported = state
+                    .counts
+                    .lost_unreported
+                    .saturating_add(take.lost_unreported);
+                if !take.allowed {
+                    let reply =
+                        self.global_refusal_reply(&facts.head, &label, &take.global, cost, now_ms);
+                    return Err(Refused {
+                        reply,
+                        refusal: Refusal::GlobalLimit,
+                    });
+                }
+                Ok(Some(CallKey {
+                    hash,
+                    descriptor,
                     label,
-                    failure_mode: g.failure_mode,
-                    deny_status: g.deny_status,
-                    grpc: request.is_grpc(),
-                    head_request: request.is_head(),
+                    ask: take.ask_rls,
+                    claimed: claimed_unreported,
                 }))
             }
-            Some(_) => {
-                state.mark_dirty(hash, table == Table::Anonymous, &descriptor);
-                LocalDecision::Allow(admitted)
+            outcome => {
+                match outcome {
+                    TakeOutcome::Invalid(e) => state.record_invalid(e),
+                    _ => state.counts.contended += 1,
+                }
+                match self.on_contention {
+                    Contention::Allow => Ok(None),
+                    Contention::Deny => Err(contention_refusal(&facts.head)),
+                }
             }
-            None => LocalDecision::Allow(admitted),
         }
     }
+}
+
+/// An MCP call's key after its update.
+struct CallKey {
+    hash: u64,
+    descriptor: rls::Entries,
+    label: String,
+    /// The RLS decides this call (near or over the tool's known limit, or
+    /// nothing known yet).
+    ask: bool,
+    /// Usage of the key admitted locally and not yet reported, sent along.
+    claimed: u64,
 }
 
 /// `tools/call search_context of tenant acme`, from an MCP call's

@@ -1,7 +1,6 @@
-//! Global limiting: the question a request puts to the RLS, its answer
-//! (recorded in the bucket's global view; an MCP call's own descriptor
-//! over its limit refuses the call and teaches the bucket nothing), and
-//! the failure mode when the
+//! Global limiting: the question a request puts to the RLS (about its
+//! bucket's key, an MCP call's own key, or both), the answer (recorded in
+//! each key's global view), and the failure mode when the
 //! RLS fails or is late (the report the call carried is kept and sent
 //! again under the same id).
 
@@ -36,7 +35,9 @@ pub struct RlsCall {
 }
 
 impl RateLimiter {
-    /// Applies an RLS answer to a pending request.
+    /// Applies an RLS answer to a pending request: each key the call
+    /// reported learns its own descriptor's answer; either one over its
+    /// limit refuses the request.
     pub fn on_rls_answer(
         &self,
         state: &mut LimiterState,
@@ -47,38 +48,24 @@ impl RateLimiter {
     ) -> Result<Admitted, Refused> {
         state.outbox.acknowledged(call.report.id);
         self.learn(state, store, &call.report, answer, now_ms);
-        let limit = answer.limit.unwrap_or(0);
-        let window = answer.window_seconds.unwrap_or(60);
-        let reset = answer.reset_in_ms.map_or(window, |ms| ms.div_ceil(1000));
-        let global = answer.limit.map(|limit| LimitView {
-            limit,
-            window_seconds: window,
-            remaining: answer.remaining,
-            reset_seconds: reset,
-        });
-        let view = call.local.view.map(|local| local.tighter(global));
-        if let Some(over) = answer.call_over.filter(|_| !answer.over_limit) {
-            let window = over.window_seconds.unwrap_or(60);
-            let reset = over.reset_in_ms.map_or(window, |ms| ms.div_ceil(1000));
-            let limit = over.limit.unwrap_or(0);
-            let view = over.limit.map(|limit| LimitView {
-                limit,
-                window_seconds: window,
-                remaining: 0,
-                reset_seconds: reset,
-            });
-            let label = call.call_label.as_deref().unwrap_or(&call.label);
-            return Err(self.rls_over_limit_refusal(call, label, limit, window, reset, view));
+        let first = &answer.first;
+        if first.over_limit {
+            return Err(self.rls_over_limit_refusal(call, &call.label, first));
         }
-        if !answer.over_limit {
-            return Ok(Admitted {
-                view,
-                cost: call.cost,
-                decided_by: DecidedBy::Rls,
-                meter: call.local.meter.clone(),
-            });
+        if let (Some(second), Some(label)) = (&answer.second, &call.call_label)
+            && second.over_limit
+        {
+            return Err(self.rls_over_limit_refusal(call, label, second));
         }
-        Err(self.rls_over_limit_refusal(call, &call.label, limit, window, reset, global))
+        Ok(Admitted {
+            view: call
+                .local
+                .view
+                .map(|local| local.tighter(limit_view(first))),
+            cost: call.cost,
+            decided_by: DecidedBy::Rls,
+            meter: call.local.meter.clone(),
+        })
     }
 
     /// The RLS failed, or missed its deadline: apply the failure mode. The
@@ -105,13 +92,35 @@ impl RateLimiter {
         }
     }
 
-    /// Records what the RLS said about a key.
+    /// Records what the RLS said about each key a report carried.
     pub(super) fn learn(
         &self,
         state: &mut LimiterState,
         store: &dyn SharedStore,
         report: &Report,
         answer: &rls::RlsAnswer,
+        now_ms: u64,
+    ) {
+        self.learn_key(
+            state,
+            store,
+            report.anonymous,
+            report.key_hash,
+            &answer.first,
+            now_ms,
+        );
+        if let (Some(also), Some(second)) = (&report.also, &answer.second) {
+            self.learn_key(state, store, false, also.key_hash, second, now_ms);
+        }
+    }
+
+    fn learn_key(
+        &self,
+        state: &mut LimiterState,
+        store: &dyn SharedStore,
+        anonymous: bool,
+        key_hash: u64,
+        answer: &rls::DescriptorAnswer,
         now_ms: u64,
     ) {
         let sync_ms = self.global.as_ref().map_or(1000, |g| g.sync_interval_ms);
@@ -134,11 +143,19 @@ impl RateLimiter {
                 unreported: 0,
             },
         };
-        if let Err(e) = self
-            .table_of(report.anonymous)
-            .learn_global(store, report.key_hash, view)
-        {
+        if let Err(e) = self.table_of(anonymous).learn_global(store, key_hash, view) {
             state.record_invalid(e);
         }
     }
+}
+
+/// What an RLS answer says about a descriptor's limit, for `x-ratelimit-*`.
+pub(super) fn limit_view(answer: &rls::DescriptorAnswer) -> Option<LimitView> {
+    let window = answer.window_seconds.unwrap_or(60);
+    answer.limit.map(|limit| LimitView {
+        limit,
+        window_seconds: window,
+        remaining: answer.remaining,
+        reset_seconds: answer.reset_in_ms.map_or(window, |ms| ms.div_ceil(1000)),
+    })
 }

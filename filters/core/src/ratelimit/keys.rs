@@ -74,7 +74,7 @@ const MCP_OPERATION_PREFIX: &str = "mcp:";
 impl RateLimiter {
     /// The RLS descriptor of a priced MCP call of a verified caller,
     /// `[tenant, mcp_method, mcp_tool]` (`mcp_tool` for `tools/call`),
-    /// when global limiting asks about MCP calls (`mcp_descriptor`).
+    /// when global limiting counts MCP calls per tool (`mcp_descriptor`).
     pub(super) fn call_descriptor(
         &self,
         facts: &RequestFacts<'_>,

@@ -6,9 +6,10 @@ use serde_json::json;
 
 use super::body::BodyMeter;
 use super::config::Counts;
-use super::global::RlsCall;
+use super::global::{RlsCall, limit_view};
 use super::limiter::RateLimiter;
 use super::limits::Limits;
+use super::rls::DescriptorAnswer;
 use super::view::LimitView;
 use crate::bucket::{GlobalView, Tightest};
 use crate::http::RequestHead;
@@ -253,11 +254,12 @@ impl RateLimiter {
         &self,
         call: &RlsCall,
         label: &str,
-        limit: u64,
-        window: u64,
-        reset: u64,
-        global: Option<LimitView>,
+        answer: &DescriptorAnswer,
     ) -> Refused {
+        let limit = answer.limit.unwrap_or(0);
+        let window = answer.window_seconds.unwrap_or(60);
+        let reset = answer.reset_in_ms.map_or(window, |ms| ms.div_ceil(1000));
+        let global = limit_view(answer);
         let body = json!({
             "error": ERROR_RATE_LIMITED,
             "message": format!("{label} exceeded its global limit of {limit} per {window} s"),

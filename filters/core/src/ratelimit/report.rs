@@ -50,10 +50,34 @@ pub struct Report {
     pub anonymous: bool,
     pub descriptor: Vec<(String, String)>,
     pub hits: u64,
+    /// A second key reported in the same call (an MCP call's, in the
+    /// tenants table), its descriptor second in the message.
+    pub also: Option<ReportKey>,
     /// The serialized `RateLimitRequest`, sent as is on every attempt.
     pub message: Vec<u8>,
     /// When the report was first created, unix ms.
     pub created_ms: u64,
+}
+
+/// A key a report carries hits for, besides its first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportKey {
+    pub key_hash: u64,
+    pub descriptor: Vec<(String, String)>,
+    pub hits: u64,
+}
+
+impl Report {
+    /// How many descriptors the message carries.
+    pub fn descriptors(&self) -> usize {
+        1 + usize::from(self.also.is_some())
+    }
+
+    /// The hits of every key it carries.
+    pub fn total_hits(&self) -> u64 {
+        self.hits
+            .saturating_add(self.also.as_ref().map_or(0, |k| k.hits))
+    }
 }
 
 struct Pending {
@@ -114,7 +138,7 @@ impl Outbox {
                 break;
             };
             self.dropped.overflow += 1;
-            self.dropped.hits = self.dropped.hits.saturating_add(oldest.report.hits);
+            self.dropped.hits = self.dropped.hits.saturating_add(oldest.report.total_hits());
         }
         self.pending
             .insert(report.id.seq, Pending { report, in_flight });
@@ -124,7 +148,13 @@ impl Outbox {
     /// unreported in its bucket until it is acknowledged, so that one key
     /// has at most one background report outstanding.)
     pub fn has_pending_for(&self, key_hash: u64) -> bool {
-        self.pending.values().any(|p| p.report.key_hash == key_hash)
+        self.pending.values().any(|p| {
+            p.report.key_hash == key_hash
+                || p.report
+                    .also
+                    .as_ref()
+                    .is_some_and(|k| k.key_hash == key_hash)
+        })
     }
 
     /// Drops reports older than the retry window, then returns the ones to
@@ -136,7 +166,7 @@ impl Outbox {
             let keep = now_ms < p.report.created_ms.saturating_add(max_age);
             if !keep {
                 expired.expired += 1;
-                expired.hits = expired.hits.saturating_add(p.report.hits);
+                expired.hits = expired.hits.saturating_add(p.report.total_hits());
             }
             keep
         });
@@ -188,6 +218,7 @@ mod tests {
             anonymous: false,
             descriptor: vec![("tenant".into(), "acme".into())],
             hits,
+            also: None,
             message: vec![1, 2, 3],
             created_ms: now,
         }

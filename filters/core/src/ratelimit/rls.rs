@@ -139,11 +139,18 @@ pub fn encode_request(
     .encode_to_vec()
 }
 
-/// What ctxgate takes from an RLS answer: the bucket's descriptor (the
-/// first), and whether an MCP call's (the second) is over its limit.
+/// What ctxgate takes from an RLS answer: one [`DescriptorAnswer`] per
+/// descriptor sent (at most two: a bucket's, and an MCP call's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RlsAnswer {
-    /// The bucket's descriptor is over its limit.
+    pub first: DescriptorAnswer,
+    /// The second descriptor's, when two were sent.
+    pub second: Option<DescriptorAnswer>,
+}
+
+/// The RLS's word on one descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DescriptorAnswer {
     pub over_limit: bool,
     /// The limit that applied, if the RLS has one for this descriptor.
     pub limit: Option<u64>,
@@ -152,19 +159,9 @@ pub struct RlsAnswer {
     pub remaining: u64,
     /// Milliseconds until the RLS window resets.
     pub reset_in_ms: Option<u64>,
-    /// The MCP call's descriptor is over its limit: that limit.
-    pub call_over: Option<CallLimit>,
 }
 
-/// The limit an MCP call's descriptor went over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallLimit {
-    pub limit: Option<u64>,
-    pub window_seconds: Option<u64>,
-    pub reset_in_ms: Option<u64>,
-}
-
-impl RlsAnswer {
+impl DescriptorAnswer {
     /// The RLS count after this request, if it can be known.
     pub fn used(&self) -> Option<u64> {
         self.limit.map(|l| {
@@ -175,31 +172,31 @@ impl RlsAnswer {
             }
         })
     }
-}
 
-/// A status's limit, window and time to reset.
-fn limit_of(status: Option<&DescriptorStatus>) -> CallLimit {
-    let limit = status.and_then(|s| s.current_limit.as_ref());
-    CallLimit {
-        limit: limit.map(|l| u64::from(l.requests_per_unit)),
-        window_seconds: limit.and_then(|l| unit_seconds(l.unit)),
-        reset_in_ms: status
-            .and_then(|s| s.duration_until_reset.as_ref())
-            .map(|d| {
+    fn of(status: &DescriptorStatus) -> DescriptorAnswer {
+        let limit = status.current_limit.as_ref();
+        DescriptorAnswer {
+            over_limit: status.code == CODE_OVER_LIMIT,
+            limit: limit.map(|l| u64::from(l.requests_per_unit)),
+            window_seconds: limit.and_then(|l| unit_seconds(l.unit)),
+            remaining: u64::from(status.limit_remaining),
+            reset_in_ms: status.duration_until_reset.as_ref().map(|d| {
                 let seconds = u64::try_from(d.seconds).unwrap_or(0);
                 let nanos = u64::try_from(d.nanos).unwrap_or(0);
                 seconds
                     .saturating_mul(1000)
                     .saturating_add(nanos / 1_000_000)
             }),
+        }
     }
 }
 
-/// Parses a serialized `RateLimitResponse`. An unparseable answer or an
-/// `UNKNOWN` code is an error, handled like an unreachable RLS. An answer
-/// over the limit that marks neither descriptor counts against the
-/// bucket.
-pub fn decode_response(bytes: &[u8]) -> Result<RlsAnswer, String> {
+/// Parses a serialized `RateLimitResponse` to a request of `sent`
+/// descriptors (1 or 2). An unparseable answer or an `UNKNOWN` code is an
+/// error, handled like an unreachable RLS. A descriptor without a status
+/// takes the overall code, so an answer over the limit that marks no
+/// descriptor refuses.
+pub fn decode_response(bytes: &[u8], sent: usize) -> Result<RlsAnswer, String> {
     let response =
         RateLimitResponse::decode(bytes).map_err(|e| format!("undecodable RLS response: {e}"))?;
     let overall = match response.overall_code {
@@ -207,25 +204,23 @@ pub fn decode_response(bytes: &[u8]) -> Result<RlsAnswer, String> {
         CODE_OVER_LIMIT => true,
         other => return Err(format!("RLS answered with code {other}")),
     };
-    let status = response.statuses.first();
-    let call_over = response
-        .statuses
-        .get(1)
-        .filter(|s| s.code == CODE_OVER_LIMIT)
-        .map(|s| limit_of(Some(s)));
-    let over_limit = match status {
-        Some(s) if s.code == CODE_OVER_LIMIT => true,
-        _ => overall && call_over.is_none(),
+    let answer = |i: usize| {
+        response.statuses.get(i).map_or(
+            DescriptorAnswer {
+                over_limit: overall,
+                ..DescriptorAnswer::default()
+            },
+            DescriptorAnswer::of,
+        )
     };
-    let bucket = limit_of(status);
-    Ok(RlsAnswer {
-        over_limit,
-        limit: bucket.limit,
-        window_seconds: bucket.window_seconds,
-        remaining: status.map_or(0, |s| u64::from(s.limit_remaining)),
-        reset_in_ms: bucket.reset_in_ms,
-        call_over,
-    })
+    let mut first = answer(0);
+    let second = (sent > 1).then(|| answer(1));
+    // Over the limit overall with every status saying otherwise: a
+    // malformed answer, refused rather than trusted.
+    if overall && !first.over_limit && !second.is_some_and(|s| s.over_limit) {
+        first.over_limit = true;
+    }
+    Ok(RlsAnswer { first, second })
 }
 
 #[cfg(test)]
@@ -290,18 +285,24 @@ mod tests {
                     statuses,
                 }
                 .encode_to_vec(),
+                2,
             )
             .unwrap()
         };
         // The tool's limit (5/s) refused, the tenant's (1000/s) did not:
         // the bucket learns nothing false.
         let a = answer(vec![status(CODE_OK, 1000), status(CODE_OVER_LIMIT, 5)]);
-        assert!(!a.over_limit);
-        assert_eq!(a.limit, Some(1000));
-        assert_eq!(a.call_over.map(|c| c.limit), Some(Some(5)));
-        // Over, with no descriptor marked: against the bucket.
+        assert!(!a.first.over_limit);
+        assert_eq!(a.first.limit, Some(1000));
+        let second = a.second.unwrap();
+        assert!(second.over_limit);
+        assert_eq!(second.limit, Some(5));
+        // Over, with no status: both are over.
         let a = answer(vec![]);
-        assert!(a.over_limit && a.call_over.is_none());
+        assert!(a.first.over_limit && a.second.unwrap().over_limit);
+        // Over, with both statuses OK: malformed, so the first is over.
+        let a = answer(vec![status(CODE_OK, 1000), status(CODE_OK, 5)]);
+        assert!(a.first.over_limit && !a.second.unwrap().over_limit);
     }
 
     #[test]
@@ -322,21 +323,24 @@ mod tests {
                 }),
             }],
         };
-        let answer = decode_response(&response.encode_to_vec()).unwrap();
+        let answer = decode_response(&response.encode_to_vec(), 1).unwrap();
+        assert_eq!(answer.second, None);
+        let answer = answer.first;
         assert!(answer.over_limit);
         assert_eq!(
             (answer.limit, answer.window_seconds, answer.reset_in_ms),
             (Some(100), Some(60), Some(12_500))
         );
         assert_eq!(answer.used(), Some(100));
-        assert!(decode_response(b"\xff\xff").is_err());
+        assert!(decode_response(b"\xff\xff", 1).is_err());
         assert!(
             decode_response(
                 &RateLimitResponse {
                     overall_code: 0,
                     statuses: vec![]
                 }
-                .encode_to_vec()
+                .encode_to_vec(),
+                1
             )
             .is_err()
         );

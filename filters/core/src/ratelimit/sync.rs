@@ -43,6 +43,7 @@ impl RateLimiter {
                     message: rls::encode_request(&g.domain, &key.descriptor, hits, None),
                     descriptor: key.descriptor,
                     hits,
+                    also: None,
                     created_ms: now_ms,
                 };
                 state.outbox.keep(report, false);

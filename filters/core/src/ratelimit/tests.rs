@@ -475,12 +475,18 @@ fn hierarchical() -> Value {
 
 fn answer(over: bool, limit: u64, remaining: u64) -> rls::RlsAnswer {
     rls::RlsAnswer {
+        first: descriptor_answer(over, limit, remaining),
+        second: None,
+    }
+}
+
+fn descriptor_answer(over: bool, limit: u64, remaining: u64) -> rls::DescriptorAnswer {
+    rls::DescriptorAnswer {
         over_limit: over,
         limit: Some(limit),
         window_seconds: Some(60),
         remaining,
         reset_in_ms: Some(30_000),
-        call_over: None,
     }
 }
 
@@ -740,97 +746,152 @@ fn bad_configuration_names_the_field() {
     assert!(err(json!({"bogus": true})).contains("bogus"));
 }
 
-#[test]
-fn an_mcp_call_asks_the_rls_every_time_with_its_own_descriptor() {
-    let (l, mut state, store) =
-        setup(json!({"global": {"cluster": "rls", "sync_threshold": 0.8, "gateways": 1}}));
-    let rest = req(Some(identity("acme", "premium")), Some("read"));
-    let mcp = req(Some(identity("acme", "premium")), Some("mcp:tools/call"));
-    let mcp_facts = || {
-        let mut facts = mcp.facts();
-        facts.operation = Some(std::rc::Rc::new(MatchedOperation {
-            name: "mcp:tools/call".into(),
-            action: "write".into(),
-            context: "projects/a".into(),
-            target: Some("write_context".into()),
-        }));
-        facts.price = Some(5);
-        facts
-    };
-    // The tenant's global usage is known and low: REST requests are local.
-    let LocalDecision::AskRls(call) = check(&l, &mut state, &store, &rest, NOW) else {
-        panic!()
-    };
-    l.on_rls_answer(&mut state, &store, &call, &answer(false, 1000, 999), NOW)
-        .unwrap();
-    assert_eq!(
-        admitted_local(&l, &mut state, &store, &rest),
-        DecidedBy::Local
-    );
-    // An MCP call asks anyway, with the bucket's unreported usage (1) and
-    // its own cost (5) on the bucket's descriptor, and only its cost on
-    // its own.
-    let LocalDecision::AskRls(call) = l.check(&mut state, &store, &mcp_facts(), NOW) else {
-        panic!("an MCP call asks the RLS")
-    };
+/// The descriptors of an RLS call's message, with their own hits.
+fn sent(call: &RlsCall) -> Vec<(rls::Entries, Option<u64>)> {
     let message =
         <rls::RateLimitRequest as prost::Message>::decode(call.report.message.as_slice()).unwrap();
-    let descriptors: Vec<(rls::Entries, Option<u64>)> = message
+    message
         .descriptors
         .iter()
         .map(|d| {
             let entries = d.entries.iter().map(|e| (e.key.clone(), e.value.clone()));
             (entries.collect(), d.hits_addend.as_ref().map(|h| h.value))
         })
-        .collect();
+        .collect()
+}
+
+fn mcp_call_facts<'a>(r: &'a Req, tool: &str, price: u64) -> RequestFacts<'a> {
+    let mut facts = r.facts();
+    facts.operation = Some(std::rc::Rc::new(MatchedOperation {
+        name: "mcp:tools/call".into(),
+        action: "write".into(),
+        context: "projects/a".into(),
+        target: Some(tool.into()),
+    }));
+    facts.price = Some(price);
+    facts
+}
+
+#[test]
+fn an_mcp_call_is_limited_per_tool_through_the_rls_like_a_tenant() {
+    let (l, mut state, store) =
+        setup(json!({"global": {"cluster": "rls", "sync_threshold": 0.8, "gateways": 1}}));
+    let rest = req(Some(identity("acme", "premium")), Some("read"));
+    let mcp = req(Some(identity("acme", "premium")), None);
     let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let tool_descriptor = vec![
+        pair("tenant", "acme"),
+        pair("mcp_method", "tools/call"),
+        pair("mcp_tool", "write_context"),
+    ];
+    // Nothing known: the first MCP call asks about the tenant and the
+    // tool in one call, each descriptor with its own hits.
+    let LocalDecision::AskRls(call) = l.check(
+        &mut state,
+        &store,
+        &mcp_call_facts(&mcp, "write_context", 2),
+        NOW,
+    ) else {
+        panic!("nothing known yet")
+    };
     assert_eq!(
-        descriptors,
+        sent(&call),
         vec![
-            (vec![pair("tenant", "acme")], Some(6)),
-            (
-                vec![
-                    pair("tenant", "acme"),
-                    pair("mcp_method", "tools/call"),
-                    pair("mcp_tool", "write_context"),
-                ],
-                Some(5)
-            ),
+            (vec![pair("tenant", "acme")], Some(2)),
+            (tool_descriptor.clone(), Some(2))
         ]
     );
-    // The tool's limit refuses the call: 429 naming the tool, and the
-    // tenant's bucket learns nothing false (REST stays local).
-    let mut over = answer(false, 1000, 990);
-    over.call_over = Some(rls::CallLimit {
-        limit: Some(10),
-        window_seconds: Some(60),
-        reset_in_ms: Some(4_000),
-    });
-    let refused = l
-        .on_rls_answer(&mut state, &store, &call, &over, NOW)
-        .unwrap_err();
-    assert_eq!(refused.reply.status, 429);
-    let body = String::from_utf8_lossy(&refused.reply.body).into_owned();
-    assert!(
-        body.contains("tools/call write_context of tenant acme exceeded its global limit of 10"),
-        "{body}"
-    );
-    assert_eq!(header(&refused.reply.headers, "retry-after"), Some("4"));
+    let both = rls::RlsAnswer {
+        first: descriptor_answer(false, 1000, 998),
+        second: Some(descriptor_answer(false, 10, 8)),
+    };
+    l.on_rls_answer(&mut state, &store, &call, &both, NOW)
+        .unwrap();
+    // Known and low on both: local, like REST traffic.
     assert_eq!(
         admitted_local(&l, &mut state, &store, &rest),
         DecidedBy::Local
     );
+    let step = l.check(
+        &mut state,
+        &store,
+        &mcp_call_facts(&mcp, "write_context", 2),
+        NOW,
+    );
+    assert!(matches!(step, LocalDecision::Allow(_)), "{step:?}");
+    // This gateway's share of the tool's budget, (1 - 0.8) x 10 = 2, is
+    // used: the RLS decides about the tool alone (the tenant is far from
+    // its limit), told of the usage admitted locally since.
+    let LocalDecision::AskRls(call) = l.check(
+        &mut state,
+        &store,
+        &mcp_call_facts(&mcp, "write_context", 2),
+        NOW,
+    ) else {
+        panic!("near the tool's limit")
+    };
+    assert_eq!(sent(&call), vec![(tool_descriptor.clone(), None)]);
+    assert_eq!(call.report.hits, 4);
+    // Over: 429 naming the tool; the tenant's bucket learns nothing.
+    let over = answer(true, 10, 0);
+    let over_tool = l
+        .on_rls_answer(&mut state, &store, &call, &over, NOW)
+        .unwrap_err();
+    assert_eq!(over_tool.reply.status, 429);
+    let body = String::from_utf8_lossy(&over_tool.reply.body).into_owned();
+    assert!(
+        body.contains("tools/call write_context of tenant acme exceeded its global limit of 10"),
+        "{body}"
+    );
+    assert_eq!(header(&over_tool.reply.headers, "retry-after"), Some("30"));
+    // The rest of the window: refused without asking; other tools and
+    // REST traffic go on locally.
+    let step = l.check(
+        &mut state,
+        &store,
+        &mcp_call_facts(&mcp, "write_context", 2),
+        NOW,
+    );
+    assert_eq!(refused(&step).refusal, Refusal::GlobalLimit);
+    assert_eq!(
+        admitted_local(&l, &mut state, &store, &rest),
+        DecidedBy::Local
+    );
+    // A tool the RLS has no limit for: asked once, then local.
+    let LocalDecision::AskRls(call) = l.check(
+        &mut state,
+        &store,
+        &mcp_call_facts(&mcp, "search_context", 1),
+        NOW,
+    ) else {
+        panic!("nothing known about the tool")
+    };
+    let unlimited = rls::RlsAnswer {
+        first: rls::DescriptorAnswer::default(),
+        second: None,
+    };
+    l.on_rls_answer(&mut state, &store, &call, &unlimited, NOW)
+        .unwrap();
+    for _ in 0..50 {
+        let step = l.check(
+            &mut state,
+            &store,
+            &mcp_call_facts(&mcp, "search_context", 1),
+            NOW,
+        );
+        assert!(matches!(step, LocalDecision::Allow(_)), "{step:?}");
+    }
     // With `mcp_descriptor: false`, an MCP call is counted like any other.
     let (l, mut state, store) = setup(json!({"global": {
         "cluster": "rls", "sync_threshold": 0.8, "gateways": 1, "mcp_descriptor": false
     }}));
-    let LocalDecision::AskRls(call) = check(&l, &mut state, &store, &rest, NOW) else {
+    let LocalDecision::AskRls(call) = l.check(
+        &mut state,
+        &store,
+        &mcp_call_facts(&mcp, "write_context", 2),
+        NOW,
+    ) else {
         panic!()
     };
-    l.on_rls_answer(&mut state, &store, &call, &answer(false, 1000, 999), NOW)
-        .unwrap();
-    assert!(matches!(
-        l.check(&mut state, &store, &mcp_facts(), NOW),
-        LocalDecision::Allow(_)
-    ));
+    assert_eq!(sent(&call), vec![(vec![pair("tenant", "acme")], None)]);
 }
