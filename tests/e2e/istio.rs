@@ -11,10 +11,11 @@
 //!   and carry an apiVersion, a kind and valid metadata;
 //! * the WasmPlugin's `pluginConfig` compiled by the module's own pipeline
 //!   (`Worker::new`, on an in-memory host), as the plugin receives it from
-//!   Istio, with its phase and its four stages;
+//!   Istio, with its phase and its five stages;
 //! * the references between files that a typo would break without any
 //!   error from Kubernetes: Envoy cluster names, subsets, gateway, route
-//!   names, matched header values, the RLS limits;
+//!   names, matched header values, the MCP resource and its audience, the
+//!   RLS limits;
 //! * and broken copies of the real manifests, built in memory, to show that
 //!   each of these checks fails when it should.
 
@@ -40,6 +41,8 @@ use crd::Crds;
 use ctxgate_core::auth::config::{AuthConfig, JwksConfig};
 use ctxgate_core::breaker::config::{BreakersConfig, OpenAction};
 use ctxgate_core::config::{ConfigError, parse_json};
+use ctxgate_core::mcp::Glob;
+use ctxgate_core::mcp::config::McpConfig;
 use ctxgate_core::mock::MockHost;
 use ctxgate_core::pipeline::config::PipelineConfig;
 use ctxgate_core::pipeline::{Seeds, Worker};
@@ -53,7 +56,7 @@ const PLUGIN: &str = "ctxgate";
 
 /// The pipeline's stages, in the order the module runs them; each is a
 /// section of the plugin's configuration, and runs only if it is there.
-const STAGES: [&str; 4] = ["auth", "ratelimit", "tagging", "breaker"];
+const STAGES: [&str; 5] = ["auth", "mcp", "ratelimit", "tagging", "breaker"];
 
 static CRDS: LazyLock<Crds> = LazyLock::new(|| {
     let path = std::env::var_os("CTXGATE_ISTIO_CRDS").map_or_else(
@@ -131,6 +134,7 @@ fn pipeline_config(plugin: &Value) -> PipelineConfig {
 fn stages(config: &PipelineConfig) -> Vec<&'static str> {
     let present = [
         config.auth.is_some(),
+        config.mcp.is_some(),
         config.ratelimit.is_some(),
         config.tagging.is_some(),
         config.breaker.is_some(),
@@ -146,6 +150,12 @@ fn auth_config() -> AuthConfig {
     pipeline_config(&plugin().value)
         .auth
         .expect("the plugin has an auth section")
+}
+
+fn mcp_config() -> McpConfig {
+    pipeline_config(&plugin().value)
+        .mcp
+        .expect("the plugin has an mcp section")
 }
 
 fn ratelimit_config() -> RateLimitConfig {
@@ -206,6 +216,245 @@ fn strings(value: &Value) -> Vec<&str> {
         .flatten()
         .filter_map(Value::as_str)
         .collect()
+}
+
+/// Can a tool named `name`, or (`prefix`) named starting with `name`, be
+/// one the tool map accepts? A call of any other tool is refused by the mcp
+/// stage, so a route for it is never taken.
+fn tool_map_accepts(mcp: &McpConfig, name: &str, prefix: bool) -> bool {
+    mcp.tools.iter().any(|rule| {
+        if !prefix {
+            return Glob::new(&rule.name).matches(name);
+        }
+        // The rule's literal start, up to its first wildcard.
+        let literal: String = rule
+            .name
+            .chars()
+            .take_while(|c| *c != '*' && *c != '?')
+            .collect();
+        if literal.len() == rule.name.len() {
+            rule.name.starts_with(name)
+        } else {
+            literal.starts_with(name) || name.starts_with(&literal)
+        }
+    })
+}
+
+/// Is an `http` entry an MCP route: does one of its matches select an MCP
+/// endpoint by its path (`uri: {exact: /mcp}`)?
+fn is_mcp_route(mcp: &McpConfig, route: &Value) -> bool {
+    route["match"].as_array().into_iter().flatten().any(|m| {
+        m["uri"]["exact"]
+            .as_str()
+            .is_some_and(|u| mcp.is_endpoint(u))
+    })
+}
+
+/// What is wrong with the MCP routes of a VirtualService's `http` list.
+fn mcp_route_problems(routes: &[Value], mcp: &McpConfig, tool_header: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    // The first route that takes any path: the context API's header routes
+    // match MCP requests too (they carry context tags), so every MCP route
+    // must come before it.
+    let catch_all = routes.iter().position(|route| {
+        route["match"]
+            .as_array()
+            .is_none_or(|ms| ms.iter().any(|m| m["uri"].is_null()))
+    });
+    let mut mcp_routes = 0;
+    for (i, route) in routes.iter().enumerate() {
+        let name = &route["name"];
+        if is_mcp_route(mcp, route) {
+            mcp_routes += 1;
+            if catch_all.is_some_and(|c| c < i) {
+                problems.push(format!(
+                    "route {name} comes after route {}, which takes MCP requests first",
+                    routes[catch_all.unwrap()]["name"]
+                ));
+            }
+            // Responses may be SSE streams as long as the call.
+            if !route["timeout"].is_null() {
+                problems.push(format!(
+                    "route {name} has a timeout: an MCP answer may stream for the whole call"
+                ));
+            }
+        }
+        for m in route["match"].as_array().into_iter().flatten() {
+            let Some(condition) = m["headers"].get(tool_header) else {
+                continue;
+            };
+            // The tag is only set on MCP endpoints.
+            if !m["uri"]["exact"]
+                .as_str()
+                .is_some_and(|u| mcp.is_endpoint(u))
+            {
+                problems.push(format!(
+                    "route {name} matches {tool_header} on a path that is no MCP endpoint"
+                ));
+            }
+            let (value, prefix) = match (condition["exact"].as_str(), condition["prefix"].as_str())
+            {
+                (Some(exact), _) => (exact, false),
+                (_, Some(prefix)) => (prefix, true),
+                _ => {
+                    problems.push(format!(
+                        "route {name} matches {tool_header} other than by exact or prefix"
+                    ));
+                    continue;
+                }
+            };
+            if !tool_map_accepts(mcp, value, prefix) {
+                problems.push(format!(
+                    "route {name} matches {tool_header}: {value}{}, a tool the mcp stage refuses",
+                    if prefix { "*" } else { "" }
+                ));
+            }
+        }
+    }
+    if mcp_routes == 0 {
+        problems.push("no route for the MCP endpoints".into());
+    }
+    problems
+}
+
+/// What is wrong with the MCP resource of a plugin configuration: it must
+/// be a token audience (RFC 8707: clients ask for tokens for it), its
+/// authorization servers the token issuers, its path an MCP endpoint, and
+/// its host one the VirtualServices serve.
+fn mcp_resource_problems(config: &PipelineConfig, hosts: &[&str]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let (Some(auth), Some(mcp)) = (&config.auth, &config.mcp) else {
+        return vec!["no auth or no mcp section".into()];
+    };
+    let Some(metadata) = &mcp.resource_metadata else {
+        return vec!["mcp.resource_metadata is not set".into()];
+    };
+    let resource = metadata.resource.as_str();
+    if !auth
+        .providers
+        .iter()
+        .any(|p| p.audiences.iter().any(|a| a == resource))
+    {
+        problems.push(format!(
+            "the MCP resource {resource} is no provider's audience: tokens issued for it are refused"
+        ));
+    }
+    for server in &metadata.authorization_servers {
+        if !auth.providers.iter().any(|p| &p.issuer == server) {
+            problems.push(format!(
+                "authorization server {server} is no provider's issuer"
+            ));
+        }
+    }
+    let rest = resource.strip_prefix("https://").unwrap_or_else(|| {
+        problems.push(format!("the MCP resource {resource} is not https"));
+        ""
+    });
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if !hosts.contains(&host) {
+        problems.push(format!("no VirtualService serves {host}"));
+    }
+    if !mcp.is_endpoint(path) {
+        problems.push(format!("{path} is not an MCP endpoint"));
+    }
+    problems
+}
+
+/// Every `host` of the VirtualServices.
+fn virtual_service_hosts() -> Vec<&'static str> {
+    all("VirtualService")
+        .into_iter()
+        .flat_map(|vs| strings(&vs.spec()["hosts"]))
+        .collect()
+}
+
+/// The `mcp_method` and `mcp_tool` descriptor nodes of an RLS limits file
+/// (envoyproxy/ratelimit format) that can never match what the plugin
+/// sends: `[tenant, mcp_method, mcp_tool]`, mcp_tool only for tools/call
+/// and only with a tool the mcp stage accepts.
+fn rls_mcp_problems(limits: &Value, first_key: &str, mcp: &McpConfig) -> Vec<String> {
+    fn walk(
+        nodes: &Value,
+        path: &mut Vec<(String, String)>,
+        first_key: &str,
+        mcp: &McpConfig,
+        problems: &mut Vec<String>,
+    ) {
+        for node in nodes.as_array().into_iter().flatten() {
+            let key = node["key"].as_str().unwrap_or_default().to_owned();
+            let value = node["value"].as_str().unwrap_or_default().to_owned();
+            let at = || {
+                path.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .chain([format!("{key}={value}")])
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            };
+            match key.as_str() {
+                "mcp_method" => {
+                    let under = path.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>();
+                    if under != [first_key] {
+                        problems.push(format!("{}: mcp_method not right under {first_key}", at()));
+                    }
+                    let free = mcp
+                        .free_methods
+                        .iter()
+                        .any(|f| Glob::new(f).matches(&value));
+                    if value.is_empty() || free {
+                        problems.push(format!("{}: not a method the gateway prices", at()));
+                    }
+                }
+                "mcp_tool" => {
+                    let parent = path.last().map(|(k, v)| (k.as_str(), v.as_str()));
+                    if parent != Some(("mcp_method", "tools/call")) {
+                        problems.push(format!(
+                            "{}: mcp_tool not under mcp_method=tools/call",
+                            at()
+                        ));
+                    }
+                    let (name, prefix) = match value.strip_suffix('*') {
+                        Some(p) => (p, true),
+                        None => (value.as_str(), false),
+                    };
+                    if value.is_empty() || !tool_map_accepts(mcp, name, prefix) {
+                        problems.push(format!("{}: a tool the mcp stage refuses", at()));
+                    }
+                }
+                _ => {}
+            }
+            path.push((key.clone(), value.clone()));
+            walk(&node["descriptors"], path, first_key, mcp, problems);
+            path.pop();
+        }
+    }
+    let mut problems = Vec::new();
+    walk(
+        &limits["descriptors"],
+        &mut Vec::new(),
+        first_key,
+        mcp,
+        &mut problems,
+    );
+    problems
+}
+
+/// The limits files of the RLS ConfigMap, as JSON.
+fn rls_limit_files() -> Vec<Value> {
+    one("ConfigMap", "ctxgate-rls-limits").value["data"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|text| yaml::documents(text.as_str().unwrap()).unwrap())
+        .collect()
+}
+
+fn first_key_part(ratelimit: &RateLimitConfig) -> &'static str {
+    match ratelimit.key.first() {
+        Some(KeyPart::Tenant) | None => "tenant",
+        Some(KeyPart::Subject) => "subject",
+        Some(KeyPart::Operation) => "operation",
+        Some(KeyPart::Route) => "route",
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -389,7 +638,7 @@ fn plugin_config_is_accepted_by_the_pipeline() {
 }
 
 #[test]
-fn the_plugin_runs_first_with_all_four_stages() {
+fn the_plugin_runs_first_with_all_five_stages() {
     // The stages' order is the module's; what Istio orders is plugins. A
     // second WasmPlugin (one left over from the single-stage modules, say)
     // would run a stage twice, in a position Istio chooses by phase and
@@ -535,7 +784,11 @@ fn routing_matches_only_headers_the_plugins_set() {
     }
     let tagging = tagging_config();
     for (tag, header) in &tagging.headers.0 {
-        let free = ["tenant", "context_id"].contains(&tag.as_str())
+        // tenant and context_id come from the identity and the operation,
+        // mcp_method and mcp_tool from the call the request declares (the
+        // tools a route may name are checked against the mcp stage's map
+        // in mcp_routes_come_first_and_name_tools_of_the_map).
+        let free = ["tenant", "context_id", "mcp_method", "mcp_tool"].contains(&tag.as_str())
             || tagging.from_claims.contains_key(tag);
         let values = (!free).then(|| {
             let mut values: BTreeSet<String> = tagging
@@ -598,15 +851,33 @@ fn routing_matches_only_headers_the_plugins_set() {
         }
     }
     assert!(matched >= 4, "the routes match on the plugin's headers");
-    // Consistent hashing keys on a header the gateway sets, too.
+    // Consistent hashing keys on a header the gateway sets, too; or, for
+    // a host only MCP routes reach, on the MCP session id, which the mcp
+    // stage refuses unless the server issued it to this caller (so a client
+    // cannot pick a pod with another's session).
+    let mcp = mcp_config();
     for dr in all("DestinationRule") {
         let hash = &dr.spec()["trafficPolicy"]["loadBalancer"]["consistentHash"]["httpHeaderName"];
-        if let Some(header) = hash.as_str() {
-            assert!(
-                owned.contains_key(header),
-                "{dr}: hashes on {header}, which no ctxgate stage sets"
-            );
-        }
+        let Some(header) = hash.as_str() else {
+            continue;
+        };
+        let routes_to_host: Vec<&Value> = http_routes()
+            .into_iter()
+            .filter(|(_, r)| {
+                r["route"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|d| d["destination"]["host"] == dr.spec()["host"])
+            })
+            .map(|(_, r)| r)
+            .collect();
+        let mcp_only =
+            !routes_to_host.is_empty() && routes_to_host.iter().all(|r| is_mcp_route(&mcp, r));
+        assert!(
+            owned.contains_key(header) || (header == "mcp-session-id" && mcp_only),
+            "{dr}: hashes on {header}, which no ctxgate stage sets or checks"
+        );
     }
     // A fallback breaker has a route to fall back to.
     for breaker in breakers_config().breakers {
@@ -798,18 +1069,80 @@ fn rls_limits_load_in_ctxgate_rls() {
             }
         }
     }
-    let first = match ratelimit.key.first() {
-        Some(KeyPart::Tenant) | None => "tenant",
-        Some(KeyPart::Subject) => "subject",
-        Some(KeyPart::Operation) => "operation",
-        Some(KeyPart::Route) => "route",
-    };
+    let first = first_key_part(&ratelimit);
     for key in [first, "client"] {
         assert!(
             keys.contains(key),
             "{config_map}: no limit keyed by {key} for the plugin's descriptors"
         );
     }
+}
+
+#[test]
+fn the_mcp_resource_is_a_token_audience_of_the_served_host() {
+    let config = pipeline_config(&plugin().value);
+    let problems = mcp_resource_problems(&config, &virtual_service_hosts());
+    assert!(
+        problems.is_empty(),
+        "{plugin}: {problems:#?}",
+        plugin = plugin()
+    );
+}
+
+#[test]
+fn mcp_routes_come_first_and_name_tools_of_the_map() {
+    let mcp = mcp_config();
+    let tool_header = tagging_config().headers.0["mcp_tool"].clone();
+    let mut mcp_routes = 0;
+    for vs in all("VirtualService") {
+        let routes = vs.spec()["http"].as_array().unwrap();
+        let problems = mcp_route_problems(routes, &mcp, &tool_header);
+        assert!(problems.is_empty(), "{vs}: {problems:#?}");
+        mcp_routes += routes.iter().filter(|r| is_mcp_route(&mcp, r)).count();
+    }
+    // A tool family has a route of its own, beside the default MCP route.
+    assert!(mcp_routes >= 2, "the MCP routes: {mcp_routes}");
+    // Every MCP route is guarded by a breaker that selects it by name, and
+    // that breaker comes first: MCP requests also carry the context tags
+    // the context API's breakers select on.
+    let names: Vec<String> = http_routes()
+        .iter()
+        .filter(|(_, r)| is_mcp_route(&mcp, r))
+        .map(|(_, r)| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    let breakers = breakers_config().breakers;
+    for name in &names {
+        let guard = breakers.iter().position(|b| {
+            b.select
+                .routes
+                .as_ref()
+                .is_some_and(|routes| routes.contains(name))
+        });
+        assert_eq!(
+            guard,
+            Some(0),
+            "MCP route {name}: not selected by the first breaker"
+        );
+    }
+}
+
+#[test]
+fn rls_per_tool_limits_match_the_descriptors_the_plugin_sends() {
+    let mcp = mcp_config();
+    let ratelimit = ratelimit_config();
+    let global = ratelimit.global.as_ref().unwrap();
+    let first = first_key_part(&ratelimit);
+    let mut mcp_nodes = 0;
+    for limits in rls_limit_files() {
+        let problems = rls_mcp_problems(&limits, first, &mcp);
+        assert!(problems.is_empty(), "{problems:#?}");
+        mcp_nodes += limits.to_string().matches("\"mcp_tool\"").count();
+    }
+    assert!(mcp_nodes > 0, "no per-tool limit in the RLS limits");
+    assert!(
+        global.mcp_descriptor,
+        "per-tool limits, but the plugin sends no MCP descriptor"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -894,10 +1227,23 @@ fn two_hash_keys_are_rejected() {
     assert_rejected(&dr, "/spec/trafficPolicy/loadBalancer/consistentHash");
 }
 
+/// The index of the `http` entry named `name` of a VirtualService.
+fn route_index(vs: &Value, name: &str) -> usize {
+    vs["spec"]["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no route {name}"))
+}
+
 #[test]
 fn an_invalid_route_match_is_rejected() {
+    let high_memory = route_index(&manifest("VirtualService", "context-api"), "high_memory");
     let mut vs = manifest("VirtualService", "context-api");
-    let matcher = vs.pointer_mut("/spec/http/1/match/0").unwrap();
+    let matcher = vs
+        .pointer_mut(&format!("/spec/http/{high_memory}/match/0"))
+        .unwrap();
     let headers = matcher.as_object_mut().unwrap().remove("headers").unwrap();
     matcher["header"] = headers;
     assert_rejected(&vs, "header");
@@ -905,10 +1251,170 @@ fn an_invalid_route_match_is_rejected() {
     let mut vs = manifest("VirtualService", "context-api");
     set(
         &mut vs,
-        "/spec/http/1/match/0/headers/x-context-type/prefix",
+        &format!("/spec/http/{high_memory}/match/0/headers/x-context-type/prefix"),
         json!("large"),
     );
-    assert_rejected(&vs, "/spec/http/1/match/0/headers/x-context-type");
+    assert_rejected(
+        &vs,
+        &format!("/spec/http/{high_memory}/match/0/headers/x-context-type"),
+    );
+}
+
+#[test]
+fn broken_mcp_routes_are_caught() {
+    let mcp = mcp_config();
+    let tool_header = tagging_config().headers.0["mcp_tool"].clone();
+    let vs = manifest("VirtualService", "context-api");
+    let graph = route_index(&vs, "mcp_graph");
+    let problems =
+        |vs: &Value| mcp_route_problems(vs["spec"]["http"].as_array().unwrap(), &mcp, &tool_header);
+    let expect = |vs: &Value, expected: &str| {
+        let found = problems(vs);
+        assert!(
+            found.iter().any(|p| p.contains(expected)),
+            "expected a problem about {expected:?}, got {found:#?}"
+        );
+    };
+    assert_eq!(problems(&vs), Vec::<String>::new());
+
+    // The MCP routes last: the context API's header routes take MCP
+    // requests first.
+    let mut moved = vs.clone();
+    let routes = moved["spec"]["http"].as_array_mut().unwrap();
+    let mcp_routes: Vec<Value> = routes.drain(..2).collect();
+    routes.extend(mcp_routes);
+    expect(&moved, "which takes MCP requests first");
+
+    // A tool family no tool of the map belongs to.
+    let mut walk = vs.clone();
+    set(
+        &mut walk,
+        &format!("/spec/http/{graph}/match/0/headers/{tool_header}/prefix"),
+        json!("walk_"),
+    );
+    expect(&walk, "a tool the mcp stage refuses");
+    let mut exact = vs.clone();
+    set(
+        &mut exact,
+        &format!("/spec/http/{graph}/match/0/headers/{tool_header}"),
+        json!({"exact": "traverse_graph"}),
+    );
+    expect(&exact, "traverse_graph, a tool the mcp stage refuses");
+
+    // The tool tag on a path where the plugin never sets it.
+    let mut anywhere = vs.clone();
+    anywhere["spec"]["http"][graph]["match"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("uri");
+    expect(&anywhere, "on a path that is no MCP endpoint");
+
+    // A route timeout would cut SSE answers.
+    let mut timed = vs.clone();
+    set(
+        &mut timed,
+        &format!("/spec/http/{graph}/timeout"),
+        json!("15s"),
+    );
+    expect(&timed, "has a timeout");
+    CRDS.validate(&timed).unwrap();
+}
+
+#[test]
+fn an_mcp_resource_tokens_are_not_issued_for_is_caught() {
+    let hosts = virtual_service_hosts();
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
+    set(
+        &mut plugin,
+        "/spec/pluginConfig/auth/providers/0/audiences",
+        json!(["context-api"]),
+    );
+    // The module accepts it; only the check sees that MCP tokens would be
+    // refused.
+    assert!(compile(&plugin).is_ok());
+    let problems = mcp_resource_problems(&pipeline_config(&plugin), &hosts);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("is no provider's audience")),
+        "{problems:#?}"
+    );
+
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
+    set(
+        &mut plugin,
+        "/spec/pluginConfig/mcp/resource_metadata/resource",
+        json!("https://mcp.ctxgate.example.com/mcp"),
+    );
+    assert!(compile(&plugin).is_ok());
+    let problems = mcp_resource_problems(&pipeline_config(&plugin), &hosts);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("is no provider's audience"))
+            && problems
+                .iter()
+                .any(|p| p.contains("no VirtualService serves mcp.ctxgate.example.com")),
+        "{problems:#?}"
+    );
+
+    let mut plugin = manifest("WasmPlugin", PLUGIN);
+    set(
+        &mut plugin,
+        "/spec/pluginConfig/mcp/resource_metadata/authorization_servers",
+        json!(["https://idp.ctxgate.local"]),
+    );
+    let problems = mcp_resource_problems(&pipeline_config(&plugin), &hosts);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("is no provider's issuer")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn per_tool_limits_the_plugin_never_matches_are_caught() {
+    let mcp = mcp_config();
+    let limits = rls_limit_files().remove(0);
+    let tool = "/descriptors/0/descriptors/0/descriptors/0";
+    assert_eq!(limits.pointer(&format!("{tool}/key")).unwrap(), "mcp_tool");
+
+    let mut typo = limits.clone();
+    set(&mut typo, &format!("{tool}/value"), json!("write_contexts"));
+    let problems = rls_mcp_problems(&typo, "tenant", &mcp);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("a tool the mcp stage refuses")),
+        "{problems:#?}"
+    );
+
+    let mut method = limits.clone();
+    set(
+        &mut method,
+        "/descriptors/0/descriptors/0/value",
+        json!("tools/list"),
+    );
+    let problems = rls_mcp_problems(&method, "tenant", &mcp);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("not a method the gateway prices"))
+            && problems
+                .iter()
+                .any(|p| p.contains("mcp_tool not under mcp_method=tools/call")),
+        "{problems:#?}"
+    );
+
+    // Keyed by subject while the plugin's descriptors start with tenant.
+    let problems = rls_mcp_problems(&limits, "subject", &mcp);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("mcp_method not right under subject")),
+        "{problems:#?}"
+    );
 }
 
 #[test]
