@@ -130,6 +130,15 @@ pub fn readme_section(rows: &[Row], when: &str) -> String {
     out.push_str(&targets_table(rows));
     out.push('\n');
     out.push_str(&stages_table(rows));
+    let mcp = super::report::mcp_table(rows);
+    if !mcp.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nAn MCP `tools/call` (`POST /mcp`) through the same Envoy to a stand-in \
+             MCP server; *added* is over `mcp bare`, the same call with no filter:\n"
+        );
+        out.push_str(&mcp);
+    }
     out
 }
 
