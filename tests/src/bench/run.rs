@@ -180,12 +180,24 @@ fn mcp_upstream_listener(socket: &str) -> Value {
                         }],
                     }],
                 }] },
-                "http_filters": [{
-                    "name": "envoy.filters.http.router",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                // The whole request is read before the answer: a reply
+                // sent while the body is still coming closes the HTTP/1.1
+                // connection, and every call would pay a new one.
+                "http_filters": [
+                    {
+                        "name": "envoy.filters.http.buffer",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                            "max_request_bytes": 65536,
+                        },
                     },
-                }],
+                    {
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                        },
+                    },
+                ],
             },
         }] }],
     })
