@@ -388,14 +388,13 @@ fn check_declared(parsed: &ParsedBody, headers: &McpHeaders<'_>) {
                 }
                 (Some(_), _) => panic!("declared {declared:?} for {first:?}, which calls no tool"),
             }
-            if declared.tool.is_none() && first.method.as_deref() == Some("tools/call") {
-                if let (Header::Value(_), Some(Target::Tool(name))) = (headers.name, &first.target)
-                {
-                    assert!(
-                        name.is_empty() || !name.bytes().all(|b| (0x20..0x7f).contains(&b)),
-                        "Mcp-Name names {name:?}, printable, but declares no tool"
-                    );
-                }
+            if let (None, Header::Value(_), Some(Target::Tool(name))) =
+                (&declared.tool, headers.name, &first.target)
+            {
+                assert!(
+                    name.is_empty() || !name.bytes().all(|b| (0x20..0x7f).contains(&b)),
+                    "Mcp-Name names {name:?}, printable, but declares no tool"
+                );
             }
         }
     }

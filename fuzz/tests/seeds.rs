@@ -1103,7 +1103,7 @@ fn mcp_listing_seeds() {
         [4, 11],
         format!("data: {}", tools(json!(1))).as_bytes(),
     );
-    add(&mut s, "sse-two-data-fields", [2, 5], format!("data: {{\"jsonrpc\":\"2.0\",\"id\":1,\ndata:\"result\":{{\"tools\":[{{\"name\":\"reindex\"}}]}}}}\nid: 9\n\n").as_bytes());
+    add(&mut s, "sse-two-data-fields", [2, 5], b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\ndata:\"result\":{\"tools\":[{\"name\":\"reindex\"}]}}\nid: 9\n\n");
     add(
         &mut s,
         "sse-data-without-colon",
