@@ -65,7 +65,8 @@ schema:
 FUZZ_SECONDS ?= 60
 FUZZ_SANITIZER ?= none
 FUZZ_ARGS ?=
-FUZZ_TARGETS := token_inspect token_verify path query operation config records auth_request
+FUZZ_TARGETS := token_inspect token_verify path query operation config records auth_request \
+	mcp_request mcp_listing
 FUZZ_CARGO := $(if $(filter none,$(FUZZ_SANITIZER)),,RUSTC_BOOTSTRAP=1) cargo fuzz
 FUZZ_FLAGS := --sanitizer $(FUZZ_SANITIZER) \
 	$(if $(filter none,$(FUZZ_SANITIZER)),,--target-dir fuzz/target/$(FUZZ_SANITIZER))

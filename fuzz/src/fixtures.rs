@@ -156,3 +156,46 @@ pub fn forge(header: &Value, payload: &Value) -> String {
         b64(b"not a signature")
     )
 }
+
+/// The MCP tool map of the `mcp_request` and `mcp_listing` targets: glob
+/// names, pointer, fixed and per-tool contexts, two resource rules.
+pub fn mcp_config() -> Value {
+    json!({
+        "tools": [
+            {"name": "search_*", "action": "read", "context": {"pointer": "/path"}},
+            {"name": "traverse_?", "action": "read", "context": {"pointer": "/target/path"},
+             "cost": {"base": 10}},
+            {"name": "write_context", "action": "write", "context": {"pointer": "/path"},
+             "cost": {"base": 2, "bands": [{"above": 1024, "multiplier": 4}]}},
+            {"name": "reindex", "action": "admin", "context": {"fixed": "projects"}},
+            {"name": "ping_tool", "action": "read", "context": "tool"},
+            {"name": "status", "action": "read", "context": {"fixed": "projects/engineering/status"}}
+        ],
+        "resources": [
+            {"uri_prefix": "ctx://", "context_prefix": ""},
+            {"uri_prefix": "docs://", "context_prefix": "projects/docs/"}
+        ]
+    })
+}
+
+pub fn mcp_map() -> ctxgate_core::mcp::ToolMap {
+    let config: ctxgate_core::mcp::config::McpConfig =
+        ctxgate_core::config::parse_json(mcp_config().to_string().as_bytes())
+            .expect("the MCP fixture configuration parses");
+    ctxgate_core::mcp::ToolMap::compile(&config).expect("the MCP fixture tool map compiles")
+}
+
+/// The caller's scopes in the MCP targets, as (action, pattern) pairs
+/// (`*` is any one segment), for the targets' independent oracles.
+pub const MCP_SCOPES: [&str; 6] = [
+    "read:projects/engineering/*",
+    "read:projects/docs",
+    "write:projects/docs/drafts",
+    "read:mcp/tools/*",
+    "read:mcp/prompts/summarize_context",
+    "read:mcp/methods/completion/complete",
+];
+
+pub fn mcp_scopes() -> ctxgate_core::scope::ScopeSet {
+    ctxgate_core::scope::ScopeSet::parse(MCP_SCOPES).expect("the MCP fixture scopes parse")
+}

@@ -17,11 +17,15 @@
 //! | `config` | the four plugin configurations | no panic or hang on any JSON |
 //! | `records` | every shared-data record decoder | records that do not decode are left alone (or replaced where documented); written records decode |
 //! | `auth_request` | `Auth::check` | no unauthenticated allow; forwarded paths are canonical; identity headers always stripped; cached and shared verdicts agree |
+//! | `mcp_request` | MCP headers and body: `parse_body`, `ToolMap::decide` on a fixed tool map and scopes | deterministic; refusals reply JSON-RPC 2.0 errors with the request's id or `null`; allowed contexts canonical and granted; allowed requests' `Mcp-Method`/`Mcp-Name` (and `declared()`) agree with the body |
+//! | `mcp_listing` | `filter_json`, `SseListingFilter` on listing responses | only the entries the scopes allow survive (an independent oracle); JSON in, JSON out; every chunking of an SSE stream gives the same output; events that are no listing pass byte for byte |
 
 pub mod fixtures;
 
 mod auth_request;
 mod config;
+mod mcp_listing;
+mod mcp_request;
 mod operation;
 mod path;
 mod query;
@@ -30,6 +34,8 @@ mod token;
 
 pub use auth_request::auth_request;
 pub use config::config;
+pub use mcp_listing::mcp_listing;
+pub use mcp_request::mcp_request;
 pub use operation::operation;
 pub use path::path;
 pub use query::query;
@@ -49,4 +55,6 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("records", records),
     ("auth_request", auth_request),
+    ("mcp_request", mcp_request),
+    ("mcp_listing", mcp_listing),
 ];

@@ -63,6 +63,8 @@ corpus_tests!(
     config,
     records,
     auth_request,
+    mcp_request,
+    mcp_listing,
 );
 
 #[test]
@@ -76,6 +78,8 @@ fn every_target_has_a_corpus_test() {
         "config",
         "records",
         "auth_request",
+        "mcp_request",
+        "mcp_listing",
     ];
     for (name, _) in ctxgate_fuzz::TARGETS {
         assert!(tested.contains(name), "{name} has no corpus test");

@@ -95,6 +95,15 @@ fn write_seeds() {
     auth_request_seeds(&tokens);
     config_seeds();
     record_seeds();
+    mcp_request_seeds();
+    mcp_listing_seeds();
+}
+
+#[test]
+#[ignore = "writes corpus/: run by hand after changing an MCP seed"]
+fn write_mcp_seeds() {
+    mcp_request_seeds();
+    mcp_listing_seeds();
 }
 
 fn path_seeds() {
@@ -758,4 +767,354 @@ impl RecordingStore {
         let find = |suffix: &str| keys.iter().find(|k| k.ends_with(suffix)).unwrap().clone();
         (find(a), find(b))
     }
+}
+
+/// An `mcp_request` input: the flag bytes (see `src/mcp_request.rs`),
+/// `Mcp-Method` and `Mcp-Name` lines, the body. `method` and `name` are
+/// (presence bits, value): 0 absent, 1 once, 3 repeated; `content_type`
+/// and `version` index the target's tables (0: `application/json`;
+/// 0 absent, 1 2025-03-26, 2 2025-06-18, 4 2026-07-28).
+fn mcp(
+    method: (u8, &[u8]),
+    name: (u8, &[u8]),
+    content_type: u8,
+    version: u8,
+    body: &str,
+) -> Vec<u8> {
+    let mut out = vec![method.0 | (name.0 << 2) | (content_type << 4), version];
+    out.extend_from_slice(method.1);
+    out.push(b'\n');
+    out.extend_from_slice(name.1);
+    out.push(b'\n');
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+fn mcp_request_seeds() {
+    let mut s = Seeds::new("mcp_request");
+    let none: (u8, &[u8]) = (0, b"");
+    let call = |tool: &str, arguments: Value| {
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+               "params": {"name": tool, "arguments": arguments}})
+        .to_string()
+    };
+    let call_2026 = |tool: &str, path: &str| {
+        json!({"jsonrpc": "2.0", "id": "c-1", "method": "tools/call",
+               "params": {"name": tool, "arguments": {"path": path},
+                          "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}})
+        .to_string()
+    };
+    let one = |id: Value, method: &str, params: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
+    };
+    let v2025 = 2;
+    let plain = [
+        ("call-search", call("search_context", json!({"path": "projects/engineering/x", "query": "q"}))),
+        ("call-search-other-project", call("search_context", json!({"path": "projects/sales/x"}))),
+        ("call-search-climbing", call("search_context", json!({"path": "projects/engineering/../sales/x"}))),
+        ("call-search-uppercase", call("search_context", json!({"path": "Projects/Engineering/X"}))),
+        ("call-search-encoded-slash", call("search_context", json!({"path": "projects%2Fengineering/x"}))),
+        ("call-search-missing-path", call("search_context", json!({}))),
+        ("call-traverse", call("traverse_x", json!({"target": {"path": "projects/engineering/a"}}))),
+        ("call-traverse-two-chars", call("traverse_xy", json!({"target": {"path": "projects/engineering/a"}}))),
+        ("call-write-drafts", call("write_context", json!({"path": "projects/docs/drafts/a"}))),
+        ("call-write-docs", call("write_context", json!({"path": "projects/docs/a"}))),
+        ("call-reindex", call("reindex", json!({}))),
+        ("call-ping-tool", call("ping_tool", json!({}))),
+        ("call-status", call("status", json!({"path": "ignored"}))),
+        ("call-unknown-tool", call("delete_everything", json!({}))),
+        ("call-arguments-array", one(json!(7), "tools/call", json!({"name": "search_x", "arguments": ["a"]}))),
+        ("prompt-allowed", one(json!(1), "prompts/get", json!({"name": "summarize_context"}))),
+        ("prompt-other", one(json!(1), "prompts/get", json!({"name": "draft_notes"}))),
+        ("prompt-climbing", one(json!(1), "prompts/get", json!({"name": "../../projects/x"}))),
+        ("resource-ctx", one(json!(1), "resources/read", json!({"uri": "ctx://projects/engineering/roadmap"}))),
+        ("resource-docs", one(json!(1), "resources/read", json!({"uri": "docs://guide/intro"}))),
+        ("resource-encoded-space", one(json!(1), "resources/read", json!({"uri": "ctx://projects/engineering/my%20notes"}))),
+        ("resource-encoded-slash", one(json!(1), "resources/read", json!({"uri": "ctx://projects%2Fengineering/x"}))),
+        ("resource-unknown", one(json!(1), "resources/read", json!({"uri": "file:///etc/passwd"}))),
+        ("method-completion", one(json!(1), "completion/complete", json!({}))),
+        ("method-logging", one(json!(1), "logging/setLevel", json!({"level": "info"}))),
+        ("initialize", one(json!(0), "initialize", json!({"protocolVersion": "2025-06-18"}))),
+        ("tools-list", one(json!("l"), "tools/list", json!({}))),
+        ("notification", json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string()),
+        ("notification-refused", json!({"jsonrpc": "2.0", "method": "logging/message"}).to_string()),
+        ("notification-invalid", r#"{"jsonrpc":"2.0","method":"notifications/x","params":1}"#.into()),
+        ("response", json!({"jsonrpc": "2.0", "id": "s-1", "result": {"roots": []}}).to_string()),
+        ("response-error", json!({"jsonrpc": "2.0", "id": 3, "error": {"code": -1, "message": "no"}}).to_string()),
+        ("id-null", r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#.into()),
+        ("id-float", r#"{"jsonrpc":"2.0","id":1.0,"method":"ping"}"#.into()),
+        ("id-huge", r#"{"jsonrpc":"2.0","id":18446744073709551615,"method":"ping"}"#.into()),
+        ("jsonrpc-1", r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#.into()),
+        ("duplicate-key", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","method":"tools/list"}"#.into()),
+        ("duplicate-key-escaped", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_a","\u006eame":"reindex"}}"#.into()),
+        ("duplicate-key-deep", r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_a","arguments":{"path":"projects/engineering/a","deep":[{"k":1,"k":2}]}}}"#.into()),
+        ("trailing-data", r#"{"jsonrpc":"2.0","id":1,"method":"ping"} x"#.into()),
+        ("not-json", "{\"jsonrpc\": ".into()),
+        ("deep-61", format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"search_x","arguments":{{"path":"projects/engineering/x","a":{}{}}}}}}}"#, "[".repeat(61), "]".repeat(61))),
+        ("deep-62", format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"search_x","arguments":{{"path":"projects/engineering/x","a":{}{}}}}}}}"#, "[".repeat(62), "]".repeat(62))),
+        ("deep-10000", format!("{}{}", "[".repeat(10_000), "]".repeat(10_000))),
+    ];
+    for (name, body) in &plain {
+        s.add(name, mcp(none, none, 0, v2025, body));
+    }
+    // Batches: only without a version or in 2025-03-26.
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+         "params": {"name": "search_context", "arguments": {"path": "projects/engineering/x"}}},
+        {"jsonrpc": "2.0", "id": 1, "result": {}}
+    ])
+    .to_string();
+    s.add("batch-no-version", mcp(none, none, 0, 0, &batch));
+    s.add("batch-2025-03-26", mcp(none, none, 0, 1, &batch));
+    s.add("batch-2025-06-18", mcp(none, none, 0, v2025, &batch));
+    s.add("batch-max-2", mcp(none, none, 0, 1 | 0x20, &batch));
+    s.add("batch-empty", mcp(none, none, 0, 0, "[]"));
+    s.add("batch-of-numbers", mcp(none, none, 0, 0, "[1, 2]"));
+    s.add(
+        "batch-duplicate-ids",
+        mcp(none, none, 0, 0, r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":1,"method":"tools/list"}]"#),
+    );
+    s.add(
+        "batch-refused-scope",
+        mcp(
+            none,
+            none,
+            0,
+            0,
+            &format!(
+                "[{},{}]",
+                one(json!(1), "ping", json!({})),
+                call("search_x", json!({"path": "projects/sales"}))
+            ),
+        ),
+    );
+    // The 2026-07-28 standard headers.
+    let v2026 = 4;
+    let body = call_2026("search_context", "projects/engineering/x");
+    let method: (u8, &[u8]) = (1, b"tools/call");
+    s.add(
+        "headers-match",
+        mcp(method, (1, b"search_context"), 0, v2026, &body),
+    );
+    s.add(
+        "headers-base64-name",
+        mcp(
+            method,
+            (1, b"=?base64?c2VhcmNoX2NvbnRleHQ=?="),
+            0,
+            v2026,
+            &body,
+        ),
+    );
+    s.add(
+        "headers-base64-noncanonical",
+        mcp(
+            method,
+            (1, b"=?base64?c2VhcmNoX2NvbnRleHR=?="),
+            0,
+            v2026,
+            &body,
+        ),
+    );
+    s.add(
+        "headers-base64-empty",
+        mcp(method, (1, b"=?base64??="), 0, v2026, &body),
+    );
+    s.add(
+        "headers-method-mismatch",
+        mcp((1, b"tools/list"), none, 0, v2026, &body),
+    );
+    s.add(
+        "headers-name-mismatch",
+        mcp(method, (1, b"search_other"), 0, v2026, &body),
+    );
+    s.add(
+        "headers-method-repeated",
+        mcp((3, b"tools/call"), none, 0, v2026, &body),
+    );
+    s.add(
+        "headers-name-repeated",
+        mcp(method, (3, b"search_context"), 0, v2026, &body),
+    );
+    s.add(
+        "headers-version-mismatch",
+        mcp(method, none, 0, v2025, &body),
+    );
+    let mut repeated_version = mcp(method, none, 0, v2026, &body);
+    repeated_version[0] |= 0x80;
+    s.add("headers-version-repeated", repeated_version);
+    s.add(
+        "headers-name-for-ping",
+        mcp(
+            (1, b"ping"),
+            (1, b"x"),
+            0,
+            v2026,
+            &one(json!(1), "ping", json!({})),
+        ),
+    );
+    let accented = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": "search_\u{e9}", "arguments": {"path": "projects/engineering/x"}}})
+    .to_string();
+    s.add(
+        "headers-base64-accented",
+        mcp(method, (1, b"=?base64?c2VhcmNoX8Op?="), 0, v2025, &accented),
+    );
+    s.add(
+        "headers-raw-accented",
+        mcp(method, (1, "search_\u{e9}".as_bytes()), 0, v2025, &accented),
+    );
+    let accented_notification =
+        json!({"jsonrpc": "2.0", "method": "notifications/caf\u{e9}"}).to_string();
+    s.add(
+        "headers-method-not-printable",
+        mcp(
+            (1, "notifications/caf\u{e9}".as_bytes()),
+            none,
+            0,
+            v2025,
+            &accented_notification,
+        ),
+    );
+    s.add(
+        "headers-resource-name",
+        mcp(
+            (1, b"resources/read"),
+            (1, b"ctx://projects/engineering/roadmap"),
+            0,
+            v2025,
+            &one(
+                json!(1),
+                "resources/read",
+                json!({"uri": "ctx://projects/engineering/roadmap"}),
+            ),
+        ),
+    );
+    // Content types, bodies that are not UTF-8, depth limits.
+    let ping = one(json!(1), "ping", json!({}));
+    s.add("content-type-charset", mcp(none, none, 2, v2025, &ping));
+    s.add("content-type-absent", mcp(none, none, 4, v2025, &ping));
+    s.add(
+        "content-type-event-stream",
+        mcp(none, none, 5, v2025, &ping),
+    );
+    s.add(
+        "content-type-repeated",
+        mcp(none, none, 0, v2025 | 0x40, &ping),
+    );
+    s.add(
+        "depth-limit-3",
+        mcp(none, none, 0, v2025 | 0x08, &plain[0].1),
+    );
+    let mut latin1 = mcp(none, none, 0, v2025, r#"{"jsonrpc":"2.0","id":"caf"#);
+    latin1.extend_from_slice(b"\xe9\",\"method\":\"ping\"}");
+    s.add("body-latin1", latin1);
+}
+
+fn mcp_listing_seeds() {
+    let mut s = Seeds::new("mcp_listing");
+    let tool = |name: &str| {
+        json!({"name": name, "description": format!("{name} over the context store"),
+               "inputSchema": {"type": "object", "properties": {"path": {"type": "string"}}}})
+    };
+    let tools = |id: Value| {
+        json!({"jsonrpc": "2.0", "id": id, "result": {
+            "tools": [tool("search_context"), tool("write_context"), tool("reindex"),
+                      tool("ping_tool"), tool("status"), tool("traverse_a"), tool("traverse_ab"),
+                      tool("unmapped_tool"), {"title": "no name"}, {"name": 5}],
+            "nextCursor": "eyJwYWdlIjoyfQ=="
+        }})
+    };
+    let prompts = json!({"jsonrpc": "2.0", "id": 2, "result": {"prompts": [
+        {"name": "summarize_context", "arguments": [{"name": "path"}]},
+        {"name": "Summarize_Context"},
+        {"name": "draft_release_notes"}
+    ]}});
+    let resources = json!({"jsonrpc": "2.0", "id": 3, "result": {"resources": [
+        {"uri": "ctx://projects/engineering/roadmap", "name": "roadmap"},
+        {"uri": "ctx://projects/sales/pipeline", "name": "pipeline"},
+        {"uri": "docs://guide/intro", "name": "intro"},
+        {"uri": "ctx://projects/engineering/../sales/pipeline", "name": "sneaky"},
+        {"uri": "file:///etc/hosts", "name": "hosts"}
+    ]}});
+    // Two chunk sizes, then the body.
+    let add = |s: &mut Seeds, name: &str, sizes: [u8; 2], body: &[u8]| {
+        let mut input = sizes.to_vec();
+        input.extend_from_slice(body);
+        s.add(name, input);
+    };
+    let json_seeds = [
+        ("tools-list", tools(json!(1)).to_string()),
+        ("tools-list-string-id", tools(json!("t")).to_string()),
+        ("tools-list-other-id", tools(json!(99)).to_string()),
+        ("tools-list-ping-id", tools(json!(4)).to_string()),
+        ("tools-list-allowed-only", json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": [tool("search_x"), tool("status")]}}).to_string()),
+        ("tools-list-pretty", serde_json::to_string_pretty(&tools(json!(1))).unwrap()),
+        ("prompts-list", prompts.to_string()),
+        ("resources-list", resources.to_string()),
+        ("resources-list-string-id", resources.to_string().replace("\"id\":3", "\"id\":\"r\"")),
+        ("batch", json!([tools(json!(1)), prompts, resources, {"jsonrpc": "2.0", "id": 4, "result": {}}]).to_string()),
+        ("duplicate-tools", r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"reindex"}],"tools":[]}}"#.into()),
+        ("duplicate-entry-name", r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"reindex","name":"search_x"}]}}"#.into()),
+        ("duplicate-id", r#"{"jsonrpc":"2.0","id":99,"id":1,"result":{"tools":[{"name":"reindex"}]}}"#.into()),
+        ("error", json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32603, "message": "boom"}}).to_string()),
+        ("id-float", r#"{"jsonrpc":"2.0","id":1.0,"result":{"tools":[{"name":"reindex"}]}}"#.into()),
+        ("not-json", "{\"jsonrpc\": \"2.0\", \"id\": 1, \"result\": {\"tools\": [".into()),
+        ("deep-120", format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{{"name":"reindex","x":{}{}}}]}}}}"#, "[".repeat(116), "]".repeat(116))),
+        ("deep-121", format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"tools":[{{"name":"reindex","x":{}{}}}]}}}}"#, "[".repeat(117), "]".repeat(117))),
+    ];
+    for (name, body) in &json_seeds {
+        add(&mut s, &format!("json-{name}"), [5, 17], body.as_bytes());
+    }
+    let mut latin1 =
+        br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"reindex"},{"name":"search_"#
+            .to_vec();
+    latin1.extend_from_slice(b"\xe9\"}]}}");
+    add(&mut s, "json-latin1-name", [0, 3], &latin1);
+
+    // SSE streams, as the SDKs send them.
+    let notification = json!({"jsonrpc": "2.0", "method": "notifications/message",
+                              "params": {"level": "info", "data": "listing tools"}});
+    let crlf = format!(
+        "event: message\r\nid: 7d3f-0\r\ndata: {notification}\r\n\r\n: ping\r\n\r\nevent: message\r\nid: 7d3f-1\r\ndata: {}\r\n\r\n",
+        tools(json!(1))
+    );
+    add(&mut s, "sse-crlf", [0, 1], crlf.as_bytes());
+    add(&mut s, "sse-crlf-split-mid-line", [7, 40], crlf.as_bytes());
+    add(&mut s, "sse-crlf-split-in-crlf", [0, 23], crlf.as_bytes());
+    let pretty = serde_json::to_string_pretty(&tools(json!("t"))).unwrap();
+    let data: String = pretty.lines().map(|l| format!("data: {l}\n")).collect();
+    add(
+        &mut s,
+        "sse-multi-line-data",
+        [3, 9],
+        format!("retry: 3000\n\nid: 1\nevent: message\n{data}\n").as_bytes(),
+    );
+    let cr = format!("data: {}\r\rdata: {}\r\r", prompts, resources);
+    add(&mut s, "sse-cr-only", [1, 2], cr.as_bytes());
+    let mut bom = b"\xEF\xBB\xBF".to_vec();
+    bom.extend_from_slice(format!("data: {}\n\n", tools(json!(1))).as_bytes());
+    add(&mut s, "sse-bom", [1, 1], &bom);
+    add(
+        &mut s,
+        "sse-unterminated",
+        [4, 11],
+        format!("data: {}", tools(json!(1))).as_bytes(),
+    );
+    add(&mut s, "sse-two-data-fields", [2, 5], b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\ndata:\"result\":{\"tools\":[{\"name\":\"reindex\"}]}}\nid: 9\n\n");
+    add(
+        &mut s,
+        "sse-data-without-colon",
+        [0, 8],
+        b"data\ndata\n\nevent: x\n\n",
+    );
+    add(
+        &mut s,
+        "sse-not-a-listing",
+        [6, 6],
+        format!("data: {notification}\n\ndata: {}\n\n", tools(json!(99))).as_bytes(),
+    );
+    add(&mut s, "empty", [0, 0], b"");
 }
