@@ -5,7 +5,9 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::run::RunResult;
-use super::scenarios::{MCP_BARE, MCP_NATIVE, MCP_PIPELINE, MCP_PIPELINE_LOCAL, Scenario};
+use super::scenarios::{
+    MCP_AUTH_ONLY, MCP_BARE, MCP_NATIVE, MCP_PIPELINE, MCP_PIPELINE_LOCAL, Scenario,
+};
 
 /// A scenario's spread of requests/s beyond which the run is called noisy.
 const NOISY_SPREAD: f64 = 0.10;
@@ -148,7 +150,7 @@ pub fn mcp_table(rows: &[Row]) -> String {
         ms(p99(bare)),
         cpu(bare)
     );
-    let authorising: Vec<&Row> = [MCP_NATIVE, MCP_PIPELINE_LOCAL, MCP_PIPELINE]
+    let authorising: Vec<&Row> = [MCP_NATIVE, MCP_AUTH_ONLY, MCP_PIPELINE_LOCAL, MCP_PIPELINE]
         .into_iter()
         .filter_map(&find)
         .collect();

@@ -59,6 +59,7 @@ pub const MCP_BARE: &str = "mcp bare";
 pub const MCP_NATIVE: &str = "mcp native (jwt_authn + mcp + rbac)";
 pub const MCP_PIPELINE: &str = "mcp pipeline";
 pub const MCP_PIPELINE_LOCAL: &str = "mcp pipeline (local limits)";
+pub const MCP_AUTH_ONLY: &str = "mcp auth + mcp stages";
 
 /// What the load generator puts on each request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -583,6 +584,25 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             forbidden: &[OTHER_TOOL, OUTSIDE_SCOPE],
         },
         Scenario {
+            name: MCP_AUTH_ONLY,
+            about: "`dist/ctxgate.wasm` with only the auth and mcp sections: the same work \
+                    as the native row (a verified token, the call authorised), the \
+                    authorisation by the context path the call names.",
+            filters: vec![
+                WasmFilter::ctxgate("ctxgate")
+                    .stage("auth", auth_section(fx, json!({})))
+                    .stage("mcp", mcp_section())
+                    .stage("metrics", production_metrics())
+                    .into(),
+            ],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: false,
+            connections: None,
+            call: Call::McpTool,
+            forbidden: &[OTHER_TOOL, OUTSIDE_SCOPE],
+        },
+        Scenario {
             name: MCP_PIPELINE_LOCAL,
             about: "The `mcp pipeline` row with local rate limits only (no `global`): the \
                     closest to the native row's work, which has no rate limiting.",
@@ -734,21 +754,24 @@ fn pipeline(fx: &Fixtures) -> HttpFilter {
         .into()
 }
 
+/// The `mcp` section of the MCP rows: [`MCP_TOOL`] is a `read` of the
+/// context its argument `context` names.
+fn mcp_section() -> Value {
+    json!({
+        "paths": [{ "exact": MCP_PATH }],
+        "tools": [
+            { "name": MCP_TOOL, "action": "read", "context": { "pointer": "/context" } },
+        ],
+    })
+}
+
 /// `dist/ctxgate.wasm` running every stage, as [`pipeline`], with an `mcp`
 /// section mapping [`MCP_TOOL`] to a `read` of the context its argument
 /// `context` names; `limits` is merged over the rate-limit section.
 fn mcp_pipeline(fx: &Fixtures, limits: Value) -> HttpFilter {
     WasmFilter::ctxgate("ctxgate")
         .stage("auth", auth_section(fx, json!({})))
-        .stage(
-            "mcp",
-            json!({
-                "paths": [{ "exact": MCP_PATH }],
-                "tools": [
-                    { "name": MCP_TOOL, "action": "read", "context": { "pointer": "/context" } },
-                ],
-            }),
-        )
+        .stage("mcp", mcp_section())
         .stage("ratelimit", ratelimit_section(limits))
         .stage("tagging", tagging_section())
         .stage("breaker", breaker_section())
