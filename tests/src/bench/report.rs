@@ -172,7 +172,7 @@ pub fn mcp_table(rows: &[Row]) -> String {
     let Some(native) = find(MCP_NATIVE) else {
         return out;
     };
-    for pipeline in [MCP_PIPELINE_LOCAL, MCP_PIPELINE]
+    for pipeline in [MCP_AUTH_ONLY, MCP_PIPELINE_LOCAL, MCP_PIPELINE]
         .into_iter()
         .filter_map(&find)
     {
@@ -275,11 +275,11 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
             w,
             "One MCP `tools/call` (`POST /mcp`, JSON-RPC, the same body and token on every \
              request) authorised by Envoy's native filters and by the pipeline, against the \
-             same call through Envoy with no filter. The three rows share a stand-in MCP \
+             same call through Envoy with no filter. The MCP rows share a stand-in MCP \
              server (see `{MCP_BARE}` below), so *added* is what the filters add to a call: \
              a row's median minus `{MCP_BARE}`'s. Latencies are at {} open connections, so \
-             they include queueing. Both authorising rows are probed before every run with \
-             calls they must refuse (see their descriptions below).\n",
+             they include queueing. Every authorising row is probed before every run with \
+             calls it must refuse (see their descriptions below).\n",
             connections(&meta.wrk_params)
         );
         w.push_str(&mcp);

@@ -535,8 +535,9 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
                     body, `MCP-Protocol-Version: 2025-11-25`) forwarded to a stand-in MCP \
                     server: a second listener of the same Envoy on a Unix socket (abstract \
                     namespace, HTTP/1.1, kept-alive upstream connections) answering a small \
-                    JSON-RPC result (`application/json`) with `direct_response`. The same \
-                    upstream for the three MCP rows, so its cost (the second hop, counted in \
+                    JSON-RPC result (`application/json`) with `direct_response` once the \
+                    whole request is in (a buffer filter). The same upstream for every MCP \
+                    row, so its cost (the second hop, counted in \
                     Envoy CPU/req) is in each of them: the ceiling the MCP rows are compared \
                     with.",
             filters: vec![],
