@@ -25,8 +25,9 @@ pub struct RlsCall {
     /// What the local bucket decided, used by `local_fallback`.
     pub local: Admitted,
     pub(super) label: String,
-    /// What an MCP call's own descriptor limits, for its refusal
-    /// (`tools/call search_context of tenant acme`).
+    /// When the call carries two descriptors, what the second (an MCP
+    /// call's own key) limits, for its refusal (`tools/call
+    /// search_context of tenant acme`).
     pub(super) call_label: Option<String>,
     pub(super) failure_mode: FailureMode,
     pub(super) deny_status: u16,
