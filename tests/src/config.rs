@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use crate::tls::TestPki;
+
 /// Name of the single HTTP listener; the harness looks it up by this name in
 /// the admin `/listeners` output to learn the port the kernel picked.
 pub const LISTENER_NAME: &str = "ctxgate_ingress";
@@ -34,6 +36,7 @@ pub struct EnvoyConfig {
     access_log: Option<String>,
     hcm_fields: Map<String, Value>,
     listener_fields: Map<String, Value>,
+    transport_socket: Option<Value>,
     bootstrap_fields: Map<String, Value>,
     pub(crate) dynamic_listener: bool,
     pub(crate) concurrency: u32,
@@ -59,6 +62,7 @@ impl EnvoyConfig {
             access_log: None,
             hcm_fields: Map::new(),
             listener_fields: Map::new(),
+            transport_socket: None,
             bootstrap_fields: Map::new(),
             dynamic_listener: false,
             concurrency: 2,
@@ -150,6 +154,33 @@ impl EnvoyConfig {
         self
     }
 
+    /// Serves the listener over TLS (`envoy.transport_sockets.tls` on its
+    /// filter chain): the [`TestPki`]'s server certificate and key, the
+    /// test CA as `trusted_ca` for client certificates, and
+    /// `require_client_certificate`. With `false` a client without a
+    /// certificate is let in, one with a certificate is still verified.
+    /// `pki` must outlive the Envoy: Envoy reads the PEM files from its dir.
+    pub fn downstream_tls(mut self, pki: &TestPki, require_client_certificate: bool) -> Self {
+        let filename = |path: &Path| json!({ "filename": path.display().to_string() });
+        self.transport_socket = Some(json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": require_client_certificate,
+                "common_tls_context": {
+                    "tls_certificates": [{
+                        "certificate_chain": filename(&pki.server().cert_path),
+                        "private_key": filename(&pki.server().key_path),
+                    }],
+                    "validation_context": {
+                        "trusted_ca": filename(pki.ca_cert_path()),
+                    },
+                },
+            },
+        }));
+        self
+    }
+
     /// Sets (or overrides) a top-level bootstrap field, e.g. `stats_config`.
     pub fn bootstrap_field(mut self, key: &str, value: Value) -> Self {
         self.bootstrap_fields.insert(key.to_owned(), value);
@@ -215,6 +246,9 @@ impl EnvoyConfig {
                 }],
             }],
         });
+        if let Some(transport_socket) = &self.transport_socket {
+            listener["filter_chains"][0]["transport_socket"] = transport_socket.clone();
+        }
         merge_fields(&mut listener, &self.listener_fields);
         listener
     }

@@ -8,12 +8,17 @@
 //!
 //! Every socket operation has a timeout (10 s by default), so a request that
 //! Envoy never answers fails the test instead of hanging it.
+//!
+//! The same writer and response parser run over plain TCP ([`Request::send`])
+//! and over TLS ([`Request::send_tls`], see [`crate::tls`]).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::tls::TlsClient;
 
 /// Default connect/read/write timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,6 +120,30 @@ impl Request {
     /// panicking, for probing something that may not be up.
     pub fn try_send(&self, addr: SocketAddr) -> io::Result<Response> {
         Connection::open(addr, self.timeout)?.exchange(&self.to_bytes(true), self.is_head())
+    }
+
+    /// Like [`Request::send`], over TLS: `tls` says which CA to trust and
+    /// which client certificate (if any) to present. Panics on handshake
+    /// failures, I/O errors and timeouts.
+    #[track_caller]
+    pub fn send_tls(&self, addr: SocketAddr, tls: &TlsClient) -> Response {
+        self.try_send_tls(addr, tls).unwrap_or_else(|e| {
+            panic!(
+                "{} {} to {addr} over TLS: {e}",
+                self.method,
+                String::from_utf8_lossy(&self.target)
+            )
+        })
+    }
+
+    /// [`Request::send_tls`] returning errors instead of panicking: a
+    /// handshake the server rejects (no client certificate, an untrusted
+    /// one) is an `Err`, at the latest when the response is read, since in
+    /// TLS 1.3 the server checks the client certificate after the client
+    /// considers the handshake done.
+    pub fn try_send_tls(&self, addr: SocketAddr, tls: &TlsClient) -> io::Result<Response> {
+        let stream = tls.connect(addr, self.timeout)?;
+        Connection::new(stream).exchange(&self.to_bytes(true), self.is_head())
     }
 
     fn is_head(&self) -> bool {
@@ -300,8 +329,9 @@ impl Client {
     }
 }
 
-struct Connection {
-    reader: BufReader<TcpStream>,
+/// One connection, plain ([`TcpStream`]) or TLS, with the response parser.
+struct Connection<S = TcpStream> {
+    reader: BufReader<S>,
     /// The last body was delimited by EOF, so the connection is finished.
     eof: bool,
 }
@@ -316,14 +346,23 @@ impl Connection {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
-        Ok(Connection {
+        Ok(Connection::new(stream))
+    }
+}
+
+impl<S: Read + Write> Connection<S> {
+    /// `stream` must already have its read and write timeouts set.
+    fn new(stream: S) -> Self {
+        Connection {
             reader: BufReader::new(stream),
             eof: false,
-        })
+        }
     }
 
     fn exchange(&mut self, request: &[u8], head_request: bool) -> io::Result<Response> {
-        self.reader.get_mut().write_all(request)?;
+        let stream = self.reader.get_mut();
+        stream.write_all(request)?;
+        stream.flush()?;
         let response = self.read_response(head_request);
         exchanged();
         response

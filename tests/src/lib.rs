@@ -44,6 +44,7 @@ pub mod reference;
 pub mod rls;
 pub mod servers;
 pub mod stats;
+pub mod tls;
 
 pub use config::{
     Cluster, EnvoyConfig, HeaderMatch, HttpFilter, PathMatch, RawFilter, Route, RouteAction,
@@ -55,6 +56,7 @@ pub use mcp::{McpClient, McpOutput, McpRequest, McpServer, Sessions};
 pub use rls::{Redis, Rls, SlowRls, rls_binary};
 pub use servers::{RecordedRequest, ScriptedResponse, ScriptedServer};
 pub use stats::WASM_METRIC_PREFIX;
+pub use tls::{CertFiles, TestPki, TlsClient};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
