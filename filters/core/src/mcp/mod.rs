@@ -70,6 +70,7 @@ pub use message::{
     parse_body,
 };
 pub use refusal::{Reason, Refusal, code};
+pub use reply::error_response;
 pub use session::{SessionCheck, SessionTable};
 pub use sse::EventTooLarge;
 pub use tools::{Cost, ToolMap};

@@ -13,8 +13,27 @@
 
 use serde_json::{Map, Value, json};
 
+use super::message::Id;
 use super::refusal::Refusal;
 use crate::reply::LocalReply;
+
+/// A JSON-RPC 2.0 error response answering `id` (`null` when unknown).
+pub fn error_response(
+    id: Option<&Id>,
+    code: i64,
+    message: &str,
+    data: Map<String, Value>,
+) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id.map_or(Value::Null, Id::to_json),
+        "error": {
+            "code": code,
+            "message": message,
+            "data": data,
+        },
+    })
+}
 
 impl Refusal {
     /// The JSON-RPC error response, or `None` for a notification.
@@ -27,15 +46,12 @@ impl Refusal {
         if let Some(scope) = &self.required_scope {
             data.insert("required_scope".into(), scope.as_str().into());
         }
-        Some(json!({
-            "jsonrpc": "2.0",
-            "id": self.id.as_ref().map_or(Value::Null, |id| id.to_json()),
-            "error": {
-                "code": self.jsonrpc_code(),
-                "message": self.message,
-                "data": data,
-            },
-        }))
+        Some(error_response(
+            self.id.as_ref(),
+            self.jsonrpc_code(),
+            &self.message,
+            data,
+        ))
     }
 
     /// The local reply: the status, the body (with `content-type:

@@ -26,15 +26,13 @@
 //! | `ctxgate_mcp.metadata` | counter | protected-resource metadata documents served |
 //! | `ctxgate_mcp.listing_filtered` | counter | listing responses (or SSE chunks of them) narrowed to what the caller may use |
 
-use serde_json::json;
-
 use super::request::Request;
 use super::{Flow, Step};
 use crate::config::ConfigError;
 use crate::contract::MatchedOperation;
 use crate::host::{Host, StreamId};
 use crate::mcp::config::McpConfig;
-use crate::mcp::{Id, Kind, SessionCheck, SessionTable, code};
+use crate::mcp::{Id, Kind, SessionCheck, SessionTable, code, error_response};
 use crate::mcp::{
     Limits, Listings, McpHeaders, Reason, Refusal, SseListingFilter, ToolMap, Viewer, filter_json,
     parse_body,
@@ -46,6 +44,20 @@ use crate::reply::LocalReply;
 use crate::scope::ScopeSet;
 use crate::shared::Secret;
 use std::rc::Rc;
+
+/// The `message` of another stage's JSON refusal body ("refused" if it
+/// has none) and its other fields.
+fn message_and_fields(body: &[u8]) -> (String, serde_json::Map<String, serde_json::Value>) {
+    let mut fields = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => serde_json::Map::new(),
+    };
+    let message = match fields.remove("message") {
+        Some(serde_json::Value::String(message)) => message,
+        _ => "refused".to_owned(),
+    };
+    (message, fields)
+}
 
 /// The longest SSE event held back while a listing stream is filtered.
 const MAX_LISTING_EVENT_BYTES: usize = 1 << 20;
@@ -261,21 +273,12 @@ impl McpStage {
         // Auth decides at the headers, before the body is in (Proxy-Wasm
         // delivers no body while the headers are held), so the request's
         // id cannot be read: null, as JSON-RPC prescribes then.
-        let message = serde_json::from_slice::<serde_json::Value>(&reply.body)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| "refused".to_owned());
-        reply.body = json!({
-            "jsonrpc": "2.0",
-            "id": serde_json::Value::Null,
-            "error": {
-                "code": crate::mcp::code::INVALID_REQUEST,
-                "message": message,
-                "data": {"status": reply.status},
-            },
-        })
-        .to_string()
-        .into_bytes();
+        let (message, _) = message_and_fields(&reply.body);
+        let mut data = serde_json::Map::new();
+        data.insert("status".to_owned(), reply.status.into());
+        reply.body = error_response(None, code::INVALID_REQUEST, &message, data)
+            .to_string()
+            .into_bytes();
     }
 
     /// A refusal by a stage after this one (the rate limiter's 429) of a
@@ -288,39 +291,22 @@ impl McpStage {
         let Some(answering) = &stream.answering else {
             return;
         };
+        reply
+            .headers
+            .retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
         if answering.silent {
             reply.body.clear();
-            reply
-                .headers
-                .retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
             return;
         }
-        let mut fields = match serde_json::from_slice::<serde_json::Value>(&reply.body) {
-            Ok(serde_json::Value::Object(fields)) => fields,
-            _ => serde_json::Map::new(),
-        };
-        let message = match fields.remove("message") {
-            Some(serde_json::Value::String(message)) => message,
-            _ => "refused".to_owned(),
-        };
+        let (message, mut fields) = message_and_fields(&reply.body);
         if let Some(reason) = fields.remove("error") {
             fields.insert("reason".to_owned(), reason);
         }
         fields.insert("status".to_owned(), reply.status.into());
-        reply.body = json!({
-            "jsonrpc": "2.0",
-            "id": answering.id.as_ref().map_or(serde_json::Value::Null, Id::to_json),
-            "error": {
-                "code": code::for_status(reply.status),
-                "message": message,
-                "data": fields,
-            },
-        })
-        .to_string()
-        .into_bytes();
-        reply
-            .headers
-            .retain(|(name, _)| !name.eq_ignore_ascii_case("content-type"));
+        let code = code::for_status(reply.status);
+        reply.body = error_response(answering.id.as_ref(), code, &message, fields)
+            .to_string()
+            .into_bytes();
         reply
             .headers
             .push(("content-type".to_owned(), "application/json".to_owned()));
