@@ -566,14 +566,7 @@ impl Worker {
                     return refuse(host, stream, &reply);
                 }
                 Some(Step::Wait { call, deadline_ms }) => {
-                    stream.phase = Phase::Waiting {
-                        stage: *stage,
-                        call,
-                        deadline_ms,
-                        body_bytes: 0,
-                        on_body: false,
-                    };
-                    return Flow::Pause;
+                    return wait(stream, *stage, call, deadline_ms, false);
                 }
             }
         }
@@ -617,14 +610,7 @@ impl Worker {
                     return refuse(host, stream, &reply);
                 }
                 Some(Step::Wait { call, deadline_ms }) => {
-                    stream.phase = Phase::Waiting {
-                        stage: *stage,
-                        call,
-                        deadline_ms,
-                        body_bytes: 0,
-                        on_body: true,
-                    };
-                    return Flow::Pause;
+                    return wait(stream, *stage, call, deadline_ms, true);
                 }
             }
         }
@@ -694,6 +680,25 @@ impl Worker {
         }
         self.streams.insert(id, stream);
     }
+}
+
+/// Pauses the stream while `stage`'s call is out (`on_body`: a body
+/// stage's, so the body stages go on after it).
+fn wait(
+    stream: &mut Stream,
+    stage: StageId,
+    call: CallId,
+    deadline_ms: u64,
+    on_body: bool,
+) -> Flow {
+    stream.phase = Phase::Waiting {
+        stage,
+        call,
+        deadline_ms,
+        body_bytes: 0,
+        on_body,
+    };
+    Flow::Pause
 }
 
 /// Sends a refusal, after the header changes made so far (a refused
