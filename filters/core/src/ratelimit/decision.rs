@@ -226,9 +226,10 @@ impl RateLimiter {
                     message,
                     created_ms: now_ms,
                 };
-                (report, label, call.map(|c| c.label))
+                (report, label, call.map(|c| call_label(&c.descriptor)))
             }
             (false, Some(call)) => {
+                let label = call_label(&call.descriptor);
                 let hits = cost.saturating_add(call.claimed);
                 let report = Report {
                     id: state.outbox.next_id(),
@@ -240,7 +241,7 @@ impl RateLimiter {
                     also: None,
                     created_ms: now_ms,
                 };
-                (report, call.label, None)
+                (report, label, None)
             }
         };
         LocalDecision::AskRls(Box::new(RlsCall {
@@ -288,7 +289,6 @@ impl RateLimiter {
         }
         let table = self.table(Table::Tenants);
         let hash = table.hash_key(&key);
-        let label = call_label(&descriptor);
         match table.take(store, hash, &[], cost, accounting, now_ms) {
             TakeOutcome::Done {
                 take,
@@ -300,6 +300,7 @@ impl RateLimiter {
                     .lost_unreported
                     .saturating_add(take.lost_unreported);
                 if !take.allowed {
+                    let label = call_label(&descriptor);
                     let reply =
                         self.global_refusal_reply(&facts.head, &label, &take.global, cost, now_ms);
                     return Err(Refused {
@@ -310,7 +311,6 @@ impl RateLimiter {
                 Ok(Some(CallKey {
                     hash,
                     descriptor,
-                    label,
                     ask: take.ask_rls,
                     claimed: claimed_unreported,
                 }))
@@ -333,7 +333,6 @@ impl RateLimiter {
 struct CallKey {
     hash: u64,
     descriptor: rls::Entries,
-    label: String,
     /// The RLS decides this call (near or over the tool's known limit, or
     /// nothing known yet).
     ask: bool,

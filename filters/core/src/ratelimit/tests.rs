@@ -746,6 +746,14 @@ fn bad_configuration_names_the_field() {
     assert!(err(json!({"bogus": true})).contains("bogus"));
 }
 
+/// The RLS question a decision asks; panics (with `why`) otherwise.
+fn asked(step: LocalDecision, why: &str) -> Box<RlsCall> {
+    match step {
+        LocalDecision::AskRls(call) => call,
+        other => panic!("{why}: expected AskRls, got {other:?}"),
+    }
+}
+
 /// The descriptors of an RLS call's message, with their own hits.
 fn sent(call: &RlsCall) -> Vec<(rls::Entries, Option<u64>)> {
     let message =
@@ -786,14 +794,15 @@ fn an_mcp_call_is_limited_per_tool_through_the_rls_like_a_tenant() {
     ];
     // Nothing known: the first MCP call asks about the tenant and the
     // tool in one call, each descriptor with its own hits.
-    let LocalDecision::AskRls(call) = l.check(
-        &mut state,
-        &store,
-        &mcp_call_facts(&mcp, "write_context", 2),
-        NOW,
-    ) else {
-        panic!("nothing known yet")
-    };
+    let call = asked(
+        l.check(
+            &mut state,
+            &store,
+            &mcp_call_facts(&mcp, "write_context", 2),
+            NOW,
+        ),
+        "nothing known yet",
+    );
     assert_eq!(
         sent(&call),
         vec![
@@ -822,14 +831,15 @@ fn an_mcp_call_is_limited_per_tool_through_the_rls_like_a_tenant() {
     // This gateway's share of the tool's budget, (1 - 0.8) x 10 = 2, is
     // used: the RLS decides about the tool alone (the tenant is far from
     // its limit), told of the usage admitted locally since.
-    let LocalDecision::AskRls(call) = l.check(
-        &mut state,
-        &store,
-        &mcp_call_facts(&mcp, "write_context", 2),
-        NOW,
-    ) else {
-        panic!("near the tool's limit")
-    };
+    let call = asked(
+        l.check(
+            &mut state,
+            &store,
+            &mcp_call_facts(&mcp, "write_context", 2),
+            NOW,
+        ),
+        "near the tool's limit",
+    );
     assert_eq!(sent(&call), vec![(tool_descriptor.clone(), None)]);
     assert_eq!(call.report.hits, 4);
     // Over: 429 naming the tool; the tenant's bucket learns nothing.
@@ -858,14 +868,15 @@ fn an_mcp_call_is_limited_per_tool_through_the_rls_like_a_tenant() {
         DecidedBy::Local
     );
     // A tool the RLS has no limit for: asked once, then local.
-    let LocalDecision::AskRls(call) = l.check(
-        &mut state,
-        &store,
-        &mcp_call_facts(&mcp, "search_context", 1),
-        NOW,
-    ) else {
-        panic!("nothing known about the tool")
-    };
+    let call = asked(
+        l.check(
+            &mut state,
+            &store,
+            &mcp_call_facts(&mcp, "search_context", 1),
+            NOW,
+        ),
+        "nothing known about the tool",
+    );
     let unlimited = rls::RlsAnswer {
         first: rls::DescriptorAnswer::default(),
         second: None,
@@ -885,13 +896,14 @@ fn an_mcp_call_is_limited_per_tool_through_the_rls_like_a_tenant() {
     let (l, mut state, store) = setup(json!({"global": {
         "cluster": "rls", "sync_threshold": 0.8, "gateways": 1, "mcp_descriptor": false
     }}));
-    let LocalDecision::AskRls(call) = l.check(
-        &mut state,
-        &store,
-        &mcp_call_facts(&mcp, "write_context", 2),
-        NOW,
-    ) else {
-        panic!()
-    };
+    let call = asked(
+        l.check(
+            &mut state,
+            &store,
+            &mcp_call_facts(&mcp, "write_context", 2),
+            NOW,
+        ),
+        "the RLS decides",
+    );
     assert_eq!(sent(&call), vec![(vec![pair("tenant", "acme")], None)]);
 }
