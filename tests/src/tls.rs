@@ -276,11 +276,10 @@ impl TlsClient {
     ) -> io::Result<StreamOwned<ClientConnection, TcpStream>> {
         let name = ServerName::try_from(self.server_name.clone()).map_err(other)?;
         let conn = ClientConnection::new(Arc::new(self.config()?), name).map_err(other)?;
-        let tcp = TcpStream::connect_timeout(&addr, timeout)?;
-        tcp.set_read_timeout(Some(timeout))?;
-        tcp.set_write_timeout(Some(timeout))?;
-        tcp.set_nodelay(true)?;
-        Ok(StreamOwned::new(conn, tcp))
+        Ok(StreamOwned::new(
+            conn,
+            crate::http::tcp_connect(addr, timeout)?,
+        ))
     }
 }
 
