@@ -38,6 +38,7 @@ pub struct EnvoyConfig {
     listener_fields: Map<String, Value>,
     transport_socket: Option<Value>,
     bootstrap_fields: Map<String, Value>,
+    bootstrap_extensions: Vec<Value>,
     pub(crate) dynamic_listener: bool,
     pub(crate) concurrency: u32,
     pub(crate) log_level: String,
@@ -64,6 +65,7 @@ impl EnvoyConfig {
             listener_fields: Map::new(),
             transport_socket: None,
             bootstrap_fields: Map::new(),
+            bootstrap_extensions: Vec::new(),
             dynamic_listener: false,
             concurrency: 2,
             log_level: "info".to_owned(),
@@ -187,6 +189,13 @@ impl EnvoyConfig {
         self
     }
 
+    /// Adds a bootstrap extension (`bootstrap_extensions`), e.g. a
+    /// [`WasmService`] such as the audit singleton.
+    pub fn bootstrap_extension(mut self, extension: impl Into<Value>) -> Self {
+        self.bootstrap_extensions.push(extension.into());
+        self
+    }
+
     /// Serves the listener through file-based LDS (a file in the Envoy's
     /// temp dir) instead of `static_resources`, so that
     /// [`crate::Envoy::push_listener`] can replace it while Envoy runs, as
@@ -268,6 +277,9 @@ impl EnvoyConfig {
                 "clusters": self.clusters,
             },
         });
+        if !self.bootstrap_extensions.is_empty() {
+            bootstrap["bootstrap_extensions"] = Value::Array(self.bootstrap_extensions.clone());
+        }
         merge_fields(&mut bootstrap, &self.bootstrap_fields);
         bootstrap
     }
@@ -292,6 +304,9 @@ impl EnvoyConfig {
                 "clusters": self.clusters,
             },
         });
+        if !self.bootstrap_extensions.is_empty() {
+            bootstrap["bootstrap_extensions"] = Value::Array(self.bootstrap_extensions.clone());
+        }
         merge_fields(&mut bootstrap, &self.bootstrap_fields);
         bootstrap
     }
@@ -493,6 +508,66 @@ impl WasmFilter {
                     },
                     "vm_config": {
                         "vm_id": self.vm_id,
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": { "local": { "filename": filename } },
+                    },
+                },
+            },
+        })
+    }
+}
+
+/// A wasm service (`envoy.bootstrap.wasm` bootstrap extension) on the
+/// V8 runtime: with `singleton`, one root context on the main thread, for
+/// work no worker should do (the audit singleton drains the audit queue).
+#[derive(Clone, Debug)]
+pub struct WasmService {
+    pub name: String,
+    /// A module in `dist/` or a path, as [`WasmFilter::module`].
+    pub module: String,
+    pub root_id: String,
+    /// Shared data and queues are per `vm_id`.
+    pub vm_id: String,
+    pub singleton: bool,
+    /// Plugin configuration, handed to `on_configure` as a JSON string.
+    pub config: Value,
+}
+
+impl WasmService {
+    /// `dist/ctxgate.wasm` as the audit singleton (root id
+    /// `ctxgate_audit`) in `vm_id`, configured with `{"audit": audit}`.
+    pub fn audit_singleton(vm_id: &str, audit: Value) -> Self {
+        WasmService {
+            name: "ctxgate_audit".to_owned(),
+            module: "ctxgate".to_owned(),
+            root_id: "ctxgate_audit".to_owned(),
+            vm_id: vm_id.to_owned(),
+            singleton: true,
+            config: json!({ "audit": audit }),
+        }
+    }
+}
+
+impl From<WasmService> for Value {
+    fn from(service: WasmService) -> Value {
+        let filename = WasmFilter::new(&service.module)
+            .module_path()
+            .display()
+            .to_string();
+        json!({
+            "name": "envoy.bootstrap.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService",
+                "singleton": service.singleton,
+                "config": {
+                    "name": service.name,
+                    "root_id": service.root_id,
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": service.config.to_string(),
+                    },
+                    "vm_config": {
+                        "vm_id": service.vm_id,
                         "runtime": "envoy.wasm.runtime.v8",
                         "code": { "local": { "filename": filename } },
                     },

@@ -48,7 +48,7 @@ pub mod tls;
 
 pub use config::{
     Cluster, EnvoyConfig, HeaderMatch, HttpFilter, PathMatch, RawFilter, Route, RouteAction,
-    RouteBuilder, WasmFilter,
+    RouteBuilder, WasmFilter, WasmService,
 };
 pub use envoy::{Envoy, envoy_binary, process_alive};
 pub use http::{Client, Request, Response, send_raw};

@@ -62,13 +62,23 @@ pub struct GrpcCall<'a> {
     pub timeout_ms: u64,
 }
 
-/// An HTTP call to make (no body).
+/// An HTTP call to make.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpCall<'a> {
     pub cluster: &'a str,
     /// Pseudo-headers included (`:method`, `:path`, `:authority`).
     pub headers: &'a [(&'a str, &'a str)],
+    /// The request body (a POST's), if any.
+    pub body: Option<&'a [u8]>,
     pub timeout_ms: u64,
+}
+
+/// Why the audit queue took or gave nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    /// No audit queue here: the singleton that owns it is not running
+    /// (or not yet), or this host has none.
+    Unavailable,
 }
 
 /// How an outgoing call ended.
@@ -164,4 +174,17 @@ pub trait Host {
 
     /// Sets a gauge.
     fn set_metric(&mut self, metric: MetricId, value: u64);
+
+    /// Hands one message to the audit singleton (a worker's side of the
+    /// audit queue). The queue is unbounded in the proxy: the caller
+    /// bounds what it puts in.
+    fn audit_enqueue(&mut self, _message: &[u8]) -> Result<(), QueueError> {
+        Err(QueueError::Unavailable)
+    }
+
+    /// The oldest message in the audit queue, `None` when it is empty (the
+    /// singleton's side).
+    fn audit_dequeue(&mut self) -> Result<Option<Vec<u8>>, QueueError> {
+        Err(QueueError::Unavailable)
+    }
 }

@@ -7,6 +7,7 @@
 //! That split keeps the logic testable natively and on wasm32-wasip1, and
 //! keeps the glue readable.
 
+pub mod audit;
 pub mod auth;
 pub mod breaker;
 pub mod bucket;

@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::host::{
-    Attribute, CallId, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind, StreamId,
+    Attribute, CallId, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind, QueueError,
+    StreamId,
 };
 use crate::reply::LocalReply;
 use crate::shared::{MemoryStore, SharedStore};
@@ -74,6 +75,10 @@ pub struct MockHost {
     pub metric_values: HashMap<MetricId, i64>,
     /// Host calls made for metrics (define, add, set).
     pub metric_calls: u32,
+    /// The audit queue: `None` while no singleton owns it.
+    pub audit_queue: Option<std::collections::VecDeque<Vec<u8>>>,
+    /// Messages enqueued (host calls made by the request path).
+    pub audit_enqueues: u32,
     next_call: CallId,
 }
 
@@ -281,7 +286,7 @@ impl Host for MockHost {
             cluster: call.cluster.to_owned(),
             target: path,
             metadata: Vec::new(),
-            message: Vec::new(),
+            message: call.body.map(<[u8]>::to_vec).unwrap_or_default(),
             timeout_ms: call.timeout_ms,
             cancelled: false,
         });
@@ -306,5 +311,17 @@ impl Host for MockHost {
         self.metric_calls += 1;
         self.metric_values
             .insert(metric, i64::try_from(value).unwrap_or(i64::MAX));
+    }
+
+    fn audit_enqueue(&mut self, message: &[u8]) -> Result<(), QueueError> {
+        self.audit_enqueues += 1;
+        let queue = self.audit_queue.as_mut().ok_or(QueueError::Unavailable)?;
+        queue.push_back(message.to_vec());
+        Ok(())
+    }
+
+    fn audit_dequeue(&mut self) -> Result<Option<Vec<u8>>, QueueError> {
+        let queue = self.audit_queue.as_mut().ok_or(QueueError::Unavailable)?;
+        Ok(queue.pop_front())
     }
 }

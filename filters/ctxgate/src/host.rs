@@ -3,12 +3,12 @@
 //! to a logged no-op, because a panic aborts the VM and fails every
 //! request on its worker.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, UNIX_EPOCH};
 
 use ctxgate_core::host::{
     Attribute, CallId, CallResponse, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind,
-    StreamId,
+    QueueError, StreamId,
 };
 use ctxgate_core::reply::LocalReply;
 use ctxgate_core::shared::{Cas, SetError, SharedStore};
@@ -232,7 +232,7 @@ impl Host for WasmHost {
         hostcalls::dispatch_http_call(
             call.cluster,
             call.headers.to_vec(),
-            None,
+            call.body,
             vec![],
             Duration::from_millis(call.timeout_ms),
         )
@@ -254,6 +254,81 @@ impl Host for WasmHost {
     fn set_metric(&mut self, metric: MetricId, value: u64) {
         let _ = hostcalls::record_metric(metric, value);
     }
+
+    fn audit_enqueue(&mut self, message: &[u8]) -> Result<(), QueueError> {
+        let id = AUDIT_QUEUE.with_borrow_mut(AuditQueue::id)?;
+        hostcalls::enqueue_shared_queue(id, Some(message)).map_err(|_| {
+            // The owner went away: resolve again next time.
+            AUDIT_QUEUE.with_borrow_mut(|q| q.id = None);
+            QueueError::Unavailable
+        })
+    }
+
+    fn audit_dequeue(&mut self) -> Result<Option<Vec<u8>>, QueueError> {
+        let id = AUDIT_QUEUE.with_borrow_mut(AuditQueue::id)?;
+        hostcalls::dequeue_shared_queue(id).map_err(|_| QueueError::Unavailable)
+    }
+}
+
+/// This VM's audit queue: the singleton registers it, a filter resolves
+/// it by the singleton's vm_id (lazily: the singleton may start later).
+#[derive(Default)]
+struct AuditQueue {
+    /// `(vm_id, name)` to resolve; `None` for the owner, or no audit.
+    target: Option<(String, String)>,
+    id: Option<u32>,
+}
+
+impl AuditQueue {
+    fn id(&mut self) -> Result<u32, QueueError> {
+        if let Some(id) = self.id {
+            return Ok(id);
+        }
+        let (vm_id, name) = self.target.as_ref().ok_or(QueueError::Unavailable)?;
+        let id = hostcalls::resolve_shared_queue(vm_id, name)
+            .ok()
+            .flatten()
+            .ok_or(QueueError::Unavailable)?;
+        self.id = Some(id);
+        Ok(id)
+    }
+}
+
+thread_local! {
+    static AUDIT_QUEUE: RefCell<AuditQueue> = RefCell::new(AuditQueue::default());
+}
+
+/// A filter's audit queue: the one `vm_id`'s singleton registered as `name`.
+pub fn use_audit_queue(vm_id: &str, name: &str) {
+    AUDIT_QUEUE.with_borrow_mut(|q| {
+        q.target = Some((vm_id.to_owned(), name.to_owned()));
+        q.id = None;
+    });
+}
+
+/// The singleton registers (owns) the audit queue `name`: its
+/// `on_queue_ready` fires per message. Only the singleton may: the last
+/// VM to register a name takes every message.
+pub fn own_audit_queue(name: &str) -> bool {
+    match hostcalls::register_shared_queue(name) {
+        Ok(id) => {
+            AUDIT_QUEUE.with_borrow_mut(|q| {
+                q.target = None;
+                q.id = Some(id);
+            });
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The plugin's root id (`PluginConfig.root_id`).
+pub fn root_id() -> String {
+    hostcalls::get_property(vec!["plugin_root_id"])
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default()
 }
 
 /// The answer to a gRPC call, read in its callback.

@@ -6,6 +6,11 @@
 //! context id. The logic, the pause/resume around outgoing calls and the
 //! metrics all live in the worker; [`host::WasmHost`] is the only code
 //! that makes proxy-wasm host calls.
+//!
+//! The same module runs the audit singleton: a root context whose root id
+//! is [`SINGLETON_ROOT_ID`] (a bootstrap `envoy.bootstrap.wasm` service
+//! with `singleton: true`) owns the audit queue and runs a
+//! [`Shipper`] instead of a worker.
 
 mod host;
 
@@ -13,6 +18,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use ctxgate_core::audit::SINGLETON_ROOT_ID;
+use ctxgate_core::audit::config::SingletonConfig;
+use ctxgate_core::audit::event::hex;
+use ctxgate_core::audit::shipper::Shipper;
 use ctxgate_core::host::CallResponse;
 use ctxgate_core::pipeline::{Flow, Seeds, Worker};
 use host::WasmHost;
@@ -24,7 +33,7 @@ proxy_wasm::main! {{
     // followed on every metrics flush (see `host::follow_log_level`).
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
-        Box::new(Root { id, worker: None })
+        Box::new(Root { id, worker: None, audit: None })
     });
 }}
 
@@ -34,10 +43,17 @@ type WorkerCell = Rc<RefCell<Worker>>;
 struct Root {
     id: u32,
     worker: Option<WorkerCell>,
+    /// The audit singleton's shipper (root id [`SINGLETON_ROOT_ID`]).
+    audit: Option<Shipper>,
 }
 
 impl Root {
-    fn call_response(&self, call: u32, response: CallResponse) {
+    fn call_response(&mut self, call: u32, response: CallResponse) {
+        if let Some(shipper) = &mut self.audit {
+            let mut host = WasmHost::new(self.id, self.id);
+            shipper.on_call_response(&mut host, call, &response);
+            host.finish();
+        }
         if let Some(worker) = &self.worker {
             let mut host = WasmHost::new(self.id, self.id);
             worker
@@ -58,10 +74,57 @@ impl Context for Root {
     }
 }
 
+impl Root {
+    /// The audit singleton: owns the queue, ships batches on its tick.
+    fn configure_audit(&mut self, config: &[u8]) -> bool {
+        let config: SingletonConfig = match ctxgate_core::config::parse_json(config) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("invalid audit singleton configuration: {e}");
+                return false;
+            }
+        };
+        let Some(chain) = host::random::<16>() else {
+            log::error!("cannot start: the host gave no random bytes");
+            return false;
+        };
+        let mut host = WasmHost::new(self.id, self.id);
+        let shipper = Shipper::new(config.audit, hex(&chain), &mut host);
+        host.finish();
+        match shipper {
+            Ok(shipper) => {
+                if !host::own_audit_queue(shipper.queue()) {
+                    log::error!("cannot register the audit queue {}", shipper.queue());
+                    return false;
+                }
+                log::info!("audit singleton: chain {}", shipper.chain());
+                host::set_tick_period(Duration::from_millis(shipper.tick_ms()));
+                self.audit = Some(shipper);
+                true
+            }
+            Err(e) => {
+                log::error!("invalid audit singleton configuration: audit.{e}");
+                false
+            }
+        }
+    }
+}
+
 impl RootContext for Root {
+    fn on_queue_ready(&mut self, _queue_id: u32) {
+        if let Some(shipper) = &mut self.audit {
+            let mut host = WasmHost::new(self.id, self.id);
+            shipper.on_queue_ready(&mut host);
+            host.finish();
+        }
+    }
+
     fn on_configure(&mut self, _size: usize) -> bool {
         host::follow_log_level();
         let config = self.get_plugin_configuration().unwrap_or_default();
+        if host::root_id() == SINGLETON_ROOT_ID {
+            return self.configure_audit(&config);
+        }
         let plugin_name = host::plugin_name();
         let (Some(secret), Some(reporter)) = (host::random::<16>(), host::random::<8>()) else {
             log::error!("cannot start: the host gave no random bytes");
@@ -77,6 +140,9 @@ impl RootContext for Root {
         match worker {
             Ok(worker) => {
                 let tick = Duration::from_millis(worker.tick_ms());
+                if let Some((vm_id, queue)) = worker.audit_queue() {
+                    host::use_audit_queue(vm_id, queue);
+                }
                 self.worker = Some(Rc::new(RefCell::new(worker)));
                 host::set_tick_period(tick);
                 true
@@ -89,6 +155,11 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if let Some(shipper) = &mut self.audit {
+            let mut host = WasmHost::new(self.id, self.id);
+            shipper.on_tick(&mut host);
+            host.finish();
+        }
         if let Some(worker) = &self.worker {
             let mut host = WasmHost::new(self.id, self.id);
             let flushed = worker.borrow_mut().on_tick(&mut host);

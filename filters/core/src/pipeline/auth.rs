@@ -249,6 +249,7 @@ impl AuthStage {
             let call = HttpCall {
                 cluster: &fetch.cluster,
                 headers: &headers,
+                body: None,
                 timeout_ms: fetch.timeout_ms,
             };
             match host.http_call(&call) {

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use crate::audit::config::AuditConfig;
 use crate::auth::config::AuthConfig;
 use crate::breaker::config::BreakersConfig;
 use crate::config::ConfigError;
@@ -38,6 +39,9 @@ pub struct PipelineConfig {
     /// How the module's counters reach Envoy's stats.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// An audit event per stage decision, sent to the audit singleton.
+    #[serde(default)]
+    pub audit: Option<AuditConfig>,
 }
 
 /// How metrics reach the proxy.
@@ -85,6 +89,11 @@ impl PipelineConfig {
                 "needs the auth section in the same plugin: MCP messages are authorised \
                  against the scopes of the token auth verified",
             ));
+        }
+        if let Some(audit) = &self.audit {
+            audit
+                .validate()
+                .map_err(crate::config::in_section("audit"))?;
         }
         if !(10..=60_000).contains(&self.metrics.flush_interval_ms) {
             return Err(ConfigError::new(

@@ -34,6 +34,8 @@ mod tests;
 
 use std::collections::HashMap;
 
+use crate::audit::event::{Decision, RequestFacts, token_digest};
+use crate::audit::recorder::Recorder;
 use crate::auth::Auth;
 use crate::breaker::Breakers;
 use crate::config::{ConfigError, in_section};
@@ -78,6 +80,25 @@ enum StageId {
     RateLimit,
     Tagging,
     Breaker,
+}
+
+impl StageId {
+    /// The stage's name in audit events.
+    fn name(self) -> &'static str {
+        match self {
+            StageId::Auth => "auth",
+            StageId::Mcp => "mcp",
+            StageId::RateLimit => "ratelimit",
+            StageId::Tagging => "tagging",
+            StageId::Breaker => "breaker",
+        }
+    }
+
+    /// Whether the stage decides access (and is audited). Tagging only
+    /// labels what others let through.
+    fn decides(self) -> bool {
+        !matches!(self, StageId::Tagging)
+    }
 }
 
 /// The stages that run when the body is in, for a request whose body
@@ -126,6 +147,11 @@ struct Stream {
     /// callback paused (the proxy then buffers, and its next callback
     /// reports everything buffered, not just the new bytes).
     buffered: Option<u64>,
+    /// The stages' decisions, for the audit trail (audit on).
+    decisions: Vec<Decision>,
+    /// The bearer token's digest, read before auth strips the header
+    /// (audit on).
+    token: Option<String>,
 }
 
 /// Random values the engine draws from the proxy at configure time.
@@ -145,6 +171,7 @@ pub struct Worker {
     ratelimit: Option<RateLimitStage>,
     tagging: Option<TaggingStage>,
     breaker: Option<BreakerStage>,
+    audit: Option<Recorder>,
     metrics: Metrics,
     streams: HashMap<StreamId, Stream>,
     flush_interval_ms: u64,
@@ -212,12 +239,17 @@ impl Worker {
             }
             None => None,
         };
+        let audit = config
+            .audit
+            .as_ref()
+            .map(|c| Recorder::new(c, seeds.reporter, &mut metrics));
         let mut worker = Worker {
             auth,
             mcp,
             ratelimit,
             tagging,
             breaker,
+            audit,
             metrics,
             streams: HashMap::new(),
             flush_interval_ms: config.metrics.flush_interval_ms,
@@ -243,6 +275,12 @@ impl Worker {
         .max(1)
     }
 
+    /// The audit queue the engine must resolve: the singleton's vm_id and
+    /// the queue's name (audit on).
+    pub fn audit_queue(&self) -> Option<(&str, &str)> {
+        self.audit.as_ref().map(Recorder::queue)
+    }
+
     /// Streams in flight (tests).
     pub fn streams(&self) -> usize {
         self.streams.len()
@@ -262,7 +300,12 @@ impl Worker {
             breaker: BreakerStream::default(),
             mcp: McpStream::default(),
             buffered: None,
+            decisions: Vec::new(),
+            token: None,
         };
+        if self.audit.is_some() {
+            stream.token = bearer_digest(&stream.request);
+        }
         let flow = match self.before_stages(host, &mut stream, end_of_stream) {
             Some(flow) => flow,
             None => self.run(host, &mut stream, 0),
@@ -340,6 +383,7 @@ impl Worker {
                 match step {
                     Step::Reply(reply) => {
                         stream.buffered = Some(body_size);
+                        self.note(host, &mut stream, StageId::RateLimit, Some(&reply));
                         refuse(host, &mut stream, &reply)
                     }
                     Step::Next | Step::Wait { .. } => Flow::Continue,
@@ -372,6 +416,12 @@ impl Worker {
                 },
             };
             stream.buffered = Some(body_size);
+            let stage = if self.mcp.is_some() {
+                StageId::Mcp
+            } else {
+                StageId::RateLimit
+            };
+            self.note(host, stream, stage, Some(&reply));
             return refuse(host, stream, &reply);
         }
         if !end_of_stream {
@@ -461,6 +511,44 @@ impl Worker {
         if let Some(stage) = self.breaker.as_ref() {
             stage.on_done(host, &mut stream.breaker);
         }
+        if let Some(recorder) = self.audit.as_mut()
+            && !stream.decisions.is_empty()
+        {
+            let client = host.attribute(id, crate::host::Attribute::ClientAddress);
+            let request = &mut stream.request;
+            request.established(host);
+            let head = request.head();
+            let facts = RequestFacts {
+                request_id: head.header("x-request-id"),
+                method: head.method,
+                path: head.path.split('?').next().unwrap_or_default(),
+                client: client.as_deref(),
+                established: request.established_ref(),
+                token: stream.token.as_deref(),
+            };
+            recorder.record(host, &stream.decisions, &facts, &mut self.metrics);
+        }
+    }
+
+    /// Notes a stage's decision for the audit trail: `refusal` is the
+    /// reply if it refused, `None` if it let the request through.
+    fn note(
+        &self,
+        host: &dyn Host,
+        stream: &mut Stream,
+        stage: StageId,
+        refusal: Option<&LocalReply>,
+    ) {
+        if self.audit.is_none() || !stage.decides() {
+            return;
+        }
+        stream.decisions.push(Decision {
+            stage: stage.name(),
+            allowed: refusal.is_none(),
+            reason: refusal.map_or_else(|| "allowed".to_owned(), |r| r.details.clone()),
+            status: refusal.map(|r| r.status),
+            time_ms: host.now_ms(),
+        });
     }
 
     /// Deadlines of waiting streams, background work of the stages, and
@@ -488,6 +576,9 @@ impl Worker {
         }
         if let Some(stage) = self.breaker.as_mut() {
             stage.on_tick(host, &mut self.metrics);
+        }
+        if let Some(recorder) = self.audit.as_mut() {
+            recorder.on_tick(host);
         }
         let flush = now >= self.next_flush_ms;
         if flush {
@@ -556,13 +647,18 @@ impl Worker {
                     .map(|s| s.on_request(host, request, &mut stream.breaker, metrics)),
             };
             match step {
-                None | Some(Step::Next) => {}
+                None => {}
+                // A body stage decides once the body is in.
+                Some(Step::Next)
+                    if stream.request.body_limit.is_some() && BODY_STAGES.contains(stage) => {}
+                Some(Step::Next) => self.note(host, stream, *stage, None),
                 Some(Step::Reply(mut reply)) => {
                     if *stage == StageId::Auth
                         && let Some(mcp) = self.mcp.as_ref()
                     {
                         mcp.amend_refusal(&stream.request, &mut reply);
                     }
+                    self.note(host, stream, *stage, Some(&reply));
                     return refuse(host, stream, &reply);
                 }
                 Some(Step::Wait { call, deadline_ms }) => {
@@ -602,11 +698,13 @@ impl Worker {
                 _ => None,
             };
             match step {
-                None | Some(Step::Next) => {}
+                None => {}
+                Some(Step::Next) => self.note(host, stream, *stage, None),
                 Some(Step::Reply(mut reply)) => {
                     if let Some(mcp) = self.mcp.as_ref() {
                         mcp.amend_body_refusal(&stream.mcp, &mut reply);
                     }
+                    self.note(host, stream, *stage, Some(&reply));
                     return refuse(host, stream, &reply);
                 }
                 Some(Step::Wait { call, deadline_ms }) => {
@@ -654,9 +752,11 @@ impl Worker {
                 if let (true, Some(mcp)) = (on_body, self.mcp.as_ref()) {
                     mcp.amend_body_refusal(&stream.mcp, &mut reply);
                 }
+                self.note(host, &mut stream, stage, Some(&reply));
                 refuse(host, &mut stream, &reply);
             }
             Step::Next | Step::Wait { .. } => {
+                self.note(host, &mut stream, stage, None);
                 let flow = if on_body {
                     let next = BODY_STAGES
                         .iter()
@@ -680,6 +780,16 @@ impl Worker {
         }
         self.streams.insert(id, stream);
     }
+}
+
+/// The first 16 hex of the SHA-256 of the request's bearer token, if it
+/// has one (the token itself is never recorded).
+fn bearer_digest(request: &Request) -> Option<String> {
+    let value = request.head().header_values("authorization").next()?;
+    let token = value
+        .strip_prefix(b"Bearer ")
+        .or_else(|| value.strip_prefix(b"bearer "))?;
+    Some(token_digest(token))
 }
 
 /// Pauses the stream while `stage`'s call is out (`on_body`: a body

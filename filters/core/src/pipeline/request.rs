@@ -179,6 +179,11 @@ impl Request {
         })
     }
 
+    /// What is known so far, without asking the proxy.
+    pub fn established_ref(&self) -> Option<&Established> {
+        self.established.as_ref()
+    }
+
     /// Identity and operation: from this pipeline's auth stage, or from the
     /// filter state an auth filter earlier in the chain wrote.
     pub fn established(&mut self, host: &mut dyn Host) -> &Established {

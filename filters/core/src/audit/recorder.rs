@@ -1,0 +1,117 @@
+//! The worker's side: one queue message per request, bounded without a
+//! shared-data round trip per request.
+//!
+//! The proxy's queue has no bound, so the worker keeps one: it counts the
+//! events it enqueued, and the singleton publishes in shared data how
+//! many events of each worker it has taken ([`drained_key`]). The worker
+//! reads that once per tick; in between it knows only what it added, so
+//! its view of the queue is never smaller than the truth. Events beyond
+//! `queue_limit` are dropped, counted, and reported in the worker's next
+//! message, so the trail records the loss.
+
+use super::config::AuditConfig;
+use super::event::{Decision, Message, Pseudonymizer, RequestFacts};
+use crate::host::Host;
+use crate::metrics::{Counter, Metrics};
+
+/// Shared-data key of the number of `reporter`'s events the singleton
+/// took from `queue` (u64, little endian). Shared data is per `vm_id`:
+/// the filter and the singleton share one.
+pub fn drained_key(queue: &str, reporter: u64) -> String {
+    format!("ctxgate_audit/{queue}/drained/{reporter:016x}")
+}
+
+pub struct Recorder {
+    /// The singleton's vm_id and the queue's name.
+    queue: (String, String),
+    pseudonymizer: Option<Pseudonymizer>,
+    reporter: u64,
+    limit: u64,
+    drained_key: String,
+    /// Events enqueued by this worker since it started.
+    enqueued: u64,
+    /// Of those, taken by the singleton (as last read).
+    drained: u64,
+    /// Dropped since the last message that went through.
+    unreported: u64,
+    events: Counter,
+    dropped: Counter,
+    queue_full: Counter,
+    unavailable: Counter,
+}
+
+impl Recorder {
+    pub fn new(config: &AuditConfig, reporter: u64, metrics: &mut Metrics) -> Recorder {
+        let pseudonymizer = match (&config.pseudonym_key, config.pseudonymize_subjects) {
+            (Some(key), true) => Some(Pseudonymizer::new(key.as_bytes())),
+            _ => None,
+        };
+        Recorder {
+            queue: (config.singleton_vm_id.clone(), config.queue.clone()),
+            pseudonymizer,
+            reporter,
+            limit: config.queue_limit,
+            drained_key: drained_key(&config.queue, reporter),
+            enqueued: 0,
+            drained: 0,
+            unreported: 0,
+            events: metrics.counter("ctxgate_audit.events"),
+            dropped: metrics.counter("ctxgate_audit.dropped"),
+            queue_full: metrics.counter("ctxgate_audit.dropped_queue_full"),
+            unavailable: metrics.counter("ctxgate_audit.dropped_queue_unavailable"),
+        }
+    }
+
+    /// The singleton's vm_id and the queue's name.
+    pub fn queue(&self) -> (&str, &str) {
+        (&self.queue.0, &self.queue.1)
+    }
+
+    /// Events of this worker in the queue, as far as it knows.
+    pub fn in_flight(&self) -> u64 {
+        self.enqueued.saturating_sub(self.drained)
+    }
+
+    /// Hands one request's events to the singleton: one host call.
+    pub fn record(
+        &mut self,
+        host: &mut dyn Host,
+        decisions: &[Decision],
+        facts: &RequestFacts<'_>,
+        metrics: &mut Metrics,
+    ) {
+        if decisions.is_empty() {
+            return;
+        }
+        let n = decisions.len() as u64;
+        if self.in_flight().saturating_add(n) > self.limit {
+            self.drop_events(n, self.queue_full, metrics);
+            return;
+        }
+        let mut message = Message::new(self.reporter, self.unreported);
+        message.add(decisions, facts, self.pseudonymizer.as_mut());
+        match host.audit_enqueue(message.bytes()) {
+            Ok(()) => {
+                self.unreported = 0;
+                self.enqueued = self.enqueued.saturating_add(message.events());
+                metrics.add(self.events, message.events());
+            }
+            Err(_) => self.drop_events(n, self.unavailable, metrics),
+        }
+    }
+
+    fn drop_events(&mut self, n: u64, why: Counter, metrics: &mut Metrics) {
+        self.unreported = self.unreported.saturating_add(n);
+        metrics.add(self.dropped, n);
+        metrics.add(why, n);
+    }
+
+    /// Learns how much of its share the singleton has taken.
+    pub fn on_tick(&mut self, host: &mut dyn Host) {
+        if let Some((value, _)) = host.shared().get(&self.drained_key)
+            && let Some(bytes) = value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok())
+        {
+            self.drained = u64::from_le_bytes(bytes).min(self.enqueued);
+        }
+    }
+}

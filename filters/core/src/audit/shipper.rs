@@ -1,0 +1,275 @@
+//! The singleton's side: drain the queue, cut batches, chain them, and
+//! deliver them to the collector, one at a time and in order.
+//!
+//! A batch is cut when `batch.max_events` are waiting, when the oldest has
+//! waited `batch.max_delay_ms`, or when a loss must be recorded. Once cut
+//! it keeps its bytes (and its `seq`) until the collector answers 2xx:
+//! a retry sends the very same batch, and the collector ignores a
+//! `(chain, seq)` it already wrote, so a retry after a lost answer does
+//! not duplicate. Retries back off exponentially. While the collector is
+//! away events wait in the backlog, bounded by `backlog.max_events`;
+//! beyond it they are dropped, counted, and the next batch says how many.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::batch::{self, GENESIS};
+use super::config::{AuditConfig, CollectorConfig};
+use super::event::parse_message;
+use super::recorder::drained_key;
+use crate::config::ConfigError;
+use crate::host::{CallId, CallResponse, Host, HttpCall};
+use crate::metrics::{Counter, Gauge, Metrics};
+
+/// A batch cut and not yet delivered.
+struct Pending {
+    seq: u64,
+    bytes: Vec<u8>,
+    hash: String,
+    events: usize,
+}
+
+pub struct Shipper {
+    queue: String,
+    collector: CollectorConfig,
+    max_events: usize,
+    max_delay_ms: u64,
+    backlog_limit: usize,
+    initial_backoff_ms: u64,
+    max_backoff_ms: u64,
+    chain: String,
+    /// The last delivered batch.
+    seq: u64,
+    prev: String,
+    backlog: VecDeque<(u64, Vec<u8>)>,
+    /// Lost since the last batch cut (queue or backlog full).
+    unreported: u64,
+    pending: Option<Pending>,
+    in_flight: Option<CallId>,
+    retry_at_ms: u64,
+    backoff_ms: u64,
+    /// Events taken per worker, and whether that changed since published.
+    drained: HashMap<u64, (u64, bool)>,
+    metrics: Metrics,
+    m: ShipperMetrics,
+}
+
+struct ShipperMetrics {
+    received: Counter,
+    dropped: Counter,
+    backlog_full: Counter,
+    delivered: Counter,
+    batches: Counter,
+    failures: Counter,
+    malformed: Counter,
+    backlog: Gauge,
+}
+
+impl Shipper {
+    /// `chain`: this start's chain id (random).
+    pub fn new(
+        config: AuditConfig,
+        chain: String,
+        host: &mut dyn Host,
+    ) -> Result<Shipper, ConfigError> {
+        config.validate()?;
+        let collector = config.collector.ok_or_else(|| {
+            ConfigError::new("collector", "the audit singleton needs a collector")
+        })?;
+        let mut metrics = Metrics::default();
+        let m = ShipperMetrics {
+            received: metrics.counter("ctxgate_audit.received"),
+            dropped: metrics.counter("ctxgate_audit.dropped"),
+            backlog_full: metrics.counter("ctxgate_audit.dropped_backlog_full"),
+            delivered: metrics.counter("ctxgate_audit.delivered"),
+            batches: metrics.counter("ctxgate_audit.batches_delivered"),
+            failures: metrics.counter("ctxgate_audit.delivery_failures"),
+            malformed: metrics.counter("ctxgate_audit.malformed"),
+            backlog: metrics.gauge("ctxgate_audit.backlog"),
+        };
+        let mut shipper = Shipper {
+            queue: config.queue,
+            collector,
+            max_events: config.batch.max_events,
+            max_delay_ms: config.batch.max_delay_ms,
+            backlog_limit: config.backlog.max_events,
+            initial_backoff_ms: config.retry.initial_backoff_ms,
+            max_backoff_ms: config.retry.max_backoff_ms,
+            chain,
+            seq: 0,
+            prev: GENESIS.to_owned(),
+            backlog: VecDeque::new(),
+            unreported: 0,
+            pending: None,
+            in_flight: None,
+            retry_at_ms: 0,
+            backoff_ms: config.retry.initial_backoff_ms,
+            drained: HashMap::new(),
+            metrics,
+            m,
+        };
+        shipper.metrics.flush(host);
+        Ok(shipper)
+    }
+
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    pub fn chain(&self) -> &str {
+        &self.chain
+    }
+
+    /// How often the engine must call [`Shipper::on_tick`].
+    pub fn tick_ms(&self) -> u64 {
+        (self.max_delay_ms / 2).clamp(10, 100)
+    }
+
+    /// Events held: waiting and in the batch being delivered.
+    fn held(&self) -> usize {
+        self.backlog.len() + self.pending.as_ref().map_or(0, |p| p.events)
+    }
+
+    /// The queue has messages: takes them all.
+    pub fn on_queue_ready(&mut self, host: &mut dyn Host) {
+        let now = host.now_ms();
+        while let Ok(Some(bytes)) = host.audit_dequeue() {
+            let Some(message) = parse_message(&bytes) else {
+                self.metrics.inc(self.m.malformed);
+                continue;
+            };
+            let n = message.events.len() as u64;
+            let entry = self.drained.entry(message.reporter).or_insert((0, false));
+            *entry = (entry.0.saturating_add(n), true);
+            self.metrics.add(self.m.received, n);
+            self.unreported = self.unreported.saturating_add(message.dropped);
+            for event in message.events {
+                if self.held() >= self.backlog_limit {
+                    self.unreported = self.unreported.saturating_add(1);
+                    self.metrics.inc(self.m.dropped);
+                    self.metrics.inc(self.m.backlog_full);
+                } else {
+                    self.backlog.push_back((now, event));
+                }
+            }
+        }
+        if self.backlog.len() >= self.max_events {
+            self.ship(host);
+        }
+    }
+
+    /// Publishes what was taken, delivers what is due, flushes metrics.
+    pub fn on_tick(&mut self, host: &mut dyn Host) {
+        for (reporter, (count, dirty)) in &mut self.drained {
+            if *dirty {
+                let key = drained_key(&self.queue, *reporter);
+                if host.shared().set(&key, &count.to_le_bytes(), None).is_ok() {
+                    *dirty = false;
+                }
+            }
+        }
+        self.ship(host);
+        let held = self.held() as u64;
+        self.metrics.set(self.m.backlog, held);
+        self.metrics.flush(host);
+    }
+
+    /// Sends the pending batch, or cuts one if one is due.
+    fn ship(&mut self, host: &mut dyn Host) {
+        let now = host.now_ms();
+        if self.in_flight.is_some() || now < self.retry_at_ms {
+            return;
+        }
+        if self.pending.is_none() {
+            let due = self.backlog.len() >= self.max_events
+                || self.unreported > 0
+                || self
+                    .backlog
+                    .front()
+                    .is_some_and(|(t, _)| now.saturating_sub(*t) >= self.max_delay_ms);
+            if !due {
+                return;
+            }
+            let take = self.backlog.len().min(self.max_events);
+            let events: Vec<Vec<u8>> = self.backlog.drain(..take).map(|(_, e)| e).collect();
+            let seq = self.seq.saturating_add(1);
+            let batch = batch::encode(&self.chain, seq, &self.prev, now, self.unreported, &events);
+            self.unreported = 0;
+            self.pending = Some(Pending {
+                seq,
+                bytes: batch.bytes,
+                hash: batch.hash,
+                events: events.len(),
+            });
+        }
+        let Some(pending) = &self.pending else {
+            return;
+        };
+        let authority = self
+            .collector
+            .authority
+            .as_deref()
+            .unwrap_or(&self.collector.cluster);
+        let seq = pending.seq.to_string();
+        let headers = [
+            (":method", "POST"),
+            (":path", self.collector.path.as_str()),
+            (":authority", authority),
+            ("content-type", "application/json"),
+            ("x-ctxgate-audit-chain", self.chain.as_str()),
+            ("x-ctxgate-audit-seq", seq.as_str()),
+        ];
+        let call = HttpCall {
+            cluster: &self.collector.cluster,
+            headers: &headers,
+            body: Some(&pending.bytes),
+            timeout_ms: self.collector.timeout_ms,
+        };
+        match host.http_call(&call) {
+            Ok(id) => self.in_flight = Some(id),
+            Err(e) => {
+                log::warn!("ctxgate audit: cannot call the collector: {e}");
+                self.failed(now);
+            }
+        }
+    }
+
+    fn failed(&mut self, now: u64) {
+        self.metrics.inc(self.m.failures);
+        self.retry_at_ms = now.saturating_add(self.backoff_ms);
+        self.backoff_ms = self.backoff_ms.saturating_mul(2).min(self.max_backoff_ms);
+    }
+
+    /// The collector's answer. Returns whether `call` was the singleton's.
+    pub fn on_call_response(
+        &mut self,
+        host: &mut dyn Host,
+        call: CallId,
+        response: &CallResponse,
+    ) -> bool {
+        if self.in_flight != Some(call) {
+            return false;
+        }
+        self.in_flight = None;
+        let now = host.now_ms();
+        match response {
+            CallResponse::Http {
+                status: Some(200..=299),
+                ..
+            } => {
+                if let Some(p) = self.pending.take() {
+                    self.seq = p.seq;
+                    self.prev = p.hash;
+                    self.metrics.add(self.m.delivered, p.events as u64);
+                    self.metrics.inc(self.m.batches);
+                }
+                self.backoff_ms = self.initial_backoff_ms;
+                self.retry_at_ms = 0;
+                if self.backlog.len() >= self.max_events {
+                    self.ship(host);
+                }
+            }
+            _ => self.failed(now),
+        }
+        true
+    }
+}

@@ -1,0 +1,453 @@
+//! The trail end to end against the in-memory host: pipeline decisions
+//! -> queue -> shipper -> chained batches -> verifier.
+
+use std::collections::VecDeque;
+
+use jwt_simple::prelude::*;
+use serde_json::{Value, json};
+
+use super::batch::{self, verify};
+use super::config::AuditConfig;
+use super::shipper::Shipper;
+use crate::host::{CallResponse, Host, StreamId};
+use crate::mock::MockHost;
+use crate::pipeline::{Seeds, Worker};
+use crate::test_keys::{jwks, sign};
+
+const NOW_MS: u64 = 1_800_000_000_000;
+const ISS: &str = "https://idp.test";
+const KEY: &str = "pseudonym-key-0123456789";
+
+fn audit_section(extra: Value) -> Value {
+    let mut section = json!({
+        "singleton_vm_id": "gw",
+        "pseudonymize_subjects": true,
+        "pseudonym_key": KEY,
+        "collector": {"cluster": "audit"},
+        "batch": {"max_events": 4, "max_delay_ms": 100},
+        "backlog": {"max_events": 10},
+    });
+    if let (Some(s), Value::Object(e)) = (section.as_object_mut(), extra) {
+        s.extend(e);
+    }
+    section
+}
+
+fn gateway_config(key: &ES256KeyPair, audit: Value) -> Value {
+    json!({
+        "auth": {
+            "providers": [{"name": "test", "issuer": ISS, "audiences": ["context-api"], "jwks": {"inline": jwks(key)}}],
+            "operations": [{"name": "read", "methods": ["GET"], "path": "/v1/contexts/{context}", "action": "read"}]
+        },
+        "ratelimit": {"tiers": {"standard": [{"name": "per_minute", "limit": 2, "window_seconds": 60}], "anonymous": [{"name": "per_minute", "limit": 100, "window_seconds": 60}]}, "slots": 64},
+        "tagging": {"headers": {"tier": "x-tier"}, "from_claims": {"tier": "tier"}},
+        "audit": audit,
+    })
+}
+
+fn token(key: &ES256KeyPair) -> String {
+    let now = NOW_MS / 1000;
+    sign(
+        key,
+        json!({"iss": ISS, "sub": "alice", "aud": "context-api", "iat": now, "exp": now + 600,
+               "tenant_id": "acme", "context_scopes": ["read:projects/*"], "act": {"sub": "agent-7"},
+               "delegation_rights": {"can_delegate": true, "max_delegation_depth": 2, "delegatable_scopes": ["read:projects/*"]}}),
+    )
+}
+
+fn request(worker: &mut Worker, host: &mut MockHost, id: StreamId, headers: &[(&str, &str)]) {
+    let mut all = vec![(":method", "GET"), (":authority", "api")];
+    all.extend_from_slice(headers);
+    host.open(id, &all);
+    host.streams
+        .get_mut(&id)
+        .unwrap()
+        .attributes
+        .insert("client_address", "10.0.0.1:4000".into());
+    worker.on_request_headers(host, id, true);
+    worker.on_done(host, id);
+}
+
+fn shipper(host: &mut MockHost, audit: Value) -> Shipper {
+    let config: AuditConfig = serde_json::from_value(audit).unwrap();
+    Shipper::new(config, "c0ffee".into(), host).unwrap()
+}
+
+/// Answers the last call with `status`; returns the body it carried.
+fn answer(shipper: &mut Shipper, host: &mut MockHost, status: Option<u16>) -> Vec<u8> {
+    let call = host.last_call().unwrap().clone();
+    let response = CallResponse::Http {
+        status,
+        body: Vec::new(),
+    };
+    assert!(shipper.on_call_response(host, call.id, &response));
+    call.message
+}
+
+/// Ticks (time passing) and answers every delivery with 200.
+fn deliver_all(shipper: &mut Shipper, host: &mut MockHost) -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
+    let mut answered = 0;
+    for _ in 0..20 {
+        if host.calls.len() > answered {
+            lines.push(answer(shipper, host, Some(200)));
+            answered = host.calls.len();
+        }
+        host.now_ms += 200;
+        shipper.on_tick(host);
+    }
+    lines
+}
+
+fn events(line: &[u8]) -> Vec<Value> {
+    let v: Value = serde_json::from_slice(line).unwrap();
+    v["events"].as_array().unwrap().clone()
+}
+
+#[test]
+fn every_decision_becomes_one_event_in_one_message_per_request() {
+    let key = ES256KeyPair::generate();
+    let mut host = MockHost::new(NOW_MS);
+    host.audit_queue = Some(VecDeque::new());
+    let config = gateway_config(&key, audit_section(json!({})));
+    let mut worker = Worker::new(
+        config.to_string().as_bytes(),
+        "t",
+        Seeds {
+            secret: [1; 16],
+            reporter: 7,
+        },
+        &mut host,
+    )
+    .unwrap();
+    let signed = token(&key);
+    let bearer = format!("Bearer {signed}");
+    for (id, rid) in [(1, "r1"), (2, "r2"), (3, "r3")] {
+        request(
+            &mut worker,
+            &mut host,
+            id,
+            &[
+                (":path", "/v1/contexts/projects/a?x=1"),
+                ("authorization", &bearer),
+                ("x-request-id", rid),
+            ],
+        );
+    }
+    request(
+        &mut worker,
+        &mut host,
+        4,
+        &[(":path", "/v1/contexts/projects/a"), ("x-request-id", "r4")],
+    );
+    assert_eq!(host.audit_enqueues, 4, "one enqueue per request");
+
+    let mut shipper = shipper(&mut host, audit_section(json!({})));
+    shipper.on_queue_ready(&mut host);
+    let lines = deliver_all(&mut shipper, &mut host);
+    assert_eq!(lines.len(), 2, "batches of at most 4");
+    let (first, second) = (lines[0].clone(), lines[1].clone());
+    let all: Vec<Value> = events(&first).into_iter().chain(events(&second)).collect();
+    let summary: Vec<(String, String, String, String)> = all
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
+            (s("request_id"), s("stage"), s("decision"), s("reason"))
+        })
+        .collect();
+    let t = |a: &str, b: &str, c: &str, d: &str| {
+        (a.to_owned(), b.to_owned(), c.to_owned(), d.to_owned())
+    };
+    assert_eq!(
+        summary,
+        [
+            t("r1", "auth", "allow", "allowed"),
+            t("r1", "ratelimit", "allow", "allowed"),
+            t("r2", "auth", "allow", "allowed"),
+            t("r2", "ratelimit", "allow", "allowed"),
+            t("r3", "auth", "allow", "allowed"),
+            t(
+                "r3",
+                "ratelimit",
+                "deny",
+                "ctxgate_ratelimit_refused{local_limit}"
+            ),
+            t("r4", "auth", "deny", "ctxgate_auth_denied{missing_token}"),
+        ],
+        "tagging does not decide and is not audited"
+    );
+    let e = &all[0];
+    assert_eq!(e["tenant"], "acme");
+    assert_eq!(e["service"], "agent-7");
+    assert_eq!(e["actors"], json!(["agent-7"]));
+    assert_eq!(e["operation"], "read");
+    assert_eq!(e["context"], "projects/a");
+    assert_eq!(e["path"], "/v1/contexts/projects/a", "no query");
+    assert_eq!(e["client"], "10.0.0.1:4000");
+    let pseudonym = super::event::hex(&hmac_sha256::HMAC::mac(b"alice", KEY.as_bytes()));
+    assert_eq!(e["subject"], pseudonym.as_str());
+    let token = signed;
+    assert_eq!(
+        e["token"],
+        super::event::token_digest(token.as_bytes()).as_str()
+    );
+    for line in [&first, &second] {
+        let text = String::from_utf8_lossy(line);
+        assert!(
+            !text.contains(&token) && !text.contains("alice"),
+            "no token, no subject in clear"
+        );
+    }
+    let verified = verify([first.as_slice(), second.as_slice()]).unwrap();
+    assert_eq!(
+        (verified.batches, verified.events, verified.dropped),
+        (2, 7, 0)
+    );
+}
+
+#[test]
+fn a_failed_delivery_is_retried_with_the_same_bytes_after_a_backoff() {
+    let mut host = MockHost::new(NOW_MS);
+    host.audit_queue = Some(VecDeque::new());
+    let mut shipper = shipper(
+        &mut host,
+        audit_section(json!({"retry": {"initial_backoff_ms": 100, "max_backoff_ms": 400}})),
+    );
+    let mut message = super::event::Message::new(1, 0);
+    let decision = super::event::Decision {
+        stage: "auth",
+        allowed: true,
+        reason: "allowed".into(),
+        status: None,
+        time_ms: NOW_MS,
+    };
+    let facts = super::event::RequestFacts {
+        request_id: Some("r"),
+        method: "GET",
+        path: "/",
+        client: None,
+        established: None,
+        token: None,
+    };
+    message.add(
+        &[
+            decision.clone(),
+            decision.clone(),
+            decision.clone(),
+            decision,
+        ],
+        &facts,
+        None,
+    );
+    host.audit_enqueue(message.bytes()).unwrap();
+    shipper.on_queue_ready(&mut host);
+    assert_eq!(host.calls.len(), 1, "a full batch goes at once");
+    let sent = answer(&mut shipper, &mut host, None);
+    shipper.on_tick(&mut host);
+    assert_eq!(host.calls.len(), 1, "no retry before the backoff");
+    host.now_ms += 100;
+    shipper.on_tick(&mut host);
+    let retried = answer(&mut shipper, &mut host, Some(503));
+    assert_eq!(sent, retried, "a retry resends the same batch");
+    host.now_ms += 150;
+    shipper.on_tick(&mut host);
+    assert_eq!(host.calls.len(), 2, "the backoff doubled");
+    host.now_ms += 50;
+    shipper.on_tick(&mut host);
+    assert_eq!(answer(&mut shipper, &mut host, Some(200)), sent);
+    assert_eq!(batch::head(&sent).unwrap().seq, 1);
+    shipper.on_tick(&mut host);
+    assert_eq!(host.calls.len(), 3, "nothing left to send");
+    // The workers learn what the singleton took on its tick.
+    let (value, _) = host
+        .shared()
+        .get(&super::recorder::drained_key("ctxgate_audit", 1))
+        .unwrap();
+    assert_eq!(value, 4u64.to_le_bytes());
+}
+
+#[test]
+fn beyond_the_backlog_events_are_dropped_counted_and_recorded_in_the_chain() {
+    let mut host = MockHost::new(NOW_MS);
+    host.audit_queue = Some(VecDeque::new());
+    // backlog 10, batch 4: the collector is away.
+    let mut shipper = shipper(&mut host, audit_section(json!({})));
+    host.refuse_calls = true;
+    let decision = super::event::Decision {
+        stage: "auth",
+        allowed: false,
+        reason: "x".into(),
+        status: Some(401),
+        time_ms: NOW_MS,
+    };
+    let facts = super::event::RequestFacts {
+        request_id: Some("r"),
+        method: "GET",
+        path: "/",
+        client: None,
+        established: None,
+        token: None,
+    };
+    for _ in 0..15 {
+        let mut message = super::event::Message::new(1, 0);
+        message.add(std::slice::from_ref(&decision), &facts, None);
+        host.audit_enqueue(message.bytes()).unwrap();
+    }
+    // A worker that dropped 2 of its own says so in its next message.
+    let mut message = super::event::Message::new(2, 2);
+    message.add(std::slice::from_ref(&decision), &facts, None);
+    host.audit_enqueue(message.bytes()).unwrap();
+    shipper.on_queue_ready(&mut host);
+    shipper.on_tick(&mut host);
+    assert_eq!(host.metric("ctxgate_audit.dropped"), 6);
+    assert_eq!(host.metric("ctxgate_audit.dropped_backlog_full"), 6);
+    host.refuse_calls = false;
+    let mut lines = Vec::new();
+    for _ in 0..10 {
+        host.now_ms += 2_000;
+        shipper.on_tick(&mut host);
+        if host
+            .calls
+            .last()
+            .is_some_and(|c| c.id as usize > lines.len())
+        {
+            lines.push(answer(&mut shipper, &mut host, Some(200)));
+        }
+    }
+    let summary = verify(lines.iter().map(Vec::as_slice)).unwrap();
+    assert_eq!(
+        (summary.events, summary.dropped),
+        (10, 8),
+        "10 kept, 6 + 2 lost and recorded"
+    );
+}
+
+fn chain_of(n: u64) -> Vec<Vec<u8>> {
+    let mut prev = batch::GENESIS.to_owned();
+    (1..=n)
+        .map(|seq| {
+            let b = batch::encode(
+                "c1",
+                seq,
+                &prev,
+                NOW_MS,
+                0,
+                &[br#"{"stage":"auth"}"#.to_vec()],
+            );
+            prev = b.hash;
+            b.bytes
+        })
+        .collect()
+}
+
+#[test]
+fn the_verifier_names_the_first_edited_deleted_or_swapped_line() {
+    let lines = chain_of(4);
+    let check = |lines: &[Vec<u8>]| verify(lines.iter().map(Vec::as_slice));
+    assert_eq!(check(&lines).unwrap().batches, 4);
+
+    let mut edited = lines.clone();
+    edited[1] = String::from_utf8(edited[1].clone())
+        .unwrap()
+        .replace("auth", "authz")
+        .into_bytes();
+    let broken = check(&edited).unwrap_err();
+    assert_eq!((broken.line, broken.seq), (2, Some(2)));
+    assert!(broken.what.contains("edited"), "{broken}");
+
+    let mut deleted = lines.clone();
+    deleted.remove(1);
+    let broken = check(&deleted).unwrap_err();
+    assert_eq!((broken.line, broken.seq), (2, Some(3)));
+    assert!(broken.what.contains("expected seq 2"), "{broken}");
+
+    let mut swapped = lines.clone();
+    swapped.swap(1, 2);
+    assert_eq!(check(&swapped).unwrap_err().line, 2);
+
+    // Re-numbering after a deletion is caught by the hash link.
+    let mut prev = batch::GENESIS.to_owned();
+    let forged: Vec<Vec<u8>> = [1u64, 2]
+        .iter()
+        .map(|seq| {
+            let b = batch::encode("c1", *seq, &prev, NOW_MS, 0, &[br#"{"x":1}"#.to_vec()]);
+            prev = b.hash;
+            b.bytes
+        })
+        .collect();
+    let mixed = vec![lines[0].clone(), forged[1].clone()];
+    let broken = check(&mixed).unwrap_err();
+    assert!(broken.what.contains("prev"), "{broken}");
+}
+
+#[test]
+fn a_worker_bounds_its_share_of_the_queue_without_a_round_trip_per_request() {
+    let key = ES256KeyPair::generate();
+    let mut host = MockHost::new(NOW_MS);
+    host.audit_queue = Some(VecDeque::new());
+    let config = gateway_config(&key, audit_section(json!({"queue_limit": 3})));
+    let mut worker = Worker::new(
+        config.to_string().as_bytes(),
+        "t",
+        Seeds {
+            secret: [1; 16],
+            reporter: 7,
+        },
+        &mut host,
+    )
+    .unwrap();
+    for id in 1..=5 {
+        request(
+            &mut worker,
+            &mut host,
+            id,
+            &[(":path", "/v1/contexts/projects/a")],
+        );
+    }
+    assert_eq!(
+        host.audit_enqueues, 3,
+        "two requests over the bound: not even enqueued"
+    );
+    // The singleton takes them and publishes; the worker reads it on its tick.
+    let mut shipper = shipper(&mut host, audit_section(json!({})));
+    shipper.on_queue_ready(&mut host);
+    shipper.on_tick(&mut host);
+    host.now_ms += 1_000;
+    worker.on_tick(&mut host);
+    request(
+        &mut worker,
+        &mut host,
+        6,
+        &[(":path", "/v1/contexts/projects/a")],
+    );
+    assert_eq!(host.audit_enqueues, 4);
+    assert_eq!(host.metric("ctxgate_audit.dropped_queue_full"), 2);
+    let message = host.audit_queue.as_mut().unwrap().pop_back().unwrap();
+    let received = super::event::parse_message(&message).unwrap();
+    assert_eq!(
+        (received.reporter, received.dropped, received.events.len()),
+        (7, 2, 1)
+    );
+}
+
+#[test]
+fn pseudonymisation_needs_a_key_and_the_field_is_named() {
+    let key = ES256KeyPair::generate();
+    let mut host = MockHost::new(NOW_MS);
+    let config = gateway_config(
+        &key,
+        json!({"singleton_vm_id": "gw", "pseudonymize_subjects": true}),
+    );
+    let e = Worker::new(
+        config.to_string().as_bytes(),
+        "t",
+        Seeds {
+            secret: [1; 16],
+            reporter: 7,
+        },
+        &mut host,
+    )
+    .err()
+    .unwrap();
+    assert_eq!(e.field, "audit.pseudonym_key");
+}
