@@ -16,7 +16,7 @@ mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ctxgate_e2e::{Envoy, EnvoyConfig, Request, Route, WasmFilter, repo_root};
+use ctxgate_e2e::{Envoy, EnvoyConfig, Request, Route, WasmFilter, WasmService, repo_root};
 use regex::Regex;
 use serde_json::{Value, json};
 
@@ -58,14 +58,18 @@ fn scrape_gateway() -> Exported {
         "adaptive": {"latency_threshold_ms": 500},
         "global": {"cluster": "idp"},
     });
+    // The audit singleton's metrics too (its collector is away).
+    let audit = json!({"singleton_vm_id": "ctxgate", "collector": {"cluster": "idp"}});
     let config = EnvoyConfig::new()
         .bootstrap_field("stats_config", demo_stats_config())
+        .bootstrap_extension(WasmService::audit_singleton("ctxgate", audit.clone()))
         .filter(
             WasmFilter::ctxgate("ctxgate")
                 .stage("auth", auth)
                 .stage("ratelimit", ratelimit)
                 .stage("tagging", json!({}))
-                .stage("breaker", json!({"breakers": [{"name": "context_repository"}]})),
+                .stage("breaker", json!({"breakers": [{"name": "context_repository"}]}))
+                .stage("audit", audit),
         )
         .raw_cluster(json!({
             "name": "idp", "type": "STATIC", "connect_timeout": "0.2s",

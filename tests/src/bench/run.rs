@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use ctxgate_e2e::{Envoy, EnvoyConfig, Request, Route};
+use ctxgate_e2e::{Cluster, Envoy, EnvoyConfig, Request, Route, WasmService};
 use serde_json::{Value, json};
 
 use super::cpu;
 use super::scenarios::{
-    Call, Load, MCP_CALL, MCP_PATH, MCP_PROTOCOL_VERSION, MCP_RESULT, PATH, Scenario,
+    Call, Load, MCP_CALL, MCP_PATH, MCP_PROTOCOL_VERSION, MCP_RESULT, PATH, Scenario, audit_section,
 };
 use super::tokens::Pool;
 use super::wrk;
@@ -65,6 +65,20 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
     if let Some(rls) = &rls {
         config = config.cluster(rls.cluster("ctxgate_rls"));
     }
+    // The audited rows: the demo collector, in this process, appending
+    // to a file in a temp dir, and the audit singleton in Envoy.
+    let audit = if scenario.audit {
+        let dir = tempfile::tempdir().context("audit temp dir")?;
+        let out = dir.path().join("audit.jsonl");
+        let collector =
+            ctxgate_audit::CollectorHandle::spawn(([127, 0, 0, 1], 0).into(), out.clone())?;
+        config = config
+            .cluster(Cluster::new("audit_collector", [collector.addr()]))
+            .bootstrap_extension(WasmService::audit_singleton("ctxgate", audit_section()));
+        Some((dir, out, collector))
+    } else {
+        None
+    };
     for filter in &scenario.filters {
         config = config.filter(filter.clone());
     }
@@ -129,8 +143,24 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
         envoy_non_2xx: not_ok,
     };
     check_responses(scenario, &result, opts.max_failure_ratio)?;
+    if let Some((_dir, out, _collector)) = &audit {
+        // An audited row that audits nothing must not report a number.
+        let delivered = ctxgate_e2e::eventually(Duration::from_secs(10), || {
+            ctxgate_audit::verify_file(out)
+                .ok()
+                .and_then(Result::ok)
+                .is_some_and(|s| s.events >= result.envoy_responses)
+        });
+        let summary = ctxgate_audit::verify_file(out)?;
+        ensure!(
+            delivered,
+            "{}: the collector's trail does not hold the run's events: {summary:?}",
+            scenario.name
+        );
+    }
     drop(envoy);
     drop(rls);
+    drop(audit);
     Ok(result)
 }
 

@@ -48,6 +48,7 @@ pub const MCP_RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"t
 /// Rows the report compares with each other (targets of the pipeline).
 pub const BARE: &str = "bare";
 pub const PIPELINE: &str = "pipeline";
+pub const PIPELINE_AUDIT: &str = "pipeline + audit";
 pub const FOUR_PLUGINS: &str = "four plugins";
 pub const JWT_AUTHN_CACHE: &str = "jwt_authn+cache";
 pub const AUTH_REPEATED: &str = "auth (repeated token)";
@@ -136,6 +137,11 @@ pub struct Scenario {
     pub call: Call,
     /// Calls that must be refused with 403 (MCP rows only).
     pub forbidden: &'static [Forbidden],
+    /// Run the audit singleton (a bootstrap service in the filter's vm,
+    /// configured with [`audit_section`]) and the demo collector behind
+    /// the cluster `audit_collector`; the filters' `audit` section must
+    /// name them.
+    pub audit: bool,
 }
 
 /// Limits of the RLS in benchmark runs: far above anything a run sends, so
@@ -190,6 +196,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "jwt_authn",
@@ -203,6 +210,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: JWT_AUTHN_CACHE,
@@ -215,6 +223,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: AUTH_REPEATED,
@@ -231,6 +240,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "auth (fresh token)",
@@ -244,6 +254,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "jwt_authn+cache (fresh token)",
@@ -256,6 +267,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "auth (public path)",
@@ -272,6 +284,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: WASM_FLOOR,
@@ -285,6 +298,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "wasm floor + read headers",
@@ -296,6 +310,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "wasm floor + set 7 headers",
@@ -308,6 +323,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "wasm floor + filter state + clock + 2 metrics",
@@ -320,6 +336,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: PIPELINE_HOST_CALLS,
@@ -339,6 +356,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: AUTH_HOST_CALLS,
@@ -353,6 +371,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "wasm floor + SHA-256",
@@ -366,6 +385,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "local_ratelimit",
@@ -378,6 +398,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "ratelimit (local)",
@@ -391,6 +412,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "ratelimit (hierarchical RLS)",
@@ -404,6 +426,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "ratelimit (always RLS)",
@@ -416,6 +439,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "auth + ratelimit (local)",
@@ -431,6 +455,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "auth + ratelimit (hierarchical RLS)",
@@ -445,6 +470,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "tagging",
@@ -458,6 +484,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "breaker",
@@ -471,6 +498,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: FOUR_PLUGINS,
@@ -491,6 +519,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: PIPELINE,
@@ -504,6 +533,22 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
+        },
+        Scenario {
+            name: PIPELINE_AUDIT,
+            about: "The `pipeline` row with the audit trail on: an event per stage \
+                    decision, one queue message per request, the audit singleton \
+                    batching, chaining and POSTing them to the demo collector (in the \
+                    bench process). Envoy's CPU includes the singleton's.",
+            filters: vec![pipeline_audit(fx)],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: true,
+            connections: None,
+            call: Call::Rest,
+            forbidden: &[],
+            audit: true,
         },
         Scenario {
             name: "ratelimit (local, 1 connection)",
@@ -516,6 +561,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: Some(1),
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: "ratelimit (always RLS, 1 connection)",
@@ -528,6 +574,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: Some(1),
             call: Call::Rest,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: MCP_BARE,
@@ -547,6 +594,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::McpTool,
             forbidden: &[],
+            audit: false,
         },
         Scenario {
             name: MCP_NATIVE,
@@ -564,6 +612,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::McpTool,
             forbidden: &[OTHER_TOOL],
+            audit: false,
         },
         Scenario {
             name: MCP_PIPELINE,
@@ -583,6 +632,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::McpTool,
             forbidden: &[OTHER_TOOL, OUTSIDE_SCOPE],
+            audit: false,
         },
         Scenario {
             name: MCP_AUTH_ONLY,
@@ -602,6 +652,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::McpTool,
             forbidden: &[OTHER_TOOL, OUTSIDE_SCOPE],
+            audit: false,
         },
         Scenario {
             name: MCP_PIPELINE_LOCAL,
@@ -614,6 +665,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             connections: None,
             call: Call::McpTool,
             forbidden: &[OTHER_TOOL, OUTSIDE_SCOPE],
+            audit: false,
         },
     ]
 }
@@ -631,6 +683,7 @@ pub fn floor_row(calls: &str) -> Scenario {
         connections: None,
         call: Call::Rest,
         forbidden: &[],
+        audit: false,
     }
 }
 
@@ -753,6 +806,26 @@ fn pipeline(fx: &Fixtures) -> HttpFilter {
         .stage("breaker", breaker_section())
         .stage("metrics", production_metrics())
         .into()
+}
+
+/// [`pipeline`] with the `audit` section ([`audit_section`]).
+fn pipeline_audit(fx: &Fixtures) -> HttpFilter {
+    match pipeline(fx) {
+        HttpFilter::Wasm(filter) => filter.stage("audit", audit_section()).into(),
+        other => other,
+    }
+}
+
+/// The audit section of the audited rows, for the filter and the
+/// singleton alike: the singleton lives in the `ctxgate` vm (the
+/// filter's), subjects pseudonymised, the defaults otherwise.
+pub fn audit_section() -> Value {
+    json!({
+        "singleton_vm_id": "ctxgate",
+        "pseudonymize_subjects": true,
+        "pseudonym_key": "bench-pseudonym-key-0123",
+        "collector": {"cluster": "audit_collector"},
+    })
 }
 
 /// The `mcp` section of the MCP rows: [`MCP_TOOL`] is a `read` of the

@@ -39,10 +39,13 @@ pub struct AuditConfig {
     /// Where the singleton delivers batches. Needed by the singleton.
     #[serde(default)]
     pub collector: Option<CollectorConfig>,
+    /// When the singleton cuts a batch.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// What the singleton holds while the collector is away.
     #[serde(default)]
     pub backlog: BacklogConfig,
+    /// How the singleton retries a failed delivery.
     #[serde(default)]
     pub retry: RetryConfig,
 }
@@ -54,6 +57,7 @@ pub struct AuditConfig {
 pub struct CollectorConfig {
     /// Envoy cluster of the collector.
     pub cluster: String,
+    /// The `:path` of the POST.
     #[serde(default = "defaults::path")]
     pub path: String,
     /// `:authority` of the POST (default: the cluster name).
@@ -120,12 +124,14 @@ impl Default for BacklogConfig {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
+    /// The first wait (1 ms to 10 min).
     #[serde(
         default = "defaults::initial_backoff",
         deserialize_with = "duration::milliseconds"
     )]
     #[cfg_attr(feature = "schema", schemars(with = "duration::Milliseconds"))]
     pub initial_backoff_ms: u64,
+    /// The longest wait, at least `initial_backoff_ms`.
     #[serde(
         default = "defaults::max_backoff",
         deserialize_with = "duration::milliseconds"
