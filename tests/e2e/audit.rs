@@ -184,20 +184,18 @@ fn traffic(
 /// Every event in the file: (request id, stage, decision).
 fn trail(path: &Path) -> Vec<(String, String, String)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .flat_map(|line| {
-            let batch: Value = serde_json::from_str(line).unwrap();
-            batch["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| {
-                    let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
-                    (s("request_id"), s("stage"), s("decision"))
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let batch: Value = serde_json::from_str(line).unwrap();
+        for record in batch["records"].as_array().unwrap() {
+            let id = record["request_id"].as_str().unwrap_or("").to_owned();
+            for d in record["decisions"].as_array().unwrap() {
+                let s = |k: &str| d[k].as_str().unwrap_or("").to_owned();
+                out.push((id.clone(), s("stage"), s("decision")));
+            }
+        }
+    }
+    out
 }
 
 /// Waits until the file holds `events` events (at most 30 s).
@@ -289,11 +287,11 @@ fn a_mixed_run_of_10000_requests_is_in_the_trail_exactly_once_and_tampering_is_n
     assert!(!text.contains("user-1"), "subject in clear");
     assert!(!text.contains(&token("acme")[..40]), "a token in the trail");
     let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    let event = first["events"]
+    let event = first["records"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["decision"] == "allow" && e["tenant"] == "acme")
+        .find(|e| e["decisions"][0]["decision"] == "allow" && e["tenant"] == "acme")
         .unwrap();
     assert_eq!(event["subject"].as_str().unwrap().len(), 64);
     assert_eq!(event["token"].as_str().unwrap().len(), 16);

@@ -77,7 +77,7 @@ pub struct MockHost {
     pub metric_calls: u32,
     /// The audit queue: `None` while no singleton owns it.
     pub audit_queue: Option<std::collections::VecDeque<Vec<u8>>>,
-    /// Messages enqueued (host calls made by the request path).
+    /// Messages enqueued (audit queue host calls).
     pub audit_enqueues: u32,
     next_call: CallId,
 }

@@ -1,9 +1,12 @@
 //! The chained batch: one JSON line, and the verifier of a file of them.
 //!
 //! ```text
-//! {"chain":"<32 hex>","seq":N,"prev":"<64 hex>","time_ms":T,"dropped":D,"count":K,"events":[...],"hash":"<64 hex>"}
+//! {"chain":"<32 hex>","seq":N,"prev":"<64 hex>","time_ms":T,"dropped":D,"count":K,"records":[...],"hash":"<64 hex>"}
 //! ```
 //!
+//! * `records`: one per request: what the request carried (request id,
+//!   tenant, subject, ...) once, and `decisions`, one event per stage
+//!   decision; `count` is the number of events;
 //! * `chain`: random per singleton start; `seq` counts from 1 in a chain;
 //! * `prev`: the `hash` of batch `seq - 1` of the chain (64 zeros for
 //!   the first);
@@ -34,26 +37,27 @@ pub struct Batch {
     pub hash: String,
 }
 
-/// Writes a batch. `events`: each event's JSON.
+/// Writes a batch. `records`: each record's JSON, holding `events`
+/// decisions in all.
 pub fn encode(
     chain: &str,
     seq: u64,
     prev: &str,
     time_ms: u64,
     dropped: u64,
-    events: &[Vec<u8>],
+    events: usize,
+    records: &[Vec<u8>],
 ) -> Batch {
-    let size = events.iter().map(|e| e.len() + 1).sum::<usize>() + 256;
+    let size = records.iter().map(|e| e.len() + 1).sum::<usize>() + 256;
     let mut bytes = Vec::with_capacity(size);
     bytes.extend_from_slice(
         format!(
             "{{\"chain\":\"{chain}\",\"seq\":{seq},\"prev\":\"{prev}\",\"time_ms\":{time_ms},\
-             \"dropped\":{dropped},\"count\":{},\"events\":[",
-            events.len()
+             \"dropped\":{dropped},\"count\":{events},\"records\":["
         )
         .as_bytes(),
     );
-    for (i, event) in events.iter().enumerate() {
+    for (i, event) in records.iter().enumerate() {
         if i > 0 {
             bytes.push(b',');
         }
@@ -85,8 +89,13 @@ struct Line {
     prev: String,
     dropped: u64,
     count: usize,
-    events: Vec<serde::de::IgnoredAny>,
+    records: Vec<RecordEvents>,
     hash: String,
+}
+
+#[derive(Deserialize)]
+struct RecordEvents {
+    decisions: Vec<serde::de::IgnoredAny>,
 }
 
 /// What an intact file holds.
@@ -94,6 +103,9 @@ struct Line {
 pub struct Summary {
     pub chains: usize,
     pub batches: u64,
+    /// One per request.
+    pub records: u64,
+    /// One per decision.
     pub events: u64,
     pub dropped: u64,
 }
@@ -163,11 +175,12 @@ pub fn verify<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Result<Summary, 
                 "content does not match its hash (edited)".to_owned(),
             ));
         }
-        if parsed.count != parsed.events.len() {
+        let events: usize = parsed.records.iter().map(|r| r.decisions.len()).sum();
+        if parsed.count != events {
             return Err(broken(
                 chain,
                 seq,
-                format!("count {} but {} events", parsed.count, parsed.events.len()),
+                format!("count {} but {events} events", parsed.count),
             ));
         }
         let (expected_seq, expected_prev) = match chains.get(&parsed.chain) {
@@ -189,7 +202,8 @@ pub fn verify<'a>(lines: impl IntoIterator<Item = &'a [u8]>) -> Result<Summary, 
             ));
         }
         summary.batches += 1;
-        summary.events += parsed.events.len() as u64;
+        summary.records += parsed.records.len() as u64;
+        summary.events += events as u64;
         summary.dropped = summary.dropped.saturating_add(parsed.dropped);
         chains.insert(parsed.chain, (parsed.seq, parsed.hash));
     }

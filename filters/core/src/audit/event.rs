@@ -34,16 +34,11 @@ pub struct RequestFacts<'a> {
     pub token: Option<&'a str>,
 }
 
-/// An audit event as written to the trail (JSON).
+/// One request's record as written to the trail (JSON): what the request
+/// carried, once, and one entry per stage decision (an event).
 #[derive(Serialize)]
-struct Event<'a> {
-    time_ms: u64,
+struct Record<'a> {
     request_id: Option<&'a str>,
-    stage: &'a str,
-    decision: &'a str,
-    reason: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<u16>,
     tenant: Option<&'a str>,
     subject: Option<&'a str>,
     /// The acting service (the token's current actor), if any.
@@ -56,6 +51,18 @@ struct Event<'a> {
     path: &'a str,
     client: Option<&'a str>,
     token: Option<&'a str>,
+    decisions: Vec<Event<'a>>,
+}
+
+/// One decision.
+#[derive(Serialize)]
+struct Event<'a> {
+    time_ms: u64,
+    stage: &'a str,
+    decision: &'a str,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
 }
 
 /// The first 16 hex digits of the token's SHA-256: enough to tell tokens
@@ -107,31 +114,57 @@ impl Pseudonymizer {
 }
 
 /// Format version of a queue message.
-const MESSAGE_VERSION: u8 = 1;
+const MESSAGE_VERSION: u8 = 3;
 
-/// The events of one request, and what the worker lost before them.
+/// Records of one worker, and what it lost before them. Layout: version
+/// (1 byte), reporter (u64 LE), dropped (u64 LE), then per record: its
+/// events (u64 LE), its length (u32 LE), its JSON.
 pub struct Message {
+    reporter: u64,
     bytes: Vec<u8>,
+    records: usize,
     events: u64,
 }
 
+/// Bytes before the first record.
+const HEADER: usize = 1 + 8 + 8;
+
 impl Message {
-    /// `dropped`: events this worker dropped since its last message.
-    pub fn new(reporter: u64, dropped: u64) -> Message {
-        let mut bytes = Vec::with_capacity(1024);
-        bytes.push(MESSAGE_VERSION);
-        bytes.extend_from_slice(&reporter.to_le_bytes());
-        bytes.extend_from_slice(&dropped.to_le_bytes());
-        Message { bytes, events: 0 }
+    pub fn new(reporter: u64) -> Message {
+        let mut message = Message {
+            reporter,
+            bytes: Vec::new(),
+            records: 0,
+            events: 0,
+        };
+        message.clear();
+        message
     }
 
-    /// Appends one event per decision.
+    /// Empties the message (keeping its memory).
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.bytes.push(MESSAGE_VERSION);
+        self.bytes.extend_from_slice(&self.reporter.to_le_bytes());
+        self.bytes.extend_from_slice(&0u64.to_le_bytes());
+        self.records = 0;
+        self.events = 0;
+    }
+
+    /// Sets how many events the worker dropped before these records.
+    pub fn set_dropped(&mut self, dropped: u64) {
+        if let Some(slot) = self.bytes.get_mut(9..17) {
+            slot.copy_from_slice(&dropped.to_le_bytes());
+        }
+    }
+
+    /// Appends one request's record. Returns whether it was written.
     pub fn add(
         &mut self,
         decisions: &[Decision],
         facts: &RequestFacts<'_>,
         pseudonymizer: Option<&mut Pseudonymizer>,
-    ) {
+    ) -> bool {
         let identity = facts.established.and_then(|e| e.identity.as_deref());
         let operation = facts.established.and_then(|e| e.operation.as_deref());
         let subject = match (identity, pseudonymizer) {
@@ -139,37 +172,48 @@ impl Message {
             (Some(caller), None) => Some(caller.subject.clone()),
             (None, _) => None,
         };
-        for d in decisions {
-            let event = Event {
-                time_ms: d.time_ms,
-                request_id: facts.request_id,
-                stage: d.stage,
-                decision: if d.allowed { "allow" } else { "deny" },
-                reason: &d.reason,
-                status: d.status,
-                tenant: identity.map(|c| c.tenant.as_str()),
-                subject: subject.as_deref(),
-                service: identity.and_then(|c| c.actors.first()).map(String::as_str),
-                actors: identity.map_or(&[], |c| c.actors.as_slice()),
-                operation: operation.map(|o| o.name.as_str()),
-                context: operation.map(|o| o.context.as_str()),
-                method: facts.method,
-                path: facts.path,
-                client: facts.client,
-                token: facts.token,
-            };
-            let start = self.bytes.len();
-            self.bytes.extend_from_slice(&[0; 4]);
-            if serde_json::to_writer(&mut self.bytes, &event).is_err() {
-                self.bytes.truncate(start);
-                continue;
-            }
-            let len = u32::try_from(self.bytes.len() - start - 4).unwrap_or(u32::MAX);
-            if let Some(slot) = self.bytes.get_mut(start..start + 4) {
-                slot.copy_from_slice(&len.to_le_bytes());
-            }
-            self.events += 1;
+        let record = Record {
+            request_id: facts.request_id,
+            tenant: identity.map(|c| c.tenant.as_str()),
+            subject: subject.as_deref(),
+            service: identity.and_then(|c| c.actors.first()).map(String::as_str),
+            actors: identity.map_or(&[], |c| c.actors.as_slice()),
+            operation: operation.map(|o| o.name.as_str()),
+            context: operation.map(|o| o.context.as_str()),
+            method: facts.method,
+            path: facts.path,
+            client: facts.client,
+            token: facts.token,
+            decisions: decisions
+                .iter()
+                .map(|d| Event {
+                    time_ms: d.time_ms,
+                    stage: d.stage,
+                    decision: if d.allowed { "allow" } else { "deny" },
+                    reason: &d.reason,
+                    status: d.status,
+                })
+                .collect(),
+        };
+        let events = decisions.len() as u64;
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(&events.to_le_bytes());
+        self.bytes.extend_from_slice(&[0; 4]);
+        if serde_json::to_writer(&mut self.bytes, &record).is_err() {
+            self.bytes.truncate(start);
+            return false;
         }
+        let len = u32::try_from(self.bytes.len() - start - 12).unwrap_or(u32::MAX);
+        if let Some(slot) = self.bytes.get_mut(start + 8..start + 12) {
+            slot.copy_from_slice(&len.to_le_bytes());
+        }
+        self.records += 1;
+        self.events = self.events.saturating_add(events);
+        true
+    }
+
+    pub fn records(&self) -> usize {
+        self.records
     }
 
     pub fn events(&self) -> u64 {
@@ -179,6 +223,21 @@ impl Message {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// Hands the bytes over and starts an empty message.
+    pub fn take(&mut self) -> Vec<u8> {
+        let bytes = std::mem::take(&mut self.bytes);
+        self.clear();
+        bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records == 0
+    }
 }
 
 /// A message as the singleton reads it.
@@ -186,8 +245,14 @@ impl Message {
 pub struct Received {
     pub reporter: u64,
     pub dropped: u64,
-    /// Each event's JSON, as the worker wrote it.
-    pub events: Vec<Vec<u8>>,
+    /// Each record's events and JSON, as the worker wrote it.
+    pub records: Vec<(u64, Vec<u8>)>,
+}
+
+impl Received {
+    pub fn events(&self) -> u64 {
+        self.records.iter().map(|(n, _)| *n).sum()
+    }
 }
 
 /// Reads a queue message; `None` if it is not one (never from a worker
@@ -197,19 +262,22 @@ pub fn parse_message(bytes: &[u8]) -> Option<Received> {
     if version != MESSAGE_VERSION {
         return None;
     }
-    let reporter = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
-    let dropped = u64::from_le_bytes(rest.get(8..16)?.try_into().ok()?);
-    let mut rest = rest.get(16..)?;
-    let mut events = Vec::new();
+    let u64_at = |b: &[u8], at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    };
+    let (reporter, dropped) = (u64_at(rest, 0)?, u64_at(rest, 8)?);
+    let mut rest = bytes.get(HEADER..)?;
+    let mut records = Vec::new();
     while !rest.is_empty() {
-        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?);
+        let events = u64_at(rest, 0)?;
+        let len = u32::from_le_bytes(rest.get(8..12)?.try_into().ok()?);
         let len = usize::try_from(len).ok()?;
-        events.push(rest.get(4..4 + len)?.to_vec());
-        rest = rest.get(4 + len..)?;
+        records.push((events, rest.get(12..12 + len)?.to_vec()));
+        rest = rest.get(12 + len..)?;
     }
     Some(Received {
         reporter,
         dropped,
-        events,
+        records,
     })
 }

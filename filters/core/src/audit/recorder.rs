@@ -1,5 +1,10 @@
-//! The worker's side: one queue message per request, bounded without a
-//! shared-data round trip per request.
+//! The worker's side: records gathered per worker and handed to the
+//! singleton in one queue message per tick (or per [`MESSAGE_RECORDS`]
+//! records), bounded without a shared-data round trip per request.
+//!
+//! Every enqueue wakes Envoy's main thread for the singleton's
+//! `on_queue_ready`, so a message per request would cost a cross-thread
+//! wake-up per request; one per tick costs one per tick.
 //!
 //! The proxy's queue has no bound, so the worker keeps one: it counts the
 //! events it enqueued, and the singleton publishes in shared data how
@@ -10,7 +15,7 @@
 //! message, so the trail records the loss.
 
 use super::config::AuditConfig;
-use super::event::{Decision, Message, Pseudonymizer, RequestFacts};
+use super::event::{Decision, Message, Pseudonymizer, RequestFacts, token_digest};
 use crate::host::Host;
 use crate::metrics::{Counter, Metrics};
 
@@ -21,11 +26,19 @@ pub fn drained_key(queue: &str, reporter: u64) -> String {
     format!("ctxgate_audit/{queue}/drained/{reporter:016x}")
 }
 
+/// A message is sent once it holds this many records (or this many
+/// bytes, [`MESSAGE_BYTES`]), and on every tick.
+pub const MESSAGE_RECORDS: usize = 256;
+pub const MESSAGE_BYTES: usize = 128 * 1024;
+
 pub struct Recorder {
+    /// Records not yet sent.
+    message: Message,
     /// The singleton's vm_id and the queue's name.
     queue: (String, String),
     pseudonymizer: Option<Pseudonymizer>,
-    reporter: u64,
+    /// The last bearer token seen and its digest.
+    last_token: (Vec<u8>, String),
     limit: u64,
     drained_key: String,
     /// Events enqueued by this worker since it started.
@@ -47,9 +60,10 @@ impl Recorder {
             _ => None,
         };
         Recorder {
+            message: Message::new(reporter),
             queue: (config.singleton_vm_id.clone(), config.queue.clone()),
             pseudonymizer,
-            reporter,
+            last_token: (Vec::new(), String::new()),
             limit: config.queue_limit,
             drained_key: drained_key(&config.queue, reporter),
             enqueued: 0,
@@ -62,6 +76,15 @@ impl Recorder {
         }
     }
 
+    /// [`token_digest`] of a bearer token, remembered for the last token
+    /// (a client sends the same token again and again).
+    pub fn token_digest(&mut self, token: &[u8]) -> String {
+        if self.last_token.0 != token {
+            self.last_token = (token.to_vec(), token_digest(token));
+        }
+        self.last_token.1.clone()
+    }
+
     /// The singleton's vm_id and the queue's name.
     pub fn queue(&self) -> (&str, &str) {
         (&self.queue.0, &self.queue.1)
@@ -72,7 +95,7 @@ impl Recorder {
         self.enqueued.saturating_sub(self.drained)
     }
 
-    /// Hands one request's events to the singleton: one host call.
+    /// Adds one request's events to the next message.
     pub fn record(
         &mut self,
         host: &mut dyn Host,
@@ -88,15 +111,34 @@ impl Recorder {
             self.drop_events(n, self.queue_full, metrics);
             return;
         }
-        let mut message = Message::new(self.reporter, self.unreported);
-        message.add(decisions, facts, self.pseudonymizer.as_mut());
-        match host.audit_enqueue(message.bytes()) {
+        if self
+            .message
+            .add(decisions, facts, self.pseudonymizer.as_mut())
+        {
+            self.enqueued = self.enqueued.saturating_add(n);
+        }
+        if self.message.records() >= MESSAGE_RECORDS || self.message.len() >= MESSAGE_BYTES {
+            self.send(host, metrics);
+        }
+    }
+
+    /// Sends the records gathered so far (one host call).
+    pub fn send(&mut self, host: &mut dyn Host, metrics: &mut Metrics) {
+        if self.message.is_empty() {
+            return;
+        }
+        let events = self.message.events();
+        self.message.set_dropped(self.unreported);
+        let bytes = self.message.take();
+        match host.audit_enqueue(&bytes) {
             Ok(()) => {
                 self.unreported = 0;
-                self.enqueued = self.enqueued.saturating_add(message.events());
-                metrics.add(self.events, message.events());
+                metrics.add(self.events, events);
             }
-            Err(_) => self.drop_events(n, self.unavailable, metrics),
+            Err(_) => {
+                self.enqueued = self.enqueued.saturating_sub(events);
+                self.drop_events(events, self.unavailable, metrics);
+            }
         }
     }
 
@@ -106,8 +148,10 @@ impl Recorder {
         metrics.add(why, n);
     }
 
-    /// Learns how much of its share the singleton has taken.
-    pub fn on_tick(&mut self, host: &mut dyn Host) {
+    /// Sends what was gathered, and learns how much of its share the
+    /// singleton has taken.
+    pub fn on_tick(&mut self, host: &mut dyn Host, metrics: &mut Metrics) {
+        self.send(host, metrics);
         if let Some((value, _)) = host.shared().get(&self.drained_key)
             && let Some(bytes) = value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok())
         {

@@ -1,7 +1,8 @@
 //! The singleton's side: drain the queue, cut batches, chain them, and
 //! deliver them to the collector, one at a time and in order.
 //!
-//! A batch is cut when `batch.max_events` are waiting, when the oldest has
+//! Events arrive as records, one per request, holding its decisions.
+//! A batch (of whole records) is cut when `batch.max_events` are waiting, when the oldest has
 //! waited `batch.max_delay_ms`, or when a loss must be recorded. Once cut
 //! it keeps its bytes (and its `seq`) until the collector answers 2xx:
 //! a retry sends the very same batch, and the collector ignores a
@@ -40,7 +41,10 @@ pub struct Shipper {
     /// The last delivered batch.
     seq: u64,
     prev: String,
-    backlog: VecDeque<(u64, Vec<u8>)>,
+    /// Records waiting: (arrival ms, events in it, JSON).
+    backlog: VecDeque<(u64, u64, Vec<u8>)>,
+    /// Events in `backlog`.
+    backlog_events: usize,
     /// Lost since the last batch cut (queue or backlog full).
     unreported: u64,
     pending: Option<Pending>,
@@ -98,6 +102,7 @@ impl Shipper {
             seq: 0,
             prev: GENESIS.to_owned(),
             backlog: VecDeque::new(),
+            backlog_events: 0,
             unreported: 0,
             pending: None,
             in_flight: None,
@@ -126,7 +131,7 @@ impl Shipper {
 
     /// Events held: waiting and in the batch being delivered.
     fn held(&self) -> usize {
-        self.backlog.len() + self.pending.as_ref().map_or(0, |p| p.events)
+        self.backlog_events + self.pending.as_ref().map_or(0, |p| p.events)
     }
 
     /// The queue has messages: takes them all.
@@ -137,22 +142,27 @@ impl Shipper {
                 self.metrics.inc(self.m.malformed);
                 continue;
             };
-            let n = message.events.len() as u64;
+            let total = message.events();
             let entry = self.drained.entry(message.reporter).or_insert((0, false));
-            *entry = (entry.0.saturating_add(n), true);
-            self.metrics.add(self.m.received, n);
+            *entry = (entry.0.saturating_add(total), true);
+            self.metrics.add(self.m.received, total);
             self.unreported = self.unreported.saturating_add(message.dropped);
-            for event in message.events {
-                if self.held() >= self.backlog_limit {
-                    self.unreported = self.unreported.saturating_add(1);
-                    self.metrics.inc(self.m.dropped);
-                    self.metrics.inc(self.m.backlog_full);
+            for (n, record) in message.records {
+                let events = usize::try_from(n).unwrap_or(usize::MAX);
+                if n == 0 {
+                    continue;
+                }
+                if self.held().saturating_add(events) > self.backlog_limit {
+                    self.unreported = self.unreported.saturating_add(n);
+                    self.metrics.add(self.m.dropped, n);
+                    self.metrics.add(self.m.backlog_full, n);
                 } else {
-                    self.backlog.push_back((now, event));
+                    self.backlog.push_back((now, n, record));
+                    self.backlog_events += events;
                 }
             }
         }
-        if self.backlog.len() >= self.max_events {
+        if self.backlog_events >= self.max_events {
             self.ship(host);
         }
     }
@@ -180,25 +190,45 @@ impl Shipper {
             return;
         }
         if self.pending.is_none() {
-            let due = self.backlog.len() >= self.max_events
+            let due = self.backlog_events >= self.max_events
                 || self.unreported > 0
                 || self
                     .backlog
                     .front()
-                    .is_some_and(|(t, _)| now.saturating_sub(*t) >= self.max_delay_ms);
+                    .is_some_and(|(t, _, _)| now.saturating_sub(*t) >= self.max_delay_ms);
             if !due {
                 return;
             }
-            let take = self.backlog.len().min(self.max_events);
-            let events: Vec<Vec<u8>> = self.backlog.drain(..take).map(|(_, e)| e).collect();
+            // Whole records, up to max_events events (at least one record).
+            let mut records = Vec::new();
+            let mut events = 0usize;
+            while let Some((_, n, _)) = self.backlog.front() {
+                let n = usize::try_from(*n).unwrap_or(usize::MAX);
+                if !records.is_empty() && events.saturating_add(n) > self.max_events {
+                    break;
+                }
+                if let Some((_, _, record)) = self.backlog.pop_front() {
+                    records.push(record);
+                    events = events.saturating_add(n);
+                }
+            }
+            self.backlog_events = self.backlog_events.saturating_sub(events);
             let seq = self.seq.saturating_add(1);
-            let batch = batch::encode(&self.chain, seq, &self.prev, now, self.unreported, &events);
+            let batch = batch::encode(
+                &self.chain,
+                seq,
+                &self.prev,
+                now,
+                self.unreported,
+                events,
+                &records,
+            );
             self.unreported = 0;
             self.pending = Some(Pending {
                 seq,
                 bytes: batch.bytes,
                 hash: batch.hash,
-                events: events.len(),
+                events,
             });
         }
         let Some(pending) = &self.pending else {
@@ -264,7 +294,7 @@ impl Shipper {
                 }
                 self.backoff_ms = self.initial_backoff_ms;
                 self.retry_at_ms = 0;
-                if self.backlog.len() >= self.max_events {
+                if self.backlog_events >= self.max_events {
                     self.ship(host);
                 }
             }

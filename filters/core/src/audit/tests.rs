@@ -99,9 +99,21 @@ fn deliver_all(shipper: &mut Shipper, host: &mut MockHost) -> Vec<Vec<u8>> {
     lines
 }
 
+/// Every decision of a batch, each with its record's fields merged in.
 fn events(line: &[u8]) -> Vec<Value> {
     let v: Value = serde_json::from_slice(line).unwrap();
-    v["events"].as_array().unwrap().clone()
+    let mut out = Vec::new();
+    for record in v["records"].as_array().unwrap() {
+        for decision in record["decisions"].as_array().unwrap() {
+            let mut e = record.clone();
+            e.as_object_mut().unwrap().remove("decisions");
+            e.as_object_mut()
+                .unwrap()
+                .extend(decision.as_object().unwrap().clone());
+            out.push(e);
+        }
+    }
+    out
 }
 
 #[test]
@@ -140,12 +152,14 @@ fn every_decision_becomes_one_event_in_one_message_per_request() {
         4,
         &[(":path", "/v1/contexts/projects/a"), ("x-request-id", "r4")],
     );
-    assert_eq!(host.audit_enqueues, 4, "one enqueue per request");
+    assert_eq!(host.audit_enqueues, 0, "nothing per request");
+    worker.on_tick(&mut host);
+    assert_eq!(host.audit_enqueues, 1, "one message per tick");
 
     let mut shipper = shipper(&mut host, audit_section(json!({})));
     shipper.on_queue_ready(&mut host);
     let lines = deliver_all(&mut shipper, &mut host);
-    assert_eq!(lines.len(), 2, "batches of at most 4");
+    assert_eq!(lines.len(), 2, "batches of whole records, at most 4 events");
     let (first, second) = (lines[0].clone(), lines[1].clone());
     let all: Vec<Value> = events(&first).into_iter().chain(events(&second)).collect();
     let summary: Vec<(String, String, String, String)> = all
@@ -213,7 +227,6 @@ fn a_failed_delivery_is_retried_with_the_same_bytes_after_a_backoff() {
         &mut host,
         audit_section(json!({"retry": {"initial_backoff_ms": 100, "max_backoff_ms": 400}})),
     );
-    let mut message = super::event::Message::new(1, 0);
     let decision = super::event::Decision {
         stage: "auth",
         allowed: true,
@@ -229,16 +242,14 @@ fn a_failed_delivery_is_retried_with_the_same_bytes_after_a_backoff() {
         established: None,
         token: None,
     };
-    message.add(
-        &[
-            decision.clone(),
-            decision.clone(),
-            decision.clone(),
-            decision,
-        ],
-        &facts,
-        None,
-    );
+    let four = [
+        decision.clone(),
+        decision.clone(),
+        decision.clone(),
+        decision,
+    ];
+    let mut message = super::event::Message::new(1);
+    message.add(&four, &facts, None);
     host.audit_enqueue(message.bytes()).unwrap();
     shipper.on_queue_ready(&mut host);
     assert_eq!(host.calls.len(), 1, "a full batch goes at once");
@@ -289,13 +300,14 @@ fn beyond_the_backlog_events_are_dropped_counted_and_recorded_in_the_chain() {
         token: None,
     };
     for _ in 0..15 {
-        let mut message = super::event::Message::new(1, 0);
+        let mut message = super::event::Message::new(1);
         message.add(std::slice::from_ref(&decision), &facts, None);
         host.audit_enqueue(message.bytes()).unwrap();
     }
     // A worker that dropped 2 of its own says so in its next message.
-    let mut message = super::event::Message::new(2, 2);
+    let mut message = super::event::Message::new(2);
     message.add(std::slice::from_ref(&decision), &facts, None);
+    message.set_dropped(2);
     host.audit_enqueue(message.bytes()).unwrap();
     shipper.on_queue_ready(&mut host);
     shipper.on_tick(&mut host);
@@ -332,7 +344,8 @@ fn chain_of(n: u64) -> Vec<Vec<u8>> {
                 &prev,
                 NOW_MS,
                 0,
-                &[br#"{"stage":"auth"}"#.to_vec()],
+                1,
+                &[br#"{"decisions":[{"stage":"auth"}]}"#.to_vec()],
             );
             prev = b.hash;
             b.bytes
@@ -370,7 +383,15 @@ fn the_verifier_names_the_first_edited_deleted_or_swapped_line() {
     let forged: Vec<Vec<u8>> = [1u64, 2]
         .iter()
         .map(|seq| {
-            let b = batch::encode("c1", *seq, &prev, NOW_MS, 0, &[br#"{"x":1}"#.to_vec()]);
+            let b = batch::encode(
+                "c1",
+                *seq,
+                &prev,
+                NOW_MS,
+                0,
+                0,
+                &[br#"{"decisions":[]}"#.to_vec()],
+            );
             prev = b.hash;
             b.bytes
         })
@@ -404,15 +425,22 @@ fn a_worker_bounds_its_share_of_the_queue_without_a_round_trip_per_request() {
             &[(":path", "/v1/contexts/projects/a")],
         );
     }
+    assert_eq!(host.audit_enqueues, 0, "records wait for the tick");
+    host.now_ms += 1_000;
+    worker.on_tick(&mut host);
+    assert_eq!(host.audit_enqueues, 1, "one message per tick");
+    assert_eq!(host.metric("ctxgate_audit.dropped_queue_full"), 2);
+    let message = host.audit_queue.as_ref().unwrap().back().unwrap().clone();
+    let received = super::event::parse_message(&message).unwrap();
     assert_eq!(
-        host.audit_enqueues, 3,
-        "two requests over the bound: not even enqueued"
+        (received.reporter, received.dropped, received.records.len()),
+        (7, 2, 3),
+        "two requests over the bound: dropped, and the message says so"
     );
     // The singleton takes them and publishes; the worker reads it on its tick.
     let mut shipper = shipper(&mut host, audit_section(json!({})));
     shipper.on_queue_ready(&mut host);
     shipper.on_tick(&mut host);
-    host.now_ms += 1_000;
     worker.on_tick(&mut host);
     request(
         &mut worker,
@@ -420,13 +448,18 @@ fn a_worker_bounds_its_share_of_the_queue_without_a_round_trip_per_request() {
         6,
         &[(":path", "/v1/contexts/projects/a")],
     );
-    assert_eq!(host.audit_enqueues, 4);
-    assert_eq!(host.metric("ctxgate_audit.dropped_queue_full"), 2);
+    worker.on_tick(&mut host);
+    assert_eq!(host.audit_enqueues, 2);
+    assert_eq!(
+        host.metric("ctxgate_audit.dropped_queue_full"),
+        2,
+        "room again"
+    );
     let message = host.audit_queue.as_mut().unwrap().pop_back().unwrap();
     let received = super::event::parse_message(&message).unwrap();
     assert_eq!(
-        (received.reporter, received.dropped, received.events.len()),
-        (7, 2, 1)
+        (received.reporter, received.dropped, received.events()),
+        (7, 0, 1)
     );
 }
 

@@ -34,7 +34,7 @@ mod tests;
 
 use std::collections::HashMap;
 
-use crate::audit::event::{Decision, RequestFacts, token_digest};
+use crate::audit::event::{Decision, RequestFacts};
 use crate::audit::recorder::Recorder;
 use crate::auth::Auth;
 use crate::breaker::Breakers;
@@ -303,8 +303,8 @@ impl Worker {
             decisions: Vec::new(),
             token: None,
         };
-        if self.audit.is_some() {
-            stream.token = bearer_digest(&stream.request);
+        if let Some(recorder) = self.audit.as_mut() {
+            stream.token = bearer(&stream.request).map(|t| recorder.token_digest(t));
         }
         let flow = match self.before_stages(host, &mut stream, end_of_stream) {
             Some(flow) => flow,
@@ -335,6 +335,7 @@ impl Worker {
             .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|length| length > limit) {
             let reply = mcp.too_large(&mut self.metrics);
+            self.note(host, stream, StageId::Mcp, Some(&reply));
             return Some(refuse(host, stream, &reply));
         }
         // The body decides. Proxy-Wasm delivers no body while the headers
@@ -578,7 +579,7 @@ impl Worker {
             stage.on_tick(host, &mut self.metrics);
         }
         if let Some(recorder) = self.audit.as_mut() {
-            recorder.on_tick(host);
+            recorder.on_tick(host, &mut self.metrics);
         }
         let flush = now >= self.next_flush_ms;
         if flush {
@@ -782,14 +783,13 @@ impl Worker {
     }
 }
 
-/// The first 16 hex of the SHA-256 of the request's bearer token, if it
-/// has one (the token itself is never recorded).
-fn bearer_digest(request: &Request) -> Option<String> {
+/// The request's bearer token, if it has one (for its digest: the token
+/// itself is never recorded).
+fn bearer(request: &Request) -> Option<&[u8]> {
     let value = request.head().header_values("authorization").next()?;
-    let token = value
+    value
         .strip_prefix(b"Bearer ")
-        .or_else(|| value.strip_prefix(b"bearer "))?;
-    Some(token_digest(token))
+        .or_else(|| value.strip_prefix(b"bearer "))
 }
 
 /// Pauses the stream while `stage`'s call is out (`on_body`: a body

@@ -43,8 +43,13 @@ fn main() -> ExitCode {
         Command::Verify { file } => match verify_file(&file) {
             Ok(Ok(summary)) => {
                 println!(
-                    "ok: {} chains, {} batches, {} events, {} events dropped (recorded in the chain)",
-                    summary.chains, summary.batches, summary.events, summary.dropped
+                    "ok: {} chains, {} batches, {} records, {} events, {} events dropped \
+                     (recorded in the chain)",
+                    summary.chains,
+                    summary.batches,
+                    summary.records,
+                    summary.events,
+                    summary.dropped
                 );
                 ExitCode::SUCCESS
             }
