@@ -206,3 +206,65 @@ pub fn verify_file(path: &Path) -> Result<Result<Summary, Broken>> {
     }
     Ok(batch::verify(body.split(|b| *b == b'\n')))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+    use ctxgate_core::audit::batch::{GENESIS, encode};
+
+    fn batches(n: u64) -> Vec<Vec<u8>> {
+        let mut prev = GENESIS.to_owned();
+        (1..=n)
+            .map(|seq| {
+                let b = encode(
+                    "c1",
+                    seq,
+                    &prev,
+                    1,
+                    0,
+                    1,
+                    &[br#"{"decisions":[{}]}"#.to_vec()],
+                );
+                prev = b.hash;
+                b.bytes
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_written_once_also_across_a_restart() {
+        let dir = tempfile_dir();
+        let path = dir.join("trail.jsonl");
+        let b = batches(3);
+        let collector = Collector::open(&path).unwrap();
+        assert_eq!(collector.append(&b[0]), Ok(Outcome::Written));
+        assert_eq!(collector.append(&b[1]), Ok(Outcome::Written));
+        assert_eq!(collector.append(&b[1]), Ok(Outcome::Duplicate), "a retry");
+        drop(collector);
+        let collector = Collector::open(&path).unwrap();
+        assert_eq!(
+            collector.append(&b[1]),
+            Ok(Outcome::Duplicate),
+            "known after a restart"
+        );
+        assert_eq!(collector.append(&b[2]), Ok(Outcome::Written));
+        assert!(collector.append(b"not json").is_err());
+        assert!(
+            collector
+                .append(b"{\"chain\":\"c\",\"seq\":1}\n{}")
+                .is_err(),
+            "two lines"
+        );
+        let summary = verify_file(&path).unwrap().unwrap();
+        assert_eq!((summary.batches, summary.events), (3, 3));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ctxgate-audit-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
