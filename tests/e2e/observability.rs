@@ -65,6 +65,10 @@ fn scrape_gateway() -> Exported {
                 .stage("auth", auth)
                 .stage("ratelimit", ratelimit)
                 .stage("tagging", json!({}))
+                .stage(
+                    "residency",
+                    json!({"region": "eu", "tenants": {"acme": "eu"}, "pools": {"upstream": "eu"}}),
+                )
                 .stage("breaker", json!({"breakers": [{"name": "context_repository"}]})),
         )
         .raw_cluster(json!({

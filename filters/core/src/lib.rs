@@ -29,6 +29,7 @@ pub mod query;
 pub mod ratelimit;
 pub mod record;
 pub mod reply;
+pub mod residency;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod scope;

@@ -74,8 +74,16 @@ pub struct MockHost {
     pub metric_values: HashMap<MetricId, i64>,
     /// Host calls made for metrics (define, add, set).
     pub metric_calls: u32,
+    /// The route table: the cluster for the request headers as they are
+    /// now (after the changes applied so far), as the proxy matches the
+    /// route again after a change. Without it, the stream's
+    /// `cluster_name` attribute is used.
+    pub router: Option<Router>,
     next_call: CallId,
 }
+
+/// A route table for [`MockHost::router`]: request headers to cluster.
+pub type Router = fn(&[(String, Vec<u8>)]) -> Option<String>;
 
 impl MockHost {
     pub fn new(now_ms: u64) -> MockHost {
@@ -176,6 +184,9 @@ impl Host for MockHost {
     }
 
     fn attribute(&self, stream: StreamId, attribute: Attribute) -> Option<String> {
+        if let (Attribute::ClusterName, Some(router)) = (attribute, self.router) {
+            return router(&self.streams.get(&stream)?.request_headers);
+        }
         let key = match attribute {
             Attribute::ClientAddress => "client_address",
             Attribute::RouteName => "route_name",

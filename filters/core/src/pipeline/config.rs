@@ -9,6 +9,7 @@ use crate::config::ConfigError;
 use crate::duration;
 use crate::mcp::config::McpConfig;
 use crate::ratelimit::config::RateLimitConfig;
+use crate::residency::config::ResidencyConfig;
 use crate::tagging::config::TaggingConfig;
 
 /// The configuration of the `ctxgate` plugin: one section per stage, run
@@ -32,6 +33,10 @@ pub struct PipelineConfig {
     /// Trusted routing headers.
     #[serde(default)]
     pub tagging: Option<TaggingConfig>,
+    /// Data residency: tenants pinned to a region reach only upstream
+    /// pools of that region (runs after tagging, before the breaker).
+    #[serde(default)]
+    pub residency: Option<ResidencyConfig>,
     /// Circuit breakers shared by every worker.
     #[serde(default)]
     pub breaker: Option<BreakersConfig>,
@@ -73,10 +78,12 @@ impl PipelineConfig {
             && self.ratelimit.is_none()
             && self.tagging.is_none()
             && self.breaker.is_none()
+            && self.residency.is_none()
         {
             return Err(ConfigError::new(
                 "",
-                "no stage configured: add at least one of auth, ratelimit, tagging, breaker",
+                "no stage configured: add at least one of auth, ratelimit, tagging, residency, \
+                 breaker",
             ));
         }
         if self.mcp.is_some() && self.auth.is_none() {

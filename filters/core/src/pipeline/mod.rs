@@ -17,7 +17,8 @@
 //!   with the next stage, resuming the request if it is let through;
 //! * a refusal at any stage stops the pipeline there.
 //!
-//! Stages run in a fixed order: auth, mcp, ratelimit, tagging, breaker. A
+//! Stages run in a fixed order: auth, mcp, ratelimit, tagging, residency,
+//! breaker. A
 //! stage runs only if its section is in the configuration. For a POST to
 //! an MCP endpoint the driver first waits for the whole body (bounded),
 //! so that every stage, and every refusal, can read it.
@@ -28,6 +29,7 @@ pub mod config;
 mod mcp;
 mod ratelimit;
 pub mod request;
+mod residency;
 mod tagging;
 #[cfg(test)]
 mod tests;
@@ -41,6 +43,7 @@ use crate::host::{CallId, CallResponse, Host, StreamId};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::reply::LocalReply;
+use crate::residency::Residency;
 use crate::shared::load_secret;
 use crate::tagging::Tagger;
 use auth::AuthStage;
@@ -49,6 +52,7 @@ use config::PipelineConfig;
 use mcp::{McpStage, McpStream};
 use ratelimit::{RateLimitStage, RateLimitStream};
 use request::Request;
+use residency::{ResidencyStage, ResidencyStream};
 use tagging::TaggingStage;
 
 /// What a stage decided about a request.
@@ -77,6 +81,7 @@ enum StageId {
     Mcp,
     RateLimit,
     Tagging,
+    Residency,
     Breaker,
 }
 
@@ -84,11 +89,12 @@ enum StageId {
 /// decides (an MCP POST), in this order; at the headers they are skipped.
 const BODY_STAGES: [StageId; 2] = [StageId::Mcp, StageId::RateLimit];
 
-const ORDER: [StageId; 5] = [
+const ORDER: [StageId; 6] = [
     StageId::Auth,
     StageId::Mcp,
     StageId::RateLimit,
     StageId::Tagging,
+    StageId::Residency,
     StageId::Breaker,
 ];
 
@@ -121,6 +127,7 @@ struct Stream {
     phase: Phase,
     ratelimit: RateLimitStream,
     breaker: BreakerStream,
+    residency: ResidencyStream,
     mcp: McpStream,
     /// The body size the proxy reported at the last body callback, if that
     /// callback paused (the proxy then buffers, and its next callback
@@ -144,6 +151,7 @@ pub struct Worker {
     mcp: Option<McpStage>,
     ratelimit: Option<RateLimitStage>,
     tagging: Option<TaggingStage>,
+    residency: Option<ResidencyStage>,
     breaker: Option<BreakerStage>,
     metrics: Metrics,
     streams: HashMap<StreamId, Stream>,
@@ -198,6 +206,18 @@ impl Worker {
             }
             None => None,
         };
+        let residency = match config.residency {
+            Some(c) => {
+                let header = c.region_header.clone();
+                let tagging_owns = config
+                    .tagging
+                    .as_ref()
+                    .is_some_and(|t| t.headers.0.values().any(|h| *h == header));
+                let residency = Residency::new(c).map_err(in_section("residency"))?;
+                Some(ResidencyStage::new(residency, tagging_owns, &mut metrics))
+            }
+            None => None,
+        };
         let tagging = match config.tagging {
             Some(c) => {
                 let tagger = Tagger::new(c).map_err(in_section("tagging"))?;
@@ -217,6 +237,7 @@ impl Worker {
             mcp,
             ratelimit,
             tagging,
+            residency,
             breaker,
             metrics,
             streams: HashMap::new(),
@@ -260,6 +281,7 @@ impl Worker {
             phase: Phase::Deciding,
             ratelimit: RateLimitStream::default(),
             breaker: BreakerStream::default(),
+            residency: ResidencyStream::default(),
             mcp: McpStream::default(),
             buffered: None,
         };
@@ -418,6 +440,9 @@ impl Worker {
         if !headers.is_empty() {
             host.set_response_headers(id, &headers);
         }
+        if let Some(stage) = self.residency.as_ref() {
+            stage.on_response(host, id, &mut stream.residency, &mut self.metrics);
+        }
         if let Some(stage) = self.mcp.as_ref() {
             stage.on_response_headers(host, id, &mut stream.mcp);
         }
@@ -550,6 +575,10 @@ impl Worker {
                     .tagging
                     .as_ref()
                     .map(|s| s.on_request(host, request, metrics)),
+                StageId::Residency => self
+                    .residency
+                    .as_ref()
+                    .map(|s| s.on_request(host, request, &mut stream.residency, metrics)),
                 StageId::Breaker => self
                     .breaker
                     .as_ref()
