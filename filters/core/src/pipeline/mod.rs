@@ -9,8 +9,9 @@
 //! * the request headers are read once, and each stage sees the changes
 //!   the stages before it made, in memory;
 //! * the changes reach the proxy in one batch: before the request is
-//!   forwarded or refused, or before a stage reads the route (the proxy
-//!   then matches it again);
+//!   forwarded or refused, or before a stage reads the route (the router
+//!   matches the route again with them; a stage reading the route still
+//!   sees the one matched before: see [`Attribute::depends_on_headers`]);
 //! * a stage may ask a question (the RLS) and wait: the driver pauses the
 //!   request, enforces the stage's deadline on the worker's timer, charges
 //!   body bytes that arrive meanwhile once it is answered, and carries on
@@ -39,6 +40,8 @@ use std::collections::HashMap;
 use crate::auth::Auth;
 use crate::breaker::Breakers;
 use crate::config::{ConfigError, in_section};
+#[cfg(doc)]
+use crate::host::Attribute;
 use crate::host::{CallId, CallResponse, Host, StreamId};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;

@@ -151,8 +151,9 @@ impl Request {
     }
 
     /// A proxy attribute of this request. Route and cluster depend on the
-    /// headers, so pending changes are applied first (the proxy then
-    /// matches the route again, as it would for a separate filter).
+    /// headers, so pending changes are applied first, as they would be for
+    /// a separate filter (Envoy 1.40 still answers with the route matched
+    /// before them: see [`Attribute::depends_on_headers`]).
     pub fn attribute(&mut self, host: &mut dyn Host, attribute: Attribute) -> Option<String> {
         if attribute.depends_on_headers() {
             self.apply_changes(host);
