@@ -67,7 +67,7 @@ fn scrape_gateway() -> Exported {
                 .stage("tagging", json!({}))
                 .stage(
                     "residency",
-                    json!({"region": "eu", "tenants": {"acme": "eu"}, "pools": {"upstream": "eu"}}),
+                    json!({"region": "eu", "tenants": {"acme": "eu"}, "services": {"api": {"eu": ["upstream"]}}}),
                 )
                 .stage("breaker", json!({"breakers": [{"name": "context_repository"}]})),
         )

@@ -1,7 +1,8 @@
 //! End-to-end tests of data residency through a real Envoy (1.40, V8,
 //! `--concurrency 2`): auth -> residency -> router, on a gateway in region
-//! `eu` with three echo upstreams: `eu-pool` (eu), `us-pool` (us) and
-//! `ap-remote` (the cross-region cluster for ap). The route table sends a
+//! `eu` with three echo upstreams: `eu-pool` and `us-pool`, the context
+//! service's pools in eu and us, and `ap-remote` (the cross-region cluster
+//! for ap), plus `misc`, a cluster of no known region. The route table sends a
 //! request carrying the residency header to the cluster it names (an Envoy
 //! `cluster_header` route, first), one carrying `x-context-region: eu` to
 //! `eu-pool`, `/legacy/` and everything else to `us-pool`.
@@ -42,7 +43,7 @@ fn residency() -> Value {
         "region": "eu",
         "tenants": {"acme": "eu", "initech": "ap", "hooli": "sa"},
         "claim": "data_region",
-        "pools": {"eu-pool": "eu", "us-pool": "us", "ap-remote": "ap"},
+        "services": {"context": {"eu": ["eu-pool"], "us": ["us-pool"]}},
         "cross_region": {"ap": "ap-remote"},
     })
 }
@@ -72,7 +73,7 @@ fn gateway_with(residency_route: bool) -> Gateway {
             .stage("residency", residency()),
     );
     let mut handles = Vec::new();
-    for name in ["eu-pool", "us-pool", "ap-remote"] {
+    for name in ["eu-pool", "us-pool", "ap-remote", "misc"] {
         let (addr, handle) = ctxgate_demo::spawn_in_thread("127.0.0.1:0", name).unwrap();
         config = config.cluster(Cluster::new(name, [addr]));
         handles.push(handle);
@@ -84,6 +85,7 @@ fn gateway_with(residency_route: bool) -> Gateway {
         })));
     }
     let config = config
+        .route(Route::prefix("/misc/").cluster("misc"))
         .route(Route::prefix("/legacy/").cluster("us-pool"))
         .route(
             Route::prefix("/")
@@ -156,6 +158,13 @@ fn pinned_tenants_reach_their_region_the_cross_region_cluster_or_nothing() {
     assert_eq!(landed, "ap-remote");
     assert_eq!(headers["x-context-region"], "ap");
 
+    // A route to a cluster of no known region.
+    refused(&get("/misc/x", &acme), 421, "unmapped_cluster");
+    assert_eq!(
+        upstream(&get("/misc/x", &token("umbrella", None))).0,
+        "misc"
+    );
+
     // Neither a pool nor a cross-region cluster.
     let r = get(READ, &token("hooli", None));
     refused(&r, 421, "no_pool_in_region");
@@ -189,7 +198,8 @@ fn pinned_tenants_reach_their_region_the_cross_region_cluster_or_nothing() {
             && metric("cross_region") == 1
             && metric("refused_no_pool") == 1
             && metric("refused_conflict") == 1
-            && metric("unpinned") == 1
+            && metric("refused_unmapped") == 1
+            && metric("unpinned") == 2
     });
     assert!(
         counted,

@@ -14,8 +14,9 @@
 //! | `ctxgate_residency.unpinned` | counter | requests with no region to keep |
 //! | `ctxgate_residency.in_region` | counter | pinned requests sent to a pool of their region |
 //! | `ctxgate_residency.cross_region` | counter | pinned requests sent to their region's cross-region cluster |
-//! | `ctxgate_residency.refused_no_pool` | counter | pinned requests refused: no pool of their region reachable (421) |
+//! | `ctxgate_residency.refused_no_pool` | counter | pinned requests refused: their service has no pool of their region here and the region no cross-region cluster (421) |
 //! | `ctxgate_residency.refused_conflict` | counter | requests refused: token claim and tenant table name different regions (403) |
+//! | `ctxgate_residency.refused_unmapped` | counter | pinned requests refused: their route's cluster is no pool of `services` (421) |
 //! | `ctxgate_residency.misrouted` | counter | pinned requests answered by another cluster than the one chosen (route table error) |
 
 use super::Step;
@@ -41,6 +42,7 @@ pub struct ResidencyStage {
     cross_region: Counter,
     refused_no_pool: Counter,
     refused_conflict: Counter,
+    refused_unmapped: Counter,
     misrouted: Counter,
 }
 
@@ -59,6 +61,7 @@ impl ResidencyStage {
             cross_region: c("cross_region"),
             refused_no_pool: c("refused_no_pool"),
             refused_conflict: c("refused_conflict"),
+            refused_unmapped: c("refused_unmapped"),
             misrouted: c("misrouted"),
         }
     }
@@ -94,12 +97,22 @@ impl ResidencyStage {
         // The route the request matched when it arrived: kept if its
         // cluster serves the region.
         let routed = host.attribute(request.stream, Attribute::ClusterName);
-        let Some(destination) = self.residency.destination(routed.as_deref(), &region) else {
-            metrics.inc(self.refused_no_pool);
-            return Step::Reply(
-                self.residency
-                    .refusal(&request.head(), Refusal::NoPool, &region),
-            );
+        let destination = match self.residency.destination(routed.as_deref(), &region) {
+            Ok(destination) => destination,
+            Err(refusal) => {
+                log::debug!(
+                    "residency: {} pinned to {region}, routed to {}: {}",
+                    identity.as_deref().map_or("", |c| c.tenant.as_str()),
+                    routed.as_deref().unwrap_or("no cluster"),
+                    refusal.reason()
+                );
+                metrics.inc(match refusal {
+                    Refusal::NoPool => self.refused_no_pool,
+                    Refusal::Unmapped => self.refused_unmapped,
+                    Refusal::Conflict => self.refused_conflict,
+                });
+                return Step::Reply(self.residency.refusal(&request.head(), refusal, &region));
+            }
         };
         metrics.inc(match destination {
             Destination::Pool(_) => self.in_region,

@@ -930,6 +930,9 @@ fn residency_routes(headers: &[(String, Vec<u8>)]) -> Option<String> {
         return Some(cluster);
     }
     let path = header(":path").unwrap_or_default();
+    if path.starts_with("/misc/") {
+        return Some("misc".into());
+    }
     if !path.starts_with("/legacy/") && header("x-context-region").as_deref() == Some("eu") {
         return Some("eu-pool".into());
     }
@@ -947,7 +950,7 @@ fn residency_gateway() -> (Gateway, ES256KeyPair) {
             "region": "eu",
             "tenants": {"acme": "eu", "initech": "ap", "hooli": "sa"},
             "claim": "data_region",
-            "pools": {"eu-pool": "eu", "eu-archive": "eu", "us-pool": "us", "ap-remote": "ap"},
+            "services": {"context": {"eu": ["eu-pool", "eu-archive"], "us": ["us-pool"]}},
             "cross_region": {"ap": "ap-remote"},
         },
     }));
@@ -991,10 +994,10 @@ fn residency_keeps_a_pinned_tenant_in_its_region() {
     assert_eq!(sent_to(&gw, id).as_deref(), Some("eu-pool"));
     assert_eq!(cluster(&gw, id).as_deref(), Some("eu-pool"));
 
-    // A route to the US: sent to the first EU pool instead, and a forged
-    // region header is replaced.
+    // A route to the US: sent to the service's first EU pool instead, and
+    // a forged region header is replaced.
     let (id, _) = get(&mut gw, "/legacy/x", &acme, &[("x-context-region", "us")]);
-    assert_eq!(sent_to(&gw, id).as_deref(), Some("eu-archive"));
+    assert_eq!(sent_to(&gw, id).as_deref(), Some("eu-pool"));
     assert_eq!(
         gw.host.header(id, "x-context-region").as_deref(),
         Some("eu")
@@ -1017,7 +1020,13 @@ fn residency_keeps_a_pinned_tenant_in_its_region() {
     // Pinned by the claim; a claim contradicting the table is refused.
     let claimed = regional_token(&key, "umbrella", Some("eu"));
     let (id, _) = get(&mut gw, "/v1/contexts/projects/a", &claimed, &[]);
-    assert_eq!(sent_to(&gw, id).as_deref(), Some("eu-archive"));
+    assert_eq!(sent_to(&gw, id).as_deref(), Some("eu-pool"));
+
+    // A route to a cluster of no known region: refused.
+    let (id, _) = get(&mut gw, "/misc/x", &acme, &[]);
+    let reply = gw.host.stream(id).reply.clone().unwrap();
+    assert_eq!(reply.status, 421);
+    assert_eq!(reply.details, "ctxgate_residency_denied{unmapped_cluster}");
     let conflicting = regional_token(&key, "acme", Some("us"));
     let (id, _) = get(&mut gw, "/v1/contexts/projects/a", &conflicting, &[]);
     let reply = gw.host.stream(id).reply.clone().unwrap();
@@ -1049,6 +1058,7 @@ fn residency_keeps_a_pinned_tenant_in_its_region() {
     assert_eq!(gw.host.metric("ctxgate_residency.cross_region"), 1);
     assert_eq!(gw.host.metric("ctxgate_residency.refused_no_pool"), 1);
     assert_eq!(gw.host.metric("ctxgate_residency.refused_conflict"), 1);
+    assert_eq!(gw.host.metric("ctxgate_residency.refused_unmapped"), 1);
     assert_eq!(gw.host.metric("ctxgate_residency.unpinned"), 1);
     assert_eq!(gw.host.metric("ctxgate_residency.misrouted"), 1);
 }
@@ -1061,24 +1071,27 @@ fn residency_configuration_errors_name_the_field() {
             .map(|e| e.to_string())
             .unwrap_or_default()
     };
-    let base = json!({"region": "eu", "pools": {"eu-pool": "eu"}});
+    let base = json!({"region": "eu", "services": {"api": {"eu": ["eu-pool"]}}});
     let with = |k: &str, v: Value| {
         let mut c = base.clone();
         c[k] = v;
         json!({ "residency": c })
     };
-    let e = err(with("cross_region", json!({"ap": "ap-remote"})), &mut host);
-    assert!(
-        e.starts_with("residency.cross_region.ap: cluster 'ap-remote' is not in pools"),
-        "{e}"
-    );
     let e = err(with("cross_region", json!({"us": "eu-pool"})), &mut host);
     assert!(
-        e.starts_with("residency.cross_region.us: cluster 'eu-pool' serves region 'eu'"),
+        e.starts_with("residency.cross_region.us: cluster 'eu-pool' is a pool"),
         "{e}"
     );
-    let e = err(with("pools", json!({})), &mut host);
-    assert!(e.starts_with("residency.pools"), "{e}");
+    let twice = json!({"api": {"eu": ["eu-pool"]}, "mcp": {"us": ["eu-pool"]}});
+    let e = err(with("services", twice), &mut host);
+    assert!(
+        e.starts_with("residency.services.mcp.us: cluster 'eu-pool' is also in"),
+        "{e}"
+    );
+    let e = err(with("services", json!({})), &mut host);
+    assert!(e.starts_with("residency.services"), "{e}");
+    let e = err(with("services", json!({"api": {"eu": []}})), &mut host);
+    assert!(e.starts_with("residency.services.api.eu"), "{e}");
     let e = err(with("region_header", json!("X-Region")), &mut host);
     assert!(e.starts_with("residency.region_header"), "{e}");
     let e = err(with("tenants", json!({"acme": ""})), &mut host);

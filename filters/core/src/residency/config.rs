@@ -22,15 +22,15 @@ pub struct ResidencyConfig {
     /// and `tenants` both name a region they must agree.
     #[serde(default)]
     pub claim: Option<String>,
-    /// The upstream pools (Envoy clusters) this gateway routes to, and the
-    /// region each serves (`cluster -> region`). A pinned request goes to
-    /// the pool its route chose if that pool serves its region, else to
-    /// the first pool (by name) that does.
-    pub pools: BTreeMap<String, String>,
-    /// For a region no pool of this gateway serves: the cluster that
-    /// forwards to it (`region -> cluster`, listed in `pools` with that
-    /// region). A region with neither a pool nor an entry here is refused
-    /// (421).
+    /// The upstream services this gateway routes to, each with its pools
+    /// (Envoy clusters) per region: `service -> region -> [cluster]`. A
+    /// pinned request stays with the service its route chose, and goes to
+    /// that cluster if it serves the tenant's region, else to the service's
+    /// first pool in that region.
+    pub services: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// For a region a service has no pool of here: the cluster that
+    /// forwards to that region (`region -> cluster`, e.g. the region's own
+    /// gateway), for every service. A region with neither is refused (421).
     #[serde(default)]
     pub cross_region: BTreeMap<String, String>,
     /// The header carrying a pinned tenant's region upstream (and to the
@@ -72,35 +72,41 @@ impl ResidencyConfig {
         if let Some(claim) = &self.claim {
             named("claim", claim)?;
         }
-        if self.pools.is_empty() {
+        if self.services.is_empty() {
             return Err(ConfigError::new(
-                "pools",
-                "list the clusters this gateway routes to and the region each serves",
+                "services",
+                "list the services this gateway routes to and their pools per region",
             ));
         }
-        for (cluster, region) in &self.pools {
-            named(&format!("pools.{cluster}"), region)?;
+        let mut seen = BTreeMap::new();
+        for (service, regions) in &self.services {
+            for (region, clusters) in regions {
+                let field = format!("services.{service}.{region}");
+                named(&field, region)?;
+                if clusters.is_empty() {
+                    return Err(ConfigError::new(field, "list at least one cluster"));
+                }
+                for cluster in clusters {
+                    named(&field, cluster)?;
+                    if let Some(first) = seen.insert(cluster.as_str(), field.clone()) {
+                        return Err(ConfigError::new(
+                            field,
+                            format!(
+                                "cluster '{cluster}' is also in {first}: a cluster is one pool"
+                            ),
+                        ));
+                    }
+                }
+            }
         }
         for (region, cluster) in &self.cross_region {
             let field = format!("cross_region.{region}");
-            match self.pools.get(cluster) {
-                Some(served) if served == region => {}
-                Some(served) => {
-                    return Err(ConfigError::new(
-                        field,
-                        format!(
-                            "cluster '{cluster}' serves region '{served}' in pools, not '{region}'"
-                        ),
-                    ));
-                }
-                None => {
-                    return Err(ConfigError::new(
-                        field,
-                        format!(
-                            "cluster '{cluster}' is not in pools: list it with region '{region}'"
-                        ),
-                    ));
-                }
+            named(&field, cluster)?;
+            if let Some(pool) = seen.get(cluster.as_str()) {
+                return Err(ConfigError::new(
+                    field,
+                    format!("cluster '{cluster}' is a pool ({pool}), not a cross-region cluster"),
+                ));
             }
         }
         check_header_name("region_header", &self.region_header)?;

@@ -2,8 +2,9 @@
 //!
 //! A tenant is pinned to a region by the operator (`tenants`) or by a
 //! token claim (`claim`); when both name one, they must agree. The
-//! gateway knows the region each of its upstream pools (clusters) serves.
-//! A pinned request is sent to a pool of its region, named in a trusted
+//! gateway knows its services and the pools (clusters) each has per
+//! region. A pinned request is sent to a pool of its region of the service
+//! its route chose, named in a trusted
 //! header the route table routes by (`cluster_header`), so the router has
 //! no choice left to make; without such a pool, to the region's
 //! cross-region cluster if one is configured; otherwise it is refused. It
@@ -13,6 +14,8 @@
 pub mod config;
 #[cfg(test)]
 mod tests;
+
+use std::collections::HashMap;
 
 use serde_json::json;
 
@@ -42,10 +45,12 @@ pub enum Pin<'a> {
 /// Why a pinned request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// No pool of the region is routed to from this gateway, and no
-    /// cross-region cluster is configured (or the route table does not
-    /// select it).
+    /// The service has no pool of the region here, and the region has no
+    /// cross-region cluster.
     NoPool,
+    /// The route's cluster is no pool of `services` (or the route has no
+    /// cluster): where it is, is not known.
+    Unmapped,
     /// Claim and tenant table disagree.
     Conflict,
 }
@@ -54,13 +59,14 @@ impl Refusal {
     pub fn reason(self) -> &'static str {
         match self {
             Refusal::NoPool => "no_pool_in_region",
+            Refusal::Unmapped => "unmapped_cluster",
             Refusal::Conflict => "region_conflict",
         }
     }
 
     pub fn status(self) -> u16 {
         match self {
-            Refusal::NoPool => NO_POOL_STATUS,
+            Refusal::NoPool | Refusal::Unmapped => NO_POOL_STATUS,
             Refusal::Conflict => 403,
         }
     }
@@ -85,12 +91,25 @@ impl<'a> Destination<'a> {
 
 pub struct Residency {
     pub config: ResidencyConfig,
+    /// Every pool: cluster -> (service, region).
+    pools: HashMap<String, (String, String)>,
 }
 
 impl Residency {
     pub fn new(config: ResidencyConfig) -> Result<Residency, crate::config::ConfigError> {
         config.validate()?;
-        Ok(Residency { config })
+        let pools = config
+            .services
+            .iter()
+            .flat_map(|(service, regions)| {
+                regions.iter().flat_map(move |(region, clusters)| {
+                    clusters
+                        .iter()
+                        .map(move |c| (c.clone(), (service.clone(), region.clone())))
+                })
+            })
+            .collect();
+        Ok(Residency { config, pools })
     }
 
     /// The caller's region, if it is pinned to one.
@@ -113,22 +132,38 @@ impl Residency {
         }
     }
 
-    /// Where a request pinned to `region` goes: the cluster its route
-    /// chose (`routed`) if that pool serves the region, else the first pool
-    /// that does, else the region's cross-region cluster.
-    pub fn destination(&self, routed: Option<&str>, region: &str) -> Option<Destination<'_>> {
+    /// Where a request pinned to `region` goes, given the cluster its
+    /// route chose: that cluster if it is a pool of the region; else the
+    /// same service's first pool in the region; else the region's
+    /// cross-region cluster.
+    pub fn destination(
+        &self,
+        routed: Option<&str>,
+        region: &str,
+    ) -> Result<Destination<'_>, Refusal> {
         let cross = self.config.cross_region.get(region).map(String::as_str);
-        let pool_of_region = |(cluster, served): &(&String, &String)| {
-            *served == region && Some(cluster.as_str()) != cross
+        let Some(routed) = routed else {
+            return Err(Refusal::Unmapped);
         };
-        let kept = routed
-            .and_then(|c| self.config.pools.get_key_value(c))
-            .filter(pool_of_region);
-        let pool = kept.or_else(|| self.config.pools.iter().find(pool_of_region));
+        if let Some(cross) = cross.filter(|c| *c == routed) {
+            return Ok(Destination::CrossRegion(cross));
+        }
+        let Some((cluster, (service, served))) = self.pools.get_key_value(routed) else {
+            return Err(Refusal::Unmapped);
+        };
+        if served == region {
+            return Ok(Destination::Pool(cluster));
+        }
+        let pool = self
+            .config
+            .services
+            .get(service)
+            .and_then(|regions| regions.get(region))
+            .and_then(|clusters| clusters.first());
         match (pool, cross) {
-            (Some((cluster, _)), _) => Some(Destination::Pool(cluster)),
-            (None, Some(cluster)) => Some(Destination::CrossRegion(cluster)),
-            (None, None) => None,
+            (Some(pool), _) => Ok(Destination::Pool(pool)),
+            (None, Some(cross)) => Ok(Destination::CrossRegion(cross)),
+            (None, None) => Err(Refusal::NoPool),
         }
     }
 
@@ -137,6 +172,11 @@ impl Residency {
         let message = match refusal {
             Refusal::NoPool => format!(
                 "this gateway ({}) reaches no upstream serving region {region}",
+                self.config.region
+            ),
+            Refusal::Unmapped => format!(
+                "the request's route leads to no pool this gateway knows the region of \
+                 (gateway region {})",
                 self.config.region
             ),
             Refusal::Conflict => {

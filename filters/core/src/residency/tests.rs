@@ -9,7 +9,10 @@ fn residency(claim: Option<&str>) -> Residency {
         "region": "eu",
         "tenants": {"acme": "eu"},
         "claim": claim,
-        "pools": {"eu-pool": "eu", "us-pool": "us", "ap-remote": "ap"},
+        "services": {
+            "context": {"eu": ["eu-pool", "eu-archive"], "us": ["us-pool"]},
+            "mcp": {"us": ["mcp-us"]},
+        },
         "cross_region": {"ap": "ap-remote"},
     }))
     .unwrap_or_else(|e| panic!("{e}"));
@@ -51,33 +54,23 @@ fn the_table_and_the_claim_pin_and_must_agree() {
 }
 
 #[test]
-fn a_pinned_request_goes_to_a_pool_of_its_region_or_across_or_nowhere() {
+fn a_pinned_request_stays_with_its_service_in_its_region() {
     let r = residency(None);
-    let pool = |routed: Option<&str>, region: &str| r.destination(routed, region);
-    assert_eq!(
-        pool(Some("eu-pool"), "eu"),
-        Some(Destination::Pool("eu-pool"))
-    );
-    assert_eq!(
-        pool(Some("us-pool"), "eu"),
-        Some(Destination::Pool("eu-pool"))
-    );
-    assert_eq!(
-        pool(Some("unlisted"), "eu"),
-        Some(Destination::Pool("eu-pool"))
-    );
-    assert_eq!(pool(None, "eu"), Some(Destination::Pool("eu-pool")));
-    assert_eq!(
-        pool(Some("eu-pool"), "us"),
-        Some(Destination::Pool("us-pool"))
-    );
-    assert_eq!(
-        pool(None, "ap"),
-        Some(Destination::CrossRegion("ap-remote"))
-    );
-    assert_eq!(
-        pool(Some("ap-remote"), "ap"),
-        Some(Destination::CrossRegion("ap-remote"))
-    );
-    assert_eq!(pool(Some("eu-pool"), "sa"), None);
+    let to = |routed: Option<&str>, region: &str| r.destination(routed, region);
+    use Destination::{CrossRegion, Pool};
+    assert_eq!(to(Some("eu-pool"), "eu"), Ok(Pool("eu-pool")));
+    assert_eq!(to(Some("eu-archive"), "eu"), Ok(Pool("eu-archive")));
+    assert_eq!(to(Some("us-pool"), "eu"), Ok(Pool("eu-pool")));
+    assert_eq!(to(Some("eu-archive"), "us"), Ok(Pool("us-pool")));
+    // The MCP service has no EU pool, and EU no cross-region cluster.
+    assert_eq!(to(Some("mcp-us"), "eu"), Err(Refusal::NoPool));
+    // A service without a pool in AP goes across.
+    assert_eq!(to(Some("us-pool"), "ap"), Ok(CrossRegion("ap-remote")));
+    assert_eq!(to(Some("mcp-us"), "ap"), Ok(CrossRegion("ap-remote")));
+    assert_eq!(to(Some("ap-remote"), "ap"), Ok(CrossRegion("ap-remote")));
+    // Where an unknown cluster (or no cluster) is, is not known.
+    assert_eq!(to(Some("unlisted"), "eu"), Err(Refusal::Unmapped));
+    assert_eq!(to(Some("ap-remote"), "eu"), Err(Refusal::Unmapped));
+    assert_eq!(to(None, "eu"), Err(Refusal::Unmapped));
+    assert_eq!(to(Some("us-pool"), "sa"), Err(Refusal::NoPool));
 }
