@@ -47,6 +47,7 @@ pub mod config;
 pub mod denial;
 pub mod identity;
 pub mod jwks_sync;
+pub mod principal;
 pub mod public_path;
 pub mod shared_cache;
 pub mod sources;
@@ -57,6 +58,7 @@ mod compile;
 mod flow;
 mod output;
 mod provider;
+mod service;
 mod verify;
 
 pub use compile::Auth;
