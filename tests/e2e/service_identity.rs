@@ -176,7 +176,10 @@ fn service_identity_from_certificates_tokens_and_users() {
         &anonymous,
         Request::new("POST", INGEST_PATH).header("authorization", &bearer(&user)),
     );
-    denied(&response, 403, "missing_client_certificate");
+    let refusal = denied(&response, 403, "missing_client_certificate");
+    // About the certificate, not a bearer token: a bare challenge.
+    assert_eq!(refusal.body["error"], "access_denied");
+    assert_eq!(refusal.attribute("error"), None);
     let response = gate.send(&stranger, Request::new("POST", INGEST_PATH));
     denied(&response, 403, "unknown_service_certificate");
     let response = gate.send(&batch, Request::new("POST", INGEST_PATH));

@@ -281,6 +281,8 @@ impl Denial {
         let fallback = match status {
             503 => "temporarily_unavailable",
             429 => "too_many_requests",
+            // A certificate problem, not a bearer token's.
+            403 => "access_denied",
             _ => "unauthorized",
         };
         let body = json!({
@@ -385,6 +387,27 @@ mod tests {
             forbidden.reply("r", &head("POST", &grpc)).grpc_status,
             Some(7)
         );
+    }
+
+    #[test]
+    fn certificate_refusals_are_not_about_a_bearer_token() {
+        let reply = Denial::new(Reason::UnknownServiceCertificate, "unknown")
+            .reply("ctxgate", &head("GET", &[]));
+        assert_eq!(reply.status, 403);
+        assert_eq!(
+            reply.headers[0],
+            ("www-authenticate".into(), "Bearer realm=\"ctxgate\"".into())
+        );
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["error"], "access_denied");
+        assert_eq!(
+            reply.details,
+            "ctxgate_auth_denied{unknown_service_certificate}"
+        );
+        let reply = Denial::new(Reason::MissingServiceToken, "none").reply("r", &head("GET", &[]));
+        assert_eq!(reply.status, 401);
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["error"], "unauthorized");
     }
 
     #[test]
