@@ -32,6 +32,17 @@ pub enum Attribute {
     RouteName,
     /// The upstream cluster of that route.
     ClusterName,
+    /// Whether the downstream connection presented a client certificate
+    /// that the listener verified: `"true"` or `"false"` (Envoy's
+    /// `connection.mtls`, one byte, is translated by the engine).
+    PeerMtls,
+    /// The peer certificate's first URI SAN (a SPIFFE ID), raw. Envoy
+    /// exposes only the first one.
+    PeerUriSan,
+    /// The peer certificate's first DNS SAN.
+    PeerDnsSan,
+    /// The peer certificate's subject, RFC 2253 (`CN=ingest,O=ctx`).
+    PeerSubject,
 }
 
 impl Attribute {

@@ -191,6 +191,10 @@ impl Host for MockHost {
             Attribute::ClientAddress => "client_address",
             Attribute::RouteName => "route_name",
             Attribute::ClusterName => "cluster_name",
+            Attribute::PeerMtls => "peer_mtls",
+            Attribute::PeerUriSan => "peer_uri_san",
+            Attribute::PeerDnsSan => "peer_dns_san",
+            Attribute::PeerSubject => "peer_subject",
         };
         self.streams.get(&stream)?.attributes.get(key).cloned()
     }

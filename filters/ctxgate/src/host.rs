@@ -156,8 +156,17 @@ impl Host for WasmHost {
             Attribute::ClientAddress => vec!["source", "address"],
             Attribute::RouteName => vec!["xds", "route_name"],
             Attribute::ClusterName => vec!["xds", "cluster_name"],
+            Attribute::PeerMtls => vec!["connection", "mtls"],
+            Attribute::PeerUriSan => vec!["connection", "uri_san_peer_certificate"],
+            Attribute::PeerDnsSan => vec!["connection", "dns_san_peer_certificate"],
+            Attribute::PeerSubject => vec!["connection", "subject_peer_certificate"],
         };
         let bytes = hostcalls::get_property(path).ok().flatten()?;
+        if attribute == Attribute::PeerMtls {
+            // A bool, serialised as one byte (0x00 even on plaintext).
+            let verified = bytes.first().is_some_and(|b| *b != 0);
+            return Some(verified.to_string());
+        }
         String::from_utf8(bytes).ok()
     }
 

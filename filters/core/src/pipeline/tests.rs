@@ -1097,3 +1097,87 @@ fn residency_configuration_errors_name_the_field() {
     let e = err(with("tenants", json!({"acme": ""})), &mut host);
     assert!(e.starts_with("residency.tenants.acme"), "{e}");
 }
+
+#[test]
+fn the_auth_stage_reads_the_client_certificate_from_the_host() {
+    const INGEST: &str = "spiffe://cluster.local/ns/ctx/sa/ingest";
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut config = full_chain(&key);
+    config["auth"]["services"] = json!([
+        {"name": "ingest", "match": {"spiffe_id": INGEST}, "tenant": "acme", "scopes": ["write:projects/*"]}
+    ]);
+    config["auth"]["operations"].as_array_mut().unwrap().push(
+        json!({"name": "ingest", "methods": ["POST"], "path": "/v1/ingest/{context}",
+                     "action": "write", "require_service": true}),
+    );
+    let mut gw = Gateway::new(config);
+    // What Envoy's connection attributes say, per stream.
+    let send = |gw: &mut Gateway, mtls: &str, uri_san: Option<&str>| {
+        let id = gw.next_stream;
+        gw.next_stream += 1;
+        gw.host.open(
+            id,
+            &[
+                (":method", "POST"),
+                (":path", "/v1/ingest/projects/a"),
+                (":authority", "api"),
+                ("x-context-service", "forged"),
+            ],
+        );
+        let attributes = &mut gw.host.streams.get_mut(&id).unwrap().attributes;
+        attributes.insert("client_address", "10.0.0.1:4000".into());
+        attributes.insert("peer_mtls", mtls.into());
+        if let Some(uri) = uri_san {
+            attributes.insert("peer_uri_san", uri.into());
+        }
+        let flow = gw.worker.on_request_headers(&mut gw.host, id, true);
+        (id, flow)
+    };
+    let (id, flow) = send(&mut gw, "true", Some(INGEST));
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(
+        gw.host.header(id, "x-context-service").as_deref(),
+        Some("ingest")
+    );
+    assert_eq!(
+        gw.host.header(id, "x-context-subject").as_deref(),
+        Some(INGEST)
+    );
+    assert_eq!(
+        gw.host.header(id, "x-context-tenant").as_deref(),
+        Some("acme")
+    );
+    let state = gw
+        .host
+        .stream(id)
+        .filter_state
+        .get("ctxgate.request")
+        .cloned();
+    let state = String::from_utf8(state.unwrap()).unwrap();
+    assert!(state.contains(r#""service":"ingest""#), "{state}");
+    gw.respond(id, 200);
+
+    let (id, _) = send(&mut gw, "false", None);
+    assert_eq!(gw.reply_status(id), Some(403));
+    assert!(gw.host.header(id, "x-context-service").is_none());
+    gw.respond(id, 403);
+    let (id, _) = send(
+        &mut gw,
+        "true",
+        Some("spiffe://cluster.local/ns/ctx/sa/other"),
+    );
+    assert_eq!(gw.reply_status(id), Some(403));
+    gw.respond(id, 403);
+    gw.tick_at(NOW_MS + 1000);
+    assert_eq!(
+        gw.host
+            .metric("ctxgate_auth.denied.missing_client_certificate"),
+        1
+    );
+    assert_eq!(
+        gw.host
+            .metric("ctxgate_auth.denied.unknown_service_certificate"),
+        1
+    );
+    assert_eq!(gw.host.metric("ctxgate_auth.allowed"), 1);
+}

@@ -30,6 +30,7 @@ fn caller(tenant: &str, region: Option<&str>) -> Caller {
         claims: region
             .map(|r| BTreeMap::from([("data_region".to_owned(), r.to_owned())]))
             .unwrap_or_default(),
+        ..Caller::default()
     }
 }
 
