@@ -16,7 +16,15 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 /// The stage sections, in pipeline order, then the worker's own.
-pub const SECTIONS: [&str; 6] = ["auth", "mcp", "ratelimit", "tagging", "breaker", "metrics"];
+pub const SECTIONS: [&str; 7] = [
+    "auth",
+    "signature",
+    "mcp",
+    "ratelimit",
+    "tagging",
+    "breaker",
+    "metrics",
+];
 
 pub const BEGIN: &str = "<!-- BEGIN GENERATED: configuration reference (make schema) -->";
 pub const END: &str = "<!-- END GENERATED -->";

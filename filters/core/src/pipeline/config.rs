@@ -9,6 +9,7 @@ use crate::config::ConfigError;
 use crate::duration;
 use crate::mcp::config::McpConfig;
 use crate::ratelimit::config::RateLimitConfig;
+use crate::signature::config::SignatureConfig;
 use crate::tagging::config::TaggingConfig;
 
 /// The configuration of the `ctxgate` plugin: one section per stage, run
@@ -22,6 +23,10 @@ pub struct PipelineConfig {
     /// Multi-tenant JWT authentication and context-scope authorisation.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// HTTP message signatures (RFC 9421, `hmac-sha256`) and
+    /// `Content-Digest` (RFC 9530) on the routes that require them.
+    #[serde(default)]
+    pub signature: Option<SignatureConfig>,
     /// MCP endpoints: tool calls, prompts and resources authorised by the
     /// context their JSON-RPC body names. Needs `auth`.
     #[serde(default)]
@@ -70,13 +75,15 @@ fn default_flush_interval_ms() -> u64 {
 impl PipelineConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.auth.is_none()
+            && self.signature.is_none()
             && self.ratelimit.is_none()
             && self.tagging.is_none()
             && self.breaker.is_none()
         {
             return Err(ConfigError::new(
                 "",
-                "no stage configured: add at least one of auth, ratelimit, tagging, breaker",
+                "no stage configured: add at least one of auth, signature, ratelimit, tagging, \
+                 breaker",
             ));
         }
         if self.mcp.is_some() && self.auth.is_none() {
