@@ -48,6 +48,9 @@ struct ToSign {
     nonce: String,
     created: u64,
     secret: &'static [u8],
+    /// Give the library the body, so that it adds and covers
+    /// `Content-Digest`.
+    digest: bool,
 }
 
 fn to_sign(method: &'static str, path: &str, body: &str, nonce: &str) -> ToSign {
@@ -58,6 +61,7 @@ fn to_sign(method: &'static str, path: &str, body: &str, nonce: &str) -> ToSign 
         nonce: nonce.to_owned(),
         created: now(),
         secret: SECRET,
+        digest: true,
     }
 }
 
@@ -72,7 +76,7 @@ fn sign(requests: &[ToSign]) -> Vec<BTreeMap<String, String>> {
                 "requests": [{
                     "method": r.method,
                     "url": format!("http://gateway.test{}", r.path),
-                    "body": r.body,
+                    "body": if r.digest { Some(&r.body) } else { None },
                     "keyid": KEY_ID,
                     "created": r.created,
                     "nonce": r.nonce,
@@ -162,6 +166,8 @@ fn it_accepts_what_the_library_signs_and_refuses_each_tampering() {
     stale.created = now() - 120;
     let mut wrong_key = to_sign("POST", path, body, "wrong-key");
     wrong_key.secret = OTHER_SECRET;
+    let mut undigested = to_sign("POST", path, body, "no-digest");
+    undigested.digest = false;
     let signed = sign(&[
         to_sign("POST", path, body, "good"),
         to_sign("GET", "/secure/contexts/a", "", "bodiless"),
@@ -170,8 +176,19 @@ fn it_accepts_what_the_library_signs_and_refuses_each_tampering() {
         to_sign("POST", path, body, "path"),
         to_sign("POST", path, body, "query"),
         stale,
+        undigested,
     ]);
-    let [good, bodiless, wrong_key, body_h, path_h, query_h, stale] = signed.as_slice() else {
+    let [
+        good,
+        bodiless,
+        wrong_key,
+        body_h,
+        path_h,
+        query_h,
+        stale,
+        undigested,
+    ] = signed.as_slice()
+    else {
         panic!("{signed:?}")
     };
     // What the library emitted, as the verifier has to read it.
@@ -245,6 +262,12 @@ fn it_accepts_what_the_library_signs_and_refuses_each_tampering() {
             "signature_missing",
         ),
         (
+            "Content-Digest not covered",
+            request("POST", path, undigested, body),
+            401,
+            "signature_incomplete",
+        ),
+        (
             "two signatures",
             request("POST", path, good, body).header("signature", "other=:AAAA:"),
             400,
@@ -286,6 +309,7 @@ fn it_accepts_what_the_library_signs_and_refuses_each_tampering() {
         ("signature_replayed", 1),
         ("signature_missing", 1),
         ("signature_malformed", 1),
+        ("signature_incomplete", 1),
     ] {
         assert_eq!(refused(&envoy, reason), count, "{reason}");
     }
@@ -320,6 +344,41 @@ fn a_nonce_used_on_one_worker_is_refused_on_the_other() {
         (401, "signature_replayed".to_owned()),
         "and worker A sees worker B's"
     );
+    assert_eq!(upstream.hits(), 2);
+}
+
+/// A nonce store too small for the traffic refuses (503) rather than
+/// forget a nonce, and makes room again as nonces leave the window.
+#[test]
+fn a_full_nonce_store_refuses_the_request() {
+    let upstream = ScriptedServer::start();
+    let mut section = signature_section();
+    section["nonces"] = json!({"buckets": 1, "per_bucket": 2});
+    let envoy = Envoy::start(
+        &EnvoyConfig::new()
+            .concurrency(2)
+            .filter(WasmFilter::ctxgate("ctxgate").stage("signature", section))
+            .route(Route::prefix("/").cluster("upstream"))
+            .cluster(Cluster::new("upstream", [upstream.addr()])),
+    );
+    let signed = sign(&[
+        to_sign("GET", "/secure/a", "", "one"),
+        to_sign("GET", "/secure/a", "", "two"),
+        to_sign("GET", "/secure/a", "", "three"),
+    ]);
+    let statuses: Vec<(u16, String)> = signed
+        .iter()
+        .map(|h| outcome(&request("GET", "/secure/a", h, "").send(envoy.listener_addr())))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (200, String::new()),
+            (200, String::new()),
+            (503, "nonce_store_full".to_owned())
+        ]
+    );
+    assert_eq!(refused(&envoy, "nonce_store_full"), 1);
     assert_eq!(upstream.hits(), 2);
 }
 

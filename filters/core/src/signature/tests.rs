@@ -399,3 +399,49 @@ fn config_errors_name_the_field() {
         "routes[0].methods"
     );
 }
+
+/// What `http-message-signatures` 3.0.0 (PyPI) emitted for this request
+/// (`tests/signature/sign.py`, key `x` * 40, created 1700000000): `alg`
+/// before `nonce`, `content-digest` appended to the covered components.
+#[test]
+fn a_signature_from_the_python_library_verifies() {
+    let config: SignatureConfig = parse_json(
+        format!(
+            r#"{{"keys": {{"svc": {{"secret": "{}"}}}}, "routes": [{{"path": {{"prefix": "/"}}}}]}}"#,
+            encode_base64(&[b'x'; 40])
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let v = Verifier::new(config).unwrap();
+    let headers = vec![
+        h(
+            "content-digest",
+            "sha-256=:AVq9f1zFei3ZS3WQ8ErYCEJzkF7jPsXOvq5iJ2qX+GI=:",
+        ),
+        h(
+            "signature-input",
+            r#"pyhms=("@method" "@path" "@query" "content-digest");created=1700000000;keyid="svc";alg="hmac-sha256";nonce="n1""#,
+        ),
+        h(
+            "signature",
+            "pyhms=:znHS3moteCM00GDSZnlaBh0gCWwx/Ormm+vwNC+tG40=:",
+        ),
+    ];
+    let verified = v
+        .verify(
+            &head("POST", "/secure/a?x=1&y=%20z", &headers),
+            1_700_000_010_000,
+        )
+        .unwrap();
+    assert_eq!(verified.check_body(br#"{"a":1}"#), Ok(()));
+    assert_eq!(
+        v.verify(
+            &head("POST", "/secure/a?x=1&y=%20Z", &headers),
+            1_700_000_010_000
+        )
+        .unwrap_err()
+        .reason,
+        Reason::Invalid
+    );
+}
