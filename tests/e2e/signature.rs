@@ -20,7 +20,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ctxgate_core::signature::sfv::encode_base64;
 use ctxgate_e2e::mcp::python;
 use ctxgate_e2e::{
-    Cluster, Envoy, EnvoyConfig, Request, Response, Route, ScriptedServer, WasmFilter, repo_root,
+    Cluster, Envoy, EnvoyConfig, Request, Response, Route, ScriptedServer, WasmFilter, demo_idp,
+    repo_root,
 };
 use serde_json::{Value, json};
 
@@ -345,6 +346,45 @@ fn a_nonce_used_on_one_worker_is_refused_on_the_other() {
         "and worker A sees worker B's"
     );
     assert_eq!(upstream.hits(), 2);
+}
+
+/// Auth runs before the signature stage and rewrites the request (it
+/// removes the token parameter); the signature still verifies, because it
+/// is checked against the request as the client signed and sent it.
+#[test]
+fn it_verifies_the_request_as_sent_when_auth_rewrites_it() {
+    let upstream = ScriptedServer::start();
+    let envoy = Envoy::start(
+        &EnvoyConfig::new()
+            .concurrency(2)
+            .filter(
+                WasmFilter::ctxgate("ctxgate")
+                    .stage(
+                        "auth",
+                        json!({
+                            "providers": [demo_idp::hs256_provider()],
+                            "from_params": ["access_token"],
+                            "unmatched_requests": "authenticate",
+                        }),
+                    )
+                    .stage("signature", signature_section()),
+            )
+            .route(Route::prefix("/").cluster("upstream"))
+            .cluster(Cluster::new("upstream", [upstream.addr()])),
+    );
+    let token = demo_idp::hs256_token("acme", "ingest", &json!({}));
+    let path = format!("/secure/contexts?x=1&access_token={token}");
+    let signed = sign(&[to_sign("POST", &path, "{}", "with-token")]);
+    let response = request("POST", &path, &signed[0], "{}").send(envoy.listener_addr());
+    assert_eq!(
+        outcome(&response),
+        (200, String::new()),
+        "{}",
+        response.text()
+    );
+    let seen = upstream.last_request().unwrap();
+    assert_eq!(seen.path, "/secure/contexts?x=1", "auth removed the token");
+    assert_eq!(seen.header("x-context-tenant"), Some("acme"));
 }
 
 /// A nonce store too small for the traffic refuses (503) rather than

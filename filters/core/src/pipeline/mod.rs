@@ -301,6 +301,9 @@ impl Worker {
         stream: &mut Stream,
         end_of_stream: bool,
     ) -> Option<Flow> {
+        if let Some(signature) = self.signature.as_ref() {
+            signature.keep_received(&stream.request, &mut stream.signature);
+        }
         if let Some(mcp) = self.mcp.as_ref() {
             stream.request.authorised_later = mcp.is_endpoint(&stream.request);
             if let Some(reply) = mcp.metadata_reply(&stream.request, &mut self.metrics) {

@@ -2,6 +2,14 @@
 //! and `Content-Digest` (RFC 9530) on the routes that require them (see
 //! [`crate::signature`] for what is verified).
 //!
+//! The signature is verified against the request as the client sent it:
+//! the driver hands the stage the request before any stage runs
+//! ([`SignatureStage::keep_received`]), and the stage keeps a copy of its
+//! headers when its route must be signed, because auth (which runs first,
+//! so that a refused request's access log shows no client-sent identity
+//! headers) rewrites `:path` to its canonical form and removes token
+//! headers and parameters.
+//!
 //! At the headers the signature is verified and its nonce claimed in the
 //! host's nonce store (shared by every worker), so neither an unsigned
 //! request nor a replay reaches the upstream; the driver then holds the
@@ -19,6 +27,7 @@ use super::Step;
 use super::request::Request;
 use crate::config::ConfigError;
 use crate::host::{Host, NonceRefusal, NonceSpace};
+use crate::http::RequestHead;
 use crate::metrics::{Counter, Metrics};
 use crate::reply::LocalReply;
 use crate::shared::Secret;
@@ -29,8 +38,27 @@ use crate::signature::{Verified, Verifier};
 /// What the stage keeps for one request.
 #[derive(Default)]
 pub struct SignatureStream {
+    /// The request as received, if it must be signed.
+    received: Option<Received>,
     /// Verified at the headers: the body is checked against it.
     verified: Option<Verified>,
+}
+
+/// The request headers as the client sent them.
+struct Received {
+    method: String,
+    path: String,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Received {
+    fn head(&self) -> RequestHead<'_> {
+        RequestHead {
+            method: &self.method,
+            path: &self.path,
+            headers: &self.headers,
+        }
+    }
 }
 
 pub struct SignatureStage {
@@ -91,6 +119,19 @@ impl SignatureStage {
         self.refuse(request, refusal, metrics)
     }
 
+    /// Called with the request before any stage ran: keeps its headers if
+    /// it must be signed.
+    pub fn keep_received(&self, request: &Request, stream: &mut SignatureStream) {
+        let head = request.head();
+        if self.verifier.applies(&head) {
+            stream.received = Some(Received {
+                method: head.method.to_owned(),
+                path: head.path.to_owned(),
+                headers: head.headers.to_vec(),
+            });
+        }
+    }
+
     pub fn on_request(
         &self,
         host: &mut dyn Host,
@@ -98,11 +139,11 @@ impl SignatureStage {
         stream: &mut SignatureStream,
         metrics: &mut Metrics,
     ) -> Step {
-        if !self.verifier.applies(&request.head()) {
+        let Some(received) = stream.received.take() else {
             return Step::Next;
-        }
+        };
         let now_ms = host.now_ms();
-        let verified = match self.verifier.verify(&request.head(), now_ms) {
+        let verified = match self.verifier.verify(&received.head(), now_ms) {
             Ok(verified) => verified,
             Err(refusal) => return Step::Reply(self.refuse(request, refusal, metrics)),
         };

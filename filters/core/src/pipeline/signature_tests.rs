@@ -267,3 +267,42 @@ fn the_rate_limiter_still_counts_signed_requests_once() {
     }
     assert_eq!(statuses, [None, None, Some(429)]);
 }
+
+/// Auth runs first and rewrites the request (here: it removes the token
+/// parameter from the query); the signature is still verified against
+/// the request as the client sent and signed it.
+#[test]
+fn the_signature_covers_the_request_as_received_not_as_auth_rewrote_it() {
+    use crate::test_keys::{jwks, sign};
+    use jwt_simple::prelude::ES256KeyPair;
+
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let now = NOW_MS / 1000;
+    let token = sign(
+        &key,
+        json!({"iss": "https://idp.test", "sub": "svc", "aud": "api", "iat": now, "exp": now + 600,
+               "tenant_id": "acme", "context_scopes": []}),
+    );
+    let mut gw = Gateway::new(json!({
+        "auth": {
+            "providers": [{"name": "idp", "issuer": "https://idp.test", "audiences": ["api"],
+                           "jwks": {"inline": jwks(&key)}}],
+            "from_params": ["access_token"],
+            "unmatched_requests": "authenticate",
+        },
+        "signature": section(json!({})),
+    }));
+    let path = format!("/secure/a?x=1&access_token={token}");
+    let (id, flow, _) = gw.signed(&Signed::new(&path, b"", "n"));
+    assert_eq!((flow, gw.details(id)), (Flow::Continue, None));
+    assert_eq!(
+        gw.host.header(id, ":path").as_deref(),
+        Some("/secure/a?x=1"),
+        "auth removed the token from what goes upstream"
+    );
+    // Without a token, auth refuses first (and the signature is not
+    // consulted).
+    let (id, _, _) = gw.signed(&Signed::new("/secure/a?x=1", b"", "m"));
+    assert_eq!(gw.details(id).map(|(s, _)| s), Some(401));
+    assert!(!gw.details(id).unwrap().1.starts_with("ctxgate_signature"));
+}
