@@ -22,6 +22,7 @@ pub mod mcp;
 pub mod metrics;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
+pub mod nonce;
 pub mod operation;
 pub mod path;
 pub mod pipeline;
@@ -34,6 +35,7 @@ pub mod residency;
 pub mod schema;
 pub mod scope;
 pub mod shared;
+pub mod signature;
 pub mod tagging;
 #[cfg(test)]
 mod test_keys;

@@ -5,8 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::host::{
-    Attribute, CallId, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind, StreamId,
+    Attribute, CallId, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind, NonceStore,
+    StreamId,
 };
+use crate::nonce::SharedNonces;
 use crate::reply::LocalReply;
 use crate::shared::{MemoryStore, SharedStore};
 
@@ -66,6 +68,8 @@ pub struct MockCall {
 pub struct MockHost {
     pub now_ms: u64,
     pub store: MemoryStore,
+    /// The nonce store, over its own shared data.
+    pub nonces: SharedNonces<MemoryStore>,
     pub streams: HashMap<StreamId, MockStream>,
     pub calls: Vec<MockCall>,
     /// Calls fail to start while set (no such cluster).
@@ -146,6 +150,10 @@ impl Host for MockHost {
 
     fn shared(&self) -> &dyn SharedStore {
         &self.store
+    }
+
+    fn nonces(&self) -> &dyn NonceStore {
+        &self.nonces
     }
 
     fn request_headers(&mut self, stream: StreamId) -> Vec<(String, Vec<u8>)> {

@@ -8,8 +8,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use ctxgate_core::host::{
     Attribute, CallId, CallResponse, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind,
-    StreamId,
+    NonceStore, StreamId,
 };
+use ctxgate_core::nonce::SharedNonces;
 use ctxgate_core::reply::LocalReply;
 use ctxgate_core::shared::{Cas, SetError, SharedStore};
 use proxy_wasm::hostcalls;
@@ -107,6 +108,10 @@ impl Host for WasmHost {
 
     fn shared(&self) -> &dyn SharedStore {
         &SharedData
+    }
+
+    fn nonces(&self) -> &dyn NonceStore {
+        &SharedNonces(SharedData)
     }
 
     fn request_headers(&mut self, stream: StreamId) -> Vec<(String, Vec<u8>)> {

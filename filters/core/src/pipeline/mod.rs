@@ -18,11 +18,12 @@
 //!   with the next stage, resuming the request if it is let through;
 //! * a refusal at any stage stops the pipeline there.
 //!
-//! Stages run in a fixed order: auth, mcp, ratelimit, tagging, residency,
-//! breaker. A
-//! stage runs only if its section is in the configuration. For a POST to
-//! an MCP endpoint the driver first waits for the whole body (bounded),
-//! so that every stage, and every refusal, can read it.
+//! Stages run in a fixed order: auth, signature, mcp, ratelimit, tagging,
+//! residency, breaker. A stage runs only if its section is in the
+//! configuration. When a stage's decision needs the body (a POST to an MCP
+//! endpoint, a request on a signed route) the header stages run first,
+//! then the driver holds the whole body (bounded: the smallest limit of
+//! the stages that asked) and runs the body stages (`BODY_STAGES`) over it.
 
 mod auth;
 mod breaker;
@@ -31,6 +32,9 @@ mod mcp;
 mod ratelimit;
 pub mod request;
 mod residency;
+mod signature;
+#[cfg(test)]
+mod signature_tests;
 mod tagging;
 #[cfg(test)]
 mod tests;
@@ -56,6 +60,7 @@ use mcp::{McpStage, McpStream};
 use ratelimit::{RateLimitStage, RateLimitStream};
 use request::Request;
 use residency::{ResidencyStage, ResidencyStream};
+use signature::{SignatureStage, SignatureStream};
 use tagging::TaggingStage;
 
 /// What a stage decided about a request.
@@ -81,6 +86,7 @@ pub enum Flow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StageId {
     Auth,
+    Signature,
     Mcp,
     RateLimit,
     Tagging,
@@ -88,12 +94,15 @@ enum StageId {
     Breaker,
 }
 
-/// The stages that run when the body is in, for a request whose body
-/// decides (an MCP POST), in this order; at the headers they are skipped.
-const BODY_STAGES: [StageId; 2] = [StageId::Mcp, StageId::RateLimit];
+/// The stages that run again when the body is in, for a request whose
+/// body decides (an MCP POST, a signed request), in this order: the
+/// signature stage checks the body before anything reads it; the rate
+/// limiter is skipped at the headers and prices the request here.
+const BODY_STAGES: [StageId; 3] = [StageId::Signature, StageId::Mcp, StageId::RateLimit];
 
-const ORDER: [StageId; 6] = [
+const ORDER: [StageId; 7] = [
     StageId::Auth,
+    StageId::Signature,
     StageId::Mcp,
     StageId::RateLimit,
     StageId::Tagging,
@@ -132,6 +141,7 @@ struct Stream {
     breaker: BreakerStream,
     residency: ResidencyStream,
     mcp: McpStream,
+    signature: SignatureStream,
     /// The body size the proxy reported at the last body callback, if that
     /// callback paused (the proxy then buffers, and its next callback
     /// reports everything buffered, not just the new bytes).
@@ -151,6 +161,7 @@ pub struct Seeds {
 /// The pipeline of one proxy worker.
 pub struct Worker {
     auth: Option<AuthStage>,
+    signature: Option<SignatureStage>,
     mcp: Option<McpStage>,
     ratelimit: Option<RateLimitStage>,
     tagging: Option<TaggingStage>,
@@ -187,6 +198,13 @@ impl Worker {
                 let auth = Auth::new(c, &namespace, secret()?).map_err(in_section("auth"))?;
                 Some(AuthStage::new(auth, &*host, &mut metrics))
             }
+            None => None,
+        };
+        let signature = match config.signature {
+            Some(c) => Some(
+                SignatureStage::new(c, &namespace, secret()?, &*host, &mut metrics)
+                    .map_err(in_section("signature"))?,
+            ),
             None => None,
         };
         let mcp = match config.mcp {
@@ -237,6 +255,7 @@ impl Worker {
         };
         let mut worker = Worker {
             auth,
+            signature,
             mcp,
             ratelimit,
             tagging,
@@ -286,6 +305,7 @@ impl Worker {
             breaker: BreakerStream::default(),
             residency: ResidencyStream::default(),
             mcp: McpStream::default(),
+            signature: SignatureStream::default(),
             buffered: None,
         };
         let flow = match self.before_stages(host, &mut stream, end_of_stream) {
@@ -297,26 +317,31 @@ impl Worker {
     }
 
     /// What happens before the stages run: the MCP resource metadata is
-    /// served, and the body of an MCP POST is awaited. `None`: run them.
+    /// served, and the body of an MCP POST or a signed request is awaited.
+    /// `None`: run them.
     fn before_stages(
         &mut self,
         host: &mut dyn Host,
         stream: &mut Stream,
         end_of_stream: bool,
     ) -> Option<Flow> {
-        let mcp = self.mcp.as_ref()?;
-        stream.request.authorised_later = mcp.is_endpoint(&stream.request);
-        if let Some(reply) = mcp.metadata_reply(&stream.request, &mut self.metrics) {
-            return Some(refuse(host, stream, &reply));
+        if let Some(signature) = self.signature.as_ref() {
+            signature.keep_received(&stream.request, &mut stream.signature);
         }
-        let limit = mcp.body_limit(&stream.request)?;
+        if let Some(mcp) = self.mcp.as_ref() {
+            stream.request.authorised_later = mcp.is_endpoint(&stream.request);
+            if let Some(reply) = mcp.metadata_reply(&stream.request, &mut self.metrics) {
+                return Some(refuse(host, stream, &reply));
+            }
+        }
+        let limit = self.body_limit(&stream.request)?;
         let declared = stream
             .request
             .head()
             .header("content-length")
             .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|length| length > limit) {
-            let reply = mcp.too_large(&mut self.metrics);
+            let reply = self.too_large(&stream.request);
             return Some(refuse(host, stream, &reply));
         }
         // The body decides. Proxy-Wasm delivers no body while the headers
@@ -324,6 +349,37 @@ impl Worker {
         // body is held (the proxy buffers it) until it is decided.
         stream.request.body_limit = Some(if end_of_stream { 0 } else { limit });
         None
+    }
+
+    /// The longest body read for `request`, if a stage decides on it: the
+    /// smallest limit of the stages that ask.
+    fn body_limit(&self, request: &Request) -> Option<u64> {
+        let mcp = self.mcp.as_ref().and_then(|s| s.body_limit(request));
+        let signature = self.signature.as_ref().and_then(|s| s.body_limit(request));
+        match (mcp, signature) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The refusal of a body over [`Worker::body_limit`], by the stage
+    /// whose limit it passed (MCP's on a tie: its reply is JSON-RPC).
+    fn too_large(&mut self, request: &Request) -> LocalReply {
+        let mcp = self.mcp.as_ref().and_then(|s| s.body_limit(request));
+        let signature = self.signature.as_ref().and_then(|s| s.body_limit(request));
+        match (self.mcp.as_ref(), self.signature.as_ref()) {
+            (Some(stage), _) if mcp.is_some_and(|m| signature.is_none_or(|s| m <= s)) => {
+                stage.too_large(&mut self.metrics)
+            }
+            (_, Some(stage)) if signature.is_some() => stage.too_large(request, &mut self.metrics),
+            _ => LocalReply {
+                status: 413,
+                headers: Vec::new(),
+                body: Vec::new(),
+                grpc_status: None,
+                details: "ctxgate_body_too_large".to_owned(),
+            },
+        }
     }
 
     /// `body_size`: what the proxy reports as buffered for this callback.
@@ -386,16 +442,7 @@ impl Worker {
         end_of_stream: bool,
     ) -> Flow {
         if body_size > limit {
-            let reply = match self.mcp.as_ref() {
-                Some(mcp) => mcp.too_large(&mut self.metrics),
-                None => LocalReply {
-                    status: 413,
-                    headers: Vec::new(),
-                    body: Vec::new(),
-                    grpc_status: None,
-                    details: "ctxgate_body_too_large".to_owned(),
-                },
-            };
+            let reply = self.too_large(&stream.request);
             stream.buffered = Some(body_size);
             return refuse(host, stream, &reply);
         }
@@ -566,6 +613,10 @@ impl Worker {
                     .auth
                     .as_mut()
                     .map(|s| s.on_request(host, request, metrics)),
+                StageId::Signature => self
+                    .signature
+                    .as_ref()
+                    .map(|s| s.on_request(host, request, &mut stream.signature, metrics)),
                 StageId::Mcp => self
                     .mcp
                     .as_mut()
@@ -623,9 +674,16 @@ impl Worker {
             let metrics = &mut self.metrics;
             let request = &mut stream.request;
             let step = match stage {
+                StageId::Signature => self
+                    .signature
+                    .as_ref()
+                    .map(|s| s.on_body(request, &mut stream.signature, metrics)),
+                // The body is an MCP message only on an MCP endpoint (a
+                // signed route holds bodies too).
                 StageId::Mcp => self
                     .mcp
                     .as_mut()
+                    .filter(|s| s.body_limit(request).is_some())
                     .map(|s| s.on_body(host, request, &mut stream.mcp, metrics)),
                 StageId::RateLimit => self
                     .ratelimit

@@ -24,13 +24,14 @@ pub struct Request {
     /// Identity and operation: from the auth stage of this pipeline, or
     /// read from filter state once if auth runs in another filter.
     established: Option<Established>,
-    /// The whole request body, when the pipeline waited for it (MCP).
+    /// The whole request body, when the pipeline waited for it (MCP, a
+    /// signed request).
     pub body: Option<Vec<u8>>,
     /// A later stage authorises this request from its body (an MCP
     /// endpoint), so auth only authenticates it.
     pub authorised_later: bool,
-    /// The body decides (an MCP POST): the longest body accepted. The
-    /// body stages run once it is in.
+    /// The body decides (an MCP POST, a signed request): the longest body
+    /// accepted. The body stages run once it is in.
     pub body_limit: Option<u64>,
     /// What the request costs, in read-equivalents, when a stage priced it
     /// from the body (MCP); the rate limiter's own pricing otherwise.
