@@ -67,6 +67,7 @@ pub fn auth_request(data: &[u8]) {
             end_of_stream: true,
             client_address: &client_address,
             authorised_later: false,
+            peer: &|_| None,
         };
         let mut worker = auth.new_state();
         let first = auth.check(&mut worker, &store, &request, &env, fixtures::NOW);

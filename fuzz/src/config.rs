@@ -26,6 +26,7 @@ pub fn config(data: &[u8]) {
             end_of_stream: true,
             client_address: &no_address,
             authorised_later: false,
+            peer: &|_| None,
         };
         let decision = auth.check(&mut state, &MemoryStore::default(), &head, &env, NOW);
         // A tokenless request to `/` passes only as a public path or with

@@ -391,6 +391,7 @@ fn shared_cache_hit(fixture: &Fixture, value: &[u8]) {
         end_of_stream: true,
         client_address: &address,
         authorised_later: false,
+        peer: &|_| None,
     };
     let mut state = fixture.auth.new_state();
     let decision = fixture.auth.check(&mut state, &store, &request, &env, NOW);

@@ -639,6 +639,7 @@ fn record_seeds() {
         end_of_stream: true,
         client_address: &address,
         authorised_later: false,
+        peer: &|_| None,
     };
     let decision = auth.check(&mut auth.new_state(), &store, &request, &env, NOW);
     assert!(

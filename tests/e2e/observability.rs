@@ -68,6 +68,10 @@ fn scrape_gateway() -> Exported {
                 .stage("auth", auth)
                 .stage("ratelimit", ratelimit)
                 .stage("tagging", json!({}))
+                .stage(
+                    "residency",
+                    json!({"region": "eu", "tenants": {"acme": "eu"}, "services": {"api": {"eu": ["upstream"]}}}),
+                )
                 .stage("breaker", json!({"breakers": [{"name": "context_repository"}]}))
                 .stage("audit", audit),
         )

@@ -31,6 +31,7 @@ use ctxgate_core::breaker::Breakers;
 use ctxgate_core::config::parse_json;
 use ctxgate_core::pipeline::config::PipelineConfig;
 use ctxgate_core::ratelimit::RateLimiter;
+use ctxgate_core::residency::Residency;
 use ctxgate_core::shared::Secret;
 use ctxgate_core::tagging::Tagger;
 use ctxgate_e2e::reference::{self, SECTIONS};
@@ -58,7 +59,7 @@ fn parse(config: &Value) -> Result<(), String> {
     parsed.validate().map_err(|e| e.to_string())?;
     let section = |name: &str| serde_json::to_vec(&config[name]).unwrap();
     let secret = || Secret::from_bytes([0; 16]);
-    let compiled: [(&str, Result<(), String>); 4] = [
+    let compiled: [(&str, Result<(), String>); 5] = [
         (
             "auth",
             match parsed.auth {
@@ -83,6 +84,13 @@ fn parse(config: &Value) -> Result<(), String> {
                 Some(_) => Tagger::from_json(&section("tagging"))
                     .map(drop)
                     .map_err(|e| e.to_string()),
+                None => Ok(()),
+            },
+        ),
+        (
+            "residency",
+            match parsed.residency {
+                Some(c) => Residency::new(c).map(drop).map_err(|e| e.to_string()),
                 None => Ok(()),
             },
         ),

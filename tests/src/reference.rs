@@ -16,11 +16,13 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 /// The stage sections, in pipeline order, then the worker's own.
-pub const SECTIONS: [&str; 7] = [
+pub const SECTIONS: [&str; 9] = [
     "auth",
+    "signature",
     "mcp",
     "ratelimit",
     "tagging",
+    "residency",
     "breaker",
     "audit",
     "metrics",

@@ -53,7 +53,7 @@ impl Established {
 /// The verified caller, as later stages see it: what the token says, once
 /// its signature and claims were checked. Serialized once per token (see
 /// [`crate::auth::identity::Identity::filter_state`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caller {
     pub tenant: String,
     pub subject: String,
@@ -67,6 +67,14 @@ pub struct Caller {
     /// (`filter_state_claims`), e.g. a data-residency region for tagging.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub claims: BTreeMap<String, String>,
+    /// The calling service's principal name (its client certificate or
+    /// service token), when a service called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The service called on behalf of the user named by `subject` (and
+    /// `tenant`): the service is the first of `actors` too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_behalf_of: bool,
 }
 
 /// The `rate_limits` claim, passed on to the rate limiter.
@@ -140,6 +148,8 @@ mod tests {
                 context_operations_per_hour: None,
             }),
             claims: BTreeMap::from([("data_region".to_owned(), "eu".to_owned())]),
+            service: Some("ingest".into()),
+            on_behalf_of: true,
         };
         let operation = MatchedOperation {
             name: "read".into(),
@@ -151,7 +161,7 @@ mod tests {
         let bytes = encode(&caller_json, Some(&operation));
         assert_eq!(
             String::from_utf8(bytes.clone()).unwrap(),
-            r#"{"identity":{"tenant":"acme","subject":"alice","tier":"standard","issuer":"https://idp.test","actors":["agent"],"rate_limits":{"requests_per_minute":600},"claims":{"data_region":"eu"}},"operation":{"name":"read","action":"read","context":"projects/eng"}}"#
+            r#"{"identity":{"tenant":"acme","subject":"alice","tier":"standard","issuer":"https://idp.test","actors":["agent"],"rate_limits":{"requests_per_minute":600},"claims":{"data_region":"eu"},"service":"ingest","on_behalf_of":true},"operation":{"name":"read","action":"read","context":"projects/eng"}}"#
         );
         assert_eq!(
             Established::parse(Some(&bytes)),

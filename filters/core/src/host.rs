@@ -32,12 +32,26 @@ pub enum Attribute {
     RouteName,
     /// The upstream cluster of that route.
     ClusterName,
+    /// Whether the downstream connection presented a client certificate
+    /// that the listener verified: `"true"` or `"false"` (Envoy's
+    /// `connection.mtls`, one byte, is translated by the engine).
+    PeerMtls,
+    /// The peer certificate's first URI SAN (a SPIFFE ID), raw. Envoy
+    /// exposes only the first one.
+    PeerUriSan,
+    /// The peer certificate's first DNS SAN.
+    PeerDnsSan,
+    /// The peer certificate's subject, RFC 2253 (`CN=ingest,O=ctx`).
+    PeerSubject,
 }
 
 impl Attribute {
     /// Route and cluster depend on the request headers: header changes
-    /// must reach the proxy before either is read (the proxy then matches
-    /// the route again).
+    /// reach the proxy before either is read. Measured on Envoy 1.40: a
+    /// header change clears the route cache, but a filter still reads the
+    /// route matched before it; only the router matches again, when it
+    /// forwards. A stage that must know where a request goes names the
+    /// cluster itself (see the residency stage).
     pub fn depends_on_headers(self) -> bool {
         matches!(self, Attribute::RouteName | Attribute::ClusterName)
     }
@@ -96,6 +110,48 @@ pub enum MetricKind {
     Gauge,
 }
 
+/// A named set of nonces and its capacity, as a stage declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonceSpace {
+    /// Unique per plugin and stage (`ctxgate/<plugin>.signature`).
+    pub name: String,
+    pub buckets: u32,
+    /// Live nonces per bucket.
+    pub per_bucket: u8,
+}
+
+/// Why a nonce was not claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceRefusal {
+    /// The nonce is live: this is a replay.
+    Replayed,
+    /// Its bucket is full of live nonces. The store never forgets a live
+    /// nonce to make room, so the request must be refused.
+    Full,
+    /// The store could not be read or written (contention, a record that
+    /// does not decode, a host error).
+    Unavailable,
+}
+
+/// Remembers nonces until they expire, for every worker of the proxy: a
+/// host service (on proxy-wasm over shared data, [`crate::nonce`]), so
+/// that an engine with threads can keep them in its own memory.
+pub trait NonceStore {
+    /// Creates what `space` keeps. Called when a worker is configured,
+    /// before it serves traffic.
+    fn prepare(&self, space: &NonceSpace);
+
+    /// Records `nonce` (a keyed hash the stage computed, unique to its
+    /// key id and nonce) until `expires_ms`, unless it is live already.
+    fn claim(
+        &self,
+        space: &NonceSpace,
+        nonce: u64,
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<(), NonceRefusal>;
+}
+
 /// The proxy, as the pipeline sees it.
 pub trait Host {
     /// Unix time in milliseconds.
@@ -103,6 +159,9 @@ pub trait Host {
 
     /// State shared by every worker of this proxy (compare-and-swap).
     fn shared(&self) -> &dyn SharedStore;
+
+    /// Nonces seen by every worker of this proxy, for replay protection.
+    fn nonces(&self) -> &dyn NonceStore;
 
     /// The request headers of `stream`, read once, values as raw bytes.
     fn request_headers(&mut self, stream: StreamId) -> Vec<(String, Vec<u8>)>;

@@ -23,6 +23,7 @@ pub mod mcp;
 pub mod metrics;
 #[cfg(any(test, feature = "mock"))]
 pub mod mock;
+pub mod nonce;
 pub mod operation;
 pub mod path;
 pub mod pipeline;
@@ -30,10 +31,12 @@ pub mod query;
 pub mod ratelimit;
 pub mod record;
 pub mod reply;
+pub mod residency;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod scope;
 pub mod shared;
+pub mod signature;
 pub mod tagging;
 #[cfg(test)]
 mod test_keys;

@@ -5,9 +5,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::host::{
-    Attribute, CallId, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind, QueueError,
-    StreamId,
+    Attribute, CallId, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind, NonceStore,
+    QueueError, StreamId,
 };
+use crate::nonce::SharedNonces;
 use crate::reply::LocalReply;
 use crate::shared::{MemoryStore, SharedStore};
 
@@ -67,6 +68,8 @@ pub struct MockCall {
 pub struct MockHost {
     pub now_ms: u64,
     pub store: MemoryStore,
+    /// The nonce store, over its own shared data.
+    pub nonces: SharedNonces<MemoryStore>,
     pub streams: HashMap<StreamId, MockStream>,
     pub calls: Vec<MockCall>,
     /// Calls fail to start while set (no such cluster).
@@ -79,8 +82,16 @@ pub struct MockHost {
     pub audit_queue: Option<std::collections::VecDeque<Vec<u8>>>,
     /// Messages enqueued (audit queue host calls).
     pub audit_enqueues: u32,
+    /// The route table: the cluster for the request headers as they are
+    /// now (after the changes applied so far), as the proxy matches the
+    /// route again after a change. Without it, the stream's
+    /// `cluster_name` attribute is used.
+    pub router: Option<Router>,
     next_call: CallId,
 }
+
+/// A route table for [`MockHost::router`]: request headers to cluster.
+pub type Router = fn(&[(String, Vec<u8>)]) -> Option<String>;
 
 impl MockHost {
     pub fn new(now_ms: u64) -> MockHost {
@@ -145,6 +156,10 @@ impl Host for MockHost {
         &self.store
     }
 
+    fn nonces(&self) -> &dyn NonceStore {
+        &self.nonces
+    }
+
     fn request_headers(&mut self, stream: StreamId) -> Vec<(String, Vec<u8>)> {
         let s = self.streams.entry(stream).or_default();
         s.header_reads += 1;
@@ -181,10 +196,17 @@ impl Host for MockHost {
     }
 
     fn attribute(&self, stream: StreamId, attribute: Attribute) -> Option<String> {
+        if let (Attribute::ClusterName, Some(router)) = (attribute, self.router) {
+            return router(&self.streams.get(&stream)?.request_headers);
+        }
         let key = match attribute {
             Attribute::ClientAddress => "client_address",
             Attribute::RouteName => "route_name",
             Attribute::ClusterName => "cluster_name",
+            Attribute::PeerMtls => "peer_mtls",
+            Attribute::PeerUriSan => "peer_uri_san",
+            Attribute::PeerDnsSan => "peer_dns_san",
+            Attribute::PeerSubject => "peer_subject",
         };
         self.streams.get(&stream)?.attributes.get(key).cloned()
     }

@@ -59,6 +59,12 @@ pub struct OperationRule {
     /// The scope action the operation needs on its context: `read`,
     /// `write` or `admin`.
     pub action: Action,
+    /// Only a calling service may do this: the request must come over a
+    /// connection whose client certificate maps to one of the auth stage's
+    /// `services` (403 `missing_client_certificate` or
+    /// `unknown_service_certificate` otherwise), alone or acting for a user.
+    #[serde(default)]
+    pub require_service: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +93,7 @@ struct CompiledRule {
     prefix: Vec<TemplateSegment>,
     context: ContextSource,
     action: Action,
+    require_service: bool,
 }
 
 /// The matched operation of a request.
@@ -103,6 +110,8 @@ pub struct Operation<'a> {
     /// The query parameter that carried the context, if any: the upstream
     /// must receive the canonical context there.
     pub context_param: Option<&'a str>,
+    /// The rule's `require_service`.
+    pub require_service: bool,
 }
 
 /// Outcome of looking a request up in the map.
@@ -241,6 +250,7 @@ impl OperationMap {
                 context,
                 tenant,
                 context_param,
+                require_service: rule.require_service,
             });
         }
         OperationMatch::NoMatch
@@ -351,6 +361,7 @@ fn compile_rule(rule: &OperationRule) -> Result<CompiledRule, String> {
         prefix,
         context,
         action: rule.action,
+        require_service: rule.require_service,
     })
 }
 
@@ -363,6 +374,7 @@ pub fn demo_rules() -> Vec<OperationRule> {
             path: path.into(),
             context_param: param.map(str::to_owned),
             action,
+            require_service: false,
         };
     vec![
         rule(
@@ -515,6 +527,7 @@ mod tests {
             path: "/a/{context}".into(),
             context_param: None,
             action: Action::Read,
+            require_service: false,
         });
         let err = OperationMap::compile(&rules).unwrap_err();
         assert_eq!(err.field, "operations[5]");
@@ -527,6 +540,7 @@ mod tests {
                 path: path.into(),
                 context_param: param.map(Into::into),
                 action: Action::Read,
+                require_service: false,
             }])
             .unwrap_err()
             .message
@@ -602,6 +616,7 @@ mod tests {
             path: "/v1/tenants/{tenant}/contexts/{context}".into(),
             context_param: None,
             action: Action::Read,
+            require_service: false,
         }])
         .unwrap();
         let OperationMatch::Matched(op) =
@@ -617,6 +632,7 @@ mod tests {
             path: "/{tenant}/{tenant}/{context}".into(),
             context_param: None,
             action: Action::Read,
+            require_service: false,
         }]);
         assert!(twice.unwrap_err().message.contains("only once"));
     }
@@ -629,6 +645,7 @@ mod tests {
             path: "/t/*/contexts/{context}".into(),
             context_param: None,
             action: Action::Read,
+            require_service: false,
         }])
         .unwrap();
         assert_eq!(matched(&map, "GET", "/t/acme/contexts/a/b").2, "a/b");

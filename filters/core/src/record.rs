@@ -37,6 +37,7 @@ pub enum Kind {
     Breaker = 7,
     Secret = 8,
     McpSession = 9,
+    NonceBucket = 10,
 }
 
 /// Why a shared-data value could not be read as the record expected.

@@ -133,6 +133,26 @@ impl Scope {
         self.action >= action && self.covers(path)
     }
 
+    /// What both scopes grant: the lesser action on the paths both cover
+    /// (patterns are prefixes, so that is one pattern or nothing).
+    fn intersect(&self, other: &Scope) -> Option<Scope> {
+        let len = self.pattern.len().max(other.pattern.len());
+        let mut pattern = Vec::with_capacity(len);
+        for i in 0..len {
+            let segment = match (self.pattern.get(i), other.pattern.get(i)) {
+                (Some(Segment::AnyOne) | None, Some(s))
+                | (Some(s), Some(Segment::AnyOne) | None) => s.clone(),
+                (Some(a), Some(b)) if a == b => a.clone(),
+                _ => return None,
+            };
+            pattern.push(segment);
+        }
+        Some(Scope {
+            action: self.action.min(other.action),
+            pattern,
+        })
+    }
+
     /// Is `path` this scope's path or below it?
     fn covers(&self, path: &ContextPath) -> bool {
         let segments = path.segments();
@@ -203,6 +223,25 @@ impl ScopeSet {
 
     pub fn iter(&self) -> impl Iterator<Item = &Scope> {
         self.scopes.iter()
+    }
+
+    /// What both sets grant: `a.grants(x) && b.grants(x)` exactly when
+    /// `a.intersect(b).grants(x)` (for a service acting for a user).
+    pub fn intersect(&self, other: &ScopeSet) -> ScopeSet {
+        let mut scopes: Vec<Scope> = Vec::new();
+        for a in &self.scopes {
+            for b in &other.scopes {
+                if let Some(both) = a.intersect(b)
+                    && !scopes.contains(&both)
+                {
+                    scopes.push(both);
+                }
+            }
+        }
+        ScopeSet {
+            scopes,
+            rejected: 0,
+        }
     }
 }
 
@@ -341,5 +380,47 @@ mod tests {
         assert_eq!(set.rejected(), 1);
         assert!(set.grants(Action::Write, &path("projects/b/c")));
         assert!(!set.grants(Action::Write, &path("projects/a")));
+    }
+
+    #[test]
+    fn intersections_grant_what_both_grant() {
+        let user = ScopeSet::parse(["write:projects/*", "read:docs", "admin:ops/a"]).unwrap();
+        let service =
+            ScopeSet::parse(["read:projects/eng", "admin:*/a/b", "write:docs/x"]).unwrap();
+        let both = user.intersect(&service);
+        let mut texts: Vec<String> = both.iter().map(ToString::to_string).collect();
+        texts.sort();
+        assert_eq!(
+            texts,
+            [
+                "admin:ops/a/b",
+                "read:docs/a/b",
+                "read:docs/x",
+                "read:projects/eng",
+                "write:projects/a/b"
+            ]
+            .map(String::from)
+        );
+        let paths = [
+            "projects/eng/x",
+            "projects/ops",
+            "projects/a/b",
+            "docs/x",
+            "docs/y",
+            "docs/a/b",
+            "ops/a/b/c",
+            "ops/a",
+        ];
+        for path in paths {
+            let path = ContextPath::parse(path).unwrap();
+            for action in [Action::Read, Action::Write, Action::Admin] {
+                assert_eq!(
+                    both.grants(action, &path),
+                    user.grants(action, &path) && service.grants(action, &path),
+                    "{action} {path}"
+                );
+            }
+        }
+        assert!(user.intersect(&ScopeSet::default()).is_empty());
     }
 }

@@ -56,6 +56,17 @@ pub trait SharedStore {
     }
 }
 
+/// A borrowed store is a store (two views of one store stand for two
+/// workers in tests).
+impl<S: SharedStore + ?Sized> SharedStore for &S {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
+        (**self).get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), SetError> {
+        (**self).set(key, value, cas)
+    }
+}
+
 /// Outcome of a bounded compare-and-swap update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update<T> {

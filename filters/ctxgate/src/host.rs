@@ -8,8 +8,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use ctxgate_core::host::{
     Attribute, CallId, CallResponse, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind,
-    QueueError, StreamId,
+    NonceStore, QueueError, StreamId,
 };
+use ctxgate_core::nonce::SharedNonces;
 use ctxgate_core::reply::LocalReply;
 use ctxgate_core::shared::{Cas, SetError, SharedStore};
 use proxy_wasm::hostcalls;
@@ -109,6 +110,10 @@ impl Host for WasmHost {
         &SharedData
     }
 
+    fn nonces(&self) -> &dyn NonceStore {
+        &SharedNonces(SharedData)
+    }
+
     fn request_headers(&mut self, stream: StreamId) -> Vec<(String, Vec<u8>)> {
         self.on(stream);
         hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
@@ -156,8 +161,17 @@ impl Host for WasmHost {
             Attribute::ClientAddress => vec!["source", "address"],
             Attribute::RouteName => vec!["xds", "route_name"],
             Attribute::ClusterName => vec!["xds", "cluster_name"],
+            Attribute::PeerMtls => vec!["connection", "mtls"],
+            Attribute::PeerUriSan => vec!["connection", "uri_san_peer_certificate"],
+            Attribute::PeerDnsSan => vec!["connection", "dns_san_peer_certificate"],
+            Attribute::PeerSubject => vec!["connection", "subject_peer_certificate"],
         };
         let bytes = hostcalls::get_property(path).ok().flatten()?;
+        if attribute == Attribute::PeerMtls {
+            // A bool, serialised as one byte (0x00 even on plaintext).
+            let verified = bytes.first().is_some_and(|b| *b != 0);
+            return Some(verified.to_string());
+        }
         String::from_utf8(bytes).ok()
     }
 

@@ -175,6 +175,7 @@ fn it_lets_preflights_and_public_paths_through_and_strips_forged_identity() {
         ("x-context-actor-chain", "nobody"),
         ("x-context-operation", "delete"),
         ("x-context-path", "projects/secret"),
+        ("x-context-service", "evil-service"),
     ];
     let forge = |mut request: Request| {
         for (name, value) in forged {

@@ -335,7 +335,7 @@ pub fn assert_vm_healthy(envoy: &Envoy) {
 }
 
 /// The headers through which the filter tells the upstream who is calling.
-pub const IDENTITY_HEADERS: [&str; 8] = [
+pub const IDENTITY_HEADERS: [&str; 9] = [
     "x-context-tenant",
     "x-context-subject",
     "x-context-tier",
@@ -344,6 +344,7 @@ pub const IDENTITY_HEADERS: [&str; 8] = [
     "x-context-actor-chain",
     "x-context-operation",
     "x-context-path",
+    "x-context-service",
 ];
 
 /// An expected set of identity headers, for comparing with

@@ -3,11 +3,12 @@
 
 use std::collections::HashSet;
 
-use super::config::{AuthConfig, IdentityHeaders, Unmatched};
+use super::config::{AuthConfig, IdentityHeaders, TokenRole, Unmatched};
+use super::principal::Service;
 use super::provider::Provider;
 use super::public_path::PublicPath;
 use super::shared_cache::SharedTokenCache;
-use super::sources::{self, TokenSource};
+use super::sources::{self, RoleSource};
 use super::throttle::Throttle;
 use crate::config::ConfigError;
 use crate::jwt::Algorithm;
@@ -19,7 +20,7 @@ use crate::shared::{Secret, SharedStore};
 pub struct Auth {
     pub realm: String,
     pub providers: Vec<Provider>,
-    pub(super) sources: Vec<TokenSource>,
+    pub(super) sources: Vec<RoleSource>,
     pub(super) forward_token: bool,
     pub(super) max_token_bytes: usize,
     pub(super) operations: OperationMap,
@@ -44,6 +45,8 @@ pub struct Auth {
     pub(super) method_override_params: Vec<String>,
     /// Every query parameter the gateway decides on.
     pub(super) read_params: Vec<String>,
+    /// Service principals, by client certificate.
+    pub(super) services: Vec<Service>,
 }
 
 impl Auth {
@@ -52,7 +55,35 @@ impl Auth {
     pub fn new(config: AuthConfig, namespace: &str, secret: Secret) -> Result<Auth, ConfigError> {
         config.validate()?;
         let operations = OperationMap::compile(&config.operations)?;
-        let sources = config.all_token_sources();
+        let sources = config.role_sources();
+        if let Some(i) = config
+            .services
+            .iter()
+            .position(|s| s.require_token)
+            .filter(|_| {
+                !config
+                    .providers
+                    .iter()
+                    .any(|p| p.role == TokenRole::Service)
+            })
+        {
+            return Err(ConfigError::new(
+                format!("services[{i}].require_token"),
+                "needs a provider with role service to verify service tokens",
+            ));
+        }
+        if config.operations.iter().any(|o| o.require_service) && config.services.is_empty() {
+            return Err(ConfigError::new(
+                "services",
+                "an operation sets require_service, but no service is configured",
+            ));
+        }
+        let services = config
+            .services
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| Service::compile(i, s, &config.default_tier))
+            .collect::<Result<Vec<_>, _>>()?;
         let providers = config
             .providers
             .into_iter()
@@ -98,6 +129,7 @@ impl Auth {
             method_override_headers: config.method_override_headers,
             method_override_params: config.method_override_params,
             read_params,
+            services,
         })
     }
 

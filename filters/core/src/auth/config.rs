@@ -8,8 +8,9 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
+use super::principal::ServiceConfig;
 use super::public_path::{PublicPath, PublicPathConfig};
-use super::sources::TokenSource;
+use super::sources::{RoleSource, TokenSource};
 use crate::client::ClientConfig;
 use crate::config::{ConfigError, check_header_name};
 use crate::duration;
@@ -122,6 +123,23 @@ pub struct AuthConfig {
     /// [`VerificationThrottleConfig`]).
     #[serde(default)]
     pub verification_throttle: VerificationThrottleConfig,
+    /// Service principals: a verified client certificate (mTLS) whose
+    /// identity matches an entry authenticates the request as that service,
+    /// with the entry's tenant and scopes. The first matching entry wins.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// Whose token a source carries, and which providers may verify it: a
+/// user's (the default) or a calling service's (short-lived tokens of an
+/// internal issuer). A request may carry one token of each role.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    #[default]
+    User,
+    Service,
 }
 
 /// A client whose tokens keep failing verification is refused (429)
@@ -218,6 +236,13 @@ pub struct ProviderConfig {
     /// space-separated string).
     #[serde(default = "defaults::scopes_claim")]
     pub scopes_claim: String,
+    /// Whose tokens this provider issues: `user` (the default) or
+    /// `service` (an internal issuer of service tokens). A token is
+    /// accepted only from a source of the provider's role: a user token
+    /// sent as a service token is refused (`token_role_mismatch`), and so
+    /// is the reverse.
+    #[serde(default)]
+    pub role: TokenRole,
     /// The provider's keys: `inline` or `remote`. Not jwt_authn's
     /// `local_jwks`/`remote_jwks`: an inline key set is a JSON object, not
     /// a string, and a remote one is fetched from an Envoy cluster and
@@ -312,6 +337,9 @@ pub struct TokenSourceConfig {
     /// A cookie carrying the token.
     #[serde(default)]
     pub cookie: Option<String>,
+    /// Whose token this source carries (`user` or `service`).
+    #[serde(default)]
+    pub role: TokenRole,
 }
 
 /// A header a token is read from: jwt_authn's `JwtHeader`.
@@ -327,6 +355,9 @@ pub struct JwtHeader {
     /// is the token.
     #[serde(default)]
     pub value_prefix: Option<String>,
+    /// Whose token this header carries (`user` or `service`).
+    #[serde(default)]
+    pub role: TokenRole,
 }
 
 /// What to do with requests that match no operation and no public path.
@@ -362,6 +393,9 @@ pub struct IdentityHeaders {
     pub operation: String,
     /// The operation's canonical context path.
     pub context_path: String,
+    /// The calling service's principal name (mTLS certificate or service
+    /// token); with a user's token, the service acting on the user's behalf.
+    pub service: String,
 }
 
 impl Default for IdentityHeaders {
@@ -375,12 +409,13 @@ impl Default for IdentityHeaders {
             actor_chain: "x-context-actor-chain".into(),
             operation: "x-context-operation".into(),
             context_path: "x-context-path".into(),
+            service: "x-context-service".into(),
         }
     }
 }
 
 impl IdentityHeaders {
-    pub fn all(&self) -> [&str; 8] {
+    pub fn all(&self) -> [&str; 9] {
         [
             &self.tenant,
             &self.subject,
@@ -390,6 +425,7 @@ impl IdentityHeaders {
             &self.actor_chain,
             &self.operation,
             &self.context_path,
+            &self.service,
         ]
     }
 }
@@ -587,6 +623,7 @@ impl AuthConfig {
             }
         }
         self.validate_token_sources()?;
+        super::principal::validate(&self.services)?;
         if !(256..=65536).contains(&self.max_token_bytes) {
             return Err(ConfigError::new(
                 "max_token_bytes",
@@ -664,33 +701,70 @@ impl AuthConfig {
     /// `from_params`, `from_cookies`; `Authorization: Bearer` when none of
     /// them is set.
     pub fn all_token_sources(&self) -> Vec<TokenSource> {
-        let headers = self.from_headers.iter().map(|h| TokenSource::Header {
-            name: h.name.clone(),
-            prefix: h.value_prefix.clone(),
+        self.role_sources().into_iter().map(|s| s.source).collect()
+    }
+
+    /// Every token source with its role, in order: `token_sources`,
+    /// `from_headers`, `from_params`, `from_cookies` (parameters and
+    /// cookies carry user tokens). `Authorization: Bearer` for users when
+    /// `token_sources` is not set and no other source is for users; header `x-service-token` (the raw token, no
+    /// scheme) for services when a provider has the service role and no
+    /// source does.
+    pub fn role_sources(&self) -> Vec<RoleSource> {
+        let user = |source| RoleSource {
+            role: TokenRole::User,
+            source,
+        };
+        let headers = self.from_headers.iter().map(|h| RoleSource {
+            role: h.role,
+            source: TokenSource::Header {
+                name: h.name.clone(),
+                prefix: h.value_prefix.clone(),
+            },
         });
-        let params = self.from_params.iter().cloned().map(TokenSource::Query);
-        let cookies = self.from_cookies.iter().cloned().map(TokenSource::Cookie);
+        let params = self
+            .from_params
+            .iter()
+            .map(|p| user(TokenSource::Query(p.clone())));
+        let cookies = self
+            .from_cookies
+            .iter()
+            .map(|c| user(TokenSource::Cookie(c.clone())));
         let listed = self.token_sources.iter().flatten().filter_map(|s| {
-            match (&s.header, &s.query, &s.cookie) {
-                (Some(name), _, _) => Some(TokenSource::Header {
+            let source = match (&s.header, &s.query, &s.cookie) {
+                (Some(name), _, _) => TokenSource::Header {
                     name: name.clone(),
                     prefix: s.prefix.clone(),
-                }),
-                (_, Some(name), _) => Some(TokenSource::Query(name.clone())),
-                (_, _, Some(name)) => Some(TokenSource::Cookie(name.clone())),
-                _ => None,
-            }
+                },
+                (_, Some(name), _) => TokenSource::Query(name.clone()),
+                (_, _, Some(name)) => TokenSource::Cookie(name.clone()),
+                _ => return None,
+            };
+            Some(RoleSource {
+                role: s.role,
+                source,
+            })
         });
-        let sources: Vec<TokenSource> =
+        let mut sources: Vec<RoleSource> =
             listed.chain(headers).chain(params).chain(cookies).collect();
-        if sources.is_empty() && self.token_sources.is_none() {
-            vec![TokenSource::Header {
+        if self.token_sources.is_none() && !sources.iter().any(|s| s.role == TokenRole::User) {
+            sources.push(user(TokenSource::Header {
                 name: "authorization".into(),
                 prefix: Some("Bearer ".into()),
-            }]
-        } else {
-            sources
+            }));
         }
+        if self.providers.iter().any(|p| p.role == TokenRole::Service)
+            && !sources.iter().any(|s| s.role == TokenRole::Service)
+        {
+            sources.push(RoleSource {
+                role: TokenRole::Service,
+                source: TokenSource::Header {
+                    name: "x-service-token".into(),
+                    prefix: None,
+                },
+            });
+        }
+        sources
     }
 
     fn validate_token_sources(&self) -> Result<(), ConfigError> {

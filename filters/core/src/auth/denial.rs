@@ -46,10 +46,16 @@ pub enum Reason {
     TenantMismatch,
     InvalidScopes,
     VerificationThrottled,
+    MissingClientCertificate,
+    UnknownServiceCertificate,
+    MissingServiceToken,
+    ServiceTokenMismatch,
+    TokenRoleMismatch,
+    OnBehalfOfNotAllowed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 38] = [
         Reason::MissingToken,
         Reason::MultipleTokens,
         Reason::MalformedToken,
@@ -82,6 +88,12 @@ impl Reason {
         Reason::TenantMismatch,
         Reason::InvalidScopes,
         Reason::VerificationThrottled,
+        Reason::MissingClientCertificate,
+        Reason::UnknownServiceCertificate,
+        Reason::MissingServiceToken,
+        Reason::ServiceTokenMismatch,
+        Reason::TokenRoleMismatch,
+        Reason::OnBehalfOfNotAllowed,
     ];
 
     /// The stable reason code.
@@ -119,6 +131,12 @@ impl Reason {
             Reason::TenantMismatch => "tenant_mismatch",
             Reason::InvalidScopes => "invalid_scopes",
             Reason::VerificationThrottled => "verification_throttled",
+            Reason::MissingClientCertificate => "missing_client_certificate",
+            Reason::UnknownServiceCertificate => "unknown_service_certificate",
+            Reason::MissingServiceToken => "missing_service_token",
+            Reason::ServiceTokenMismatch => "service_token_mismatch",
+            Reason::TokenRoleMismatch => "token_role_mismatch",
+            Reason::OnBehalfOfNotAllowed => "on_behalf_of_not_allowed",
         }
     }
 
@@ -147,7 +165,11 @@ impl Reason {
             | Reason::DelegationTooDeep
             | Reason::DelegationScopeNotDelegable
             | Reason::UnknownOperation
-            | Reason::TenantMismatch => 403,
+            | Reason::TenantMismatch
+            | Reason::MissingClientCertificate
+            | Reason::UnknownServiceCertificate
+            | Reason::ServiceTokenMismatch
+            | Reason::OnBehalfOfNotAllowed => 403,
             Reason::VerificationThrottled => 429,
             Reason::KeysUnavailable => 503,
             _ => 401,
@@ -165,7 +187,11 @@ impl Reason {
             | Reason::DelegationTooDeep
             | Reason::DelegationScopeNotDelegable
             | Reason::UnknownOperation
-            | Reason::TenantMismatch => Some("insufficient_scope"),
+            | Reason::TenantMismatch
+            | Reason::OnBehalfOfNotAllowed => Some("insufficient_scope"),
+            // Not about a bearer token: the connection's certificate.
+            Reason::MissingClientCertificate | Reason::UnknownServiceCertificate => None,
+            Reason::MissingServiceToken => None,
             _ => Some("invalid_token"),
         }
     }
@@ -255,6 +281,8 @@ impl Denial {
         let fallback = match status {
             503 => "temporarily_unavailable",
             429 => "too_many_requests",
+            // A certificate problem, not a bearer token's.
+            403 => "access_denied",
             _ => "unauthorized",
         };
         let body = json!({
@@ -359,6 +387,27 @@ mod tests {
             forbidden.reply("r", &head("POST", &grpc)).grpc_status,
             Some(7)
         );
+    }
+
+    #[test]
+    fn certificate_refusals_are_not_about_a_bearer_token() {
+        let reply = Denial::new(Reason::UnknownServiceCertificate, "unknown")
+            .reply("ctxgate", &head("GET", &[]));
+        assert_eq!(reply.status, 403);
+        assert_eq!(
+            reply.headers[0],
+            ("www-authenticate".into(), "Bearer realm=\"ctxgate\"".into())
+        );
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["error"], "access_denied");
+        assert_eq!(
+            reply.details,
+            "ctxgate_auth_denied{unknown_service_certificate}"
+        );
+        let reply = Denial::new(Reason::MissingServiceToken, "none").reply("r", &head("GET", &[]));
+        assert_eq!(reply.status, 401);
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["error"], "unauthorized");
     }
 
     #[test]

@@ -4,13 +4,15 @@
 //! delegation and scopes.
 
 use super::compile::Auth;
-use super::config::{IdentityHeaders, Unmatched};
+use super::config::{IdentityHeaders, TokenRole, Unmatched};
 use super::denial::{Denial, Reason};
 use super::identity::Identity;
+use super::service::on_behalf_of;
 use super::sources;
 use super::target::{self, Target};
 use super::verify::AuthState;
 use crate::contract::Established;
+use crate::host::Attribute;
 use crate::http::RequestHead;
 use crate::operation::{Operation, OperationMatch};
 use crate::path::canonical_path;
@@ -79,6 +81,11 @@ impl Allowed {
                 (!id.actors.is_empty())
                     .then_some((names.actor_chain.as_str(), id.actor_chain_header.as_str())),
             )
+            .chain(
+                id.service
+                    .as_deref()
+                    .map(|service| (names.service.as_str(), service)),
+            )
         });
         let operation = self.established.operation.iter().flat_map(move |op| {
             [
@@ -121,6 +128,10 @@ pub struct RequestEnv<'a> {
     /// A later stage authorises this request from its body (an MCP
     /// endpoint): a request no operation matches needs only a valid token.
     pub authorised_later: bool,
+    /// The connection's client certificate ([`Attribute::PeerMtls`] and
+    /// the `Peer*` attributes), looked up only when services are
+    /// configured.
+    pub peer: &'a dyn Fn(Attribute) -> Option<String>,
 }
 
 impl Auth {
@@ -207,15 +218,50 @@ impl Auth {
                     ));
                 }
             };
+        let requires_service = operation.as_ref().is_some_and(|op| op.require_service);
         let found = sources::extract(&self.sources, request, &target.query)?;
-        let token = &found.token;
-        if token.len() > self.max_token_bytes {
-            return Err(Denial::new(
-                Reason::TokenTooLarge,
-                format!("token exceeds {} bytes", self.max_token_bytes),
-            ));
+        for token in [&found.user, &found.service].into_iter().flatten() {
+            if token.token.len() > self.max_token_bytes {
+                return Err(Denial::new(
+                    Reason::TokenTooLarge,
+                    format!("token exceeds {} bytes", self.max_token_bytes),
+                ));
+            }
         }
-        let identity = self.verify(state, store, token, request, env, now, decision)?;
+        let service = self.calling_service(
+            state,
+            store,
+            &found,
+            requires_service,
+            request,
+            env,
+            now,
+            decision,
+        )?;
+        let user = match &found.user {
+            Some(token) => Some(self.verify_role(
+                state,
+                store,
+                &token.token,
+                TokenRole::User,
+                request,
+                env,
+                now,
+                decision,
+            )?),
+            None => None,
+        };
+        let identity = match (user, service) {
+            (None, None) => {
+                return Err(Denial::new(
+                    Reason::MissingToken,
+                    "a bearer token is required",
+                ));
+            }
+            (Some(user), None) => user,
+            (None, Some(service)) => service,
+            (Some(user), Some(service)) => Rc::new(on_behalf_of(&user, &service)?),
+        };
         if let Some(tenant) = operation.as_ref().and_then(|op| op.tenant.as_ref())
             && *tenant != identity.tenant
         {
@@ -236,7 +282,9 @@ impl Auth {
             }
         }
         if !self.forward_token {
-            sources::strip(&found, request, &mut target.query, allowed);
+            for token in [&found.user, &found.service].into_iter().flatten() {
+                sources::strip(token, request, &mut target.query, allowed);
+            }
         }
         let path = match &operation {
             Some(op) => {

@@ -65,6 +65,9 @@ pub struct Identity {
     pub actor_chain_header: String,
     pub delegation: Option<DelegationRights>,
     pub delegatable: ScopeSet,
+    /// Services the subject lets act on its behalf: the `sub` of each RFC
+    /// 8693 `may_act` claim entry (an object, or an array of objects).
+    pub may_act: Vec<String>,
     pub rate_limits: Option<RateLimitClaims>,
     /// Unix seconds after which this identity must not be used (the
     /// token's `exp` plus the provider's skew), if the token expires.
@@ -74,6 +77,9 @@ pub struct Identity {
     pub filter_state: Vec<u8>,
     /// The same, for the stages of the same pipeline (no JSON round trip).
     pub caller: Rc<Caller>,
+    /// The calling service's principal name, when a service called (see
+    /// [`Caller::service`]).
+    pub service: Option<String>,
 }
 
 /// How claims map to an identity, per provider.
@@ -92,6 +98,9 @@ pub struct ClaimRules<'a> {
     pub forwarded_claims: &'a [String],
     /// Longest accepted time from now to `exp`.
     pub max_lifetime_seconds: Option<u64>,
+    /// The provider issues service tokens: the subject is a calling
+    /// service, named in [`Identity::service`].
+    pub service: bool,
     /// Unix seconds, for the lifetime check.
     pub now: u64,
 }
@@ -195,6 +204,7 @@ impl Identity {
             .map_err(|_| TokenError::InvalidScopes)?
             .unwrap_or_default();
         let actors = actor_chain(extra.get("act"))?;
+        let may_act = may_act(extra.get("may_act"))?;
         let caller = Caller {
             tenant: tenant.to_owned(),
             subject: subject.clone(),
@@ -213,6 +223,8 @@ impl Identity {
                     Some((name.clone(), value.to_owned()))
                 })
                 .collect(),
+            service: rules.service.then(|| subject.clone()),
+            on_behalf_of: false,
         };
         let filter_state =
             serde_json::to_vec(&caller).map_err(|e| TokenError::Malformed(e.to_string()))?;
@@ -230,21 +242,49 @@ impl Identity {
             actors,
             delegation,
             delegatable,
+            may_act,
             rate_limits,
             valid_until,
             filter_state,
+            service: caller.service.clone(),
             caller: Rc::new(caller),
         })
     }
 }
 
 /// The actor chain as one header value.
-fn actor_chain_header(actors: &[String]) -> String {
+pub(super) fn actor_chain_header(actors: &[String]) -> String {
     actors
         .iter()
         .map(|a| a.replace('%', "%25").replace(',', "%2C"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Reads RFC 8693 `may_act`: who may act for the subject. An object with
+/// `sub`, or (for several services) an array of them.
+fn may_act(claim: Option<&Value>) -> Result<Vec<String>, TokenError> {
+    let entries = match claim {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items.iter().collect(),
+        Some(one) => vec![one],
+    };
+    if entries.len() > MAX_ACTOR_CHAIN {
+        return Err(malformed("may_act names too many actors"));
+    }
+    entries
+        .into_iter()
+        .map(|entry| {
+            let sub = entry
+                .get("sub")
+                .and_then(Value::as_str)
+                .ok_or_else(|| malformed("may_act has an entry without sub"))?;
+            if !is_valid_label(sub) {
+                return Err(malformed("may_act.sub is not a printable label"));
+            }
+            Ok(sub.to_owned())
+        })
+        .collect()
 }
 
 /// Longest actor chain read from a token; deeper chains are refused here,
@@ -298,6 +338,7 @@ mod tests {
             skew_seconds: 60,
             forwarded_claims: &[],
             max_lifetime_seconds: None,
+            service: false,
             now: 0,
         }
     }

@@ -13,11 +13,17 @@
 //!    canonical path, per method) pass without a token.
 //! 4. The request is looked up in the operation map (400 for a context
 //!    that is missing, repeated or cannot be canonicalized).
-//! 5. The token is taken from the configured sources (400 if two different
-//!    tokens are sent, 401 if none).
-//! 6. The token is verified, or found in the cache (401 for an invalid
-//!    token, 403 for a token issued for another audience, 429 for a client
-//!    whose tokens keep failing).
+//! 5. The calling service is identified ([`service`]): the client
+//!    certificate mapped to a principal ([`principal`]; 403 where the
+//!    operation requires a service and there is none, or an unknown one),
+//!    and its service token. The tokens are taken from the configured
+//!    sources, one per role at most (400 if two different tokens of one
+//!    role are sent, 401 if none at all and no service called).
+//! 6. Each token is verified, or found in the cache, by a provider of its
+//!    source's role (401 for an invalid token, 403 for a token issued for
+//!    another audience, 429 for a client whose tokens keep failing). A
+//!    service with a user's token becomes one principal on behalf of the
+//!    user (403 unless the user's `may_act` names the service).
 //! 7. The tenant is bound: a `{tenant}` path segment must be the verified
 //!    tenant. Delegation rules (RFC 8693 `act`) apply to every request; the
 //!    operation's action on its context must be granted by the token's
@@ -37,6 +43,8 @@
 //!   ([`crate::contract`]);
 //! * `provider`: trusted issuers, compiled; `compile`: the whole
 //!   configuration compiled into an [`Auth`];
+//! * `service`: step 5's calling service and step 6's on-behalf-of
+//!   principal; [`principal`]: service principals and client certificates;
 //! * [`config`], [`target`], [`sources`], [`public_path`], [`identity`],
 //!   [`denial`], [`cache`], [`jwks_sync`]: configuration, request target,
 //!   token sources, public paths, claims to identity, refusals, the
@@ -47,6 +55,7 @@ pub mod config;
 pub mod denial;
 pub mod identity;
 pub mod jwks_sync;
+pub mod principal;
 pub mod public_path;
 pub mod shared_cache;
 pub mod sources;
@@ -57,6 +66,7 @@ mod compile;
 mod flow;
 mod output;
 mod provider;
+mod service;
 mod verify;
 
 pub use compile::Auth;

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use jwt_simple::prelude::{Duration, VerificationOptions};
 
-use super::config::{JwksConfig, ProviderConfig, RemoteJwksConfig};
+use super::config::{JwksConfig, ProviderConfig, RemoteJwksConfig, TokenRole};
 use super::shared_cache::provider_tag;
 use crate::config::ConfigError;
 use crate::jwt::{Algorithm, KeySet, TokenClaims};
@@ -16,6 +16,8 @@ use crate::jwt::{Algorithm, KeySet, TokenClaims};
 pub struct Provider {
     pub name: String,
     pub issuer: String,
+    /// Whose tokens it issues: only tokens from sources of this role.
+    pub role: TokenRole,
     pub(super) audiences: HashSet<String>,
     pub(super) skew_seconds: u64,
     pub(super) require_expiration: bool,
@@ -84,6 +86,7 @@ impl Provider {
             tag: provider_tag(&p.name, &p.issuer),
             name: p.name,
             issuer: p.issuer,
+            role: p.role,
             audiences,
             skew_seconds: p.clock_skew_seconds,
             require_expiration: p.require_expiration,

@@ -25,6 +25,7 @@ fn env() -> RequestEnv<'static> {
         end_of_stream: true,
         client_address: &client_address,
         authorised_later: false,
+        peer: &|_| None,
     }
 }
 
@@ -1378,3 +1379,6 @@ fn failed_verifications_are_throttled_per_client_before_signature_work() {
     };
     assert_eq!(denied(&check(&good)), Reason::VerificationThrottled);
 }
+
+#[path = "service_tests.rs"]
+mod service;

@@ -275,6 +275,7 @@ impl Auth {
             skew_seconds: provider.skew_seconds,
             forwarded_claims: &self.filter_state_claims,
             max_lifetime_seconds: provider.max_lifetime_seconds,
+            service: provider.role == super::config::TokenRole::Service,
             now,
         }
     }

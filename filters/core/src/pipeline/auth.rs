@@ -169,10 +169,12 @@ impl AuthStage {
     fn check(&mut self, host: &dyn Host, request: &Request, now_secs: u64) -> Decision {
         let stream = request.stream;
         let client_address = || host.attribute(stream, Attribute::ClientAddress);
+        let peer = |attribute| host.attribute(stream, attribute);
         let env = RequestEnv {
             end_of_stream: request.end_of_stream,
             client_address: &client_address,
             authorised_later: request.authorised_later,
+            peer: &peer,
         };
         self.auth.check(
             &mut self.state,

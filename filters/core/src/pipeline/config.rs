@@ -10,6 +10,8 @@ use crate::config::ConfigError;
 use crate::duration;
 use crate::mcp::config::McpConfig;
 use crate::ratelimit::config::RateLimitConfig;
+use crate::residency::config::ResidencyConfig;
+use crate::signature::config::SignatureConfig;
 use crate::tagging::config::TaggingConfig;
 
 /// The configuration of the `ctxgate` plugin: one section per stage, run
@@ -23,6 +25,10 @@ pub struct PipelineConfig {
     /// Multi-tenant JWT authentication and context-scope authorisation.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
+    /// HTTP message signatures (RFC 9421, `hmac-sha256`) and
+    /// `Content-Digest` (RFC 9530) on the routes that require them.
+    #[serde(default)]
+    pub signature: Option<SignatureConfig>,
     /// MCP endpoints: tool calls, prompts and resources authorised by the
     /// context their JSON-RPC body names. Needs `auth`.
     #[serde(default)]
@@ -33,6 +39,10 @@ pub struct PipelineConfig {
     /// Trusted routing headers.
     #[serde(default)]
     pub tagging: Option<TaggingConfig>,
+    /// Data residency: tenants pinned to a region reach only upstream
+    /// pools of that region (runs after tagging, before the breaker).
+    #[serde(default)]
+    pub residency: Option<ResidencyConfig>,
     /// Circuit breakers shared by every worker.
     #[serde(default)]
     pub breaker: Option<BreakersConfig>,
@@ -74,13 +84,16 @@ fn default_flush_interval_ms() -> u64 {
 impl PipelineConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.auth.is_none()
+            && self.signature.is_none()
             && self.ratelimit.is_none()
             && self.tagging.is_none()
             && self.breaker.is_none()
+            && self.residency.is_none()
         {
             return Err(ConfigError::new(
                 "",
-                "no stage configured: add at least one of auth, ratelimit, tagging, breaker",
+                "no stage configured: add at least one of auth, signature, ratelimit, tagging, \
+                 residency, breaker",
             ));
         }
         if self.mcp.is_some() && self.auth.is_none() {

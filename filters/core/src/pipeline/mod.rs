@@ -9,18 +9,21 @@
 //! * the request headers are read once, and each stage sees the changes
 //!   the stages before it made, in memory;
 //! * the changes reach the proxy in one batch: before the request is
-//!   forwarded or refused, or before a stage reads the route (the proxy
-//!   then matches it again);
+//!   forwarded or refused, or before a stage reads the route (the router
+//!   matches the route again with them; a stage reading the route still
+//!   sees the one matched before: see [`Attribute::depends_on_headers`]);
 //! * a stage may ask a question (the RLS) and wait: the driver pauses the
 //!   request, enforces the stage's deadline on the worker's timer, charges
 //!   body bytes that arrive meanwhile once it is answered, and carries on
 //!   with the next stage, resuming the request if it is let through;
 //! * a refusal at any stage stops the pipeline there.
 //!
-//! Stages run in a fixed order: auth, mcp, ratelimit, tagging, breaker. A
-//! stage runs only if its section is in the configuration. For a POST to
-//! an MCP endpoint the driver first waits for the whole body (bounded),
-//! so that every stage, and every refusal, can read it.
+//! Stages run in a fixed order: auth, signature, mcp, ratelimit, tagging,
+//! residency, breaker. A stage runs only if its section is in the
+//! configuration. When a stage's decision needs the body (a POST to an MCP
+//! endpoint, a request on a signed route) the header stages run first,
+//! then the driver holds the whole body (bounded: the smallest limit of
+//! the stages that asked) and runs the body stages (`BODY_STAGES`) over it.
 
 mod auth;
 mod breaker;
@@ -28,6 +31,10 @@ pub mod config;
 mod mcp;
 mod ratelimit;
 pub mod request;
+mod residency;
+mod signature;
+#[cfg(test)]
+mod signature_tests;
 mod tagging;
 #[cfg(test)]
 mod tests;
@@ -39,10 +46,13 @@ use crate::audit::recorder::Recorder;
 use crate::auth::Auth;
 use crate::breaker::Breakers;
 use crate::config::{ConfigError, in_section};
+#[cfg(doc)]
+use crate::host::Attribute;
 use crate::host::{CallId, CallResponse, Host, StreamId};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::reply::LocalReply;
+use crate::residency::Residency;
 use crate::shared::load_secret;
 use crate::tagging::Tagger;
 use auth::AuthStage;
@@ -51,6 +61,8 @@ use config::PipelineConfig;
 use mcp::{McpStage, McpStream};
 use ratelimit::{RateLimitStage, RateLimitStream};
 use request::Request;
+use residency::{ResidencyStage, ResidencyStream};
+use signature::{SignatureStage, SignatureStream};
 use tagging::TaggingStage;
 
 /// What a stage decided about a request.
@@ -76,9 +88,11 @@ pub enum Flow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StageId {
     Auth,
+    Signature,
     Mcp,
     RateLimit,
     Tagging,
+    Residency,
     Breaker,
 }
 
@@ -87,9 +101,11 @@ impl StageId {
     fn name(self) -> &'static str {
         match self {
             StageId::Auth => "auth",
+            StageId::Signature => "signature",
             StageId::Mcp => "mcp",
             StageId::RateLimit => "ratelimit",
             StageId::Tagging => "tagging",
+            StageId::Residency => "residency",
             StageId::Breaker => "breaker",
         }
     }
@@ -101,15 +117,19 @@ impl StageId {
     }
 }
 
-/// The stages that run when the body is in, for a request whose body
-/// decides (an MCP POST), in this order; at the headers they are skipped.
-const BODY_STAGES: [StageId; 2] = [StageId::Mcp, StageId::RateLimit];
+/// The stages that run again when the body is in, for a request whose
+/// body decides (an MCP POST, a signed request), in this order: the
+/// signature stage checks the body before anything reads it; the rate
+/// limiter is skipped at the headers and prices the request here.
+const BODY_STAGES: [StageId; 3] = [StageId::Signature, StageId::Mcp, StageId::RateLimit];
 
-const ORDER: [StageId; 5] = [
+const ORDER: [StageId; 7] = [
     StageId::Auth,
+    StageId::Signature,
     StageId::Mcp,
     StageId::RateLimit,
     StageId::Tagging,
+    StageId::Residency,
     StageId::Breaker,
 ];
 
@@ -142,7 +162,9 @@ struct Stream {
     phase: Phase,
     ratelimit: RateLimitStream,
     breaker: BreakerStream,
+    residency: ResidencyStream,
     mcp: McpStream,
+    signature: SignatureStream,
     /// The body size the proxy reported at the last body callback, if that
     /// callback paused (the proxy then buffers, and its next callback
     /// reports everything buffered, not just the new bytes).
@@ -167,9 +189,11 @@ pub struct Seeds {
 /// The pipeline of one proxy worker.
 pub struct Worker {
     auth: Option<AuthStage>,
+    signature: Option<SignatureStage>,
     mcp: Option<McpStage>,
     ratelimit: Option<RateLimitStage>,
     tagging: Option<TaggingStage>,
+    residency: Option<ResidencyStage>,
     breaker: Option<BreakerStage>,
     audit: Option<Recorder>,
     metrics: Metrics,
@@ -205,6 +229,13 @@ impl Worker {
             }
             None => None,
         };
+        let signature = match config.signature {
+            Some(c) => Some(
+                SignatureStage::new(c, &namespace, secret()?, &*host, &mut metrics)
+                    .map_err(in_section("signature"))?,
+            ),
+            None => None,
+        };
         let mcp = match config.mcp {
             Some(c) => Some(
                 McpStage::new(c, &namespace, secret()?, &*host, &mut metrics)
@@ -222,6 +253,18 @@ impl Worker {
                     &*host,
                     &mut metrics,
                 ))
+            }
+            None => None,
+        };
+        let residency = match config.residency {
+            Some(c) => {
+                let header = c.region_header.clone();
+                let tagging_owns = config
+                    .tagging
+                    .as_ref()
+                    .is_some_and(|t| t.headers.0.values().any(|h| *h == header));
+                let residency = Residency::new(c).map_err(in_section("residency"))?;
+                Some(ResidencyStage::new(residency, tagging_owns, &mut metrics))
             }
             None => None,
         };
@@ -245,9 +288,11 @@ impl Worker {
             .map(|c| Recorder::new(c, seeds.reporter, &mut metrics));
         let mut worker = Worker {
             auth,
+            signature,
             mcp,
             ratelimit,
             tagging,
+            residency,
             breaker,
             audit,
             metrics,
@@ -298,7 +343,9 @@ impl Worker {
             phase: Phase::Deciding,
             ratelimit: RateLimitStream::default(),
             breaker: BreakerStream::default(),
+            residency: ResidencyStream::default(),
             mcp: McpStream::default(),
+            signature: SignatureStream::default(),
             buffered: None,
             decisions: Vec::new(),
             token: None,
@@ -315,27 +362,32 @@ impl Worker {
     }
 
     /// What happens before the stages run: the MCP resource metadata is
-    /// served, and the body of an MCP POST is awaited. `None`: run them.
+    /// served, and the body of an MCP POST or a signed request is awaited.
+    /// `None`: run them.
     fn before_stages(
         &mut self,
         host: &mut dyn Host,
         stream: &mut Stream,
         end_of_stream: bool,
     ) -> Option<Flow> {
-        let mcp = self.mcp.as_ref()?;
-        stream.request.authorised_later = mcp.is_endpoint(&stream.request);
-        if let Some(reply) = mcp.metadata_reply(&stream.request, &mut self.metrics) {
-            return Some(refuse(host, stream, &reply));
+        if let Some(signature) = self.signature.as_ref() {
+            signature.keep_received(&stream.request, &mut stream.signature);
         }
-        let limit = mcp.body_limit(&stream.request)?;
+        if let Some(mcp) = self.mcp.as_ref() {
+            stream.request.authorised_later = mcp.is_endpoint(&stream.request);
+            if let Some(reply) = mcp.metadata_reply(&stream.request, &mut self.metrics) {
+                return Some(refuse(host, stream, &reply));
+            }
+        }
+        let limit = self.body_limit(&stream.request)?;
         let declared = stream
             .request
             .head()
             .header("content-length")
             .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|length| length > limit) {
-            let reply = mcp.too_large(&mut self.metrics);
-            self.note(host, stream, StageId::Mcp, Some(&reply));
+            let (stage, reply) = self.too_large(&stream.request);
+            self.note(host, stream, stage, Some(&reply));
             return Some(refuse(host, stream, &reply));
         }
         // The body decides. Proxy-Wasm delivers no body while the headers
@@ -343,6 +395,43 @@ impl Worker {
         // body is held (the proxy buffers it) until it is decided.
         stream.request.body_limit = Some(if end_of_stream { 0 } else { limit });
         None
+    }
+
+    /// The longest body read for `request`, if a stage decides on it: the
+    /// smallest limit of the stages that ask.
+    fn body_limit(&self, request: &Request) -> Option<u64> {
+        let mcp = self.mcp.as_ref().and_then(|s| s.body_limit(request));
+        let signature = self.signature.as_ref().and_then(|s| s.body_limit(request));
+        match (mcp, signature) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The refusal of a body over [`Worker::body_limit`], by the stage
+    /// whose limit it passed (MCP's on a tie: its reply is JSON-RPC).
+    fn too_large(&mut self, request: &Request) -> (StageId, LocalReply) {
+        let mcp = self.mcp.as_ref().and_then(|s| s.body_limit(request));
+        let signature = self.signature.as_ref().and_then(|s| s.body_limit(request));
+        match (self.mcp.as_ref(), self.signature.as_ref()) {
+            (Some(stage), _) if mcp.is_some_and(|m| signature.is_none_or(|s| m <= s)) => {
+                (StageId::Mcp, stage.too_large(&mut self.metrics))
+            }
+            (_, Some(stage)) if signature.is_some() => (
+                StageId::Signature,
+                stage.too_large(request, &mut self.metrics),
+            ),
+            _ => (
+                StageId::Mcp,
+                LocalReply {
+                    status: 413,
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    grpc_status: None,
+                    details: "ctxgate_body_too_large".to_owned(),
+                },
+            ),
+        }
     }
 
     /// `body_size`: what the proxy reports as buffered for this callback.
@@ -406,22 +495,8 @@ impl Worker {
         end_of_stream: bool,
     ) -> Flow {
         if body_size > limit {
-            let reply = match self.mcp.as_ref() {
-                Some(mcp) => mcp.too_large(&mut self.metrics),
-                None => LocalReply {
-                    status: 413,
-                    headers: Vec::new(),
-                    body: Vec::new(),
-                    grpc_status: None,
-                    details: "ctxgate_body_too_large".to_owned(),
-                },
-            };
+            let (stage, reply) = self.too_large(&stream.request);
             stream.buffered = Some(body_size);
-            let stage = if self.mcp.is_some() {
-                StageId::Mcp
-            } else {
-                StageId::RateLimit
-            };
             self.note(host, stream, stage, Some(&reply));
             return refuse(host, stream, &reply);
         }
@@ -468,6 +543,9 @@ impl Worker {
         }
         if !headers.is_empty() {
             host.set_response_headers(id, &headers);
+        }
+        if let Some(stage) = self.residency.as_ref() {
+            stage.on_response(host, id, &mut stream.residency, &mut self.metrics);
         }
         if let Some(stage) = self.mcp.as_ref() {
             stage.on_response_headers(host, id, &mut stream.mcp);
@@ -630,6 +708,10 @@ impl Worker {
                     .auth
                     .as_mut()
                     .map(|s| s.on_request(host, request, metrics)),
+                StageId::Signature => self
+                    .signature
+                    .as_ref()
+                    .map(|s| s.on_request(host, request, &mut stream.signature, metrics)),
                 StageId::Mcp => self
                     .mcp
                     .as_mut()
@@ -642,6 +724,10 @@ impl Worker {
                     .tagging
                     .as_ref()
                     .map(|s| s.on_request(host, request, metrics)),
+                StageId::Residency => self
+                    .residency
+                    .as_ref()
+                    .map(|s| s.on_request(host, request, &mut stream.residency, metrics)),
                 StageId::Breaker => self
                     .breaker
                     .as_ref()
@@ -688,9 +774,16 @@ impl Worker {
             let metrics = &mut self.metrics;
             let request = &mut stream.request;
             let step = match stage {
+                StageId::Signature => self
+                    .signature
+                    .as_ref()
+                    .map(|s| s.on_body(request, &mut stream.signature, metrics)),
+                // The body is an MCP message only on an MCP endpoint (a
+                // signed route holds bodies too).
                 StageId::Mcp => self
                     .mcp
                     .as_mut()
+                    .filter(|s| s.body_limit(request).is_some())
                     .map(|s| s.on_body(host, request, &mut stream.mcp, metrics)),
                 StageId::RateLimit => self
                     .ratelimit

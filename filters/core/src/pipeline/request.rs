@@ -24,13 +24,14 @@ pub struct Request {
     /// Identity and operation: from the auth stage of this pipeline, or
     /// read from filter state once if auth runs in another filter.
     established: Option<Established>,
-    /// The whole request body, when the pipeline waited for it (MCP).
+    /// The whole request body, when the pipeline waited for it (MCP, a
+    /// signed request).
     pub body: Option<Vec<u8>>,
     /// A later stage authorises this request from its body (an MCP
     /// endpoint), so auth only authenticates it.
     pub authorised_later: bool,
-    /// The body decides (an MCP POST): the longest body accepted. The
-    /// body stages run once it is in.
+    /// The body decides (an MCP POST, a signed request): the longest body
+    /// accepted. The body stages run once it is in.
     pub body_limit: Option<u64>,
     /// What the request costs, in read-equivalents, when a stage priced it
     /// from the body (MCP); the rate limiter's own pricing otherwise.
@@ -151,8 +152,9 @@ impl Request {
     }
 
     /// A proxy attribute of this request. Route and cluster depend on the
-    /// headers, so pending changes are applied first (the proxy then
-    /// matches the route again, as it would for a separate filter).
+    /// headers, so pending changes are applied first, as they would be for
+    /// a separate filter (Envoy 1.40 still answers with the route matched
+    /// before them: see [`Attribute::depends_on_headers`]).
     pub fn attribute(&mut self, host: &mut dyn Host, attribute: Attribute) -> Option<String> {
         if attribute.depends_on_headers() {
             self.apply_changes(host);

@@ -914,3 +914,270 @@ fn mcp_the_declared_call_becomes_routing_tags_and_a_rate_limit_refusal_answers_i
     assert!(reply.body.is_empty(), "{:?}", reply.body);
     assert!(gw.reply_header(id, "content-type").is_none());
 }
+
+/// The route table of the residency tests: the residency header picks
+/// its cluster (an Envoy `cluster_header` route, first), `/legacy/` goes
+/// to the US pool, the region header picks the EU pool, and everything
+/// else goes to the US pool.
+fn residency_routes(headers: &[(String, Vec<u8>)]) -> Option<String> {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    if let Some(cluster) = header("x-context-residency-cluster") {
+        return Some(cluster);
+    }
+    let path = header(":path").unwrap_or_default();
+    if path.starts_with("/misc/") {
+        return Some("misc".into());
+    }
+    if !path.starts_with("/legacy/") && header("x-context-region").as_deref() == Some("eu") {
+        return Some("eu-pool".into());
+    }
+    Some("us-pool".into())
+}
+
+fn residency_gateway() -> (Gateway, ES256KeyPair) {
+    let key = ES256KeyPair::generate();
+    let mut auth = auth_section(&key);
+    auth["filter_state_claims"] = json!(["data_region"]);
+    auth["unmatched_requests"] = json!("authenticate");
+    let mut gw = Gateway::new(json!({
+        "auth": auth,
+        "residency": {
+            "region": "eu",
+            "tenants": {"acme": "eu", "initech": "ap", "hooli": "sa"},
+            "claim": "data_region",
+            "services": {"context": {"eu": ["eu-pool", "eu-archive"], "us": ["us-pool"]}},
+            "cross_region": {"ap": "ap-remote"},
+        },
+    }));
+    gw.host.router = Some(residency_routes);
+    (gw, key)
+}
+
+fn regional_token(key: &ES256KeyPair, tenant: &str, region: Option<&str>) -> String {
+    let now = NOW_MS / 1000;
+    let mut claims = json!({
+        "iss": ISS, "sub": "alice", "aud": "context-api", "iat": now, "exp": now + 600,
+        "tenant_id": tenant, "context_scopes": ["read:projects/*"]
+    });
+    if let Some(region) = region {
+        claims["data_region"] = json!(region);
+    }
+    sign(key, claims)
+}
+
+#[test]
+fn residency_keeps_a_pinned_tenant_in_its_region() {
+    let (mut gw, key) = residency_gateway();
+    let get = |gw: &mut Gateway, path: &str, token: &str, extra: &[(&str, &str)]| {
+        let bearer = format!("Bearer {token}");
+        let mut headers = vec![("authorization", bearer.as_str())];
+        headers.extend_from_slice(extra);
+        gw.request("GET", path, &headers)
+    };
+    let cluster = |gw: &Gateway, id| residency_routes(&gw.host.stream(id).request_headers);
+    let sent_to = |gw: &Gateway, id| gw.host.header(id, "x-context-residency-cluster");
+
+    // Pinned by the table: the route's EU pool is kept.
+    let acme = regional_token(&key, "acme", None);
+    let (id, flow) = get(
+        &mut gw,
+        "/v1/contexts/projects/a",
+        &acme,
+        &[("x-context-region", "eu")],
+    );
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(sent_to(&gw, id).as_deref(), Some("eu-pool"));
+    assert_eq!(cluster(&gw, id).as_deref(), Some("eu-pool"));
+
+    // A route to the US: sent to the service's first EU pool instead, and
+    // a forged region header is replaced.
+    let (id, _) = get(&mut gw, "/legacy/x", &acme, &[("x-context-region", "us")]);
+    assert_eq!(sent_to(&gw, id).as_deref(), Some("eu-pool"));
+    assert_eq!(
+        gw.host.header(id, "x-context-region").as_deref(),
+        Some("eu")
+    );
+
+    // No pool of its own: the cross-region cluster.
+    let initech = regional_token(&key, "initech", None);
+    let (id, flow) = get(&mut gw, "/v1/contexts/projects/a", &initech, &[]);
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(cluster(&gw, id).as_deref(), Some("ap-remote"));
+
+    // Neither a pool nor a cross-region cluster: refused.
+    let hooli = regional_token(&key, "hooli", None);
+    let (id, flow) = get(&mut gw, "/v1/contexts/projects/a", &hooli, &[]);
+    assert_eq!(flow, Flow::Pause);
+    let reply = gw.host.stream(id).reply.clone().unwrap();
+    assert_eq!(reply.status, 421);
+    assert_eq!(reply.details, "ctxgate_residency_denied{no_pool_in_region}");
+
+    // Pinned by the claim; a claim contradicting the table is refused.
+    let claimed = regional_token(&key, "umbrella", Some("eu"));
+    let (id, _) = get(&mut gw, "/v1/contexts/projects/a", &claimed, &[]);
+    assert_eq!(sent_to(&gw, id).as_deref(), Some("eu-pool"));
+
+    // A route to a cluster of no known region: refused.
+    let (id, _) = get(&mut gw, "/misc/x", &acme, &[]);
+    let reply = gw.host.stream(id).reply.clone().unwrap();
+    assert_eq!(reply.status, 421);
+    assert_eq!(reply.details, "ctxgate_residency_denied{unmapped_cluster}");
+    let conflicting = regional_token(&key, "acme", Some("us"));
+    let (id, _) = get(&mut gw, "/v1/contexts/projects/a", &conflicting, &[]);
+    let reply = gw.host.stream(id).reply.clone().unwrap();
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.details, "ctxgate_residency_denied{region_conflict}");
+
+    // Unpinned: routed as usual, and a client cannot pick the cluster.
+    let free = regional_token(&key, "umbrella", None);
+    let forged = [("x-context-residency-cluster", "ap-remote")];
+    let (id, flow) = get(&mut gw, "/v1/contexts/projects/a", &free, &forged);
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(cluster(&gw, id).as_deref(), Some("us-pool"));
+
+    // The cluster that answers is checked: a route table that ignored the
+    // residency header is counted.
+    let (id, _) = get(&mut gw, "/v1/contexts/projects/a", &acme, &[]);
+    gw.host.router = None;
+    gw.host
+        .streams
+        .get_mut(&id)
+        .unwrap()
+        .attributes
+        .insert("cluster_name", "us-pool".into());
+    gw.respond(id, 200);
+
+    gw.host.now_ms += 2000;
+    gw.worker.on_tick(&mut gw.host);
+    assert_eq!(gw.host.metric("ctxgate_residency.in_region"), 4);
+    assert_eq!(gw.host.metric("ctxgate_residency.cross_region"), 1);
+    assert_eq!(gw.host.metric("ctxgate_residency.refused_no_pool"), 1);
+    assert_eq!(gw.host.metric("ctxgate_residency.refused_conflict"), 1);
+    assert_eq!(gw.host.metric("ctxgate_residency.refused_unmapped"), 1);
+    assert_eq!(gw.host.metric("ctxgate_residency.unpinned"), 1);
+    assert_eq!(gw.host.metric("ctxgate_residency.misrouted"), 1);
+}
+#[test]
+fn residency_configuration_errors_name_the_field() {
+    let mut host = MockHost::new(NOW_MS);
+    let err = |config: Value, host: &mut MockHost| {
+        Worker::new(config.to_string().as_bytes(), "t", SEEDS, host)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let base = json!({"region": "eu", "services": {"api": {"eu": ["eu-pool"]}}});
+    let with = |k: &str, v: Value| {
+        let mut c = base.clone();
+        c[k] = v;
+        json!({ "residency": c })
+    };
+    let e = err(with("cross_region", json!({"us": "eu-pool"})), &mut host);
+    assert!(
+        e.starts_with("residency.cross_region.us: cluster 'eu-pool' is a pool"),
+        "{e}"
+    );
+    let twice = json!({"api": {"eu": ["eu-pool"]}, "mcp": {"us": ["eu-pool"]}});
+    let e = err(with("services", twice), &mut host);
+    assert!(
+        e.starts_with("residency.services.mcp.us: cluster 'eu-pool' is also in"),
+        "{e}"
+    );
+    let e = err(with("services", json!({})), &mut host);
+    assert!(e.starts_with("residency.services"), "{e}");
+    let e = err(with("services", json!({"api": {"eu": []}})), &mut host);
+    assert!(e.starts_with("residency.services.api.eu"), "{e}");
+    let e = err(with("region_header", json!("X-Region")), &mut host);
+    assert!(e.starts_with("residency.region_header"), "{e}");
+    let e = err(with("tenants", json!({"acme": ""})), &mut host);
+    assert!(e.starts_with("residency.tenants.acme"), "{e}");
+}
+
+#[test]
+fn the_auth_stage_reads_the_client_certificate_from_the_host() {
+    const INGEST: &str = "spiffe://cluster.local/ns/ctx/sa/ingest";
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut config = full_chain(&key);
+    config["auth"]["services"] = json!([
+        {"name": "ingest", "match": {"spiffe_id": INGEST}, "tenant": "acme", "scopes": ["write:projects/*"]}
+    ]);
+    config["auth"]["operations"].as_array_mut().unwrap().push(
+        json!({"name": "ingest", "methods": ["POST"], "path": "/v1/ingest/{context}",
+                     "action": "write", "require_service": true}),
+    );
+    let mut gw = Gateway::new(config);
+    // What Envoy's connection attributes say, per stream.
+    let send = |gw: &mut Gateway, mtls: &str, uri_san: Option<&str>| {
+        let id = gw.next_stream;
+        gw.next_stream += 1;
+        gw.host.open(
+            id,
+            &[
+                (":method", "POST"),
+                (":path", "/v1/ingest/projects/a"),
+                (":authority", "api"),
+                ("x-context-service", "forged"),
+            ],
+        );
+        let attributes = &mut gw.host.streams.get_mut(&id).unwrap().attributes;
+        attributes.insert("client_address", "10.0.0.1:4000".into());
+        attributes.insert("peer_mtls", mtls.into());
+        if let Some(uri) = uri_san {
+            attributes.insert("peer_uri_san", uri.into());
+        }
+        let flow = gw.worker.on_request_headers(&mut gw.host, id, true);
+        (id, flow)
+    };
+    let (id, flow) = send(&mut gw, "true", Some(INGEST));
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(
+        gw.host.header(id, "x-context-service").as_deref(),
+        Some("ingest")
+    );
+    assert_eq!(
+        gw.host.header(id, "x-context-subject").as_deref(),
+        Some(INGEST)
+    );
+    assert_eq!(
+        gw.host.header(id, "x-context-tenant").as_deref(),
+        Some("acme")
+    );
+    let state = gw
+        .host
+        .stream(id)
+        .filter_state
+        .get("ctxgate.request")
+        .cloned();
+    let state = String::from_utf8(state.unwrap()).unwrap();
+    assert!(state.contains(r#""service":"ingest""#), "{state}");
+    gw.respond(id, 200);
+
+    let (id, _) = send(&mut gw, "false", None);
+    assert_eq!(gw.reply_status(id), Some(403));
+    assert!(gw.host.header(id, "x-context-service").is_none());
+    gw.respond(id, 403);
+    let (id, _) = send(
+        &mut gw,
+        "true",
+        Some("spiffe://cluster.local/ns/ctx/sa/other"),
+    );
+    assert_eq!(gw.reply_status(id), Some(403));
+    gw.respond(id, 403);
+    gw.tick_at(NOW_MS + 1000);
+    assert_eq!(
+        gw.host
+            .metric("ctxgate_auth.denied.missing_client_certificate"),
+        1
+    );
+    assert_eq!(
+        gw.host
+            .metric("ctxgate_auth.denied.unknown_service_certificate"),
+        1
+    );
+    assert_eq!(gw.host.metric("ctxgate_auth.allowed"), 1);
+}

@@ -37,6 +37,7 @@ fn identity(tenant: &str, tier: &str) -> Caller {
         actors: vec![],
         rate_limits: None,
         claims: Default::default(),
+        ..Caller::default()
     }
 }
 

@@ -17,6 +17,7 @@ fn identity(tenant: &str, tier: &str) -> Caller {
         actors: vec![],
         rate_limits: None,
         claims: BTreeMap::from([("data_region".to_owned(), "eu".to_owned())]),
+        ..Caller::default()
     }
 }
 
