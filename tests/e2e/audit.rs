@@ -1,6 +1,6 @@
 //! End-to-end tests of the audit trail through a real Envoy (1.40, V8,
-//! two workers): the pipeline (auth, ratelimit, breaker) enqueues one
-//! message per request, the audit singleton (a bootstrap
+//! two workers): the pipeline (auth, ratelimit, residency, breaker)
+//! records every decision, the audit singleton (a bootstrap
 //! `envoy.bootstrap.wasm` service running the same dist/ctxgate.wasm)
 //! drains, batches, chains and POSTs the batches through an Envoy cluster
 //! to the demo collector (`ctxgate_audit::CollectorHandle`, in process),
@@ -44,9 +44,10 @@ fn audit_section(extra: Value) -> Value {
     section
 }
 
-/// auth -> ratelimit -> breaker, auditing, in front of direct responses:
-/// `/v1/contexts/projects/broken` answers 503 (the breaker opens on it), the
-/// rest 200. Tenant `limited` may make 200 requests.
+/// auth -> ratelimit -> residency -> breaker, auditing, in front of direct
+/// responses: `/v1/contexts/projects/broken` answers 503 (the breaker opens
+/// on it), the rest 200. Tenant `limited` may make 200 requests; tenant
+/// `nowhere` is pinned to a region no pool serves (residency refuses it).
 fn gateway(collector: SocketAddr, audit: Value) -> Envoy {
     let filter = WasmFilter::ctxgate("gw")
         .vm_id(VM_ID)
@@ -67,6 +68,11 @@ fn gateway(collector: SocketAddr, audit: Value) -> Envoy {
                 },
                 "tenants": {"limited": {"tier": "tight"}},
             }),
+        )
+        .stage(
+            "residency",
+            json!({"region": "eu", "tenants": {"nowhere": "sa"},
+                   "services": {"context": {"eu": ["context-eu"]}}}),
         )
         .stage(
             "breaker",
@@ -92,6 +98,7 @@ enum Kind {
     NoToken,
     Limited,
     Broken,
+    Misplaced,
 }
 
 fn token(tenant: &str) -> String {
@@ -110,12 +117,13 @@ fn traffic(
 ) -> HashMap<String, Vec<(&'static str, &'static str)>> {
     let ok = token("acme");
     let limited = token("limited");
+    let nowhere = token("nowhere");
     let addr = envoy.listener_addr();
     let started = Instant::now();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let (ok, limited) = (ok.clone(), limited.clone());
+                let (ok, limited, nowhere) = (ok.clone(), limited.clone(), nowhere.clone());
                 scope.spawn(move || {
                     let mut client = Client::connect(addr);
                     let mut out = Vec::new();
@@ -125,6 +133,7 @@ fn traffic(
                             0 => Kind::NoToken,
                             1 => Kind::Limited,
                             2 => Kind::Broken,
+                            3 => Kind::Misplaced,
                             _ => Kind::Allowed,
                         };
                         let mut request = match kind {
@@ -137,15 +146,22 @@ fn traffic(
                         request = match kind {
                             Kind::NoToken => request,
                             Kind::Limited => request.bearer(&limited),
+                            Kind::Misplaced => request.bearer(&nowhere),
                             _ => request.bearer(&ok),
                         };
                         let response = client.send(&request);
                         let trail: Vec<(&str, &str)> = match response.status {
                             401 | 403 => vec![("auth", "deny")],
                             429 => vec![("auth", "allow"), ("ratelimit", "deny")],
+                            421 => vec![
+                                ("auth", "allow"),
+                                ("ratelimit", "allow"),
+                                ("residency", "deny"),
+                            ],
                             200 => vec![
                                 ("auth", "allow"),
                                 ("ratelimit", "allow"),
+                                ("residency", "allow"),
                                 ("breaker", "allow"),
                             ],
                             // The upstream's 503 ("down") or the breaker's.
@@ -153,12 +169,14 @@ fn traffic(
                                 vec![
                                     ("auth", "allow"),
                                     ("ratelimit", "allow"),
+                                    ("residency", "allow"),
                                     ("breaker", "allow"),
                                 ]
                             }
                             503 => vec![
                                 ("auth", "allow"),
                                 ("ratelimit", "allow"),
+                                ("residency", "allow"),
                                 ("breaker", "deny"),
                             ],
                             other => panic!("{id}: unexpected {other}: {}", response.text()),
@@ -266,10 +284,14 @@ fn a_mixed_run_of_10000_requests_is_in_the_trail_exactly_once_and_tampering_is_n
             .count()
     };
     assert!(
-        denials("auth") >= 1000 && denials("ratelimit") >= 700 && denials("breaker") >= 900,
-        "a mix of decisions: auth {} ratelimit {} breaker {}",
+        denials("auth") >= 1000
+            && denials("ratelimit") >= 700
+            && denials("residency") >= 1000
+            && denials("breaker") >= 900,
+        "a mix of decisions: auth {} ratelimit {} residency {} breaker {}",
         denials("auth"),
         denials("ratelimit"),
+        denials("residency"),
         denials("breaker")
     );
     assert_eq!(wait_for_events(&out, total), total);

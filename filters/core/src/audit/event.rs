@@ -176,7 +176,11 @@ impl Message {
             request_id: facts.request_id,
             tenant: identity.map(|c| c.tenant.as_str()),
             subject: subject.as_deref(),
-            service: identity.and_then(|c| c.actors.first()).map(String::as_str),
+            // The calling service (certificate or service token), else the
+            // token's current actor (RFC 8693 delegation).
+            service: identity
+                .and_then(|c| c.service.as_ref().or(c.actors.first()))
+                .map(String::as_str),
             actors: identity.map_or(&[], |c| c.actors.as_slice()),
             operation: operation.map(|o| o.name.as_str()),
             context: operation.map(|o| o.context.as_str()),
