@@ -26,9 +26,14 @@ const ATTEMPTS: u32 = 16;
 #[derive(Default)]
 pub struct SharedNonces<S>(pub S);
 
-fn bucket_key(space: &NonceSpace, nonce: u64) -> String {
-    let index = nonce % u64::from(space.buckets.max(1));
+/// The shared-data key of bucket `index` of `space`.
+fn bucket_key(space: &NonceSpace, index: u64) -> String {
     format!("{}.nonces.{index}", space.name)
+}
+
+/// The bucket `nonce` lives in.
+fn bucket_of(space: &NonceSpace, nonce: u64) -> String {
+    bucket_key(space, nonce % u64::from(space.buckets.max(1)))
 }
 
 fn encode(entries: &[(u64, u64)]) -> Vec<u8> {
@@ -55,8 +60,7 @@ impl<S: SharedStore> NonceStore for SharedNonces<S> {
     fn prepare(&self, space: &NonceSpace) {
         let empty = encode(&[]);
         for index in 0..space.buckets {
-            self.0
-                .ensure(&format!("{}.nonces.{index}", space.name), &empty);
+            self.0.ensure(&bucket_key(space, u64::from(index)), &empty);
         }
     }
 
@@ -67,7 +71,7 @@ impl<S: SharedStore> NonceStore for SharedNonces<S> {
         now_ms: u64,
         expires_ms: u64,
     ) -> Result<(), NonceRefusal> {
-        let key = bucket_key(space, nonce);
+        let key = bucket_of(space, nonce);
         let result = update(&self.0, &key, ATTEMPTS, |value| {
             let Some(mut entries) = decode(value) else {
                 return Change::Keep(Err(NonceRefusal::Unavailable));
