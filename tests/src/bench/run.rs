@@ -59,9 +59,14 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
     let rls = scenario
         .needs_rls
         .then(|| ctxgate_e2e::Rls::start(super::scenarios::RLS_LIMITS, None));
+    // Connections spread evenly over the workers: with the kernel's
+    // choice one worker may hold most of wrk's connections in one run and
+    // half in the next, and CPU per request moves with that (a busier
+    // event loop batches more), swamping differences of a few percent.
     let mut config = EnvoyConfig::new()
         .concurrency(opts.concurrency)
-        .log_level("warning");
+        .log_level("warning")
+        .listener_field("connection_balance_config", json!({"exact_balance": {}}));
     if let Some(rls) = &rls {
         config = config.cluster(rls.cluster("ctxgate_rls"));
     }

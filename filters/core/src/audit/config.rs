@@ -22,7 +22,7 @@ pub struct AuditConfig {
     #[serde(default = "defaults::queue")]
     pub queue: String,
     /// Records subjects as a keyed hash (HMAC-SHA256 under
-    /// `pseudonym_key`, hex) instead of in clear.
+    /// `pseudonym_key`, its first 128 bits in hex) instead of in clear.
     #[serde(default)]
     pub pseudonymize_subjects: bool,
     /// The pseudonymisation key (at least 16 bytes). Needed with
@@ -77,7 +77,8 @@ pub struct CollectorConfig {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
-    /// Most events in one batch (1 to 100 000).
+    /// Most events in one batch (1 to 100 000). Fewer, larger batches
+    /// cost the singleton less per event (one POST each).
     #[serde(default = "defaults::max_events")]
     pub max_events: usize,
     /// Longest an event waits for its batch (10 ms to 60 s).
@@ -163,7 +164,7 @@ mod defaults {
         2_000
     }
     pub fn max_events() -> usize {
-        1_000
+        4_000
     }
     pub fn max_delay() -> u64 {
         200

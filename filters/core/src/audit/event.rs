@@ -14,12 +14,10 @@ use crate::contract::Established;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub stage: &'static str,
-    pub allowed: bool,
-    /// The refusal's `details` (a `ctxgate_...` reason), or `allowed`.
-    pub reason: String,
-    /// The refusal's status.
-    pub status: Option<u16>,
     pub time_ms: u64,
+    /// The refusal's status and `details` (a `ctxgate_...` reason), if
+    /// the stage refused.
+    pub refusal: Option<(u16, String)>,
 }
 
 /// What the request carried, for every event of it.
@@ -35,34 +33,69 @@ pub struct RequestFacts<'a> {
 }
 
 /// One request's record as written to the trail (JSON): what the request
-/// carried, once, and one entry per stage decision (an event).
+/// carried, once, and one entry per stage decision (an event). Absent
+/// facts are left out.
 #[derive(Serialize)]
 struct Record<'a> {
+    /// The first decision's time.
+    time_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     tenant: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<&'a str>,
-    /// The acting service (the token's current actor), if any.
+    /// The acting service, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<&'a str>,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     actors: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
     operation: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     context: Option<&'a str>,
     method: &'a str,
     path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     client: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<&'a str>,
-    decisions: Vec<Event<'a>>,
+    decisions: Events<'a>,
 }
 
-/// One decision.
-#[derive(Serialize)]
-struct Event<'a> {
-    time_ms: u64,
-    stage: &'a str,
-    decision: &'a str,
-    reason: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<u16>,
+/// The decisions of a record, each an array: `[stage, "allow", ms]` or
+/// `[stage, "deny", ms, status, reason]`, `ms` counted from the record's
+/// `time_ms`.
+struct Events<'a> {
+    start_ms: u64,
+    decisions: &'a [Decision],
+}
+
+impl Serialize for Events<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeTuple};
+        struct Event<'a>(u64, &'a Decision);
+        impl Serialize for Event<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let Event(start_ms, d) = self;
+                let len = if d.refusal.is_some() { 5 } else { 3 };
+                let mut t = serializer.serialize_tuple(len)?;
+                t.serialize_element(d.stage)?;
+                t.serialize_element(if d.refusal.is_some() { "deny" } else { "allow" })?;
+                t.serialize_element(&d.time_ms.saturating_sub(*start_ms))?;
+                if let Some((status, reason)) = &d.refusal {
+                    t.serialize_element(status)?;
+                    t.serialize_element(reason)?;
+                }
+                t.end()
+            }
+        }
+        let mut seq = serializer.serialize_seq(Some(self.decisions.len()))?;
+        for d in self.decisions {
+            seq.serialize_element(&Event(self.start_ms, d))?;
+        }
+        seq.end()
+    }
 }
 
 /// The first 16 hex digits of the token's SHA-256: enough to tell tokens
@@ -83,8 +116,9 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Subjects as keyed hashes (HMAC-SHA256, hex), remembered per worker:
-/// most requests come from subjects seen a moment ago.
+/// Subjects as keyed hashes (HMAC-SHA256 truncated to 128 bits, hex),
+/// remembered per worker: most requests come from subjects seen a moment
+/// ago.
 pub struct Pseudonymizer {
     key: Vec<u8>,
     seen: std::collections::HashMap<String, String>,
@@ -107,7 +141,8 @@ impl Pseudonymizer {
                 self.seen.clear();
             }
             let mac = hmac_sha256::HMAC::mac(subject.as_bytes(), &self.key);
-            self.seen.insert(subject.to_owned(), hex(&mac));
+            self.seen
+                .insert(subject.to_owned(), hex(mac.get(..16).unwrap_or_default()));
         }
         self.seen.get(subject).map_or("", String::as_str)
     }
@@ -168,14 +203,15 @@ impl Message {
         let identity = facts.established.and_then(|e| e.identity.as_deref());
         let operation = facts.established.and_then(|e| e.operation.as_deref());
         let subject = match (identity, pseudonymizer) {
-            (Some(caller), Some(p)) => Some(p.pseudonym(&caller.subject).to_owned()),
-            (Some(caller), None) => Some(caller.subject.clone()),
+            (Some(caller), Some(p)) => Some(p.pseudonym(&caller.subject)),
+            (Some(caller), None) => Some(caller.subject.as_str()),
             (None, _) => None,
         };
         let record = Record {
+            time_ms: decisions.first().map_or(0, |d| d.time_ms),
             request_id: facts.request_id,
             tenant: identity.map(|c| c.tenant.as_str()),
-            subject: subject.as_deref(),
+            subject,
             // The calling service (certificate or service token), else the
             // token's current actor (RFC 8693 delegation).
             service: identity
@@ -188,16 +224,10 @@ impl Message {
             path: facts.path,
             client: facts.client,
             token: facts.token,
-            decisions: decisions
-                .iter()
-                .map(|d| Event {
-                    time_ms: d.time_ms,
-                    stage: d.stage,
-                    decision: if d.allowed { "allow" } else { "deny" },
-                    reason: &d.reason,
-                    status: d.status,
-                })
-                .collect(),
+            decisions: Events {
+                start_ms: decisions.first().map_or(0, |d| d.time_ms),
+                decisions,
+            },
         };
         let events = decisions.len() as u64;
         let start = self.bytes.len();

@@ -28,8 +28,8 @@ pub fn drained_key(queue: &str, reporter: u64) -> String {
 
 /// A message is sent once it holds this many records (or this many
 /// bytes, [`MESSAGE_BYTES`]), and on every tick.
-pub const MESSAGE_RECORDS: usize = 256;
-pub const MESSAGE_BYTES: usize = 128 * 1024;
+pub const MESSAGE_RECORDS: usize = 1024;
+pub const MESSAGE_BYTES: usize = 512 * 1024;
 
 pub struct Recorder {
     /// Records not yet sent.

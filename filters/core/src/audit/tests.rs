@@ -107,9 +107,17 @@ fn events(line: &[u8]) -> Vec<Value> {
         for decision in record["decisions"].as_array().unwrap() {
             let mut e = record.clone();
             e.as_object_mut().unwrap().remove("decisions");
-            e.as_object_mut()
-                .unwrap()
-                .extend(decision.as_object().unwrap().clone());
+            // [stage, decision, ms, status?, reason?]
+            let d = decision.as_array().unwrap();
+            let ms = record["time_ms"].as_u64().unwrap() + d[2].as_u64().unwrap();
+            let fields = e.as_object_mut().unwrap();
+            fields.insert("stage".into(), d[0].clone());
+            fields.insert("decision".into(), d[1].clone());
+            fields.insert("time_ms".into(), ms.into());
+            if let [_, _, _, status, reason] = d.as_slice() {
+                fields.insert("status".into(), status.clone());
+                fields.insert("reason".into(), reason.clone());
+            }
             out.push(e);
         }
     }
@@ -175,11 +183,11 @@ fn every_decision_becomes_one_event_in_one_message_per_request() {
     assert_eq!(
         summary,
         [
-            t("r1", "auth", "allow", "allowed"),
-            t("r1", "ratelimit", "allow", "allowed"),
-            t("r2", "auth", "allow", "allowed"),
-            t("r2", "ratelimit", "allow", "allowed"),
-            t("r3", "auth", "allow", "allowed"),
+            t("r1", "auth", "allow", "-"),
+            t("r1", "ratelimit", "allow", "-"),
+            t("r2", "auth", "allow", "-"),
+            t("r2", "ratelimit", "allow", "-"),
+            t("r3", "auth", "allow", "-"),
             t(
                 "r3",
                 "ratelimit",
@@ -190,7 +198,15 @@ fn every_decision_becomes_one_event_in_one_message_per_request() {
         ],
         "tagging does not decide and is not audited"
     );
+    let raw = String::from_utf8_lossy(&second);
+    assert!(
+        raw.contains(
+            r#""decisions":[["auth","allow",0],["ratelimit","deny",0,429,"ctxgate_ratelimit_refused{local_limit}"]]"#
+        ),
+        "one array per decision: {raw}"
+    );
     let e = &all[0];
+    assert_eq!(e["time_ms"], NOW_MS);
     assert_eq!(e["tenant"], "acme");
     assert_eq!(e["service"], "agent-7");
     assert_eq!(e["actors"], json!(["agent-7"]));
@@ -198,7 +214,7 @@ fn every_decision_becomes_one_event_in_one_message_per_request() {
     assert_eq!(e["context"], "projects/a");
     assert_eq!(e["path"], "/v1/contexts/projects/a", "no query");
     assert_eq!(e["client"], "10.0.0.1:4000");
-    let pseudonym = super::event::hex(&hmac_sha256::HMAC::mac(b"alice", KEY.as_bytes()));
+    let pseudonym = super::event::hex(&hmac_sha256::HMAC::mac(b"alice", KEY.as_bytes())[..16]);
     assert_eq!(e["subject"], pseudonym.as_str());
     let token = signed;
     assert_eq!(
@@ -229,10 +245,8 @@ fn a_failed_delivery_is_retried_with_the_same_bytes_after_a_backoff() {
     );
     let decision = super::event::Decision {
         stage: "auth",
-        allowed: true,
-        reason: "allowed".into(),
-        status: None,
         time_ms: NOW_MS,
+        refusal: None,
     };
     let facts = super::event::RequestFacts {
         request_id: Some("r"),
@@ -286,10 +300,8 @@ fn beyond_the_backlog_events_are_dropped_counted_and_recorded_in_the_chain() {
     host.refuse_calls = true;
     let decision = super::event::Decision {
         stage: "auth",
-        allowed: false,
-        reason: "x".into(),
-        status: Some(401),
         time_ms: NOW_MS,
+        refusal: Some((401, "x".into())),
     };
     let facts = super::event::RequestFacts {
         request_id: Some("r"),

@@ -352,6 +352,9 @@ impl Worker {
         };
         if let Some(recorder) = self.audit.as_mut() {
             stream.token = bearer(&stream.request).map(|t| recorder.token_digest(t));
+            stream.decisions.reserve(ORDER.len());
+            // Read while the request is the proxy's current context.
+            stream.request.client_address(host);
         }
         let flow = match self.before_stages(host, &mut stream, end_of_stream) {
             Some(flow) => flow,
@@ -593,15 +596,15 @@ impl Worker {
         if let Some(recorder) = self.audit.as_mut()
             && !stream.decisions.is_empty()
         {
-            let client = host.attribute(id, crate::host::Attribute::ClientAddress);
             let request = &mut stream.request;
             request.established(host);
+            request.client_address(host);
             let head = request.head();
             let facts = RequestFacts {
                 request_id: head.header("x-request-id"),
                 method: head.method,
                 path: head.path.split('?').next().unwrap_or_default(),
-                client: client.as_deref(),
+                client: request.client_address_read(),
                 established: request.established_ref(),
                 token: stream.token.as_deref(),
             };
@@ -623,10 +626,8 @@ impl Worker {
         }
         stream.decisions.push(Decision {
             stage: stage.name(),
-            allowed: refusal.is_none(),
-            reason: refusal.map_or_else(|| "allowed".to_owned(), |r| r.details.clone()),
-            status: refusal.map(|r| r.status),
             time_ms: host.now_ms(),
+            refusal: refusal.map(|r| (r.status, r.details.clone())),
         });
     }
 

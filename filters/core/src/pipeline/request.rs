@@ -39,6 +39,9 @@ pub struct Request {
     /// The MCP call the standard headers declare (`Mcp-Method`,
     /// `Mcp-Name`), for routing tags: the body is checked against it.
     pub mcp_declared: Option<Declared>,
+    /// The downstream address, once read (a stage keying on it, the
+    /// audit record).
+    client_address: Option<Option<String>>,
 }
 
 impl Request {
@@ -64,6 +67,7 @@ impl Request {
             body_limit: None,
             price: None,
             mcp_declared: None,
+            client_address: None,
         }
     }
 
@@ -156,10 +160,26 @@ impl Request {
     /// a separate filter (Envoy 1.40 still answers with the route matched
     /// before them: see [`Attribute::depends_on_headers`]).
     pub fn attribute(&mut self, host: &mut dyn Host, attribute: Attribute) -> Option<String> {
+        if attribute == Attribute::ClientAddress {
+            return self.client_address(host).map(str::to_owned);
+        }
         if attribute.depends_on_headers() {
             self.apply_changes(host);
         }
         host.attribute(self.stream, attribute)
+    }
+
+    /// The downstream address (`ip:port`), read from the proxy once.
+    pub fn client_address(&mut self, host: &dyn Host) -> Option<&str> {
+        let stream = self.stream;
+        self.client_address
+            .get_or_insert_with(|| host.attribute(stream, Attribute::ClientAddress))
+            .as_deref()
+    }
+
+    /// The downstream address, if [`Request::client_address`] read it.
+    pub fn client_address_read(&self) -> Option<&str> {
+        self.client_address.as_ref()?.as_deref()
     }
 
     /// What the auth stage of this pipeline established.
