@@ -73,6 +73,11 @@ fn scrape_gateway() -> Exported {
                     json!({"region": "eu", "tenants": {"acme": "eu"}, "services": {"api": {"eu": ["upstream"]}}}),
                 )
                 .stage("breaker", json!({"breakers": [{"name": "context_repository"}]}))
+                .stage(
+                    "signature",
+                    json!({"keys": {"k1": {"secret": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}},
+                           "routes": [{"path": {"prefix": "/signed/"}}]}),
+                )
                 .stage("audit", audit),
         )
         .raw_cluster(json!({
