@@ -37,6 +37,8 @@ mod signature;
 mod signature_tests;
 mod tagging;
 #[cfg(test)]
+mod test_gateway;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

@@ -4,16 +4,11 @@
 use hmac_sha256::{HMAC, Hash};
 use serde_json::{Value, json};
 
+use super::test_gateway::{Gateway, NOW_MS};
 use super::*;
-use crate::mock::MockHost;
 use crate::signature::sfv::encode_base64;
 
-const NOW_MS: u64 = 1_800_000_000_000;
 const KEY: &[u8] = b"a shared secret of thirty-two bytes or more";
-const SEEDS: Seeds = Seeds {
-    secret: [7; 16],
-    reporter: 1,
-};
 
 fn section(extra: Value) -> Value {
     let mut s = json!({
@@ -25,12 +20,6 @@ fn section(extra: Value) -> Value {
         s.extend(e);
     }
     s
-}
-
-struct Gateway {
-    host: MockHost,
-    worker: Worker,
-    next: StreamId,
 }
 
 /// A request as the signer sends it.
@@ -77,57 +66,18 @@ impl Signed {
     }
 }
 
+fn pairs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect()
+}
+
 impl Gateway {
-    fn new(config: Value) -> Gateway {
-        let mut host = MockHost::new(NOW_MS);
-        let worker = Worker::new(config.to_string().as_bytes(), "test", SEEDS, &mut host)
-            .unwrap_or_else(|e| panic!("config: {e}"));
-        Gateway {
-            host,
-            worker,
-            next: 1,
-        }
-    }
-
-    /// Sends `method path` with `headers`, then `body` (none: the headers
-    /// end the stream). Returns the stream and both flows.
-    fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(String, String)],
-        body: Option<&[u8]>,
-    ) -> (StreamId, Flow, Option<Flow>) {
-        let id = self.next;
-        self.next += 1;
-        let length = body.map(|b| b.len().to_string());
-        let mut all: Vec<(&str, &str)> =
-            vec![(":method", method), (":path", path), (":authority", "gw")];
-        if let Some(length) = &length {
-            all.push(("content-length", length));
-        }
-        all.extend(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-        self.host.open(id, &all);
-        let on_headers = self
-            .worker
-            .on_request_headers(&mut self.host, id, body.is_none());
-        let on_body = body.map(|body| {
-            self.host.streams.get_mut(&id).unwrap().request_body = body.to_vec();
-            self.worker
-                .on_request_body(&mut self.host, id, body.len() as u64, true)
-        });
-        (id, on_headers, on_body)
-    }
-
     fn signed(&mut self, request: &Signed) -> (StreamId, Flow, Option<Flow>) {
         let headers = request.headers();
         let body = (!request.body.is_empty()).then_some(request.body.as_slice());
-        self.send(request.method, &request.path, &headers, body)
-    }
-
-    fn details(&self, id: StreamId) -> Option<(u16, String)> {
-        let reply = self.host.stream(id).reply.as_ref()?;
-        Some((reply.status, reply.details.clone()))
+        self.send(request.method, &request.path, &pairs(&headers), body)
     }
 
     fn flushed(&mut self, name: &str) -> i64 {
@@ -154,7 +104,12 @@ fn a_signed_request_goes_through_once_its_body_matches() {
 fn a_changed_body_is_refused_after_the_headers() {
     let mut gw = Gateway::new(json!({"signature": section(json!({}))}));
     let signed = Signed::new("/secure/a", b"{\"a\":1}", "n1");
-    let (id, headers, body) = gw.send("POST", "/secure/a", &signed.headers(), Some(b"{\"a\":2}"));
+    let (id, headers, body) = gw.send(
+        "POST",
+        "/secure/a",
+        &pairs(&signed.headers()),
+        Some(b"{\"a\":2}"),
+    );
     assert_eq!((headers, body), (Flow::Continue, Some(Flow::Pause)));
     assert_eq!(
         gw.details(id),
@@ -182,7 +137,7 @@ fn unsigned_replayed_or_redirected_requests_stop_at_the_headers() {
 
     // Signed for one path, sent to another.
     let other = Signed::new("/secure/a", b"", "fresh");
-    let (id, _, _) = gw.send("POST", "/secure/b", &other.headers(), None);
+    let (id, _, _) = gw.send("POST", "/secure/b", &pairs(&other.headers()), None);
     assert_eq!(gw.details(id), Some((401, refused("signature_invalid"))));
     // The nonce of a refused signature was not used up.
     let (id, _, _) = gw.signed(&other);

@@ -5,18 +5,14 @@ use jwt_simple::prelude::*;
 use prost::Message;
 use serde_json::{Value, json};
 
+use super::test_gateway::{Gateway, NOW_MS, SEEDS};
 use super::*;
 use crate::mock::AppliedOp;
 use crate::mock::MockHost;
 use crate::ratelimit::rls;
 use crate::test_keys::{jwks, sign};
 
-const NOW_MS: u64 = 1_800_000_000_000;
 const ISS: &str = "https://idp.test";
-const SEEDS: Seeds = Seeds {
-    secret: [9; 16],
-    reporter: 42,
-};
 
 fn auth_section(key: &ES256KeyPair) -> Value {
     json!({
@@ -58,65 +54,6 @@ fn tagging_section() -> Value {
 fn breaker_section() -> Value {
     json!({"breakers": [{"name": "repo", "error_threshold_percent": 50, "window_seconds": 10,
         "min_requests": 4, "reset_timeout_ms": 1000, "half_open_probes": 1}]})
-}
-
-struct Gateway {
-    host: MockHost,
-    worker: Worker,
-    next_stream: StreamId,
-}
-
-impl Gateway {
-    fn new(config: Value) -> Gateway {
-        let mut host = MockHost::new(NOW_MS);
-        let worker = Worker::new(config.to_string().as_bytes(), "test", SEEDS, &mut host)
-            .unwrap_or_else(|e| panic!("config: {e}"));
-        Gateway {
-            host,
-            worker,
-            next_stream: 1,
-        }
-    }
-
-    /// Opens a stream and runs its request headers through the pipeline.
-    fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> (StreamId, Flow) {
-        let id = self.next_stream;
-        self.next_stream += 1;
-        let mut all = vec![(":method", method), (":path", path), (":authority", "api")];
-        all.extend_from_slice(headers);
-        self.host.open(id, &all);
-        self.host
-            .streams
-            .get_mut(&id)
-            .unwrap()
-            .attributes
-            .insert("client_address", "10.0.0.1:4000".into());
-        let flow = self.worker.on_request_headers(&mut self.host, id, true);
-        (id, flow)
-    }
-
-    fn respond(&mut self, id: StreamId, status: u16) {
-        self.host
-            .streams
-            .get_mut(&id)
-            .unwrap()
-            .response_headers
-            .push((":status".into(), status.to_string()));
-        assert_eq!(
-            self.worker.on_response_headers(&mut self.host, id),
-            Flow::Continue
-        );
-        self.worker.on_done(&mut self.host, id);
-    }
-
-    fn tick_at(&mut self, now_ms: u64) {
-        self.host.now_ms = now_ms;
-        self.worker.on_tick(&mut self.host);
-    }
-
-    fn reply_status(&self, id: StreamId) -> Option<u16> {
-        self.host.stream(id).reply.as_ref().map(|r| r.status)
-    }
 }
 
 fn full_chain(key: &ES256KeyPair) -> Value {
@@ -561,24 +498,10 @@ fn tool_call(id: u64, tool: &str, path: &str) -> Vec<u8> {
 impl Gateway {
     /// A POST to `/mcp` whose body arrives in one piece after the headers.
     fn mcp_post(&mut self, headers: &[(&str, &str)], body: &[u8]) -> (StreamId, Flow, Flow) {
-        let id = self.next_stream;
-        self.next_stream += 1;
-        let length = body.len().to_string();
-        let mut all = vec![
-            (":method", "POST"),
-            (":path", "/mcp"),
-            (":authority", "gw.example"),
-            ("content-type", "application/json"),
-            ("content-length", length.as_str()),
-        ];
+        let mut all = vec![("content-type", "application/json")];
         all.extend_from_slice(headers);
-        self.host.open(id, &all);
-        let on_headers = self.worker.on_request_headers(&mut self.host, id, false);
-        self.host.streams.get_mut(&id).unwrap().request_body = body.to_vec();
-        let on_body = self
-            .worker
-            .on_request_body(&mut self.host, id, body.len() as u64, true);
-        (id, on_headers, on_body)
+        let (id, on_headers, on_body) = self.send("POST", "/mcp", &all, Some(body));
+        (id, on_headers, on_body.unwrap())
     }
 
     fn reply_json(&self, id: StreamId) -> Value {
@@ -720,22 +643,15 @@ fn mcp_bounds_and_malformed_bodies_are_refused_before_any_policy() {
     assert_eq!(gw.reply_status(id), Some(400));
     assert_eq!(gw.reply_json(id)["error"]["code"], -32020);
     // A token in the query string.
-    let id = gw.next_stream;
-    gw.next_stream += 1;
-    gw.host.open(
-        id,
+    let (id, _, _) = gw.send(
+        "POST",
+        "/mcp?access_token=abc",
         &[
-            (":method", "POST"),
-            (":path", "/mcp?access_token=abc"),
-            (":authority", "gw"),
             ("authorization", &bearer),
             ("content-type", "application/json"),
         ],
+        Some(&body),
     );
-    gw.worker.on_request_headers(&mut gw.host, id, false);
-    gw.host.streams.get_mut(&id).unwrap().request_body = body.clone();
-    gw.worker
-        .on_request_body(&mut gw.host, id, body.len() as u64, true);
     assert_eq!(gw.reply_status(id), Some(400));
     assert_eq!(
         gw.reply_json(id)["error"]["data"]["reason"],
@@ -748,17 +664,13 @@ fn mcp_a_body_that_grows_past_the_limit_is_refused_while_streaming() {
     let key = ES256KeyPair::generate().with_key_id("k1");
     let mut gw = Gateway::new(mcp_chain(&key));
     let bearer = format!("Bearer {}", token(&key, "acme"));
-    let id = gw.next_stream;
-    gw.host.open(
-        id,
-        &[
-            (":method", "POST"),
-            (":path", "/mcp"),
-            (":authority", "gw"),
-            ("content-type", "application/json"),
-            ("authorization", &bearer),
-        ],
-    );
+    let id = gw.open(&[
+        (":method", "POST"),
+        (":path", "/mcp"),
+        (":authority", "api"),
+        ("content-type", "application/json"),
+        ("authorization", &bearer),
+    ]);
     assert_eq!(
         gw.worker.on_request_headers(&mut gw.host, id, false),
         Flow::Continue
@@ -1113,19 +1025,13 @@ fn the_auth_stage_reads_the_client_certificate_from_the_host() {
     let mut gw = Gateway::new(config);
     // What Envoy's connection attributes say, per stream.
     let send = |gw: &mut Gateway, mtls: &str, uri_san: Option<&str>| {
-        let id = gw.next_stream;
-        gw.next_stream += 1;
-        gw.host.open(
-            id,
-            &[
-                (":method", "POST"),
-                (":path", "/v1/ingest/projects/a"),
-                (":authority", "api"),
-                ("x-context-service", "forged"),
-            ],
-        );
+        let id = gw.open(&[
+            (":method", "POST"),
+            (":path", "/v1/ingest/projects/a"),
+            (":authority", "api"),
+            ("x-context-service", "forged"),
+        ]);
         let attributes = &mut gw.host.streams.get_mut(&id).unwrap().attributes;
-        attributes.insert("client_address", "10.0.0.1:4000".into());
         attributes.insert("peer_mtls", mtls.into());
         if let Some(uri) = uri_san {
             attributes.insert("peer_uri_san", uri.into());
