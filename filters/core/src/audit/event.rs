@@ -207,8 +207,9 @@ impl Message {
             (Some(caller), None) => Some(caller.subject.as_str()),
             (None, _) => None,
         };
+        let start_ms = decisions.first().map_or(0, |d| d.time_ms);
         let record = Record {
-            time_ms: decisions.first().map_or(0, |d| d.time_ms),
+            time_ms: start_ms,
             request_id: facts.request_id,
             tenant: identity.map(|c| c.tenant.as_str()),
             subject,
@@ -225,7 +226,7 @@ impl Message {
             client: facts.client,
             token: facts.token,
             decisions: Events {
-                start_ms: decisions.first().map_or(0, |d| d.time_ms),
+                start_ms,
                 decisions,
             },
         };

@@ -355,8 +355,6 @@ impl Worker {
         if let Some(recorder) = self.audit.as_mut() {
             stream.token = bearer(&stream.request).map(|t| recorder.token_digest(t));
             stream.decisions.reserve(ORDER.len());
-            // Read while the request is the proxy's current context.
-            stream.request.client_address(host);
         }
         let flow = match self.before_stages(host, &mut stream, end_of_stream) {
             Some(flow) => flow,
