@@ -49,6 +49,10 @@ fn audit_section(extra: Value) -> Value {
 /// on it), the rest 200. Tenant `limited` may make 200 requests; tenant
 /// `nowhere` is pinned to a region no pool serves (residency refuses it).
 fn gateway(collector: SocketAddr, audit: Value) -> Envoy {
+    Envoy::start(&gateway_config(collector, audit))
+}
+
+fn gateway_config(collector: SocketAddr, audit: Value) -> EnvoyConfig {
     let filter = WasmFilter::ctxgate("gw")
         .vm_id(VM_ID)
         .stage(
@@ -81,13 +85,12 @@ fn gateway(collector: SocketAddr, audit: Value) -> Envoy {
                 "reset_timeout_ms": 600_000}]}),
         )
         .stage("audit", audit.clone());
-    let config = EnvoyConfig::new()
+    EnvoyConfig::new()
         .filter(filter)
         .route(Route::prefix("/v1/contexts/projects/broken").direct(503, "down"))
         .route(Route::prefix("/").direct(200, "ok"))
         .cluster(Cluster::new("audit_collector", [collector]))
-        .bootstrap_extension(WasmService::audit_singleton(VM_ID, audit));
-    Envoy::start(&config)
+        .bootstrap_extension(WasmService::audit_singleton(VM_ID, audit))
 }
 
 /// What the request should have left in the trail: (stage, decision) in
@@ -319,7 +322,7 @@ fn a_mixed_run_of_10000_requests_is_in_the_trail_exactly_once_and_tampering_is_n
     assert_eq!(event["subject"].as_str().unwrap().len(), 32);
     assert_eq!(event["token"].as_str().unwrap().len(), 16);
     assert_eq!(event["operation"], "read");
-    assert!(event["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(event["client"], "127.0.0.1", "the address Envoy computed");
 
     // Editing, deleting or swapping one line fails on that line.
     let original = lines(&out);
@@ -340,6 +343,57 @@ fn a_mixed_run_of_10000_requests_is_in_the_trail_exactly_once_and_tampering_is_n
     swapped.swap(2, 3);
     let broken = verify_lines(&dir, &swapped).unwrap_err();
     assert_eq!((broken.line, broken.seq), (3, Some(4)), "{broken}");
+    drop(envoy);
+    drop(collector);
+}
+
+/// An edge gateway (`use_remote_address`) appends the connection's address
+/// to `X-Forwarded-For` before the filters run: with `client.source`
+/// `forwarded_for` and `trusted_hops` 1 the trail records that element,
+/// never the ones the client wrote itself. (For a loopback peer, as here,
+/// Envoy appends its own address instead of 127.0.0.1.)
+#[test]
+fn the_client_may_be_the_forwarded_for_element_envoy_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_file(&dir);
+    let collector = CollectorHandle::spawn("127.0.0.1:0".parse().unwrap(), out.clone()).unwrap();
+    let audit = audit_section(json!({"client": {"source": "forwarded_for", "trusted_hops": 1}}));
+    let config =
+        gateway_config(collector.addr(), audit).hcm_field("use_remote_address", json!(true));
+    let envoy = Envoy::start(&config);
+    let mut client = Client::connect(envoy.listener_addr());
+    let ok = token("acme");
+    for (context, forwarded_for) in [("plain", None), ("spoofed", Some("6.6.6.6, 203.0.113.9"))] {
+        let mut request = Request::get(format!("/v1/contexts/projects/{context}")).bearer(&ok);
+        if let Some(value) = forwarded_for {
+            request = request.header("x-forwarded-for", value);
+        }
+        assert_eq!(client.send(&request).status, 200);
+    }
+    assert_eq!(wait_for_events(&out, 8), 8);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut clients: Vec<(String, String)> = text
+        .lines()
+        .flat_map(|line| {
+            let batch: Value = serde_json::from_str(line).unwrap();
+            batch["records"].as_array().unwrap().clone()
+        })
+        .map(|r| {
+            let field = |k: &str| r[k].as_str().unwrap().to_owned();
+            (field("context"), field("client"))
+        })
+        .collect();
+    clients.sort();
+    let [(plain, appended), (spoofed, seen)] = clients.as_slice() else {
+        panic!("two records: {clients:?}");
+    };
+    assert_eq!(
+        (plain.as_str(), spoofed.as_str()),
+        ("projects/plain", "projects/spoofed")
+    );
+    assert!(appended.parse::<std::net::IpAddr>().is_ok(), "{appended}");
+    assert_eq!(seen, appended, "what the client wrote is not its address");
+    assert!(verify_file(&out).unwrap().is_ok());
     drop(envoy);
     drop(collector);
 }

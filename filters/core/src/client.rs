@@ -17,6 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Deserialize;
 
 use crate::config::ConfigError;
+use crate::http::RequestHead;
 
 /// Where the client address comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -86,6 +87,22 @@ impl ClientConfig {
         Ok(())
     }
 
+    /// Whether the key needs Envoy's downstream address (a proxy property
+    /// read), or only the request's headers.
+    pub fn reads_address(&self) -> bool {
+        self.source == ClientSource::ClientAddress
+    }
+
+    /// The key of a request: `address` is Envoy's downstream address if
+    /// [`ClientConfig::reads_address`], `X-Forwarded-For` is read from
+    /// `head`.
+    pub fn key_of(&self, head: &RequestHead<'_>, address: Option<&str>) -> String {
+        match self.source {
+            ClientSource::ClientAddress => self.key(address, None),
+            ClientSource::ForwardedFor => self.key(None, forwarded_for(head).as_deref()),
+        }
+    }
+
     /// The client's key: `203.0.113.7`, `2001:db8:1:2::/64`, or `unknown`.
     /// `address` is Envoy's downstream address (`ip:port`), `forwarded_for`
     /// the request's `X-Forwarded-For` values (joined by commas).
@@ -109,6 +126,15 @@ impl ClientConfig {
             None => "unknown".to_owned(),
         }
     }
+}
+
+/// The request's `X-Forwarded-For` values, joined by commas.
+fn forwarded_for(head: &RequestHead<'_>) -> Option<String> {
+    let values: Vec<&str> = head
+        .header_values("x-forwarded-for")
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
 }
 
 /// `10.0.0.1`, `10.0.0.1:5555`, `::1`, `[::1]:5555` -> the address.

@@ -66,7 +66,11 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
     let mut config = EnvoyConfig::new()
         .concurrency(opts.concurrency)
         .log_level("warning")
-        .listener_field("connection_balance_config", json!({"exact_balance": {}}));
+        .listener_field("connection_balance_config", json!({"exact_balance": {}}))
+        // An edge gateway's setting: Envoy computes the client's address
+        // from the connection and appends it to `X-Forwarded-For`, where
+        // the audited rows read it (`audit.client`).
+        .hcm_field("use_remote_address", json!(true));
     if let Some(rls) = &rls {
         config = config.cluster(rls.cluster("ctxgate_rls"));
     }

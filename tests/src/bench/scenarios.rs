@@ -819,10 +819,13 @@ fn pipeline_audit(fx: &Fixtures) -> HttpFilter {
 
 /// The audit section of the audited rows, for the filter and the
 /// singleton alike: the singleton lives in the `ctxgate` vm (the
-/// filter's), subjects pseudonymised, the defaults otherwise.
+/// filter's), subjects pseudonymised, the client the element Envoy
+/// appended to `X-Forwarded-For` (the bench's listener has
+/// `use_remote_address`), the defaults otherwise.
 pub fn audit_section() -> Value {
     json!({
         "singleton_vm_id": "ctxgate",
+        "client": {"source": "forwarded_for", "trusted_hops": 1},
         "pseudonymize_subjects": true,
         "pseudonym_key": "bench-pseudonym-key-0123",
         "collector": {"cluster": "audit_collector"},

@@ -16,6 +16,7 @@
 
 use super::config::AuditConfig;
 use super::event::{Decision, Message, Pseudonymizer, RequestFacts, token_digest};
+use crate::client::ClientConfig;
 use crate::host::Host;
 use crate::metrics::{Counter, Metrics};
 
@@ -37,6 +38,7 @@ pub struct Recorder {
     /// The singleton's vm_id and the queue's name.
     queue: (String, String),
     pseudonymizer: Option<Pseudonymizer>,
+    client: ClientConfig,
     /// The last bearer token seen and its digest.
     last_token: (Vec<u8>, String),
     limit: u64,
@@ -63,6 +65,7 @@ impl Recorder {
             message: Message::new(reporter),
             queue: (config.singleton_vm_id.clone(), config.queue.clone()),
             pseudonymizer,
+            client: config.client.clone(),
             last_token: (Vec::new(), String::new()),
             limit: config.queue_limit,
             drained_key: drained_key(&config.queue, reporter),
@@ -83,6 +86,11 @@ impl Recorder {
             self.last_token = (token.to_vec(), token_digest(token));
         }
         self.last_token.1.clone()
+    }
+
+    /// How the recorded client address is found.
+    pub fn client(&self) -> &ClientConfig {
+        &self.client
     }
 
     /// The singleton's vm_id and the queue's name.

@@ -213,7 +213,7 @@ fn every_decision_becomes_one_event_in_one_message_per_request() {
     assert_eq!(e["operation"], "read");
     assert_eq!(e["context"], "projects/a");
     assert_eq!(e["path"], "/v1/contexts/projects/a", "no query");
-    assert_eq!(e["client"], "10.0.0.1:4000");
+    assert_eq!(e["client"], "10.0.0.1", "the address, not the port");
     let pseudonym = super::event::hex(&hmac_sha256::HMAC::mac(b"alice", KEY.as_bytes())[..16]);
     assert_eq!(e["subject"], pseudonym.as_str());
     let token = signed;
@@ -472,6 +472,43 @@ fn a_worker_bounds_its_share_of_the_queue_without_a_round_trip_per_request() {
     assert_eq!(
         (received.reporter, received.dropped, received.events()),
         (7, 0, 1)
+    );
+}
+
+#[test]
+fn the_client_may_come_from_the_trusted_forwarded_for_element() {
+    let key = ES256KeyPair::generate();
+    let mut host = MockHost::new(NOW_MS);
+    host.audit_queue = Some(VecDeque::new());
+    let forwarded = json!({"client": {"source": "forwarded_for", "trusted_hops": 1}});
+    let config = gateway_config(&key, audit_section(forwarded.clone()));
+    let mut worker = Worker::new(
+        config.to_string().as_bytes(),
+        "t",
+        Seeds {
+            secret: [1; 16],
+            reporter: 7,
+        },
+        &mut host,
+    )
+    .unwrap();
+    for (id, xff) in [(1, Some("6.6.6.6, 203.0.113.9")), (2, None)] {
+        let mut headers = vec![(":path", "/v1/contexts/projects/a")];
+        headers.extend(xff.map(|v| ("x-forwarded-for", v)));
+        request(&mut worker, &mut host, id, &headers);
+    }
+    worker.on_tick(&mut host);
+    let mut shipper = shipper(&mut host, audit_section(forwarded));
+    shipper.on_queue_ready(&mut host);
+    let clients: Vec<Value> = deliver_all(&mut shipper, &mut host)
+        .iter()
+        .flat_map(|line| events(line))
+        .map(|e| e["client"].clone())
+        .collect();
+    assert_eq!(
+        clients,
+        [json!("203.0.113.9"), json!("unknown")],
+        "the element Envoy appended, never the connection's address or the client's own"
     );
 }
 

@@ -11,6 +11,7 @@
 use super::config::VerificationThrottleConfig;
 use crate::bucket::{BucketTable, GlobalAccounting, LimitSpec, MILLI, TakeOutcome, limit_id};
 use crate::client::ClientConfig;
+use crate::http::RequestHead;
 use crate::record::RecordError;
 use crate::shared::{Secret, SharedStore};
 
@@ -51,8 +52,14 @@ impl Throttle {
     }
 
     /// The client key of a request (see [`ClientConfig::key`]).
-    pub fn client_key(&self, address: Option<&str>, forwarded_for: Option<&str>) -> String {
-        self.client.key(address, forwarded_for)
+    /// `address` is called only if the key is Envoy's downstream address.
+    pub fn client_key(
+        &self,
+        head: &RequestHead<'_>,
+        address: &dyn Fn() -> Option<String>,
+    ) -> String {
+        let address = self.client.reads_address().then(address).flatten();
+        self.client.key_of(head, address.as_deref())
     }
 
     /// Seconds until the client may try again, if it has used up its

@@ -119,17 +119,10 @@ impl Auth {
         }
         decision.cache = CacheUse::Miss;
         // Throttled before any signature work: one shared-data read.
-        let client = self.throttle.as_ref().map(|t| {
-            let forwarded_for: Vec<&str> = request
-                .header_values("x-forwarded-for")
-                .filter_map(|v| std::str::from_utf8(v).ok())
-                .collect();
-            let forwarded_for = (!forwarded_for.is_empty()).then(|| forwarded_for.join(","));
-            (
-                t,
-                t.client_key((env.client_address)().as_deref(), forwarded_for.as_deref()),
-            )
-        });
+        let client = self
+            .throttle
+            .as_ref()
+            .map(|t| (t, t.client_key(request, env.client_address)));
         let mut gate = || -> Result<(), Denial> {
             let Some((throttle, client)) = &client else {
                 return Ok(());

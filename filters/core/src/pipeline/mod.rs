@@ -598,13 +598,18 @@ impl Worker {
         {
             let request = &mut stream.request;
             request.established(host);
-            request.client_address(host);
+            if recorder.client().reads_address() {
+                request.client_address(host);
+            }
             let head = request.head();
+            let client = recorder
+                .client()
+                .key_of(&head, request.client_address_read());
             let facts = RequestFacts {
                 request_id: head.header("x-request-id"),
                 method: head.method,
                 path: head.path.split('?').next().unwrap_or_default(),
-                client: request.client_address_read(),
+                client: Some(&client),
                 established: request.established_ref(),
                 token: stream.token.as_deref(),
             };

@@ -23,16 +23,10 @@ impl RateLimiter {
         operation: Option<&MatchedOperation>,
     ) -> (Table, String, Vec<(String, String)>, String) {
         let Some(identity) = &facts.identity else {
-            let forwarded_for: Vec<&str> = facts
-                .head
-                .header_values("x-forwarded-for")
-                .filter_map(|v| std::str::from_utf8(v).ok())
-                .collect();
-            let forwarded_for = (!forwarded_for.is_empty()).then(|| forwarded_for.join(","));
             let client = self
                 .anonymous
                 .client
-                .key(facts.client_address.as_deref(), forwarded_for.as_deref());
+                .key_of(&facts.head, facts.client_address.as_deref());
             let descriptor = vec![("client".to_owned(), client.clone())];
             return (
                 Table::Anonymous,
