@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use ctxgate_audit::{CollectorHandle, verify_file};
 use ctxgate_e2e::{
-    Client, Cluster, Envoy, EnvoyConfig, Request, Route, WasmFilter, WasmService, demo_idp,
-    eventually,
+    Client, Cluster, Envoy, EnvoyConfig, Request, Route, ScriptedServer, WasmFilter, WasmService,
+    demo_idp, eventually,
 };
 use serde_json::{Value, json};
 
@@ -393,6 +393,91 @@ fn the_client_may_be_the_forwarded_for_element_envoy_appended() {
     );
     assert!(appended.parse::<std::net::IpAddr>().is_ok(), "{appended}");
     assert_eq!(seen, appended, "what the client wrote is not its address");
+    assert!(verify_file(&out).unwrap().is_ok());
+    drop(envoy);
+    drop(collector);
+}
+
+/// The MCP stage decides on the request body (a `tools/call`'s tool and
+/// the context it names), after the headers went on: its decisions are in
+/// the trail like the others, with the refusal's status and reason.
+#[test]
+fn mcp_decisions_made_on_the_body_are_in_the_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = out_file(&dir);
+    let collector = CollectorHandle::spawn("127.0.0.1:0".parse().unwrap(), out.clone()).unwrap();
+    let audit = audit_section(json!({}));
+    let filter = WasmFilter::ctxgate("gw")
+        .vm_id(VM_ID)
+        .stage("auth", json!({"providers": [demo_idp::hs256_provider()]}))
+        .stage(
+            "mcp",
+            json!({"tools": [{"name": "search_context", "action": "read", "context": {"pointer": "/path"}}]}),
+        )
+        .stage("audit", audit.clone());
+    // A real upstream: it reads the body the stage holds (a direct
+    // response would answer on the headers alone).
+    let upstream = ScriptedServer::start();
+    let config = EnvoyConfig::new()
+        .filter(filter)
+        .cluster(Cluster::new("context", [upstream.addr()]))
+        .route(Route::prefix("/").cluster("context"))
+        .cluster(Cluster::new("audit_collector", [collector.addr()]))
+        .bootstrap_extension(WasmService::audit_singleton(VM_ID, audit));
+    let envoy = Envoy::start(&config);
+    let bearer = format!("Bearer {}", token("acme"));
+    // The token's scope is `admin:projects/*`: `teams/...` is outside it.
+    for (id, path, status) in [("in", "projects/a", 200), ("out", "teams/x", 403)] {
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": "search_context", "arguments": {"path": path}}});
+        let response = Request::post("/mcp")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("authorization", &bearer)
+            .header("x-request-id", id)
+            .body(call.to_string())
+            .send(envoy.listener_addr());
+        assert_eq!(response.status, status, "{id}: {}", response.text());
+    }
+    assert_eq!(wait_for_events(&out, 4), 4);
+    let mut records: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .flat_map(|line| {
+            let batch: Value = serde_json::from_str(line).unwrap();
+            batch["records"].as_array().unwrap().clone()
+        })
+        .collect();
+    records.sort_by_key(|r| r["request_id"].as_str().unwrap().to_owned());
+    // Each decision without its time: [stage, decision, status?, reason?].
+    let decisions = |r: &Value| -> Vec<Vec<Value>> {
+        let all = r["decisions"].as_array().unwrap();
+        all.iter()
+            .map(|d| {
+                let mut d = d.as_array().unwrap().clone();
+                d.remove(2);
+                d
+            })
+            .collect()
+    };
+    let (allowed, refused) = (decisions(&records[0]), decisions(&records[1]));
+    assert_eq!(records[0]["request_id"], "in");
+    assert_eq!(records[0]["context"], "projects/a");
+    assert_eq!(
+        allowed,
+        [
+            [json!("auth"), json!("allow")],
+            [json!("mcp"), json!("allow")]
+        ]
+    );
+    assert_eq!(records[1]["request_id"], "out");
+    assert_eq!(refused[0], [json!("auth"), json!("allow")]);
+    assert_eq!(refused[1][..3], [json!("mcp"), json!("deny"), json!(403)]);
+    assert!(
+        refused[1][3].as_str().unwrap().starts_with("ctxgate_"),
+        "the refusal's reason: {refused:?}"
+    );
+    assert_eq!(upstream.hits(), 1, "the refused call never reached it");
     assert!(verify_file(&out).unwrap().is_ok());
     drop(envoy);
     drop(collector);
