@@ -176,8 +176,9 @@ impl Message {
         message
     }
 
-    /// Empties the message (keeping its memory).
-    fn clear(&mut self) {
+    /// Empties the message, keeping its memory: the next records are
+    /// written into the same buffer, still in cache.
+    pub fn clear(&mut self) {
         self.bytes.clear();
         self.bytes.push(MESSAGE_VERSION);
         self.bytes.extend_from_slice(&self.reporter.to_le_bytes());
@@ -257,13 +258,6 @@ impl Message {
 
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
-    }
-
-    /// Hands the bytes over and starts an empty message.
-    pub fn take(&mut self) -> Vec<u8> {
-        let bytes = std::mem::take(&mut self.bytes);
-        self.clear();
-        bytes
     }
 
     pub fn len(&self) -> usize {

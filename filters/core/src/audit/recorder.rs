@@ -4,7 +4,11 @@
 //!
 //! Every enqueue wakes Envoy's main thread for the singleton's
 //! `on_queue_ready`, so a message per request would cost a cross-thread
-//! wake-up per request; one per tick costs one per tick.
+//! wake-up per request. A message of [`MESSAGE_RECORDS`] costs one per 64
+//! requests, and its buffer (reused, at most [`MESSAGE_BYTES`]) stays
+//! small enough to stay in cache: with 1024 records and a fresh 512 KiB
+//! buffer per message, the audited bench row measured 1.12x and 1.13x of
+//! the unaudited one, with this 1.05x and 1.10x (alternating runs).
 //!
 //! The proxy's queue has no bound, so the worker keeps one: it counts the
 //! events it enqueued, and the singleton publishes in shared data how
@@ -29,8 +33,8 @@ pub fn drained_key(queue: &str, reporter: u64) -> String {
 
 /// A message is sent once it holds this many records (or this many
 /// bytes, [`MESSAGE_BYTES`]), and on every tick.
-pub const MESSAGE_RECORDS: usize = 1024;
-pub const MESSAGE_BYTES: usize = 512 * 1024;
+pub const MESSAGE_RECORDS: usize = 64;
+pub const MESSAGE_BYTES: usize = 32 * 1024;
 
 pub struct Recorder {
     /// Records not yet sent.
@@ -137,8 +141,9 @@ impl Recorder {
         }
         let events = self.message.events();
         self.message.set_dropped(self.unreported);
-        let bytes = self.message.take();
-        match host.audit_enqueue(&bytes) {
+        let sent = host.audit_enqueue(self.message.bytes());
+        self.message.clear();
+        match sent {
             Ok(()) => {
                 self.unreported = 0;
                 metrics.add(self.events, events);
