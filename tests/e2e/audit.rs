@@ -202,19 +202,26 @@ fn traffic(
     })
 }
 
+/// Every record in the file, in order.
+fn records(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .flat_map(|line| {
+            let batch: Value = serde_json::from_str(line).unwrap();
+            batch["records"].as_array().unwrap().clone()
+        })
+        .collect()
+}
+
 /// Every event in the file: (request id, stage, decision).
 fn trail(path: &Path) -> Vec<(String, String, String)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut out = Vec::new();
-    for line in text.lines() {
-        let batch: Value = serde_json::from_str(line).unwrap();
-        for record in batch["records"].as_array().unwrap() {
-            let id = record["request_id"].as_str().unwrap_or("").to_owned();
-            // [stage, decision, ms, status?, reason?]
-            for d in record["decisions"].as_array().unwrap() {
-                let s = |i: usize| d[i].as_str().unwrap_or("").to_owned();
-                out.push((id.clone(), s(0), s(1)));
-            }
+    for record in records(path) {
+        let id = record["request_id"].as_str().unwrap_or("").to_owned();
+        // [stage, decision, ms, status?, reason?]
+        for d in record["decisions"].as_array().unwrap() {
+            let s = |i: usize| d[i].as_str().unwrap_or("").to_owned();
+            out.push((id.clone(), s(0), s(1)));
         }
     }
     out
@@ -371,13 +378,8 @@ fn the_client_may_be_the_forwarded_for_element_envoy_appended() {
         assert_eq!(client.send(&request).status, 200);
     }
     assert_eq!(wait_for_events(&out, 8), 8);
-    let text = std::fs::read_to_string(&out).unwrap();
-    let mut clients: Vec<(String, String)> = text
-        .lines()
-        .flat_map(|line| {
-            let batch: Value = serde_json::from_str(line).unwrap();
-            batch["records"].as_array().unwrap().clone()
-        })
+    let mut clients: Vec<(String, String)> = records(&out)
+        .iter()
         .map(|r| {
             let field = |k: &str| r[k].as_str().unwrap().to_owned();
             (field("context"), field("client"))
@@ -440,14 +442,7 @@ fn mcp_decisions_made_on_the_body_are_in_the_trail() {
         assert_eq!(response.status, status, "{id}: {}", response.text());
     }
     assert_eq!(wait_for_events(&out, 4), 4);
-    let mut records: Vec<Value> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .flat_map(|line| {
-            let batch: Value = serde_json::from_str(line).unwrap();
-            batch["records"].as_array().unwrap().clone()
-        })
-        .collect();
+    let mut records = records(&out);
     records.sort_by_key(|r| r["request_id"].as_str().unwrap().to_owned());
     // Each decision without its time: [stage, decision, status?, reason?].
     let decisions = |r: &Value| -> Vec<Vec<Value>> {

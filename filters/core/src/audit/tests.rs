@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::batch::{self, verify};
 use super::config::AuditConfig;
 use super::shipper::Shipper;
+use crate::config::ConfigError;
 use crate::host::{CallResponse, Host, StreamId};
 use crate::mock::MockHost;
 use crate::pipeline::{Seeds, Worker};
@@ -43,6 +44,15 @@ fn gateway_config(key: &ES256KeyPair, audit: Value) -> Value {
         "tagging": {"headers": {"tier": "x-tier"}, "from_claims": {"tier": "tier"}},
         "audit": audit,
     })
+}
+
+/// The gateway's worker (reporter 7) on `host`.
+fn worker(host: &mut MockHost, config: &Value) -> Result<Worker, ConfigError> {
+    let seeds = Seeds {
+        secret: [1; 16],
+        reporter: 7,
+    };
+    Worker::new(config.to_string().as_bytes(), "t", seeds, host)
 }
 
 fn token(key: &ES256KeyPair) -> String {
@@ -130,16 +140,7 @@ fn every_decision_becomes_one_event_in_one_message_per_request() {
     let mut host = MockHost::new(NOW_MS);
     host.audit_queue = Some(VecDeque::new());
     let config = gateway_config(&key, audit_section(json!({})));
-    let mut worker = Worker::new(
-        config.to_string().as_bytes(),
-        "t",
-        Seeds {
-            secret: [1; 16],
-            reporter: 7,
-        },
-        &mut host,
-    )
-    .unwrap();
+    let mut worker = worker(&mut host, &config).unwrap();
     let signed = token(&key);
     let bearer = format!("Bearer {signed}");
     for (id, rid) in [(1, "r1"), (2, "r2"), (3, "r3")] {
@@ -419,16 +420,7 @@ fn a_worker_bounds_its_share_of_the_queue_without_a_round_trip_per_request() {
     let mut host = MockHost::new(NOW_MS);
     host.audit_queue = Some(VecDeque::new());
     let config = gateway_config(&key, audit_section(json!({"queue_limit": 3})));
-    let mut worker = Worker::new(
-        config.to_string().as_bytes(),
-        "t",
-        Seeds {
-            secret: [1; 16],
-            reporter: 7,
-        },
-        &mut host,
-    )
-    .unwrap();
+    let mut worker = worker(&mut host, &config).unwrap();
     for id in 1..=5 {
         request(
             &mut worker,
@@ -482,16 +474,7 @@ fn the_client_may_come_from_the_trusted_forwarded_for_element() {
     host.audit_queue = Some(VecDeque::new());
     let forwarded = json!({"client": {"source": "forwarded_for", "trusted_hops": 1}});
     let config = gateway_config(&key, audit_section(forwarded.clone()));
-    let mut worker = Worker::new(
-        config.to_string().as_bytes(),
-        "t",
-        Seeds {
-            secret: [1; 16],
-            reporter: 7,
-        },
-        &mut host,
-    )
-    .unwrap();
+    let mut worker = worker(&mut host, &config).unwrap();
     for (id, xff) in [(1, Some("6.6.6.6, 203.0.113.9")), (2, None)] {
         let mut headers = vec![(":path", "/v1/contexts/projects/a")];
         headers.extend(xff.map(|v| ("x-forwarded-for", v)));
@@ -520,16 +503,6 @@ fn pseudonymisation_needs_a_key_and_the_field_is_named() {
         &key,
         json!({"singleton_vm_id": "gw", "pseudonymize_subjects": true}),
     );
-    let e = Worker::new(
-        config.to_string().as_bytes(),
-        "t",
-        Seeds {
-            secret: [1; 16],
-            reporter: 7,
-        },
-        &mut host,
-    )
-    .err()
-    .unwrap();
+    let e = worker(&mut host, &config).err().unwrap();
     assert_eq!(e.field, "audit.pseudonym_key");
 }
