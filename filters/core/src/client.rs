@@ -12,6 +12,7 @@
 //! IPv6 clients usually own a whole /64 (or more), so IPv6 addresses are
 //! aggregated to a configurable prefix; IPv4 addresses optionally too.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
@@ -128,13 +129,24 @@ impl ClientConfig {
     }
 }
 
-/// The request's `X-Forwarded-For` values, joined by commas.
-fn forwarded_for(head: &RequestHead<'_>) -> Option<String> {
-    let values: Vec<&str> = head
+/// The request's `X-Forwarded-For` values, joined by commas (borrowed
+/// when there is one, as there usually is).
+fn forwarded_for<'a>(head: &RequestHead<'a>) -> Option<Cow<'a, str>> {
+    let mut values = head
         .header_values("x-forwarded-for")
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .collect();
-    (!values.is_empty()).then(|| values.join(","))
+        .filter_map(|v| std::str::from_utf8(v).ok());
+    let first = values.next()?;
+    match values.next() {
+        None => Some(Cow::Borrowed(first)),
+        Some(second) => {
+            let mut joined = format!("{first},{second}");
+            for value in values {
+                joined.push(',');
+                joined.push_str(value);
+            }
+            Some(Cow::Owned(joined))
+        }
+    }
 }
 
 /// `10.0.0.1`, `10.0.0.1:5555`, `::1`, `[::1]:5555` -> the address.

@@ -18,6 +18,8 @@
 //! `queue_limit` are dropped, counted, and reported in the worker's next
 //! message, so the trail records the loss.
 
+use std::rc::Rc;
+
 use super::config::AuditConfig;
 use super::event::{Decision, Message, Pseudonymizer, RequestFacts, token_digest};
 use crate::client::ClientConfig;
@@ -44,7 +46,7 @@ pub struct Recorder {
     pseudonymizer: Option<Pseudonymizer>,
     client: ClientConfig,
     /// The last bearer token seen and its digest.
-    last_token: (Vec<u8>, String),
+    last_token: (Vec<u8>, Rc<str>),
     limit: u64,
     drained_key: String,
     /// Events enqueued by this worker since it started.
@@ -70,7 +72,7 @@ impl Recorder {
             queue: (config.singleton_vm_id.clone(), config.queue.clone()),
             pseudonymizer,
             client: config.client.clone(),
-            last_token: (Vec::new(), String::new()),
+            last_token: (Vec::new(), Rc::from("")),
             limit: config.queue_limit,
             drained_key: drained_key(&config.queue, reporter),
             enqueued: 0,
@@ -85,11 +87,11 @@ impl Recorder {
 
     /// [`token_digest`] of a bearer token, remembered for the last token
     /// (a client sends the same token again and again).
-    pub fn token_digest(&mut self, token: &[u8]) -> String {
-        if self.last_token.0 != token {
-            self.last_token = (token.to_vec(), token_digest(token));
+    pub fn token_digest(&mut self, token: &[u8]) -> Rc<str> {
+        if !same_bytes(&self.last_token.0, token) {
+            self.last_token = (token.to_vec(), Rc::from(token_digest(token)));
         }
-        self.last_token.1.clone()
+        Rc::clone(&self.last_token.1)
     }
 
     /// How the recorded client address is found.
@@ -169,6 +171,36 @@ impl Recorder {
             && let Some(bytes) = value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok())
         {
             self.drained = u64::from_le_bytes(bytes).min(self.enqueued);
+        }
+    }
+}
+
+/// `a == b`, eight bytes at a time: a token is a few hundred bytes, and
+/// the `memcmp` of wasm32 compares one byte at a time.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let word = |w: &[u8]| <[u8; 8]>::try_from(w).map(u64::from_ne_bytes).ok();
+    let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    a.len() == b.len()
+        && wa.remainder() == wb.remainder()
+        && wa.zip(wb).all(|(x, y)| word(x) == word(y))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_bytes;
+
+    #[test]
+    fn same_bytes_compares_every_byte() {
+        let a: Vec<u8> = (0..=255).collect();
+        for len in 0..40 {
+            let x = &a[..len];
+            assert!(same_bytes(x, x));
+            for i in 0..len {
+                let mut y = x.to_vec();
+                y[i] ^= 1;
+                assert!(!same_bytes(x, &y), "len {len}, byte {i}");
+            }
+            assert!(!same_bytes(x, &a[..len + 1]));
         }
     }
 }

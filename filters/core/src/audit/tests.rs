@@ -506,3 +506,49 @@ fn pseudonymisation_needs_a_key_and_the_field_is_named() {
     let e = worker(&mut host, &config).err().unwrap();
     assert_eq!(e.field, "audit.pseudonym_key");
 }
+
+#[test]
+fn a_record_is_valid_json_whatever_its_strings_hold() {
+    use super::event::{Decision, Message, RequestFacts, parse_message};
+    let path = "/v1/\"q\"\\x\u{1}\n/é";
+    let decisions = [
+        Decision {
+            stage: "auth",
+            time_ms: NOW_MS,
+            refusal: None,
+        },
+        Decision {
+            stage: "ratelimit",
+            time_ms: NOW_MS + 3,
+            refusal: Some((429, "ctxgate_\"limited\"".to_owned())),
+        },
+    ];
+    let facts = RequestFacts {
+        request_id: Some("id-1"),
+        method: "GET",
+        path,
+        client: Some("203.0.113.9"),
+        established: None,
+        token: Some("0123456789abcdef"),
+    };
+    let mut message = Message::new(7);
+    assert!(message.add(&decisions, &facts, None));
+    let received = parse_message(message.bytes()).unwrap();
+    assert_eq!(received.records.len(), 1);
+    let (events, json) = &received.records[0];
+    assert_eq!(*events, 2);
+    let record: Value = serde_json::from_slice(json).unwrap();
+    assert_eq!(
+        record,
+        json!({
+            "time_ms": NOW_MS,
+            "request_id": "id-1",
+            "method": "GET",
+            "path": path,
+            "client": "203.0.113.9",
+            "token": "0123456789abcdef",
+            "decisions": [["auth", "allow", 0], ["ratelimit", "deny", 3, 429, "ctxgate_\"limited\""]],
+        }),
+        "absent facts are left out"
+    );
+}

@@ -42,6 +42,7 @@ mod test_gateway;
 mod tests;
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::audit::event::{Decision, RequestFacts};
 use crate::audit::recorder::Recorder;
@@ -175,7 +176,7 @@ struct Stream {
     decisions: Vec<Decision>,
     /// The bearer token's digest, read before auth strips the header
     /// (audit on).
-    token: Option<String>,
+    token: Option<Rc<str>>,
 }
 
 /// Random values the engine draws from the proxy at configure time.
