@@ -539,7 +539,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             name: PIPELINE_AUDIT,
             about: "The `pipeline` row with the audit trail on: a record per request \
                     (its stage decisions), written into the worker's next queue message \
-                    (one per tick or 64 records), the audit singleton batching, \
+                    (at most every 50 ms or 1024 records), the audit singleton batching, \
                     chaining (SHA-256) and POSTing them to the demo collector (in the \
                     bench process). Envoy's CPU includes the singleton's.",
             filters: vec![pipeline_audit(fx)],

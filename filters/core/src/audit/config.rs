@@ -92,7 +92,11 @@ pub struct BatchConfig {
     /// cost the singleton less per event (one POST each).
     #[serde(default = "defaults::max_events")]
     pub max_events: usize,
-    /// Longest an event waits for its batch (10 ms to 60 s).
+    /// Longest an event waits in the singleton for its batch (10 ms to
+    /// 60 s). A worker holds its records for up to a quarter of this
+    /// (and at most 1024 of them) before it hands them to the singleton
+    /// in one queue message, so an event is delivered within about 1.25
+    /// times this, plus the delivery itself.
     #[serde(
         default = "defaults::max_delay",
         deserialize_with = "duration::milliseconds"

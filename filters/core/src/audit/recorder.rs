@@ -1,14 +1,15 @@
 //! The worker's side: records gathered per worker and handed to the
-//! singleton in one queue message per tick (or per [`MESSAGE_RECORDS`]
-//! records), bounded without a shared-data round trip per request.
+//! singleton in few, large queue messages, bounded without a shared-data
+//! round trip per request.
 //!
 //! Every enqueue wakes Envoy's main thread for the singleton's
 //! `on_queue_ready`, so a message per request would cost a cross-thread
-//! wake-up per request. A message goes on every tick of the worker (the
-//! shortest period its stages ask for: 5 ms with a global rate limit) or
-//! once it holds [`MESSAGE_RECORDS`] records or [`MESSAGE_BYTES`], so a
-//! worker wakes the main thread at most once per tick or per 64 requests.
-//! Its buffer is reused from message to message.
+//! wake-up per request. A worker holds its records until the oldest has
+//! waited a quarter of `batch.max_delay_ms` (50 ms by default; the worker
+//! ticks at least that often) or the message holds [`MESSAGE_RECORDS`] records
+//! or [`MESSAGE_BYTES`], so the main thread wakes a few dozen times a
+//! second, not once per request. The worker's buffer is reused from
+//! message to message.
 //!
 //! The proxy's queue has no bound, so the worker keeps one: it counts the
 //! events it enqueued, and the singleton publishes in shared data how
@@ -34,13 +35,17 @@ pub fn drained_key(queue: &str, reporter: u64) -> String {
 }
 
 /// A message is sent once it holds this many records (or this many
-/// bytes, [`MESSAGE_BYTES`]), and on every tick.
-pub const MESSAGE_RECORDS: usize = 64;
-pub const MESSAGE_BYTES: usize = 32 * 1024;
+/// bytes, [`MESSAGE_BYTES`]), or its oldest record is old enough.
+pub const MESSAGE_RECORDS: usize = 1024;
+pub const MESSAGE_BYTES: usize = 512 * 1024;
 
 pub struct Recorder {
     /// Records not yet sent.
     message: Message,
+    /// When the message's first record was decided.
+    oldest_ms: u64,
+    /// How long a record may wait in the worker.
+    hold_ms: u64,
     /// The singleton's vm_id and the queue's name.
     queue: (String, String),
     pseudonymizer: Option<Pseudonymizer>,
@@ -69,6 +74,8 @@ impl Recorder {
         };
         Recorder {
             message: Message::new(reporter),
+            oldest_ms: 0,
+            hold_ms: (config.batch.max_delay_ms / 4).max(1),
             queue: (config.singleton_vm_id.clone(), config.queue.clone()),
             pseudonymizer,
             client: config.client.clone(),
@@ -92,6 +99,12 @@ impl Recorder {
             self.last_token = (token.to_vec(), Rc::from(token_digest(token)));
         }
         Rc::clone(&self.last_token.1)
+    }
+
+    /// How long a record may wait in the worker: the worker must tick at
+    /// least this often.
+    pub fn hold_ms(&self) -> u64 {
+        self.hold_ms
     }
 
     /// How the recorded client address is found.
@@ -124,6 +137,9 @@ impl Recorder {
         if self.in_flight().saturating_add(n) > self.limit {
             self.drop_events(n, self.queue_full, metrics);
             return;
+        }
+        if self.message.is_empty() {
+            self.oldest_ms = decisions.first().map_or(0, |d| d.time_ms);
         }
         if self
             .message
@@ -163,10 +179,12 @@ impl Recorder {
         metrics.add(why, n);
     }
 
-    /// Sends what was gathered, and learns how much of its share the
-    /// singleton has taken.
-    pub fn on_tick(&mut self, host: &mut dyn Host, metrics: &mut Metrics) {
-        self.send(host, metrics);
+    /// Sends what was gathered once its oldest record has waited long
+    /// enough, and learns how much of its share the singleton has taken.
+    pub fn on_tick(&mut self, host: &mut dyn Host, now_ms: u64, metrics: &mut Metrics) {
+        if now_ms.saturating_sub(self.oldest_ms) >= self.hold_ms {
+            self.send(host, metrics);
+        }
         if let Some((value, _)) = host.shared().get(&self.drained_key)
             && let Some(bytes) = value.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok())
         {

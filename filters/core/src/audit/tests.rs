@@ -163,7 +163,10 @@ fn every_decision_becomes_one_event_in_one_message_per_request() {
     );
     assert_eq!(host.audit_enqueues, 0, "nothing per request");
     worker.on_tick(&mut host);
-    assert_eq!(host.audit_enqueues, 1, "one message per tick");
+    assert_eq!(host.audit_enqueues, 0, "records wait a while in the worker");
+    host.now_ms += 50;
+    worker.on_tick(&mut host);
+    assert_eq!(host.audit_enqueues, 1, "then go in one message");
 
     let mut shipper = shipper(&mut host, audit_section(json!({})));
     shipper.on_queue_ready(&mut host);
@@ -452,6 +455,7 @@ fn a_worker_bounds_its_share_of_the_queue_without_a_round_trip_per_request() {
         6,
         &[(":path", "/v1/contexts/projects/a")],
     );
+    host.now_ms += 1_000;
     worker.on_tick(&mut host);
     assert_eq!(host.audit_enqueues, 2);
     assert_eq!(
@@ -480,6 +484,7 @@ fn the_client_may_come_from_the_trusted_forwarded_for_element() {
         headers.extend(xff.map(|v| ("x-forwarded-for", v)));
         request(&mut worker, &mut host, id, &headers);
     }
+    host.now_ms += 1_000;
     worker.on_tick(&mut host);
     let mut shipper = shipper(&mut host, audit_section(forwarded));
     shipper.on_queue_ready(&mut host);

@@ -314,6 +314,7 @@ impl Worker {
             self.auth.as_ref().and_then(AuthStage::tick_ms),
             self.ratelimit.as_ref().and_then(RateLimitStage::tick_ms),
             self.breaker.as_ref().and_then(BreakerStage::tick_ms),
+            self.audit.as_ref().map(Recorder::hold_ms),
             Some(self.flush_interval_ms),
         ]
         .into_iter()
@@ -664,7 +665,7 @@ impl Worker {
             stage.on_tick(host, &mut self.metrics);
         }
         if let Some(recorder) = self.audit.as_mut() {
-            recorder.on_tick(host, &mut self.metrics);
+            recorder.on_tick(host, now, &mut self.metrics);
         }
         let flush = now >= self.next_flush_ms;
         if flush {
