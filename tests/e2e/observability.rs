@@ -16,7 +16,10 @@ mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ctxgate_e2e::{Envoy, EnvoyConfig, Request, Route, WasmFilter, WasmService, repo_root};
+use ctxgate_e2e::http::Client;
+use ctxgate_e2e::{
+    Envoy, EnvoyConfig, Request, Route, WasmFilter, WasmService, demo_idp, repo_root,
+};
 use regex::Regex;
 use serde_json::{Value, json};
 
@@ -226,4 +229,109 @@ fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_the_gateway() {
             "{metric} is alerted on but not on the dashboard"
         );
     }
+}
+
+/// A flood of 100 000 distinct tenants, one request each, with a heavy
+/// tenant (every tenth request) and a named one among them: the gateway
+/// exports three `ctxgate_requests` series (the named tenant, the heavy
+/// hitter, `other`) and every request is in one of them.
+#[test]
+fn a_flood_of_tenants_leaves_the_request_series_bounded() {
+    const FLOOD: usize = 100_000;
+    const THREADS: usize = 4;
+    let auth = json!({
+        "providers": [demo_idp::hs256_provider()],
+        "operations": [{"name": "read", "methods": ["GET"], "path": "/v1/contexts/{context}", "action": "read"}],
+    });
+    let config = EnvoyConfig::new()
+        .bootstrap_field("stats_config", demo_stats_config())
+        .filter(WasmFilter::ctxgate("ctxgate").stage("auth", auth).stage(
+            "metrics",
+            json!({"tenants": ["acme"], "top_tenants": 2, "flush_interval_ms": 100}),
+        ))
+        .route(Route::prefix("/").direct(200, "ok"));
+    let envoy = Envoy::start(&config);
+    let addr = envoy.listener_addr();
+    let token = |tenant: &str| demo_idp::hs256_token(tenant, "user-1", &json!({}));
+    let (heavy, acme) = (token("heavy"), token("acme"));
+    let started = std::time::Instant::now();
+    let sent: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (heavy, acme) = (&heavy, &acme);
+                scope.spawn(move || {
+                    let mut client = Client::connect(addr);
+                    let mut sent = 0;
+                    for i in (t..FLOOD).step_by(THREADS) {
+                        let mut tokens = vec![token(&format!("flood-{i}"))];
+                        if i % 10 == 0 {
+                            tokens.push(heavy.clone());
+                        }
+                        if i % 1000 == 0 {
+                            tokens.push(acme.clone());
+                        }
+                        for t in &tokens {
+                            let response =
+                                client.send(&Request::get("/v1/contexts/projects/a").bearer(t));
+                            assert_eq!(response.status, 200, "{}", response.text());
+                            sent += 1;
+                        }
+                    }
+                    sent
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    println!(
+        "{sent} requests from {} tenants in {:.1} s",
+        FLOOD + 2,
+        started.elapsed().as_secs_f64()
+    );
+    // Every request counted (flushed every 100 ms).
+    let mut series = Vec::new();
+    let complete = ctxgate_e2e::eventually(std::time::Duration::from_secs(10), || {
+        series = requests_series(&envoy.prometheus());
+        series.iter().map(|(_, n)| n).sum::<u64>() == sent as u64
+    });
+    assert!(complete, "not every request counted: {series:?}");
+    let tenants: BTreeSet<&str> = series.iter().map(|(l, _)| l["tenant"].as_str()).collect();
+    println!("ctxgate_requests series: {series:?}");
+    assert_eq!(
+        tenants,
+        BTreeSet::from(["acme", "heavy", "other"]),
+        "the named tenant, the heavy hitter and other"
+    );
+    assert_eq!(series.len(), 3, "one label set per tenant label");
+    for (labels, _) in &series {
+        assert_eq!(
+            (
+                labels["tier"].as_str(),
+                labels["operation"].as_str(),
+                labels["decision"].as_str(),
+                labels["status_class"].as_str()
+            ),
+            ("standard", "read", "allow", "2xx")
+        );
+    }
+    let all = scrape(&envoy.prometheus());
+    let total: usize = all.values().map(Vec::len).sum();
+    println!("{total} series exported in all");
+    assert!(total < 2_000, "the flood created series elsewhere: {total}");
+}
+
+/// The `ctxgate_requests` series of a Prometheus text: labels and value.
+fn requests_series(text: &str) -> Vec<(BTreeMap<String, String>, u64)> {
+    let value = Regex::new(r"^ctxgate_requests\{([^}]*)\} (\d+)").unwrap();
+    let label = Regex::new(r#"([a-z_]+)="([^"]*)""#).unwrap();
+    text.lines()
+        .filter_map(|l| value.captures(l))
+        .map(|c| {
+            let labels = label
+                .captures_iter(&c[1])
+                .map(|l| (l[1].to_owned(), l[2].to_owned()))
+                .collect();
+            (labels, c[2].parse().unwrap())
+        })
+        .collect()
 }

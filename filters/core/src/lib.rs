@@ -38,5 +38,6 @@ pub mod scope;
 pub mod shared;
 pub mod signature;
 pub mod tagging;
+pub mod telemetry;
 #[cfg(test)]
 mod test_keys;

@@ -38,6 +38,7 @@ pub enum Kind {
     Secret = 8,
     McpSession = 9,
     NonceBucket = 10,
+    TenantLabels = 11,
 }
 
 /// Why a shared-data value could not be read as the record expected.

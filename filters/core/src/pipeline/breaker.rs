@@ -184,7 +184,7 @@ impl BreakerStage {
     pub fn on_response(
         &self,
         host: &mut dyn Host,
-        stream_id: crate::host::StreamId,
+        status: Option<u16>,
         stream: &mut BreakerStream,
         headers: &mut Vec<(String, String)>,
         metrics: &mut Metrics,
@@ -200,9 +200,6 @@ impl BreakerStage {
         else {
             return;
         };
-        let status = host
-            .response_header(stream_id, ":status")
-            .and_then(|s| s.parse::<u16>().ok());
         let failed = status.is_none_or(|s| breaker.is_failure(s));
         if failed {
             metrics.inc(counters.failures);

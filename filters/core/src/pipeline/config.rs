@@ -54,7 +54,8 @@ pub struct PipelineConfig {
     pub audit: Option<AuditConfig>,
 }
 
-/// How metrics reach the proxy.
+/// How metrics reach the proxy, and the per-request family
+/// `ctxgate_requests` (see the README's metrics reference).
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema, serde::Serialize))]
 #[serde(deny_unknown_fields)]
@@ -67,18 +68,54 @@ pub struct MetricsConfig {
     )]
     #[cfg_attr(feature = "schema", schemars(with = "duration::Milliseconds"))]
     pub flush_interval_ms: u64,
+    /// Counts every request once, when it is done, in
+    /// `ctxgate_requests` by tier, operation, decision (`allow`,
+    /// `throttle`, `deny`), status class and tenant.
+    #[serde(default = "default_requests")]
+    pub requests: bool,
+    /// Tenants that always get a `tenant` label of their own.
+    #[serde(default)]
+    pub tenants: Vec<String>,
+    /// Besides `tenants`, how many heavy hitters get a label of their own
+    /// (0 to 1000): the first tenants seen to carry at least
+    /// `top_tenant_share` of recent requests. A label, once given, stays
+    /// until Envoy restarts (Envoy keeps every stat), so this bounds the
+    /// labels over the proxy's life; every other tenant is `other`.
+    #[serde(default = "default_top_tenants")]
+    pub top_tenants: usize,
+    /// Share of recent requests (0.001 to 1) a tenant must carry
+    /// for sure, in a bounded summary of each worker's traffic, to be
+    /// labelled as a heavy hitter (and at least 100 requests).
+    #[serde(default = "default_top_tenant_share")]
+    pub top_tenant_share: f64,
 }
 
 impl Default for MetricsConfig {
     fn default() -> MetricsConfig {
         MetricsConfig {
             flush_interval_ms: default_flush_interval_ms(),
+            requests: default_requests(),
+            tenants: Vec::new(),
+            top_tenants: default_top_tenants(),
+            top_tenant_share: default_top_tenant_share(),
         }
     }
 }
 
 fn default_flush_interval_ms() -> u64 {
     1000
+}
+
+fn default_requests() -> bool {
+    true
+}
+
+fn default_top_tenants() -> usize {
+    10
+}
+
+fn default_top_tenant_share() -> f64 {
+    0.01
 }
 
 impl PipelineConfig {
@@ -112,6 +149,24 @@ impl PipelineConfig {
             return Err(ConfigError::new(
                 "metrics.flush_interval_ms",
                 "must be between 10 and 60000",
+            ));
+        }
+        if self.metrics.top_tenants > 1000 {
+            return Err(ConfigError::new(
+                "metrics.top_tenants",
+                "must be between 0 and 1000",
+            ));
+        }
+        if !(crate::telemetry::tenants::MIN_SHARE..=1.0).contains(&self.metrics.top_tenant_share) {
+            return Err(ConfigError::new(
+                "metrics.top_tenant_share",
+                "must be between 0.001 and 1",
+            ));
+        }
+        if self.metrics.tenants.len() > 1000 {
+            return Err(ConfigError::new(
+                "metrics.tenants",
+                "names at most 1000 tenants",
             ));
         }
         Ok(())

@@ -58,6 +58,8 @@ use crate::reply::LocalReply;
 use crate::residency::Residency;
 use crate::shared::load_secret;
 use crate::tagging::Tagger;
+use crate::telemetry::requests::{Decision as RequestDecision, RequestMetrics};
+use crate::telemetry::tenants::TenantLabels;
 use auth::AuthStage;
 use breaker::{BreakerStage, BreakerStream};
 use config::PipelineConfig;
@@ -177,6 +179,10 @@ struct Stream {
     /// The bearer token's digest, read before auth strips the header
     /// (audit on).
     token: Option<Rc<str>>,
+    /// The status of the gateway's own reply, if it answered.
+    replied: Option<u16>,
+    /// The upstream response's status, once its headers came.
+    status: Option<u16>,
 }
 
 /// Random values the engine draws from the proxy at configure time.
@@ -199,6 +205,7 @@ pub struct Worker {
     residency: Option<ResidencyStage>,
     breaker: Option<BreakerStage>,
     audit: Option<Recorder>,
+    requests: Option<RequestMetrics>,
     metrics: Metrics,
     streams: HashMap<StreamId, Stream>,
     flush_interval_ms: u64,
@@ -289,6 +296,16 @@ impl Worker {
             .audit
             .as_ref()
             .map(|c| Recorder::new(c, seeds.reporter, &mut metrics));
+        let m = &config.metrics;
+        let requests = m.requests.then(|| {
+            RequestMetrics::new(TenantLabels::new(
+                &m.tenants,
+                m.top_tenants,
+                m.top_tenant_share,
+                format!("{namespace}.tenant_labels"),
+                host.shared(),
+            ))
+        });
         let mut worker = Worker {
             auth,
             signature,
@@ -298,6 +315,7 @@ impl Worker {
             residency,
             breaker,
             audit,
+            requests,
             metrics,
             streams: HashMap::new(),
             flush_interval_ms: config.metrics.flush_interval_ms,
@@ -353,6 +371,8 @@ impl Worker {
             buffered: None,
             decisions: Vec::new(),
             token: None,
+            replied: None,
+            status: None,
         };
         if let Some(recorder) = self.audit.as_mut() {
             stream.token = bearer(&stream.request).map(|t| recorder.token_digest(t));
@@ -533,6 +553,11 @@ impl Worker {
             // waited: nothing to add or to record.
             return Flow::Continue;
         }
+        if self.requests.is_some() || self.breaker.is_some() {
+            stream.status = host
+                .response_header(id, ":status")
+                .and_then(|s| s.parse::<u16>().ok());
+        }
         let mut headers = Vec::new();
         if let Some(stage) = self.ratelimit.as_mut() {
             stage.on_response(host, &mut stream.ratelimit, &mut headers);
@@ -540,7 +565,7 @@ impl Worker {
         if let Some(stage) = self.breaker.as_ref() {
             stage.on_response(
                 host,
-                id,
+                stream.status,
                 &mut stream.breaker,
                 &mut headers,
                 &mut self.metrics,
@@ -594,6 +619,29 @@ impl Worker {
         }
         if let Some(stage) = self.breaker.as_ref() {
             stage.on_done(host, &mut stream.breaker);
+        }
+        if let Some(requests) = self.requests.as_mut() {
+            let outcome = match (stream.phase, stream.replied) {
+                (Phase::Refused, Some(429)) => Some((RequestDecision::Throttle, Some(429))),
+                (Phase::Refused, Some(status)) if status >= 400 => {
+                    Some((RequestDecision::Deny, Some(status)))
+                }
+                (Phase::Refused, replied) => Some((RequestDecision::Allow, replied)),
+                (Phase::Forwarded, _) => Some((RequestDecision::Allow, stream.status)),
+                // Gone before it was decided: not a request the gateway
+                // answered.
+                _ => None,
+            };
+            if let Some((decision, status)) = outcome {
+                let established = stream.request.established(host);
+                requests.count(
+                    Some(established),
+                    decision,
+                    status,
+                    host.shared(),
+                    &mut self.metrics,
+                );
+            }
         }
         if let Some(recorder) = self.audit.as_mut()
             && !stream.decisions.is_empty()
@@ -697,6 +745,9 @@ impl Worker {
 
     fn flush_metrics(&mut self, host: &mut dyn Host) {
         self.next_flush_ms = host.now_ms().saturating_add(self.flush_interval_ms);
+        if let Some(requests) = self.requests.as_mut() {
+            requests.refresh(host.shared());
+        }
         self.metrics.flush(host);
     }
 
@@ -917,6 +968,7 @@ fn wait(
 fn refuse(host: &mut dyn Host, stream: &mut Stream, reply: &LocalReply) -> Flow {
     stream.request.apply_changes(host);
     host.send_reply(stream.request.stream, reply);
+    stream.replied = Some(reply.status);
     stream.phase = Phase::Refused;
     Flow::Pause
 }
