@@ -314,6 +314,20 @@ fn a_flood_of_tenants_leaves_the_request_series_bounded() {
             ("standard", "read", "allow", "2xx")
         );
     }
+    // The upstream latency histogram took a sample of every request
+    // (Envoy publishes histograms on its stats flush, every 5 s).
+    let count = Regex::new(
+        r#"(?m)^ctxgate_upstream_latency_ms_count\{operation="read",route="none"\} (\d+)"#,
+    )
+    .unwrap();
+    let mut samples = 0;
+    let recorded = ctxgate_e2e::eventually(std::time::Duration::from_secs(15), || {
+        samples = count
+            .captures(&envoy.prometheus())
+            .map_or(0, |c| c[1].parse::<usize>().unwrap());
+        samples == sent
+    });
+    assert!(recorded, "{samples} latency samples for {sent} requests");
     let all = scrape(&envoy.prometheus());
     let total: usize = all.values().map(Vec::len).sum();
     println!("{total} series exported in all");

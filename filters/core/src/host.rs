@@ -108,6 +108,8 @@ pub enum CallResponse {
 pub enum MetricKind {
     Counter,
     Gauge,
+    /// An Envoy histogram: each recorded value is one sample.
+    Histogram,
 }
 
 /// A named set of nonces and its capacity, as a stage declares it.
@@ -233,6 +235,9 @@ pub trait Host {
 
     /// Sets a gauge.
     fn set_metric(&mut self, metric: MetricId, value: u64);
+
+    /// Records one sample of a histogram.
+    fn record_metric(&mut self, metric: MetricId, value: u64);
 
     /// Hands one message to the audit singleton (a worker's side of the
     /// audit queue). The queue is unbounded in the proxy: the caller

@@ -3,8 +3,11 @@
 //! A host call costs about a microsecond, so a request never makes one per
 //! counter: stages count into [`Metrics`] (plain integers), and the worker
 //! flushes what changed every `metrics.flush_interval` (default 1 s, see
-//! the README). Every metric is defined at the first flush, at configure
-//! time, so dashboards and alerts see zeros rather than missing series.
+//! the README). Every metric a stage registers at configure time is
+//! defined at the first flush, so dashboards and alerts see zeros rather
+//! than missing series; a labelled family defines a label set the first
+//! time it occurs. A histogram sample is the exception: an Envoy histogram
+//! takes one value per host call, so [`Metrics::record`] makes one.
 
 use crate::host::{Host, MetricId, MetricKind};
 
@@ -15,6 +18,11 @@ pub struct Counter(usize);
 /// A gauge's handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gauge(usize);
+
+/// A histogram's handle. A sample is handed to the proxy when it is
+/// recorded (one host call): an Envoy histogram takes one value per call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Histogram(usize);
 
 #[derive(Debug)]
 struct Entry {
@@ -30,6 +38,16 @@ struct Entry {
     value: Option<u64>,
 }
 
+impl Entry {
+    fn define(&mut self, host: &mut dyn Host) {
+        self.defined = true;
+        self.id = host.define_metric(self.kind, &self.name);
+        if self.id.is_none() {
+            log::warn!("ctxgate: cannot define metric {}", self.name);
+        }
+    }
+}
+
 /// Every metric of one worker.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -43,6 +61,24 @@ impl Metrics {
 
     pub fn gauge(&mut self, name: &str) -> Gauge {
         Gauge(self.register(name, MetricKind::Gauge))
+    }
+
+    pub fn histogram(&mut self, name: &str) -> Histogram {
+        Histogram(self.register(name, MetricKind::Histogram))
+    }
+
+    /// Records one sample (defining the histogram first if this is its
+    /// first use).
+    pub fn record(&mut self, host: &mut dyn Host, histogram: Histogram, value: u64) {
+        let Some(e) = self.entries.get_mut(histogram.0) else {
+            return;
+        };
+        if !e.defined {
+            e.define(host);
+        }
+        if let Some(id) = e.id {
+            host.record_metric(id, value);
+        }
     }
 
     fn register(&mut self, name: &str, kind: MetricKind) -> usize {
@@ -93,11 +129,7 @@ impl Metrics {
     pub fn flush(&mut self, host: &mut dyn Host) {
         for e in &mut self.entries {
             if !e.defined {
-                e.defined = true;
-                e.id = host.define_metric(e.kind, &e.name);
-                if e.id.is_none() {
-                    log::warn!("ctxgate: cannot define metric {}", e.name);
-                }
+                e.define(host);
             }
             let Some(id) = e.id else { continue };
             if let Some(value) = e.value.take() {

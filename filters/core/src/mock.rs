@@ -76,6 +76,8 @@ pub struct MockHost {
     pub refuse_calls: bool,
     pub metric_names: Vec<(String, MetricKind)>,
     pub metric_values: HashMap<MetricId, i64>,
+    /// Histogram samples, in the order recorded.
+    pub metric_samples: HashMap<MetricId, Vec<u64>>,
     /// Host calls made for metrics (define, add, set).
     pub metric_calls: u32,
     /// The audit queue: `None` while no singleton owns it.
@@ -140,6 +142,16 @@ impl MockHost {
             .and_then(|i| self.metric_values.get(&(i as MetricId)))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The samples recorded in a histogram.
+    pub fn samples(&self, name: &str) -> Vec<u64> {
+        self.metric_names
+            .iter()
+            .position(|(n, _)| n == name)
+            .and_then(|i| self.metric_samples.get(&(i as MetricId)))
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn last_call(&self) -> Option<&MockCall> {
@@ -333,6 +345,11 @@ impl Host for MockHost {
         self.metric_calls += 1;
         self.metric_values
             .insert(metric, i64::try_from(value).unwrap_or(i64::MAX));
+    }
+
+    fn record_metric(&mut self, metric: MetricId, value: u64) {
+        self.metric_calls += 1;
+        self.metric_samples.entry(metric).or_default().push(value);
     }
 
     fn audit_enqueue(&mut self, message: &[u8]) -> Result<(), QueueError> {

@@ -257,6 +257,7 @@ impl Host for WasmHost {
         let kind = match kind {
             MetricKind::Counter => MetricType::Counter,
             MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
         };
         hostcalls::define_metric(kind, name).ok()
     }
@@ -266,6 +267,10 @@ impl Host for WasmHost {
     }
 
     fn set_metric(&mut self, metric: MetricId, value: u64) {
+        let _ = hostcalls::record_metric(metric, value);
+    }
+
+    fn record_metric(&mut self, metric: MetricId, value: u64) {
         let _ = hostcalls::record_metric(metric, value);
     }
 

@@ -183,6 +183,8 @@ struct Stream {
     replied: Option<u16>,
     /// The upstream response's status, once its headers came.
     status: Option<u16>,
+    /// When the request was forwarded (ms).
+    forwarded_ms: u64,
 }
 
 /// Random values the engine draws from the proxy at configure time.
@@ -206,6 +208,8 @@ pub struct Worker {
     breaker: Option<BreakerStage>,
     audit: Option<Recorder>,
     requests: Option<RequestMetrics>,
+    /// The header whose value is the latency histogram's `route`.
+    route_header: String,
     metrics: Metrics,
     streams: HashMap<StreamId, Stream>,
     flush_interval_ms: u64,
@@ -316,6 +320,7 @@ impl Worker {
             breaker,
             audit,
             requests,
+            route_header: config.metrics.route_header.to_ascii_lowercase(),
             metrics,
             streams: HashMap::new(),
             flush_interval_ms: config.metrics.flush_interval_ms,
@@ -373,6 +378,7 @@ impl Worker {
             token: None,
             replied: None,
             status: None,
+            forwarded_ms: 0,
         };
         if let Some(recorder) = self.audit.as_mut() {
             stream.token = bearer(&stream.request).map(|t| recorder.token_digest(t));
@@ -557,6 +563,17 @@ impl Worker {
             stream.status = host
                 .response_header(id, ":status")
                 .and_then(|s| s.parse::<u16>().ok());
+        }
+        if let Some(requests) = self.requests.as_mut() {
+            let ms = host.now_ms().saturating_sub(stream.forwarded_ms);
+            let request = &stream.request;
+            requests.upstream_latency(
+                host,
+                request.established_ref(),
+                request.head().header(&self.route_header),
+                ms,
+                &mut self.metrics,
+            );
         }
         let mut headers = Vec::new();
         if let Some(stage) = self.ratelimit.as_mut() {
@@ -814,6 +831,7 @@ impl Worker {
         }
         stream.request.apply_changes(host);
         stream.phase = Phase::Forwarded;
+        stream.forwarded_ms = host.now_ms();
         if let Some(limit) = stream.request.body_limit {
             if stream.request.end_of_stream {
                 // No body at all: decided at once, on an empty one.
@@ -866,6 +884,7 @@ impl Worker {
             }
         }
         stream.phase = Phase::Forwarded;
+        stream.forwarded_ms = host.now_ms();
         Flow::Continue
     }
 

@@ -66,7 +66,7 @@ fn full_chain(key: &ES256KeyPair) -> Value {
 }
 
 #[test]
-fn one_header_read_one_change_batch_and_no_metric_call_per_request() {
+fn one_header_read_one_change_batch_and_one_metric_call_per_request() {
     let key = ES256KeyPair::generate().with_key_id("k1");
     let mut gw = Gateway::new(full_chain(&key));
     let bearer = format!("Bearer {}", token(&key, "acme"));
@@ -103,12 +103,20 @@ fn one_header_read_one_change_batch_and_no_metric_call_per_request() {
             .any(|(n, _)| n == "x-ratelimit-remaining")
     );
     assert_eq!(
-        gw.host.metric_calls, calls_before,
-        "metrics wait for the flush"
+        gw.host.metric_calls,
+        calls_before + 2,
+        "counters wait for the flush; the latency histogram takes its sample \
+         (defined on first use, then one call)"
     );
     assert_eq!(gw.host.metric("ctxgate_auth.allowed"), 0);
     gw.tick_at(NOW_MS + 1000);
     assert_eq!(gw.host.metric("ctxgate_auth.allowed"), 1);
+    assert_eq!(
+        gw.host.metric(
+            "ctxgate_requests.tier.standard.operation.read.decision.allow.status_class.2xx.tenant.other"
+        ),
+        1
+    );
     assert_eq!(gw.host.metric("ctxgate_ratelimit.allowed.local"), 1);
     assert_eq!(gw.host.metric("ctxgate_tagging.tagged"), 1);
     assert_eq!(gw.worker.streams(), 0);
@@ -1086,4 +1094,51 @@ fn the_auth_stage_reads_the_client_certificate_from_the_host() {
         1
     );
     assert_eq!(gw.host.metric("ctxgate_auth.allowed"), 1);
+}
+
+#[test]
+fn each_request_is_counted_by_its_labels_and_its_upstream_latency_recorded() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut config = full_chain(&key);
+    config["metrics"] = json!({"tenants": ["acme"], "route_header": "x-ctxgate-route-tier"});
+    config["ratelimit"] = ratelimit_section(1, json!({}));
+    let mut gw = Gateway::new(config);
+    let bearer = format!("Bearer {}", token(&key, "acme"));
+    let (id, _) = gw.request(
+        "GET",
+        "/v1/contexts/projects/a",
+        &[("authorization", &bearer)],
+    );
+    gw.host.now_ms += 120;
+    gw.respond(id, 503);
+    let (id, _) = gw.request(
+        "GET",
+        "/v1/contexts/projects/a",
+        &[("authorization", &bearer)],
+    );
+    assert_eq!(gw.reply_status(id), Some(429));
+    gw.worker.on_done(&mut gw.host, id);
+    let (id, _) = gw.request("GET", "/v1/contexts/projects/a", &[]);
+    assert_eq!(gw.reply_status(id), Some(401));
+    gw.worker.on_done(&mut gw.host, id);
+    gw.tick_at(gw.host.now_ms + 1000);
+    let count = |labels: &str| gw.host.metric(&format!("ctxgate_requests.{labels}"));
+    assert_eq!(
+        count("tier.standard.operation.read.decision.allow.status_class.5xx.tenant.acme"),
+        1
+    );
+    assert_eq!(
+        count("tier.standard.operation.read.decision.throttle.status_class.4xx.tenant.acme"),
+        1
+    );
+    assert_eq!(
+        count("tier.none.operation.none.decision.deny.status_class.4xx.tenant.none"),
+        1
+    );
+    assert_eq!(
+        gw.host
+            .samples("ctxgate_upstream_latency_ms.operation.read.route.standard"),
+        [120],
+        "forwarded to response headers, routed by the tier tag"
+    );
 }

@@ -1,5 +1,8 @@
 //! `ctxgate_requests`: every request counted once, when it is done, by
-//! tier, operation, decision, status class and tenant.
+//! tier, operation, decision, status class and tenant; and
+//! `ctxgate_upstream_latency_ms`, an Envoy histogram of the time from
+//! forwarding a request to its response headers, by operation and route
+//! (the value of a routing header the tagging stage sets).
 //!
 //! The counter of a label set is defined the first time the set occurs,
 //! and counted in the worker like every other metric (no host call per
@@ -14,11 +17,15 @@ use std::collections::{HashMap, HashSet};
 
 use super::tenants::{OTHER, TenantLabels};
 use crate::contract::Established;
-use crate::metrics::{Counter, Metrics};
+use crate::host::Host;
+use crate::metrics::{Counter, Histogram, Metrics};
 use crate::shared::SharedStore;
 
 /// Distinct tiers labelled per worker; later ones are `other`.
 pub const MAX_TIERS: usize = 16;
+
+/// Distinct routes labelled per worker; later ones are `other`.
+pub const MAX_ROUTES: usize = 16;
 
 /// Label value of a dimension the request did not have (no identity, no
 /// operation matched).
@@ -85,6 +92,10 @@ pub struct RequestMetrics {
     operation_values: Values,
     tenant_values: Values,
     counters: HashMap<Key, Counter>,
+    /// Routes with a label of their own (at most [`MAX_ROUTES`]).
+    routes: HashSet<String>,
+    route_values: Values,
+    latency: HashMap<(u16, u16), Histogram>,
 }
 
 impl RequestMetrics {
@@ -96,6 +107,9 @@ impl RequestMetrics {
             operation_values: Values::default(),
             tenant_values: Values::default(),
             counters: HashMap::new(),
+            routes: HashSet::new(),
+            route_values: Values::default(),
+            latency: HashMap::new(),
         }
     }
 
@@ -135,7 +149,7 @@ impl RequestMetrics {
         );
         let counter = *self.counters.entry(key).or_insert_with(|| {
             metrics.counter(&format!(
-                "ctxgate_requests.{}.{}.{}.{}.{}",
+                "ctxgate_requests.tier.{}.operation.{}.decision.{}.status_class.{}.tenant.{}",
                 label_value(tier),
                 label_value(operation),
                 decision.name(),
@@ -144,6 +158,41 @@ impl RequestMetrics {
             ))
         });
         metrics.inc(counter);
+    }
+
+    /// Records how long the upstream took to answer a forwarded request.
+    pub fn upstream_latency(
+        &mut self,
+        host: &mut dyn Host,
+        established: Option<&Established>,
+        route: Option<&str>,
+        ms: u64,
+        metrics: &mut Metrics,
+    ) {
+        let operation = established
+            .and_then(|e| e.operation.as_ref())
+            .map_or(NONE, |o| o.name.as_str());
+        let route = match route {
+            Some(r) if self.routes.contains(r) => r,
+            Some(r) if self.routes.len() < MAX_ROUTES => {
+                self.routes.insert(r.to_owned());
+                r
+            }
+            Some(_) => OTHER,
+            None => NONE,
+        };
+        let key = (
+            self.operation_values.id(operation),
+            self.route_values.id(route),
+        );
+        let histogram = *self.latency.entry(key).or_insert_with(|| {
+            metrics.histogram(&format!(
+                "ctxgate_upstream_latency_ms.operation.{}.route.{}",
+                label_value(operation),
+                label_value(route),
+            ))
+        });
+        metrics.record(host, histogram, ms);
     }
 
     /// Learns the heavy hitters other workers labelled (on every flush).
@@ -222,15 +271,15 @@ mod tests {
         // acme's and the anonymous request's own.
         assert_eq!(requests.series(), MAX_TIERS + 1 + 2);
         assert_eq!(
-            metrics.pending("ctxgate_requests.tier3.write.throttle.4xx.acme"),
+            metrics.pending("ctxgate_requests.tier.tier3.operation.write.decision.throttle.status_class.4xx.tenant.acme"),
             1
         );
         assert_eq!(
-            metrics.pending("ctxgate_requests.none.none.deny.4xx.none"),
+            metrics.pending("ctxgate_requests.tier.none.operation.none.decision.deny.status_class.4xx.tenant.none"),
             1
         );
         assert_eq!(
-            metrics.pending("ctxgate_requests.other.read.allow.2xx.other"),
+            metrics.pending("ctxgate_requests.tier.other.operation.read.decision.allow.status_class.2xx.tenant.other"),
             100_000 - i64::try_from(MAX_TIERS * 1000).unwrap()
         );
     }
