@@ -65,6 +65,8 @@ fn scrape_gateway() -> Exported {
     let audit = json!({"singleton_vm_id": "ctxgate", "collector": {"cluster": "idp"}});
     let config = EnvoyConfig::new()
         .bootstrap_field("stats_config", demo_stats_config())
+        // Histograms reach /stats/prometheus on a stats flush.
+        .bootstrap_field("stats_flush_interval", json!("0.2s"))
         .bootstrap_extension(WasmService::audit_singleton("ctxgate", audit.clone()))
         .filter(
             WasmFilter::ctxgate("ctxgate")
@@ -91,11 +93,15 @@ fn scrape_gateway() -> Exported {
             "load_assignment": {"cluster_name": "idp", "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9}}}}]}]},
         }))
+        .route(Route::prefix("/fail").direct(503, "down"))
         .route(Route::prefix("/").direct(200, "ok"));
     let envoy = Envoy::start(&config);
+    // A success and a server error, each counted with its status class
+    // and its upstream latency.
     Request::get("/v1/contexts/a").send(envoy.listener_addr());
-    // Gauges published on the first ticks.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    Request::get("/fail").send(envoy.listener_addr());
+    // Gauges published on the first ticks, histograms on a stats flush.
+    std::thread::sleep(std::time::Duration::from_millis(800));
     scrape(&envoy.prometheus())
 }
 
@@ -245,6 +251,7 @@ fn a_flood_of_tenants_leaves_the_request_series_bounded() {
     });
     let config = EnvoyConfig::new()
         .bootstrap_field("stats_config", demo_stats_config())
+        .bootstrap_field("stats_flush_interval", json!("0.2s"))
         .filter(WasmFilter::ctxgate("ctxgate").stage("auth", auth).stage(
             "metrics",
             json!({"tenants": ["acme"], "top_tenants": 2, "flush_interval_ms": 100}),
