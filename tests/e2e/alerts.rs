@@ -46,10 +46,11 @@ const HEALTHY_STEPS: usize = 24;
 /// The instance label Prometheus would add when scraping.
 const INSTANCE: &str = "gateway-1";
 
-const SLA_ALERTS: [&str; 3] = [
+const SLA_ALERTS: [&str; 4] = [
     "CtxgateHighErrorRate",
     "CtxgateAuthFailureRate",
     "CtxgateOperationLatencyHigh",
+    "CtxgateRateLimitUtilisationHigh",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +61,14 @@ enum Fault {
     ForgedTokens,
     /// The upstream answers after 600 ms.
     SlowUpstream,
+    /// The metered tenant sends 97% of its limit (40% while healthy).
+    NearLimit,
 }
+
+/// The metered tenant's limit: 200 units per 2 s (a short window, so that
+/// its use settles within a second of real time).
+const METERED_LIMIT: u64 = 200;
+const METERED_WINDOW_MS: u64 = 2000;
 
 /// What the clients send and the upstream does right now.
 struct Load {
@@ -81,19 +89,33 @@ fn capture(fault: Fault, faulty_steps: usize) -> Vec<String> {
         "providers": [demo_idp::hs256_provider()],
         "operations": [{"name": "read", "methods": ["GET"], "path": "/v1/contexts/{context}", "action": "read"}],
     });
+    let ratelimit = json!({"tiers": {
+        "standard": [{"name": "per_second", "limit": 1_000_000, "window_seconds": 1}],
+        "anonymous": [{"name": "per_second", "limit": 1_000, "window_seconds": 1}],
+        "metered": [{"name": "per_window", "limit": METERED_LIMIT, "window_seconds": METERED_WINDOW_MS / 1000}],
+    }});
     let config = EnvoyConfig::new()
         .bootstrap_field("stats_config", demo_stats_config())
         .bootstrap_field("stats_flush_interval", json!("0.25s"))
         .filter(
             WasmFilter::ctxgate("ctxgate")
                 .stage("auth", auth)
-                .stage("metrics", json!({"flush_interval_ms": 100})),
+                .stage("ratelimit", ratelimit)
+                .stage(
+                    "metrics",
+                    json!({"flush_interval_ms": 100, "tenants": ["metered"]}),
+                ),
         )
         .cluster(Cluster::new("context", [upstream.addr()]))
         .route(Route::prefix("/").cluster("context"));
     let envoy = Envoy::start(&config);
     let addr = envoy.listener_addr();
     let token = demo_idp::hs256_token("acme", "user-1", &json!({}));
+    let metered = demo_idp::hs256_token(
+        "metered",
+        "user-1",
+        &json!({"rate_limits": {"tier": "metered"}}),
+    );
     // The same token with its signature's first character changed.
     let forged = {
         let (rest, signature) = token.rsplit_once('.').unwrap();
@@ -116,6 +138,28 @@ fn capture(fault: Fault, faulty_steps: usize) -> Vec<String> {
     }
     let mut scrapes = Vec::new();
     std::thread::scope(|scope| {
+        // The metered tenant, paced: 40% of its limit, 97% in the fault.
+        let (paced, metered) = (&*load, &metered);
+        scope.spawn(move || {
+            let load = paced;
+            let mut client = Client::connect(addr);
+            let mut next = std::time::Instant::now();
+            while !load.stop.load(Ordering::SeqCst) {
+                let share = if fault == Fault::NearLimit && load.faulty.load(Ordering::SeqCst) {
+                    0.97
+                } else {
+                    0.40
+                };
+                let gap_us = (METERED_WINDOW_MS * 1000) as f64 / (METERED_LIMIT as f64 * share);
+                let response =
+                    client.try_send(&Request::get("/v1/contexts/projects/m").bearer(metered));
+                if let Ok(r) = response {
+                    assert_eq!(r.status, 200, "the metered tenant stays within its limit");
+                }
+                next += Duration::from_micros(gap_us as u64);
+                std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+            }
+        });
         for t in 0..4 {
             let (load, token, forged) = (&load, &token, &forged);
             scope.spawn(move || {
@@ -220,8 +264,7 @@ fn annotations(alert: &str, labels: &BTreeMap<&str, &str>) -> BTreeMap<String, S
 /// Evaluates the SLA alerts with promtool: silent after the healthy
 /// steps; `firing` (with these labels) and nothing else after all steps.
 fn evaluate(scrapes: &[String], firing: &str, labels: &[(&str, &str)]) {
-    let mut labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    labels.insert("instance", INSTANCE);
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
     let mut test = String::new();
     let rules = repo_root().join("observability/alerts.yaml");
     writeln!(test, "rule_files: [{:?}]", rules.display().to_string()).unwrap();
@@ -284,7 +327,7 @@ fn high_error_rate_fires_on_upstream_5xx_and_not_before() {
     evaluate(
         &scrapes,
         "CtxgateHighErrorRate",
-        &[("severity", "critical")],
+        &[("severity", "critical"), ("instance", INSTANCE)],
     );
 }
 
@@ -295,7 +338,7 @@ fn auth_failure_rate_fires_on_forged_tokens_and_not_before() {
     evaluate(
         &scrapes,
         "CtxgateAuthFailureRate",
-        &[("severity", "warning")],
+        &[("severity", "warning"), ("instance", INSTANCE)],
     );
 }
 
@@ -306,6 +349,26 @@ fn operation_latency_fires_on_a_slow_upstream_and_not_before() {
     evaluate(
         &scrapes,
         "CtxgateOperationLatencyHigh",
-        &[("severity", "warning"), ("operation", "read")],
+        &[
+            ("severity", "warning"),
+            ("operation", "read"),
+            ("instance", INSTANCE),
+        ],
+    );
+}
+
+#[test]
+fn rate_limit_utilisation_fires_for_a_tenant_near_its_limit_and_not_before() {
+    // A gauge, then 5 m: 5 minutes, and one more.
+    let scrapes = capture(Fault::NearLimit, 24);
+    evaluate(
+        &scrapes,
+        "CtxgateRateLimitUtilisationHigh",
+        &[
+            ("severity", "warning"),
+            ("notify", "tenant"),
+            ("tenant", "metered"),
+            ("limit", "per_window"),
+        ],
     );
 }

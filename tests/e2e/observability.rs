@@ -53,9 +53,15 @@ fn scrape(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
 type Exported = BTreeMap<String, Vec<BTreeMap<String, String>>>;
 
 fn scrape_gateway() -> Exported {
+    // A remote provider (its JWKS metrics), and the demo's HS256 issuer for
+    // a verified tenant (its per-tenant rate-limit gauges).
+    let mut hs256 = demo_idp::hs256_provider();
+    hs256["name"] = json!("hs256");
+    hs256["tenant"] = json!("initech");
     let auth = json!({
-        "providers": [{"name": "demo", "issuer": "https://idp", "jwks": {"remote": {"cluster": "idp"}}}],
-        "public_paths": [{"prefix": "/"}],
+        "providers": [{"name": "demo", "issuer": "https://idp", "tenant": "globex", "jwks": {"remote": {"cluster": "idp"}}}, hs256],
+        "public_paths": [{"prefix": "/public"}],
+        "operations": [{"name": "read", "methods": ["GET"], "path": "/v1/contexts/{context}", "action": "read"}],
     });
     let ratelimit = json!({
         "adaptive": {"latency_threshold_ms": 500},
@@ -73,6 +79,7 @@ fn scrape_gateway() -> Exported {
                 .stage("auth", auth)
                 .stage("ratelimit", ratelimit)
                 .stage("tagging", json!({}))
+                .stage("metrics", json!({"tenants": ["initech"], "flush_interval_ms": 100}))
                 .stage(
                     "residency",
                     json!({"region": "eu", "tenants": {"acme": "eu"}, "services": {"api": {"eu": ["upstream"]}}}),
@@ -93,13 +100,18 @@ fn scrape_gateway() -> Exported {
             "load_assignment": {"cluster_name": "idp", "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9}}}}]}]},
         }))
-        .route(Route::prefix("/fail").direct(503, "down"))
+        .route(Route::prefix("/public/fail").direct(503, "down"))
         .route(Route::prefix("/").direct(200, "ok"));
     let envoy = Envoy::start(&config);
     // A success and a server error, each counted with its status class
     // and its upstream latency.
-    Request::get("/v1/contexts/a").send(envoy.listener_addr());
-    Request::get("/fail").send(envoy.listener_addr());
+    Request::get("/public/a").send(envoy.listener_addr());
+    Request::get("/public/fail").send(envoy.listener_addr());
+    let token = demo_idp::hs256_token("initech", "user-1", &json!({}));
+    Request::get("/v1/contexts/projects/a")
+        .bearer(&token)
+        .send(envoy.listener_addr())
+        .expect_status(200);
     // Gauges published on the first ticks, histograms on a stats flush.
     std::thread::sleep(std::time::Duration::from_millis(800));
     scrape(&envoy.prometheus())

@@ -60,6 +60,7 @@ use crate::shared::load_secret;
 use crate::tagging::Tagger;
 use crate::telemetry::requests::{Decision as RequestDecision, RequestMetrics};
 use crate::telemetry::tenants::TenantLabels;
+use crate::telemetry::utilisation::Utilisation;
 use auth::AuthStage;
 use breaker::{BreakerStage, BreakerStream};
 use config::PipelineConfig;
@@ -208,6 +209,8 @@ pub struct Worker {
     breaker: Option<BreakerStage>,
     audit: Option<Recorder>,
     requests: Option<RequestMetrics>,
+    /// Rate-limit use of labelled tenants (with `requests` on).
+    utilisation: Utilisation,
     /// The header whose value is the latency histogram's `route`.
     route_header: String,
     metrics: Metrics,
@@ -320,6 +323,7 @@ impl Worker {
             breaker,
             audit,
             requests,
+            utilisation: Utilisation::default(),
             route_header: config.metrics.route_header.to_ascii_lowercase(),
             metrics,
             streams: HashMap::new(),
@@ -651,13 +655,28 @@ impl Worker {
             };
             if let Some((decision, status)) = outcome {
                 let established = stream.request.established(host);
-                requests.count(
+                let labelled = requests.count(
                     Some(established),
                     decision,
                     status,
                     host.shared(),
                     &mut self.metrics,
                 );
+                if let (Some(tenant), Some(stage), Some(cost)) = (
+                    labelled,
+                    self.ratelimit.as_ref(),
+                    stream.ratelimit.admitted_cost(),
+                ) {
+                    let limits = stage.limits_of(established.identity.as_deref());
+                    self.utilisation.admitted(
+                        tenant,
+                        &limits,
+                        cost,
+                        stream.ratelimit.burst_permille(),
+                        stream.forwarded_ms,
+                        &mut self.metrics,
+                    );
+                }
             }
         }
         if let Some(recorder) = self.audit.as_mut()
@@ -764,6 +783,7 @@ impl Worker {
         self.next_flush_ms = host.now_ms().saturating_add(self.flush_interval_ms);
         if let Some(requests) = self.requests.as_mut() {
             requests.refresh(host.shared());
+            self.utilisation.publish(host.now_ms(), &mut self.metrics);
         }
         self.metrics.flush(host);
     }

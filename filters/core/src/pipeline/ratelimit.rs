@@ -140,6 +140,21 @@ pub struct RateLimitStage {
     dropped_counted: Dropped,
 }
 
+impl RateLimitStream {
+    /// The cost admitted (body charges included), if the request was.
+    pub fn admitted_cost(&self) -> Option<u64> {
+        self.admitted.as_ref().map(|a| a.cost)
+    }
+
+    /// How full the tightest bucket was when the request was admitted, in
+    /// thousandths of its capacity (with `response_headers` on).
+    pub fn burst_permille(&self) -> Option<u64> {
+        let view = self.admitted.as_ref()?.view?;
+        let used = view.limit.saturating_sub(view.remaining);
+        used.saturating_mul(1000).checked_div(view.limit)
+    }
+}
+
 impl RateLimitStage {
     /// `reporter`: a random id for this worker (report ids).
     pub fn new(
@@ -436,6 +451,14 @@ impl RateLimitStage {
     }
 
     /// The stream ended (possibly without a response: reset, timeout).
+    /// The limits that apply to a caller.
+    pub fn limits_of(
+        &self,
+        identity: Option<&crate::contract::Caller>,
+    ) -> std::borrow::Cow<'_, [crate::ratelimit::config::LimitConfig]> {
+        self.limiter.limit_configs(identity)
+    }
+
     pub fn on_done(&mut self, stream: &mut RateLimitStream) {
         if stream.started_ms.take().is_some()
             && let Some(a) = self.state.adaptive.as_mut()

@@ -34,7 +34,8 @@ impl RateLimiter {
         Limits { specs, configs }
     }
 
-    fn limit_configs(&self, identity: Option<&Caller>) -> Cow<'_, [LimitConfig]> {
+    /// The limits that apply to a caller (its tier's, or its token's).
+    pub fn limit_configs(&self, identity: Option<&Caller>) -> Cow<'_, [LimitConfig]> {
         let Some(identity) = identity else {
             return self.tier(&self.anonymous.tier);
         };

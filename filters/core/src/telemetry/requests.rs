@@ -113,15 +113,16 @@ impl RequestMetrics {
         }
     }
 
-    /// Counts one finished request.
-    pub fn count(
+    /// Counts one finished request. Returns the tenant's label if it has
+    /// one of its own (named, or a heavy hitter).
+    pub fn count<'a>(
         &mut self,
-        established: Option<&Established>,
+        established: Option<&'a Established>,
         decision: Decision,
         status: Option<u16>,
         store: &dyn SharedStore,
         metrics: &mut Metrics,
-    ) {
+    ) -> Option<&'a str> {
         let caller = established.and_then(|e| e.identity.as_deref());
         let tenant = match caller {
             Some(c) => self.tenants.label(&c.tenant, store),
@@ -158,6 +159,7 @@ impl RequestMetrics {
             ))
         });
         metrics.inc(counter);
+        Some(tenant).filter(|t| *t != OTHER && *t != NONE)
     }
 
     /// Records how long the upstream took to answer a forwarded request.
