@@ -49,6 +49,7 @@ pub const MCP_RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"t
 pub const BARE: &str = "bare";
 pub const PIPELINE: &str = "pipeline";
 pub const PIPELINE_AUDIT: &str = "pipeline + audit";
+pub const PIPELINE_NO_REQUEST_METRICS: &str = "pipeline (request metrics off)";
 pub const FOUR_PLUGINS: &str = "four plugins";
 pub const JWT_AUTHN_CACHE: &str = "jwt_authn+cache";
 pub const AUTH_REPEATED: &str = "auth (repeated token)";
@@ -536,6 +537,20 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             audit: false,
         },
         Scenario {
+            name: PIPELINE_NO_REQUEST_METRICS,
+            about: "The `pipeline` row with `metrics.requests: false`: no `ctxgate_requests`, \
+                    no upstream latency histogram, no rate-limit utilisation gauges. The \
+                    `pipeline` row against this one is what the per-request metrics cost.",
+            filters: vec![pipeline_without_request_metrics(fx)],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: true,
+            connections: None,
+            call: Call::Rest,
+            forbidden: &[],
+            audit: false,
+        },
+        Scenario {
             name: PIPELINE_AUDIT,
             about: "The `pipeline` row with the audit trail on: a record per request \
                     (its stage decisions), written into the worker's next queue message \
@@ -807,6 +822,19 @@ fn pipeline(fx: &Fixtures) -> HttpFilter {
         .stage("breaker", breaker_section())
         .stage("metrics", production_metrics())
         .into()
+}
+
+/// [`pipeline`] with `metrics.requests: false`.
+fn pipeline_without_request_metrics(fx: &Fixtures) -> HttpFilter {
+    match pipeline(fx) {
+        HttpFilter::Wasm(filter) => filter
+            .stage(
+                "metrics",
+                json!({ "flush_interval_ms": 1000, "requests": false }),
+            )
+            .into(),
+        other => other,
+    }
 }
 
 /// [`pipeline`] with the `audit` section ([`audit_section`]).
