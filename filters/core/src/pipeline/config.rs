@@ -70,9 +70,13 @@ pub struct MetricsConfig {
     pub flush_interval_ms: u64,
     /// Counts every request once, when it is done, in
     /// `ctxgate_requests` by tier, operation, decision (`allow`,
-    /// `throttle`, `deny`), status class and tenant.
-    #[serde(default = "default_requests")]
-    pub requests: bool,
+    /// `throttle`, `deny`), status class and tenant, with the upstream
+    /// latency histogram and the rate-limit use of labelled tenants.
+    /// Default: on in a plugin that runs the auth stage, off otherwise,
+    /// so that a chain of ctxgate plugins counts each request once (set
+    /// it on exactly one plugin of a chain without auth).
+    #[serde(default)]
+    pub requests: Option<bool>,
     /// Tenants that always get a `tenant` label of their own.
     #[serde(default)]
     pub tenants: Vec<String>,
@@ -99,7 +103,7 @@ impl Default for MetricsConfig {
     fn default() -> MetricsConfig {
         MetricsConfig {
             flush_interval_ms: default_flush_interval_ms(),
-            requests: default_requests(),
+            requests: None,
             tenants: Vec::new(),
             top_tenants: default_top_tenants(),
             top_tenant_share: default_top_tenant_share(),
@@ -110,10 +114,6 @@ impl Default for MetricsConfig {
 
 fn default_flush_interval_ms() -> u64 {
     1000
-}
-
-fn default_requests() -> bool {
-    true
 }
 
 fn default_top_tenants() -> usize {

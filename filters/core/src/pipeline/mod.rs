@@ -304,7 +304,7 @@ impl Worker {
             .as_ref()
             .map(|c| Recorder::new(c, seeds.reporter, &mut metrics));
         let m = &config.metrics;
-        let requests = m.requests.then(|| {
+        let requests = m.requests.unwrap_or(auth.is_some()).then(|| {
             RequestMetrics::new(TenantLabels::new(
                 &m.tenants,
                 m.top_tenants,

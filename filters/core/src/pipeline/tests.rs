@@ -1142,3 +1142,26 @@ fn each_request_is_counted_by_its_labels_and_its_upstream_latency_recorded() {
         "forwarded to response headers, routed by the tier tag"
     );
 }
+
+#[test]
+fn a_plugin_without_auth_counts_requests_only_when_told() {
+    // A chain of ctxgate plugins must count each request once: by default
+    // the plugin that runs auth does.
+    for (metrics, counted) in [(json!({}), false), (json!({"requests": true}), true)] {
+        let mut gw = Gateway::new(json!({
+            "ratelimit": ratelimit_section(100, json!({})),
+            "metrics": metrics,
+        }));
+        let (id, _) = gw.request("GET", "/v1/contexts/projects/a", &[]);
+        gw.respond(id, 200);
+        gw.tick_at(gw.host.now_ms + 1000);
+        let names: Vec<&str> = gw
+            .host
+            .metric_names
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| n.starts_with("ctxgate_requests."))
+            .collect();
+        assert_eq!(!names.is_empty(), counted, "{metrics}: {names:?}");
+    }
+}
