@@ -82,18 +82,46 @@ impl Values {
     }
 }
 
+/// A dimension labelled by value for the first `max` values seen, then
+/// `other`; `none` when the request has no value.
+struct FirstSeen {
+    seen: HashSet<String>,
+    max: usize,
+}
+
+impl FirstSeen {
+    fn new(max: usize) -> FirstSeen {
+        FirstSeen {
+            seen: HashSet::new(),
+            max,
+        }
+    }
+
+    fn label<'a>(&mut self, value: Option<&'a str>) -> &'a str {
+        match value {
+            Some(v) if self.seen.contains(v) => v,
+            Some(v) if self.seen.len() < self.max => {
+                self.seen.insert(v.to_owned());
+                v
+            }
+            Some(_) => OTHER,
+            None => NONE,
+        }
+    }
+}
+
 type Key = (u16, u16, u16, Decision, &'static str);
 
 pub struct RequestMetrics {
     tenants: TenantLabels,
     /// Tiers with a label of their own (at most [`MAX_TIERS`]).
-    tiers: HashSet<String>,
+    tiers: FirstSeen,
     tier_values: Values,
     operation_values: Values,
     tenant_values: Values,
     counters: HashMap<Key, Counter>,
     /// Routes with a label of their own (at most [`MAX_ROUTES`]).
-    routes: HashSet<String>,
+    routes: FirstSeen,
     route_values: Values,
     latency: HashMap<(u16, u16), Histogram>,
 }
@@ -102,12 +130,12 @@ impl RequestMetrics {
     pub fn new(tenants: TenantLabels) -> RequestMetrics {
         RequestMetrics {
             tenants,
-            tiers: HashSet::new(),
+            tiers: FirstSeen::new(MAX_TIERS),
             tier_values: Values::default(),
             operation_values: Values::default(),
             tenant_values: Values::default(),
             counters: HashMap::new(),
-            routes: HashSet::new(),
+            routes: FirstSeen::new(MAX_ROUTES),
             route_values: Values::default(),
             latency: HashMap::new(),
         }
@@ -128,15 +156,7 @@ impl RequestMetrics {
             Some(c) => self.tenants.label(&c.tenant, store),
             None => NONE,
         };
-        let tier = match caller.map(|c| c.tier.as_str()) {
-            Some(t) if self.tiers.contains(t) => t,
-            Some(t) if self.tiers.len() < MAX_TIERS => {
-                self.tiers.insert(t.to_owned());
-                t
-            }
-            Some(_) => OTHER,
-            None => NONE,
-        };
+        let tier = self.tiers.label(caller.map(|c| c.tier.as_str()));
         let operation = established
             .and_then(|e| e.operation.as_ref())
             .map_or(NONE, |o| o.name.as_str());
@@ -174,15 +194,7 @@ impl RequestMetrics {
         let operation = established
             .and_then(|e| e.operation.as_ref())
             .map_or(NONE, |o| o.name.as_str());
-        let route = match route {
-            Some(r) if self.routes.contains(r) => r,
-            Some(r) if self.routes.len() < MAX_ROUTES => {
-                self.routes.insert(r.to_owned());
-                r
-            }
-            Some(_) => OTHER,
-            None => NONE,
-        };
+        let route = self.routes.label(route);
         let key = (
             self.operation_values.id(operation),
             self.route_values.id(route),
