@@ -30,10 +30,14 @@ use ctxgate_e2e::http::Client;
 use ctxgate_e2e::servers::{ScriptedResponse, ScriptedServer};
 use ctxgate_e2e::{Cluster, Envoy, EnvoyConfig, Request, Route, WasmFilter, demo_idp, repo_root};
 use regex::Regex;
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[path = "istio/yaml.rs"]
 mod yaml;
+
+#[path = "demo_stats.rs"]
+mod demo_stats;
+use demo_stats::demo_stats_config;
 
 /// Real time between scrapes, and the rule time one scrape stands for.
 const SCRAPE_EVERY: Duration = Duration::from_millis(500);
@@ -75,11 +79,6 @@ struct Load {
     faulty: AtomicBool,
     sent: AtomicUsize,
     stop: AtomicBool,
-}
-
-fn demo_stats_config() -> Value {
-    let text = std::fs::read_to_string(repo_root().join("envoy/demo.yaml")).unwrap();
-    yaml::documents(&text).unwrap().remove(0)["stats_config"].clone()
 }
 
 /// Runs the scenario; returns the scrapes, healthy ones first.

@@ -14,6 +14,10 @@
 #[path = "istio/yaml.rs"]
 mod yaml;
 
+#[path = "demo_stats.rs"]
+mod demo_stats;
+use demo_stats::demo_stats_config;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use ctxgate_e2e::http::Client;
@@ -22,13 +26,6 @@ use ctxgate_e2e::{
 };
 use regex::Regex;
 use serde_json::{Value, json};
-
-/// The demo gateway's `stats_config`, so names and labels match it.
-fn demo_stats_config() -> Value {
-    let text = std::fs::read_to_string(repo_root().join("envoy/demo.yaml")).unwrap();
-    let demo = yaml::documents(&text).unwrap().remove(0);
-    demo["stats_config"].clone()
-}
 
 /// Metric name -> label sets seen, from Prometheus text.
 fn scrape(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
