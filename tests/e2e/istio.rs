@@ -28,6 +28,8 @@
 
 #[path = "istio/crd.rs"]
 mod crd;
+#[path = "demo_stats.rs"]
+mod demo_stats;
 #[path = "istio/manifests.rs"]
 mod manifests;
 #[path = "istio/yaml.rs"]
@@ -486,6 +488,7 @@ fn every_istio_object_is_valid_against_its_crd() {
         "ServiceEntry",
         "Gateway",
         "AuthorizationPolicy",
+        "Telemetry",
     ] {
         assert!(kinds.contains_key(kind), "istio/ has no {kind}");
     }
@@ -1577,4 +1580,80 @@ fn plugin_config_numbers_travel_as_protobuf_doubles() {
     assert!(crd::parse_go_duration("1h30m") == Some(5_400_000_000_000));
     assert!(crd::parse_go_duration("-1.5s") == Some(-1_500_000_000));
     assert!(crd::parse_go_duration("10").is_none());
+}
+
+/// The mesh configuration istio/50-telemetry.yaml relies on.
+fn mesh_providers() -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(repo_root().join("istio/mesh/ctxgate-providers.yaml")).unwrap();
+    let values = yaml::documents(&text).unwrap().remove(0);
+    values["meshConfig"]["extensionProviders"]
+        .as_array()
+        .expect("meshConfig.extensionProviders")
+        .clone()
+}
+
+#[test]
+fn the_gateway_traces_and_logs_the_decision_fields_of_the_demo() {
+    let telemetry = one("Telemetry", "ctxgate");
+    let providers = mesh_providers();
+    let provider = |name: &str| {
+        providers
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| {
+                panic!("no mesh provider {name} in istio/mesh/ctxgate-providers.yaml")
+            })
+    };
+    // The Telemetry selects the gateway the plugin runs on.
+    assert_eq!(
+        telemetry.spec()["selector"],
+        plugin().value["spec"]["selector"]
+    );
+    let tracing = &telemetry.spec()["tracing"][0];
+    let otel = provider(tracing["providers"][0]["name"].as_str().unwrap());
+    assert_eq!(otel["opentelemetry"]["http"]["path"], "/v1/traces");
+
+    // Span tags: the demo's custom tags, tag for tag, from the same source.
+    let demo_tags: BTreeMap<String, Value> = demo_stats::demo_hcm_field("tracing")["custom_tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let source = if let Some(h) = t.get("request_header") {
+                json!({"header": {"name": h["name"]}})
+            } else {
+                json!({"formatter": {"value": t["value"]}})
+            };
+            (t["tag"].as_str().unwrap().to_owned(), source)
+        })
+        .collect();
+    let istio_tags: BTreeMap<String, Value> = tracing["customTags"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(
+        istio_tags, demo_tags,
+        "span tags differ from envoy/demo.yaml"
+    );
+
+    // Access log: the demo's JSON fields.
+    let log = provider(
+        telemetry.spec()["accessLogging"][0]["providers"][0]["name"]
+            .as_str()
+            .unwrap(),
+    );
+    let labels = &log["envoyFileAccessLog"]["logFormat"]["labels"];
+    let demo_access_log = demo_stats::demo_hcm_field("access_log");
+    let demo_fields = &demo_access_log[0]["typed_config"]["log_format"]["json_format"];
+    assert!(demo_fields.is_object());
+    assert_eq!(
+        labels, demo_fields,
+        "access-log fields differ from envoy/demo.yaml"
+    );
+
+    // The filter state both read is written by the plugin.
+    assert!(pipeline_config(&plugin().value).filter_state);
 }

@@ -123,13 +123,10 @@ fn the_demo_configuration_keeps_its_hardening_settings() {
     );
     // The access log shows the tenant header: only the gateway's value
     // may ever appear there.
-    let log_format =
-        hcm["access_log"][0]["typed_config"]["log_format"]["text_format_source"]["inline_string"]
-            .as_str()
-            .unwrap_or_default();
-    assert!(
-        log_format.contains("%REQ(X-CONTEXT-TENANT)%"),
-        "{log_format:?}"
+    let log_fields = &hcm["access_log"][0]["typed_config"]["log_format"]["json_format"];
+    assert_eq!(
+        log_fields["tenant"], "%REQ(X-CONTEXT-TENANT)%",
+        "{log_fields}"
     );
 
     // Envoy's CORS filter answers preflights before the auth filter, and

@@ -78,6 +78,16 @@ pub struct BreakerStream {
     admitted: Option<(usize, Admission)>,
     /// Response header marking a degraded (fallback) response.
     degraded: Option<(String, String)>,
+    /// The state of the breaker the request met, if one matched.
+    met: Option<State>,
+}
+
+impl BreakerStream {
+    /// The state of the breaker the request met (`open` when it was
+    /// refused or sent to the fallback), if a breaker matched.
+    pub fn met(&self) -> Option<State> {
+        self.met
+    }
 }
 
 pub struct BreakerStage {
@@ -153,6 +163,11 @@ impl BreakerStage {
         };
         let (admission, transition) = breaker.admit(host.shared(), &request.head(), host.now_ms());
         counters.transition(breaker.name(), transition, metrics);
+        stream.met = Some(match admission {
+            Admission::Pass => State::Closed,
+            Admission::Probe { .. } => State::HalfOpen,
+            Admission::Reject(_) | Admission::Fallback { .. } => State::Open,
+        });
         match admission {
             Admission::Reject(reply) => {
                 metrics.inc(counters.rejected);

@@ -52,6 +52,14 @@ pub struct PipelineConfig {
     /// An audit event per stage decision, sent to the audit singleton.
     #[serde(default)]
     pub audit: Option<AuditConfig>,
+    /// Writes each request's decision to Envoy filter state once it is
+    /// decided, for the access log and the tracer's custom tags:
+    /// `wasm.ctxgate.decision` (`allow`, `throttle`, `deny`),
+    /// `wasm.ctxgate.cost` and `wasm.ctxgate.breaker` (see the README's
+    /// access log and tracing section). One proxy call per value and
+    /// request, so off unless set.
+    #[serde(default)]
+    pub filter_state: bool,
 }
 
 /// How metrics reach the proxy, and the per-request family

@@ -29,6 +29,7 @@ mod auth;
 mod breaker;
 pub mod config;
 mod mcp;
+pub mod outcome;
 mod ratelimit;
 pub mod request;
 mod residency;
@@ -65,6 +66,7 @@ use auth::AuthStage;
 use breaker::{BreakerStage, BreakerStream};
 use config::PipelineConfig;
 use mcp::{McpStage, McpStream};
+use outcome::Outcome;
 use ratelimit::{RateLimitStage, RateLimitStream};
 use request::Request;
 use residency::{ResidencyStage, ResidencyStream};
@@ -213,6 +215,8 @@ pub struct Worker {
     utilisation: Utilisation,
     /// The header whose value is the latency histogram's `route`.
     route_header: String,
+    /// Each request's decision goes to filter state ([`outcome`]).
+    filter_state: bool,
     metrics: Metrics,
     streams: HashMap<StreamId, Stream>,
     flush_interval_ms: u64,
@@ -325,6 +329,7 @@ impl Worker {
             requests,
             utilisation: Utilisation::default(),
             route_header: config.metrics.route_header.to_ascii_lowercase(),
+            filter_state: config.filter_state,
             metrics,
             streams: HashMap::new(),
             flush_interval_ms: config.metrics.flush_interval_ms,
@@ -411,7 +416,7 @@ impl Worker {
         if let Some(mcp) = self.mcp.as_ref() {
             stream.request.authorised_later = mcp.is_endpoint(&stream.request);
             if let Some(reply) = mcp.metadata_reply(&stream.request, &mut self.metrics) {
-                return Some(refuse(host, stream, &reply));
+                return Some(self.refuse(host, stream, &reply));
             }
         }
         let limit = self.body_limit(&stream.request)?;
@@ -423,7 +428,7 @@ impl Worker {
         if declared.is_some_and(|length| length > limit) {
             let (stage, reply) = self.too_large(&stream.request);
             self.note(host, stream, stage, Some(&reply));
-            return Some(refuse(host, stream, &reply));
+            return Some(self.refuse(host, stream, &reply));
         }
         // The body decides. Proxy-Wasm delivers no body while the headers
         // are held, so the headers go on after the header stages, and the
@@ -509,7 +514,7 @@ impl Worker {
                     Step::Reply(reply) => {
                         stream.buffered = Some(body_size);
                         self.note(host, &mut stream, StageId::RateLimit, Some(&reply));
-                        refuse(host, &mut stream, &reply)
+                        self.refuse(host, &mut stream, &reply)
                     }
                     Step::Next | Step::Wait { .. } => Flow::Continue,
                 }
@@ -533,7 +538,7 @@ impl Worker {
             let (stage, reply) = self.too_large(&stream.request);
             stream.buffered = Some(body_size);
             self.note(host, stream, stage, Some(&reply));
-            return refuse(host, stream, &reply);
+            return self.refuse(host, stream, &reply);
         }
         if !end_of_stream {
             stream.buffered = Some(body_size);
@@ -642,13 +647,9 @@ impl Worker {
             stage.on_done(host, &mut stream.breaker);
         }
         if let Some(requests) = self.requests.as_mut() {
-            let outcome = match (stream.phase, stream.replied) {
-                (Phase::Refused, Some(429)) => Some((RequestDecision::Throttle, Some(429))),
-                (Phase::Refused, Some(status)) if status >= 400 => {
-                    Some((RequestDecision::Deny, Some(status)))
-                }
-                (Phase::Refused, replied) => Some((RequestDecision::Allow, replied)),
-                (Phase::Forwarded, _) => Some((RequestDecision::Allow, stream.status)),
+            let outcome = match stream.phase {
+                Phase::Refused => Some((outcome::decision(stream.replied), stream.replied)),
+                Phase::Forwarded => Some((RequestDecision::Allow, stream.status)),
                 // Gone before it was decided: not a request the gateway
                 // answered.
                 _ => None,
@@ -842,7 +843,7 @@ impl Worker {
                         mcp.amend_refusal(&stream.request, &mut reply);
                     }
                     self.note(host, stream, *stage, Some(&reply));
-                    return refuse(host, stream, &reply);
+                    return self.refuse(host, stream, &reply);
                 }
                 Some(Step::Wait { call, deadline_ms }) => {
                     return wait(stream, *stage, call, deadline_ms, false);
@@ -852,13 +853,14 @@ impl Worker {
         stream.request.apply_changes(host);
         stream.phase = Phase::Forwarded;
         stream.forwarded_ms = host.now_ms();
-        if let Some(limit) = stream.request.body_limit {
-            if stream.request.end_of_stream {
-                // No body at all: decided at once, on an empty one.
+        match stream.request.body_limit {
+            // No body at all: decided at once, on an empty one.
+            Some(_) if stream.request.end_of_stream => {
                 stream.request.body = Some(Vec::new());
                 return self.run_body_stages(host, stream, 0);
             }
-            stream.phase = Phase::Buffering { limit };
+            Some(limit) => stream.phase = Phase::Buffering { limit },
+            None => self.export_outcome(host, stream),
         }
         Flow::Continue
     }
@@ -896,7 +898,7 @@ impl Worker {
                         mcp.amend_body_refusal(&stream.mcp, &mut reply);
                     }
                     self.note(host, stream, *stage, Some(&reply));
-                    return refuse(host, stream, &reply);
+                    return self.refuse(host, stream, &reply);
                 }
                 Some(Step::Wait { call, deadline_ms }) => {
                     return wait(stream, *stage, call, deadline_ms, true);
@@ -905,7 +907,33 @@ impl Worker {
         }
         stream.phase = Phase::Forwarded;
         stream.forwarded_ms = host.now_ms();
+        self.export_outcome(host, stream);
         Flow::Continue
+    }
+
+    /// Sends a refusal, after the header changes made so far (a refused
+    /// request's access log must not show client-sent identity headers).
+    fn refuse(&self, host: &mut dyn Host, stream: &mut Stream, reply: &LocalReply) -> Flow {
+        stream.request.apply_changes(host);
+        host.send_reply(stream.request.stream, reply);
+        stream.replied = Some(reply.status);
+        stream.phase = Phase::Refused;
+        self.export_outcome(host, stream);
+        Flow::Pause
+    }
+
+    /// The request is decided: its outcome goes to filter state
+    /// (`filter_state` on).
+    fn export_outcome(&self, host: &mut dyn Host, stream: &Stream) {
+        if !self.filter_state {
+            return;
+        }
+        let outcome = Outcome {
+            decision: outcome::decision(stream.replied),
+            cost: stream.ratelimit.admitted_cost(),
+            breaker: stream.breaker.met(),
+        };
+        outcome.export(host, stream.request.stream);
     }
 
     /// A waiting stream's call was answered (`response`) or its deadline
@@ -945,7 +973,7 @@ impl Worker {
                     mcp.amend_body_refusal(&stream.mcp, &mut reply);
                 }
                 self.note(host, &mut stream, stage, Some(&reply));
-                refuse(host, &mut stream, &reply);
+                self.refuse(host, &mut stream, &reply);
             }
             Step::Next | Step::Wait { .. } => {
                 self.note(host, &mut stream, stage, None);
@@ -999,15 +1027,5 @@ fn wait(
         body_bytes: 0,
         on_body,
     };
-    Flow::Pause
-}
-
-/// Sends a refusal, after the header changes made so far (a refused
-/// request's access log must not show client-sent identity headers).
-fn refuse(host: &mut dyn Host, stream: &mut Stream, reply: &LocalReply) -> Flow {
-    stream.request.apply_changes(host);
-    host.send_reply(stream.request.stream, reply);
-    stream.replied = Some(reply.status);
-    stream.phase = Phase::Refused;
     Flow::Pause
 }

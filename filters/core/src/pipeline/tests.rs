@@ -1165,3 +1165,88 @@ fn a_plugin_without_auth_counts_requests_only_when_told() {
         assert_eq!(!names.is_empty(), counted, "{metrics}: {names:?}");
     }
 }
+
+/// The outcome values a stream's filter state holds (`filter_state` on).
+fn outcome_state(gw: &Gateway, id: StreamId) -> Vec<(String, String)> {
+    let mut values: Vec<(String, String)> = gw
+        .host
+        .stream(id)
+        .filter_state
+        .iter()
+        .filter(|(k, _)| *k != crate::contract::REQUEST_FILTER_STATE)
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    values.sort();
+    values
+}
+
+fn pairs(values: &[(&str, &str)]) -> Vec<(String, String)> {
+    values
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_decision_reaches_filter_state_once_decided_allow_throttle_deny() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut config = full_chain(&key);
+    config["ratelimit"] = ratelimit_section(3, json!({}));
+    config["filter_state"] = json!(true);
+    let mut gw = Gateway::new(config);
+    let bearer = format!("Bearer {}", token(&key, "acme"));
+    let headers = [("authorization", bearer.as_str())];
+    let (id, _) = gw.request("GET", "/v1/contexts/projects/a", &headers);
+    assert_eq!(
+        outcome_state(&gw, id),
+        pairs(&[
+            ("ctxgate.breaker", "closed"),
+            ("ctxgate.cost", "1"),
+            ("ctxgate.decision", "allow")
+        ])
+    );
+    gw.respond(id, 200);
+    for _ in 0..2 {
+        let (id, _) = gw.request("GET", "/v1/contexts/projects/a", &headers);
+        gw.respond(id, 200);
+    }
+    // The fourth read is over the limit of 3: throttled, nothing charged,
+    // and no breaker met (the pipeline stopped before it).
+    let (id, flow) = gw.request("GET", "/v1/contexts/projects/a", &headers);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(gw.reply_status(id), Some(429));
+    assert_eq!(
+        outcome_state(&gw, id),
+        pairs(&[("ctxgate.decision", "throttle")])
+    );
+    gw.worker.on_done(&mut gw.host, id);
+    // A forged token: denied by auth.
+    let (id, _) = gw.request(
+        "GET",
+        "/v1/contexts/projects/a",
+        &[("authorization", "Bearer not.a.token")],
+    );
+    assert_eq!(gw.reply_status(id), Some(401));
+    assert_eq!(
+        outcome_state(&gw, id),
+        pairs(&[("ctxgate.decision", "deny")])
+    );
+}
+
+#[test]
+fn an_open_breaker_is_in_the_outcome_and_nothing_is_written_unless_configured() {
+    let mut gw = Gateway::new(json!({"breaker": breaker_section(), "filter_state": true}));
+    for _ in 0..4 {
+        let (id, _) = gw.request("GET", "/", &[]);
+        gw.respond(id, 503);
+    }
+    let (id, _) = gw.request("GET", "/", &[]);
+    assert_eq!(gw.reply_status(id), Some(503));
+    assert_eq!(
+        outcome_state(&gw, id),
+        pairs(&[("ctxgate.breaker", "open"), ("ctxgate.decision", "deny")])
+    );
+    let mut off = Gateway::new(json!({"breaker": breaker_section()}));
+    let (id, _) = off.request("GET", "/", &[]);
+    assert!(off.host.stream(id).filter_state.is_empty());
+}
