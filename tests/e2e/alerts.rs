@@ -32,12 +32,9 @@ use ctxgate_e2e::{Cluster, Envoy, EnvoyConfig, Request, Route, WasmFilter, demo_
 use regex::Regex;
 use serde_json::json;
 
-#[path = "istio/yaml.rs"]
-mod yaml;
+use ctxgate_e2e::yaml;
 
-#[path = "demo_stats.rs"]
-mod demo_stats;
-use demo_stats::demo_stats_config;
+use ctxgate_e2e::demo::demo_stats_config;
 
 /// Real time between scrapes, and the rule time one scrape stands for.
 const SCRAPE_EVERY: Duration = Duration::from_millis(500);

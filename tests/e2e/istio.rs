@@ -28,12 +28,10 @@
 
 #[path = "istio/crd.rs"]
 mod crd;
-#[path = "demo_stats.rs"]
-mod demo_stats;
+use ctxgate_e2e::demo;
 #[path = "istio/manifests.rs"]
 mod manifests;
-#[path = "istio/yaml.rs"]
-mod yaml;
+use ctxgate_e2e::yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -1615,7 +1613,7 @@ fn the_gateway_traces_and_logs_the_decision_fields_of_the_demo() {
     assert_eq!(otel["opentelemetry"]["http"]["path"], "/v1/traces");
 
     // Span tags: the demo's custom tags, tag for tag, from the same source.
-    let demo_tags: BTreeMap<String, Value> = demo_stats::demo_hcm_field("tracing")["custom_tags"]
+    let demo_tags: BTreeMap<String, Value> = demo::demo_hcm_field("tracing")["custom_tags"]
         .as_array()
         .unwrap()
         .iter()
@@ -1646,7 +1644,7 @@ fn the_gateway_traces_and_logs_the_decision_fields_of_the_demo() {
             .unwrap(),
     );
     let labels = &log["envoyFileAccessLog"]["logFormat"]["labels"];
-    let demo_access_log = demo_stats::demo_hcm_field("access_log");
+    let demo_access_log = demo::demo_hcm_field("access_log");
     let demo_fields = &demo_access_log[0]["typed_config"]["log_format"]["json_format"];
     assert!(demo_fields.is_object());
     assert_eq!(

@@ -11,12 +11,9 @@
     clippy::indexing_slicing
 )]
 
-#[path = "istio/yaml.rs"]
-mod yaml;
+use ctxgate_e2e::yaml;
 
-#[path = "demo_stats.rs"]
-mod demo_stats;
-use demo_stats::demo_stats_config;
+use ctxgate_e2e::demo::demo_stats_config;
 
 use std::collections::{BTreeMap, BTreeSet};
 

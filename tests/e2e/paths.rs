@@ -29,8 +29,7 @@
 #[path = "auth/support.rs"]
 mod support;
 
-#[path = "istio/yaml.rs"]
-mod yaml;
+use ctxgate_e2e::yaml;
 
 #[path = "paths/setup.rs"]
 mod setup;

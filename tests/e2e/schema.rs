@@ -21,8 +21,7 @@
 #[allow(dead_code)]
 #[path = "istio/manifests.rs"]
 mod manifests;
-#[path = "istio/yaml.rs"]
-mod yaml;
+use ctxgate_e2e::yaml;
 
 use std::sync::LazyLock;
 

@@ -31,8 +31,7 @@
     clippy::indexing_slicing
 )]
 
-#[path = "istio/yaml.rs"]
-mod yaml;
+use ctxgate_e2e::yaml;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

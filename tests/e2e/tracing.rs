@@ -1,8 +1,9 @@
 //! Tracing and the access log through a real Envoy (1.40, V8, two
 //! workers), with the demo's own `tracing` and `access_log` blocks
 //! (envoy/demo.yaml): the OpenTelemetry tracer exports each span over
-//! OTLP/HTTP to a receiver this test owns, which decodes the
-//! `ExportTraceServiceRequest`s with the OpenTelemetry protobuf types.
+//! OTLP/HTTP to a receiver this test owns ([`OtlpReceiver`]), which
+//! decodes the `ExportTraceServiceRequest`s with the OpenTelemetry
+//! protocol's own types.
 //!
 //! Each case sends a request the gateway allows, throttles or denies, then
 //! finds its span by the trace id and checks the decision tags, checks the
@@ -16,80 +17,25 @@
     clippy::indexing_slicing
 )]
 
-#[path = "istio/yaml.rs"]
-mod yaml;
+use ctxgate_e2e::demo::demo_hcm_field;
 
-#[path = "demo_stats.rs"]
-mod demo_stats;
-use demo_stats::demo_hcm_field;
-
-use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ctxgate_e2e::otlp::Span;
 use ctxgate_e2e::{
-    Cluster, Envoy, EnvoyConfig, Request, Route, ScriptedServer, WasmFilter, demo_idp, eventually,
+    Cluster, Envoy, EnvoyConfig, OtlpReceiver, Request, Route, ScriptedServer, WasmFilter,
+    demo_idp, eventually,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value;
-use prost::Message;
 use serde_json::{Value, json};
 
 const READ: &str = "/v1/contexts/projects/a";
 
-/// A span as exported: its ids (hex) and its string attributes.
-#[derive(Debug, Clone)]
-struct Span {
-    trace_id: String,
-    span_id: String,
-    tags: BTreeMap<String, String>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Every span the receiver got so far.
-fn spans(receiver: &ScriptedServer) -> Vec<Span> {
-    let mut out = Vec::new();
-    for request in receiver.requests() {
-        assert_eq!(request.path, "/v1/traces");
-        assert_eq!(
-            request.header("content-type"),
-            Some("application/x-protobuf")
-        );
-        let export = ExportTraceServiceRequest::decode(request.body.as_slice()).unwrap();
-        for span in export
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .flat_map(|s| &s.spans)
-        {
-            let tags = span
-                .attributes
-                .iter()
-                .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                    any_value::Value::StringValue(s) => Some((kv.key.clone(), s.clone())),
-                    _ => None,
-                })
-                .collect();
-            out.push(Span {
-                trace_id: hex(&span.trace_id),
-                span_id: hex(&span.span_id),
-                tags,
-            });
-        }
-    }
-    out
-}
-
 /// The span of `trace_id`, once exported.
-fn span_of(receiver: &ScriptedServer, trace_id: &str) -> Span {
-    let mut found = None;
-    eventually(Duration::from_secs(10), || {
-        found = spans(receiver).into_iter().find(|s| s.trace_id == trace_id);
-        found.is_some()
-    });
-    found.unwrap_or_else(|| panic!("no span of trace {trace_id}: {:?}", spans(receiver)))
+fn span_of(receiver: &OtlpReceiver, trace_id: &str) -> Span {
+    assert_eq!(receiver.invalid(), 0, "Envoy sent something else than OTLP");
+    receiver
+        .span_of(trace_id, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no span of trace {trace_id}: {:?}", receiver.spans()))
 }
 
 /// The access-log line of `trace_id`, once written.
@@ -134,22 +80,16 @@ fn traceparent(value: &str) -> (String, String, String, String) {
 struct Gateway {
     envoy: Envoy,
     upstream: ScriptedServer,
-    receiver: ScriptedServer,
+    receiver: OtlpReceiver,
 }
 
 fn gateway() -> Gateway {
     let upstream = ScriptedServer::start();
-    let receiver = ScriptedServer::start();
-    receiver.set_response(
-        200,
-        &[("content-type", "application/x-protobuf")],
-        Vec::new(),
-    );
-    let mut tracing = demo_hcm_field("tracing");
+    let receiver = OtlpReceiver::start();
+    let tracing = demo_hcm_field("tracing");
     assert!(tracing.is_object(), "envoy/demo.yaml has no tracing block");
     // The demo's exporter, pointed at this test's receiver.
-    tracing["provider"]["typed_config"]["http_service"]["http_uri"]["uri"] =
-        json!(receiver.url("/v1/traces"));
+    let tracing = receiver.tracing(tracing, "otel_collector");
     let access_log = demo_hcm_field("access_log");
     assert!(access_log.is_array(), "envoy/demo.yaml has no access_log");
     let mut auth_provider = demo_idp::hs256_provider();

@@ -36,15 +36,18 @@
 )]
 
 pub mod config;
+pub mod demo;
 pub mod demo_idp;
 pub mod envoy;
 pub mod http;
 pub mod mcp;
+pub mod otlp;
 pub mod reference;
 pub mod rls;
 pub mod servers;
 pub mod stats;
 pub mod tls;
+pub mod yaml;
 
 pub use config::{
     Cluster, EnvoyConfig, HeaderMatch, HttpFilter, PathMatch, RawFilter, Route, RouteAction,
@@ -53,6 +56,7 @@ pub use config::{
 pub use envoy::{Envoy, envoy_binary, process_alive};
 pub use http::{Client, Request, Response, send_raw};
 pub use mcp::{McpClient, McpOutput, McpRequest, McpServer, Sessions};
+pub use otlp::OtlpReceiver;
 pub use rls::{Redis, Rls, SlowRls, rls_binary};
 pub use servers::{RecordedRequest, ScriptedResponse, ScriptedServer};
 pub use stats::WASM_METRIC_PREFIX;

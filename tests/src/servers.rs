@@ -12,7 +12,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -96,6 +96,8 @@ struct Shared {
     delay: Mutex<Duration>,
     hits: AtomicU64,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Whether requests are kept for [`ScriptedServer::requests`].
+    keep: AtomicBool,
 }
 
 /// Locks ignoring poison: a panicking handler must not wedge the server for
@@ -122,6 +124,7 @@ impl ScriptedServer {
             delay: Mutex::new(Duration::ZERO),
             hits: AtomicU64::new(0),
             requests: Mutex::new(Vec::new()),
+            keep: AtomicBool::new(true),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         listener.set_nonblocking(true).unwrap();
@@ -142,6 +145,14 @@ impl ScriptedServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Stops keeping requests for [`ScriptedServer::requests`] (a sink
+    /// under load whose handler looks at each request itself); `hits`
+    /// still counts them.
+    pub fn forget_requests(&self) {
+        self.shared.keep.store(false, Ordering::SeqCst);
+        lock(&self.shared.requests).clear();
     }
 
     /// `http://127.0.0.1:<port><path>`, e.g. for a JWKS `uri`.
@@ -274,7 +285,9 @@ async fn handle(
         body,
     };
     shared.hits.fetch_add(1, Ordering::SeqCst);
-    lock(&shared.requests).push(recorded.clone());
+    if shared.keep.load(Ordering::SeqCst) {
+        lock(&shared.requests).push(recorded.clone());
+    }
     let handler = lock(&shared.handler).clone();
     let delay = *lock(&shared.delay);
     let scripted = handler(&recorded);

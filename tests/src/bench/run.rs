@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use ctxgate_e2e::{Cluster, Envoy, EnvoyConfig, Request, Route, WasmService};
+use ctxgate_e2e::{Cluster, Envoy, EnvoyConfig, OtlpReceiver, Request, Route, WasmService};
 use serde_json::{Value, json};
 
 use super::cpu;
@@ -88,6 +88,24 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
     } else {
         None
     };
+    // The traced rows: the demo's tracing block and runtime, exporting to
+    // an OTLP receiver in this process.
+    let otlp = scenario.tracing.map(|_| OtlpReceiver::start());
+    if let (Some(receiver), Some(percent)) = (&otlp, scenario.tracing) {
+        let mut tracing = ctxgate_e2e::demo::demo_hcm_field("tracing");
+        let Some(block) = tracing.as_object_mut() else {
+            bail!("envoy/demo.yaml has no tracing block");
+        };
+        block.insert("random_sampling".into(), json!({ "value": percent }));
+        let runtime = ctxgate_e2e::demo::demo()
+            .get("layered_runtime")
+            .cloned()
+            .context("envoy/demo.yaml has no layered_runtime")?;
+        config = config
+            .cluster(Cluster::new("otel_collector", [receiver.addr()]))
+            .hcm_field("tracing", receiver.tracing(tracing, "otel_collector"))
+            .bootstrap_field("layered_runtime", runtime);
+    }
     for filter in &scenario.filters {
         config = config.filter(filter.clone());
     }
@@ -167,9 +185,33 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
             scenario.name
         );
     }
+    if let (Some(receiver), Some(percent)) = (&otlp, scenario.tracing) {
+        // A traced row that traces nothing must not report a number: the
+        // sampled share of the responses has its spans (the last batch
+        // within the tracer's 5 s flush interval), with the decision tag.
+        let expected = (result.envoy_responses as f64 * percent / 100.0 * 0.9) as u64;
+        let exported =
+            ctxgate_e2e::eventually(Duration::from_secs(10), || receiver.received() >= expected);
+        ensure!(
+            exported && receiver.invalid() == 0,
+            "{}: {} spans exported for {} responses at {percent}% ({} invalid exports)",
+            scenario.name,
+            receiver.received(),
+            result.envoy_responses,
+            receiver.invalid()
+        );
+        let last = receiver.spans().pop();
+        ensure!(
+            last.as_ref()
+                .is_some_and(|s| s.tags.get("ctxgate.decision").is_some_and(|d| d == "allow")),
+            "{}: the spans carry no decision: {last:?}",
+            scenario.name
+        );
+    }
     drop(envoy);
     drop(rls);
     drop(audit);
+    drop(otlp);
     Ok(result)
 }
 

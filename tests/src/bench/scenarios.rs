@@ -50,6 +50,8 @@ pub const BARE: &str = "bare";
 pub const PIPELINE: &str = "pipeline";
 pub const PIPELINE_AUDIT: &str = "pipeline + audit";
 pub const PIPELINE_NO_REQUEST_METRICS: &str = "pipeline (request metrics off)";
+pub const PIPELINE_TRACING: &str = "pipeline + tracing";
+pub const PIPELINE_TRACING_SAMPLED: &str = "pipeline + tracing (10% sampled)";
 pub const FOUR_PLUGINS: &str = "four plugins";
 pub const JWT_AUTHN_CACHE: &str = "jwt_authn+cache";
 pub const AUTH_REPEATED: &str = "auth (repeated token)";
@@ -143,6 +145,12 @@ pub struct Scenario {
     /// the cluster `audit_collector`; the filters' `audit` section must
     /// name them.
     pub audit: bool,
+    /// Trace this percentage of requests with the demo's `tracing` block
+    /// (the OpenTelemetry tracer, its custom tags) and `layered_runtime`
+    /// (its export batches), exporting to an OTLP receiver in this
+    /// process ([`ctxgate_e2e::OtlpReceiver`]) through the cluster
+    /// `otel_collector`.
+    pub tracing: Option<f64>,
 }
 
 /// Limits of the RLS in benchmark runs: far above anything a run sends, so
@@ -198,6 +206,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "jwt_authn",
@@ -212,6 +221,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: JWT_AUTHN_CACHE,
@@ -225,6 +235,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: AUTH_REPEATED,
@@ -242,6 +253,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "auth (fresh token)",
@@ -256,6 +268,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "jwt_authn+cache (fresh token)",
@@ -269,6 +282,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "auth (public path)",
@@ -286,6 +300,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: WASM_FLOOR,
@@ -300,6 +315,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "wasm floor + read headers",
@@ -312,6 +328,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "wasm floor + set 7 headers",
@@ -325,6 +342,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "wasm floor + filter state + clock + 2 metrics",
@@ -338,6 +356,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: PIPELINE_HOST_CALLS,
@@ -358,6 +377,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: AUTH_HOST_CALLS,
@@ -373,6 +393,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "wasm floor + SHA-256",
@@ -387,6 +408,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "local_ratelimit",
@@ -400,6 +422,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "ratelimit (local)",
@@ -414,6 +437,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "ratelimit (hierarchical RLS)",
@@ -428,6 +452,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "ratelimit (always RLS)",
@@ -441,6 +466,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "auth + ratelimit (local)",
@@ -457,6 +483,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "auth + ratelimit (hierarchical RLS)",
@@ -472,6 +499,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "tagging",
@@ -486,6 +514,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "breaker",
@@ -500,6 +529,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: FOUR_PLUGINS,
@@ -521,6 +551,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: PIPELINE,
@@ -535,6 +566,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: PIPELINE_NO_REQUEST_METRICS,
@@ -549,6 +581,40 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
+        },
+        Scenario {
+            name: PIPELINE_TRACING,
+            about: "The `pipeline` row traced: every request sampled (the demo's \
+                    `tracing` block: the OpenTelemetry tracer with the decision tags), \
+                    the plugin writing each decision to filter state (`filter_state`), \
+                    spans exported over OTLP/HTTP in batches of 100 (the demo's runtime) \
+                    to a receiver in the bench process. Against `pipeline`, what tracing \
+                    costs.",
+            filters: vec![pipeline_tracing(fx)],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: true,
+            connections: None,
+            call: Call::Rest,
+            forbidden: &[],
+            audit: false,
+            tracing: Some(100.0),
+        },
+        Scenario {
+            name: PIPELINE_TRACING_SAMPLED,
+            about: "The `pipeline + tracing` row with one request in ten traced (the Istio \
+                    manifests' rate): every request still writes its decision to filter \
+                    state.",
+            filters: vec![pipeline_tracing(fx)],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: true,
+            connections: None,
+            call: Call::Rest,
+            forbidden: &[],
+            audit: false,
+            tracing: Some(10.0),
         },
         Scenario {
             name: PIPELINE_AUDIT,
@@ -565,6 +631,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: true,
+            tracing: None,
         },
         Scenario {
             name: "ratelimit (local, 1 connection)",
@@ -578,6 +645,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: "ratelimit (always RLS, 1 connection)",
@@ -591,6 +659,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::Rest,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: MCP_BARE,
@@ -611,6 +680,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::McpTool,
             forbidden: &[],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: MCP_NATIVE,
@@ -629,6 +699,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::McpTool,
             forbidden: &[OTHER_TOOL],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: MCP_PIPELINE,
@@ -649,6 +720,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::McpTool,
             forbidden: &[OTHER_TOOL, OUTSIDE_SCOPE],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: MCP_AUTH_ONLY,
@@ -669,6 +741,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::McpTool,
             forbidden: &[OTHER_TOOL, OUTSIDE_SCOPE],
             audit: false,
+            tracing: None,
         },
         Scenario {
             name: MCP_PIPELINE_LOCAL,
@@ -682,6 +755,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             call: Call::McpTool,
             forbidden: &[OTHER_TOOL, OUTSIDE_SCOPE],
             audit: false,
+            tracing: None,
         },
     ]
 }
@@ -700,6 +774,7 @@ pub fn floor_row(calls: &str) -> Scenario {
         call: Call::Rest,
         forbidden: &[],
         audit: false,
+        tracing: None,
     }
 }
 
@@ -833,6 +908,15 @@ fn pipeline_without_request_metrics(fx: &Fixtures) -> HttpFilter {
                 json!({ "flush_interval_ms": 1000, "requests": false }),
             )
             .into(),
+        other => other,
+    }
+}
+
+/// [`pipeline`] writing each decision to filter state, for the tracer's
+/// custom tags.
+fn pipeline_tracing(fx: &Fixtures) -> HttpFilter {
+    match pipeline(fx) {
+        HttpFilter::Wasm(filter) => filter.stage("filter_state", json!(true)).into(),
         other => other,
     }
 }

@@ -10,7 +10,8 @@ use super::report::{Row, median};
 use super::run::RunResult;
 use super::scenarios::{
     AUTH_HOST_CALLS, AUTH_REPEATED, BARE, FOUR_PLUGINS, JWT_AUTHN_CACHE, PIPELINE, PIPELINE_AUDIT,
-    PIPELINE_HOST_CALLS, PIPELINE_NO_REQUEST_METRICS, WASM_FLOOR,
+    PIPELINE_HOST_CALLS, PIPELINE_NO_REQUEST_METRICS, PIPELINE_TRACING, PIPELINE_TRACING_SAMPLED,
+    WASM_FLOOR,
 };
 
 /// `pipeline`'s overhead is at most this share of the four plugins'.
@@ -108,6 +109,25 @@ pub fn targets_table(rows: &[Row]) -> String {
         AUDIT_TARGET,
         "×",
     );
+    // No target: what tracing costs, reported.
+    for (row, what) in [
+        (PIPELINE_TRACING, "every request traced"),
+        (PIPELINE_TRACING_SAMPLED, "10% of requests traced"),
+    ] {
+        match (cpu(rows, row), cpu(rows, PIPELINE)) {
+            (Some(a), Some(b)) if b > 0.0 => {
+                let _ = writeln!(
+                    out,
+                    "| what tracing costs, {what} (reported, no target) \
+                     | `{row}` {a:.1} µs, `{PIPELINE}` {b:.1} µs | {:.2}× | – | – |",
+                    a / b
+                );
+            }
+            _ => {
+                let _ = writeln!(out, "| tracing, {what} | not measured in this run | | | |");
+            }
+        }
+    }
     out
 }
 
@@ -126,6 +146,8 @@ pub fn stages_table(rows: &[Row]) -> String {
         PIPELINE_HOST_CALLS,
         PIPELINE_NO_REQUEST_METRICS,
         PIPELINE,
+        PIPELINE_TRACING,
+        PIPELINE_TRACING_SAMPLED,
         PIPELINE_AUDIT,
         FOUR_PLUGINS,
     ]) {
