@@ -73,7 +73,10 @@ fn scrape_gateway() -> Exported {
                 .stage("auth", auth)
                 .stage("ratelimit", ratelimit)
                 .stage("tagging", json!({}))
-                .stage("metrics", json!({"tenants": ["initech"], "flush_interval_ms": 100}))
+                .stage(
+                    "metrics",
+                    json!({"tenants": ["initech"], "flush_interval_ms": 100, "timing_every": 1}),
+                )
                 .stage(
                     "residency",
                     json!({"region": "eu", "tenants": {"acme": "eu"}, "services": {"api": {"eu": ["upstream"]}}}),

@@ -159,6 +159,10 @@ pub trait Host {
     /// Unix time in milliseconds.
     fn now_ms(&self) -> u64;
 
+    /// The proxy's clock in nanoseconds, read anew on every call (one host
+    /// call): for measuring how long work takes.
+    fn clock_ns(&self) -> u64;
+
     /// State shared by every worker of this proxy (compare-and-swap).
     fn shared(&self) -> &dyn SharedStore;
 

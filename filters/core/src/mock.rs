@@ -67,6 +67,10 @@ pub struct MockCall {
 #[derive(Default)]
 pub struct MockHost {
     pub now_ms: u64,
+    /// The nanosecond clock: each reading advances it by `clock_step_ns`,
+    /// so that timed work takes a known time.
+    pub clock_ns: std::cell::Cell<u64>,
+    pub clock_step_ns: u64,
     pub store: MemoryStore,
     /// The nonce store, over its own shared data.
     pub nonces: SharedNonces<MemoryStore>,
@@ -99,6 +103,8 @@ impl MockHost {
     pub fn new(now_ms: u64) -> MockHost {
         MockHost {
             now_ms,
+            clock_ns: std::cell::Cell::new(0),
+            clock_step_ns: 0,
             next_call: 1,
             ..MockHost::default()
         }
@@ -162,6 +168,12 @@ impl MockHost {
 impl Host for MockHost {
     fn now_ms(&self) -> u64 {
         self.now_ms
+    }
+
+    fn clock_ns(&self) -> u64 {
+        let now = self.clock_ns.get().saturating_add(self.clock_step_ns);
+        self.clock_ns.set(now);
+        now
     }
 
     fn shared(&self) -> &dyn SharedStore {

@@ -94,6 +94,13 @@ impl SharedStore for SharedData {
 }
 
 impl Host for WasmHost {
+    fn clock_ns(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
     fn now_ms(&self) -> u64 {
         if let Some(now) = self.now_ms.get() {
             return now;

@@ -11,6 +11,7 @@
 //! | `ctxgate_auth.jwks.<provider>.installed` | counter | key sets installed by a worker (fetched or from shared data) |
 //! | `ctxgate_auth.jwks.<provider>.early_refresh` | counter | refreshes brought forward by an unknown `kid` |
 //! | `ctxgate_auth.shared_record_invalid` | counter | shared-data records (token cache, JWKS, throttle) that did not decode: counted, never trusted |
+//! | `ctxgate_auth_check_us.cache.<use>` | histogram | microseconds to check a timed request's token (see [`crate::telemetry::timing`]): `hit`, `shared_hit`, `miss` (signature verified) |
 
 use std::collections::HashMap;
 
@@ -22,7 +23,8 @@ use crate::auth::{Auth, AuthState, CacheUse, Decision, Outcome, RequestEnv};
 use crate::contract::REQUEST_FILTER_STATE;
 use crate::host::{Attribute, CallId, CallResponse, Host, HttpCall};
 use crate::jwt::KeySet;
-use crate::metrics::{Counter, Metrics};
+use crate::metrics::{Counter, Histogram, Metrics};
+use crate::telemetry::timing::micros;
 
 /// How often each worker checks for new shared keys and due fetches.
 const JWKS_TICK_MS: u64 = 250;
@@ -43,6 +45,9 @@ struct Counters {
     cache_miss: Counter,
     jwks: Vec<JwksCounters>,
     invalid_records: Counter,
+    /// Token check time of timed requests, by cache use: hit, shared
+    /// hit, miss.
+    check_us: [Histogram; 3],
 }
 
 pub struct AuthStage {
@@ -64,6 +69,8 @@ impl AuthStage {
         auth.init_shared(host.shared());
         let sync = JwksSync::new(&auth);
         sync.init_shared(host.shared());
+        let check_us = ["hit", "shared_hit", "miss"]
+            .map(|u| metrics.histogram(&format!("ctxgate_auth_check_us.cache.{u}")));
         let mut counter = |name: &str| metrics.counter(&format!("ctxgate_auth.{name}"));
         let counters = Counters {
             allowed: counter("allowed"),
@@ -76,6 +83,7 @@ impl AuthStage {
             cache_shared_hit: counter("cache.shared_hit"),
             cache_miss: counter("cache.miss"),
             invalid_records: counter("shared_record_invalid"),
+            check_us,
             jwks: auth
                 .providers
                 .iter()
@@ -120,7 +128,21 @@ impl AuthStage {
         metrics: &mut Metrics,
     ) -> Step {
         let now_secs = host.now_ms() / 1000;
+        let started = request.timed.then(|| host.clock_ns());
         let mut decision = self.check(&*host, request, now_secs);
+        if let Some(started) = started {
+            let us = micros(started, host.clock_ns());
+            let [hit, shared_hit, miss] = self.counters.check_us;
+            let histogram = match decision.cache {
+                CacheUse::Hit => Some(hit),
+                CacheUse::SharedHit => Some(shared_hit),
+                CacheUse::Miss => Some(miss),
+                CacheUse::NotNeeded => None,
+            };
+            if let Some(histogram) = histogram {
+                metrics.record(host, histogram, us);
+            }
+        }
         if let Some(stale) = decision.stale_keys {
             // Another worker may have fetched newer keys since our last
             // tick: install them and decide again rather than refuse.

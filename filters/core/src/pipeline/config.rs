@@ -105,6 +105,13 @@ pub struct MetricsConfig {
     /// values a worker sees, then `other`; `none` without the header).
     #[serde(default = "default_route_header")]
     pub route_header: String,
+    /// One request in this many (per worker) is timed: each stage's time,
+    /// the decision time, the auth stage's token check by cache use, and
+    /// the body sizes, in Envoy histograms (see the README's timing
+    /// section). Each timed request makes about a dozen more host calls;
+    /// 0 turns timing off.
+    #[serde(default = "default_timing_every")]
+    pub timing_every: u32,
 }
 
 impl Default for MetricsConfig {
@@ -116,6 +123,7 @@ impl Default for MetricsConfig {
             top_tenants: default_top_tenants(),
             top_tenant_share: default_top_tenant_share(),
             route_header: default_route_header(),
+            timing_every: default_timing_every(),
         }
     }
 }
@@ -130,6 +138,10 @@ fn default_top_tenants() -> usize {
 
 fn default_top_tenant_share() -> f64 {
     0.01
+}
+
+fn default_timing_every() -> u32 {
+    100
 }
 
 fn default_route_header() -> String {

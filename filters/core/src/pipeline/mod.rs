@@ -61,6 +61,7 @@ use crate::shared::load_secret;
 use crate::tagging::Tagger;
 use crate::telemetry::requests::{Decision as RequestDecision, RequestMetrics};
 use crate::telemetry::tenants::TenantLabels;
+use crate::telemetry::timing::{Direction, Timing, micros};
 use crate::telemetry::utilisation::Utilisation;
 use auth::AuthStage;
 use breaker::{BreakerStage, BreakerStream};
@@ -188,6 +189,8 @@ struct Stream {
     status: Option<u16>,
     /// When the request was forwarded (ms).
     forwarded_ms: u64,
+    /// When its headers arrived (ns), if the request is timed.
+    started_ns: Option<u64>,
 }
 
 /// Random values the engine draws from the proxy at configure time.
@@ -217,6 +220,7 @@ pub struct Worker {
     route_header: String,
     /// Each request's decision goes to filter state ([`outcome`]).
     filter_state: bool,
+    timing: Timing,
     metrics: Metrics,
     streams: HashMap<StreamId, Stream>,
     flush_interval_ms: u64,
@@ -317,6 +321,20 @@ impl Worker {
                 host.shared(),
             ))
         });
+        let stage_names: Vec<&'static str> = ORDER
+            .iter()
+            .filter(|s| match s {
+                StageId::Auth => auth.is_some(),
+                StageId::Signature => signature.is_some(),
+                StageId::Mcp => mcp.is_some(),
+                StageId::RateLimit => ratelimit.is_some(),
+                StageId::Tagging => tagging.is_some(),
+                StageId::Residency => residency.is_some(),
+                StageId::Breaker => breaker.is_some(),
+            })
+            .map(|s| s.name())
+            .collect();
+        let timing = Timing::new(config.metrics.timing_every, &stage_names, &mut metrics);
         let mut worker = Worker {
             auth,
             signature,
@@ -330,6 +348,7 @@ impl Worker {
             utilisation: Utilisation::default(),
             route_header: config.metrics.route_header.to_ascii_lowercase(),
             filter_state: config.filter_state,
+            timing,
             metrics,
             streams: HashMap::new(),
             flush_interval_ms: config.metrics.flush_interval_ms,
@@ -388,7 +407,12 @@ impl Worker {
             replied: None,
             status: None,
             forwarded_ms: 0,
+            started_ns: None,
         };
+        if self.timing.sample() {
+            stream.started_ns = Some(host.clock_ns());
+            stream.request.timed = true;
+        }
         if let Some(recorder) = self.audit.as_mut() {
             stream.token = bearer(&stream.request).map(|t| recorder.token_digest(t));
             stream.decisions.reserve(ORDER.len());
@@ -572,6 +596,24 @@ impl Worker {
             stream.status = host
                 .response_header(id, ":status")
                 .and_then(|s| s.parse::<u16>().ok());
+        }
+        if stream.request.timed
+            && let Some(bytes) = host
+                .response_header(id, "content-length")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            let operation = stream
+                .request
+                .established_ref()
+                .and_then(|e| e.operation.as_deref())
+                .map(|o| o.name.as_str());
+            self.timing.size(
+                host,
+                operation,
+                Direction::Response,
+                bytes,
+                &mut self.metrics,
+            );
         }
         if let Some(requests) = self.requests.as_mut() {
             let ms = host.now_ms().saturating_sub(stream.forwarded_ms);
@@ -798,6 +840,7 @@ impl Worker {
             if stream.request.body_limit.is_some() && *stage == StageId::RateLimit {
                 continue;
             }
+            let started = stream.request.timed.then(|| host.clock_ns());
             let metrics = &mut self.metrics;
             let request = &mut stream.request;
             let step = match stage {
@@ -830,6 +873,10 @@ impl Worker {
                     .as_ref()
                     .map(|s| s.on_request(host, request, &mut stream.breaker, metrics)),
             };
+            if let (Some(started), Some(_)) = (started, &step) {
+                let us = micros(started, host.clock_ns());
+                self.timing.stage(host, stage.name(), us, &mut self.metrics);
+            }
             match step {
                 None => {}
                 // A body stage decides once the body is in.
@@ -860,7 +907,7 @@ impl Worker {
                 return self.run_body_stages(host, stream, 0);
             }
             Some(limit) => stream.phase = Phase::Buffering { limit },
-            None => self.export_outcome(host, stream),
+            None => self.decided(host, stream),
         }
         Flow::Continue
     }
@@ -870,6 +917,7 @@ impl Worker {
     /// let it through.
     fn run_body_stages(&mut self, host: &mut dyn Host, stream: &mut Stream, from: usize) -> Flow {
         for stage in BODY_STAGES.iter().skip(from) {
+            let started = stream.request.timed.then(|| host.clock_ns());
             let metrics = &mut self.metrics;
             let request = &mut stream.request;
             let step = match stage {
@@ -890,6 +938,10 @@ impl Worker {
                     .map(|s| s.on_request(host, request, &mut stream.ratelimit, metrics)),
                 _ => None,
             };
+            if let (Some(started), Some(_)) = (started, &step) {
+                let us = micros(started, host.clock_ns());
+                self.timing.stage(host, stage.name(), us, &mut self.metrics);
+            }
             match step {
                 None => {}
                 Some(Step::Next) => self.note(host, stream, *stage, None),
@@ -907,33 +959,52 @@ impl Worker {
         }
         stream.phase = Phase::Forwarded;
         stream.forwarded_ms = host.now_ms();
-        self.export_outcome(host, stream);
+        self.decided(host, stream);
         Flow::Continue
     }
 
     /// Sends a refusal, after the header changes made so far (a refused
     /// request's access log must not show client-sent identity headers).
-    fn refuse(&self, host: &mut dyn Host, stream: &mut Stream, reply: &LocalReply) -> Flow {
+    fn refuse(&mut self, host: &mut dyn Host, stream: &mut Stream, reply: &LocalReply) -> Flow {
         stream.request.apply_changes(host);
         host.send_reply(stream.request.stream, reply);
         stream.replied = Some(reply.status);
         stream.phase = Phase::Refused;
-        self.export_outcome(host, stream);
+        self.decided(host, stream);
         Flow::Pause
     }
 
-    /// The request is decided: its outcome goes to filter state
-    /// (`filter_state` on).
-    fn export_outcome(&self, host: &mut dyn Host, stream: &Stream) {
-        if !self.filter_state {
-            return;
+    /// The request is decided (forwarded with its body decided, or
+    /// refused): its outcome goes to filter state (`filter_state` on), and
+    /// a timed request's decision time and size to their histograms.
+    fn decided(&mut self, host: &mut dyn Host, stream: &Stream) {
+        if self.filter_state {
+            let outcome = Outcome {
+                decision: outcome::decision(stream.replied),
+                cost: stream.ratelimit.admitted_cost(),
+                breaker: stream.breaker.met(),
+            };
+            outcome.export(host, stream.request.stream);
         }
-        let outcome = Outcome {
-            decision: outcome::decision(stream.replied),
-            cost: stream.ratelimit.admitted_cost(),
-            breaker: stream.breaker.met(),
-        };
-        outcome.export(host, stream.request.stream);
+        if let Some(started) = stream.started_ns {
+            let us = micros(started, host.clock_ns());
+            self.timing.decision(host, us, &mut self.metrics);
+            let request = &stream.request;
+            let length = request.head().header("content-length");
+            if let Some(bytes) = length.and_then(|v| v.trim().parse::<u64>().ok()) {
+                let operation = request
+                    .established_ref()
+                    .and_then(|e| e.operation.as_deref())
+                    .map(|o| o.name.as_str());
+                self.timing.size(
+                    host,
+                    operation,
+                    Direction::Request,
+                    bytes,
+                    &mut self.metrics,
+                );
+            }
+        }
     }
 
     /// A waiting stream's call was answered (`response`) or its deadline

@@ -42,6 +42,8 @@ pub struct Request {
     /// The downstream address, once read (a stage keying on it, the
     /// audit record).
     client_address: Option<Option<String>>,
+    /// This request is one the worker times (`metrics.timing_every`).
+    pub timed: bool,
 }
 
 impl Request {
@@ -68,6 +70,7 @@ impl Request {
             price: None,
             mcp_declared: None,
             client_address: None,
+            timed: false,
         }
     }
 

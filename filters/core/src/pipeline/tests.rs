@@ -1250,3 +1250,59 @@ fn an_open_breaker_is_in_the_outcome_and_nothing_is_written_unless_configured() 
     let (id, _) = off.request("GET", "/", &[]);
     assert!(off.host.stream(id).filter_state.is_empty());
 }
+
+#[test]
+fn a_timed_request_records_each_stage_the_decision_the_token_check_and_its_sizes() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut config = full_chain(&key);
+    config["metrics"] = json!({"timing_every": 2});
+    let mut gw = Gateway::new(config);
+    // Every clock reading is 10 µs after the one before.
+    gw.host.clock_step_ns = 10_000;
+    let acme = format!("Bearer {}", token(&key, "acme"));
+    let globex = format!("Bearer {}", token(&key, "globex"));
+    for bearer in [&acme, &acme, &acme, &globex] {
+        let (id, _, _) = gw.send(
+            "PUT",
+            "/v1/contexts/projects/engineering",
+            &[("authorization", bearer.as_str())],
+            Some(b"{\"a\":1}"),
+        );
+        gw.host
+            .streams
+            .get_mut(&id)
+            .unwrap()
+            .response_headers
+            .push(("content-length".into(), "321".into()));
+        gw.respond(id, 200);
+    }
+    // The second and the fourth were timed: acme's token was in this
+    // worker's cache by then, globex's had its signature verified.
+    assert_eq!(gw.host.samples("ctxgate_auth_check_us.cache.miss"), [10]);
+    assert_eq!(gw.host.samples("ctxgate_auth_check_us.cache.hit"), [10]);
+    for stage in ["auth", "ratelimit", "tagging", "breaker"] {
+        let samples = gw.host.samples(&format!("ctxgate_stage_us.stage.{stage}"));
+        assert_eq!(samples.len(), 2, "{stage}: {samples:?}");
+    }
+    // auth: its two readings around the token check come between the
+    // stage's own two.
+    assert_eq!(gw.host.samples("ctxgate_stage_us.stage.auth"), [30, 30]);
+    assert_eq!(gw.host.samples("ctxgate_decision_us").len(), 2);
+    assert_eq!(
+        gw.host
+            .samples("ctxgate_context_bytes.operation.write.direction.request"),
+        [7, 7]
+    );
+    assert_eq!(
+        gw.host
+            .samples("ctxgate_context_bytes.operation.write.direction.response"),
+        [321, 321]
+    );
+    let mut off =
+        Gateway::new(json!({"breaker": breaker_section(), "metrics": {"timing_every": 0}}));
+    for _ in 0..3 {
+        let (id, _) = off.request("GET", "/", &[]);
+        off.respond(id, 200);
+    }
+    assert!(off.host.samples("ctxgate_decision_us").is_empty());
+}
