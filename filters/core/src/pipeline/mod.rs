@@ -189,7 +189,8 @@ struct Stream {
     status: Option<u16>,
     /// When the request was forwarded (ms).
     forwarded_ms: u64,
-    /// When its headers arrived (ns), if the request is timed.
+    /// When its headers arrived (ns), if the request is timed and not yet
+    /// decided.
     started_ns: Option<u64>,
 }
 
@@ -977,7 +978,7 @@ impl Worker {
     /// The request is decided (forwarded with its body decided, or
     /// refused): its outcome goes to filter state (`filter_state` on), and
     /// a timed request's decision time and size to their histograms.
-    fn decided(&mut self, host: &mut dyn Host, stream: &Stream) {
+    fn decided(&mut self, host: &mut dyn Host, stream: &mut Stream) {
         if self.filter_state {
             let outcome = Outcome {
                 decision: outcome::decision(stream.replied),
@@ -986,7 +987,9 @@ impl Worker {
             };
             outcome.export(host, stream.request.stream);
         }
-        if let Some(started) = stream.started_ns {
+        // Once: a body the rate limiter refuses after the request was
+        // forwarded decides it a second time.
+        if let Some(started) = stream.started_ns.take() {
             let us = micros(started, host.clock_ns());
             self.timing.decision(host, us, &mut self.metrics);
             let request = &stream.request;
