@@ -6,7 +6,7 @@ WASM_TARGET := wasm32-wasip1
 WASM_DIR := target/$(WASM_TARGET)/wasm
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node --no-warnings $(CURDIR)/scripts/wasi-run.mjs
 
-.PHONY: all bootstrap build run test test-unit test-wasm test-e2e lint fmt schema bench clean fuzz test-fuzz-corpus
+.PHONY: all bootstrap build oci run test test-unit test-wasm test-e2e lint fmt schema bench clean fuzz test-fuzz-corpus
 
 all: build
 
@@ -26,6 +26,11 @@ build: bootstrap
 ## run: the demo gateway on 127.0.0.1:10000 (admin 127.0.0.1:9901)
 run: build
 	./scripts/run
+
+## oci: the OCI image of dist/ctxgate.wasm for Istio's WasmPlugin (compat
+## variant), without a container engine: dist/oci/layout and dist/oci/ctxgate-oci.tar
+oci: build
+	cargo run --release -p ctxgate-e2e --bin ctxgate-oci -- --wasm dist/ctxgate.wasm --out dist/oci
 
 ## test: formatting, lints, unit tests (native and wasm32-wasip1), end-to-end through Envoy
 test: build lint test-unit test-wasm test-fuzz-corpus test-e2e

@@ -41,6 +41,7 @@ pub mod demo_idp;
 pub mod envoy;
 pub mod http;
 pub mod mcp;
+pub mod oci;
 pub mod otlp;
 pub mod reference;
 pub mod rls;
