@@ -449,7 +449,7 @@ impl Worker {
             .request
             .head()
             .header("content-length")
-            .and_then(|v| v.trim().parse::<u64>().ok());
+            .and_then(content_length);
         if declared.is_some_and(|length| length > limit) {
             let (stage, reply) = self.too_large(&stream.request);
             self.note(host, stream, stage, Some(&reply));
@@ -601,20 +601,13 @@ impl Worker {
         if stream.request.timed
             && let Some(bytes) = host
                 .response_header(id, "content-length")
-                .and_then(|v| v.trim().parse::<u64>().ok())
+                .as_deref()
+                .and_then(content_length)
         {
-            let operation = stream
-                .request
-                .established_ref()
-                .and_then(|e| e.operation.as_deref())
-                .map(|o| o.name.as_str());
-            self.timing.size(
-                host,
-                operation,
-                Direction::Response,
-                bytes,
-                &mut self.metrics,
-            );
+            let established = stream.request.established_ref();
+            let metrics = &mut self.metrics;
+            self.timing
+                .size(host, established, Direction::Response, bytes, metrics);
         }
         if let Some(requests) = self.requests.as_mut() {
             let ms = host.now_ms().saturating_sub(stream.forwarded_ms);
@@ -993,19 +986,15 @@ impl Worker {
             let us = micros(started, host.clock_ns());
             self.timing.decision(host, us, &mut self.metrics);
             let request = &stream.request;
-            let length = request.head().header("content-length");
-            if let Some(bytes) = length.and_then(|v| v.trim().parse::<u64>().ok()) {
-                let operation = request
-                    .established_ref()
-                    .and_then(|e| e.operation.as_deref())
-                    .map(|o| o.name.as_str());
-                self.timing.size(
-                    host,
-                    operation,
-                    Direction::Request,
-                    bytes,
-                    &mut self.metrics,
-                );
+            if let Some(bytes) = request
+                .head()
+                .header("content-length")
+                .and_then(content_length)
+            {
+                let established = request.established_ref();
+                let metrics = &mut self.metrics;
+                self.timing
+                    .size(host, established, Direction::Request, bytes, metrics);
             }
         }
     }
@@ -1074,6 +1063,11 @@ impl Worker {
         }
         self.streams.insert(id, stream);
     }
+}
+
+/// A `content-length` value, if it is a number.
+fn content_length(value: &str) -> Option<u64> {
+    value.trim().parse().ok()
 }
 
 /// The request's bearer token, if it has one (for its digest: the token

@@ -52,6 +52,14 @@ impl Decision {
     }
 }
 
+/// The `operation` label of a request: the operation it matched in the
+/// operation map, [`NONE`] if none.
+pub fn operation_label(established: Option<&Established>) -> &str {
+    established
+        .and_then(|e| e.operation.as_ref())
+        .map_or(NONE, |o| o.name.as_str())
+}
+
 /// The response's status class: `2xx` .. `5xx`, or `none` when the
 /// stream ended without one (reset).
 pub fn status_class(status: Option<u16>) -> &'static str {
@@ -157,9 +165,7 @@ impl RequestMetrics {
             None => NONE,
         };
         let tier = self.tiers.label(caller.map(|c| c.tier.as_str()));
-        let operation = established
-            .and_then(|e| e.operation.as_ref())
-            .map_or(NONE, |o| o.name.as_str());
+        let operation = operation_label(established);
         let class = status_class(status);
         let key = (
             self.tier_values.id(tier),
@@ -191,9 +197,7 @@ impl RequestMetrics {
         ms: u64,
         metrics: &mut Metrics,
     ) {
-        let operation = established
-            .and_then(|e| e.operation.as_ref())
-            .map_or(NONE, |o| o.name.as_str());
+        let operation = operation_label(established);
         let route = self.routes.label(route);
         let key = (
             self.operation_values.id(operation),

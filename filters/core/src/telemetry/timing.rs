@@ -12,7 +12,8 @@
 
 use std::collections::HashMap;
 
-use super::requests::{NONE, label_value};
+use super::requests::{label_value, operation_label};
+use crate::contract::Established;
 use crate::host::Host;
 use crate::metrics::{Histogram, Metrics};
 
@@ -95,16 +96,17 @@ impl Timing {
         metrics.record(host, self.decision, us);
     }
 
-    /// A body size of `operation` (`None`: no operation matched).
+    /// A body size of the request `established` describes, labelled with
+    /// its operation.
     pub fn size(
         &mut self,
         host: &mut dyn Host,
-        operation: Option<&str>,
+        established: Option<&Established>,
         direction: Direction,
         bytes: u64,
         metrics: &mut Metrics,
     ) {
-        let mut operation = operation.map_or(NONE.into(), label_value).into_owned();
+        let mut operation = label_value(operation_label(established)).into_owned();
         if self.sizes.len() >= MAX_OPERATIONS
             && !self
                 .sizes
