@@ -553,85 +553,54 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             audit: false,
             tracing: None,
         },
-        Scenario {
-            name: PIPELINE,
-            about: "The same work in one plugin: `dist/ctxgate.wasm` with all four \
+        pipeline_row(
+            PIPELINE,
+            "The same work in one plugin: `dist/ctxgate.wasm` with all four \
                     sections (the demo gateway's shape), one header read, one batch of \
                     header changes, metrics flushed once a second.",
-            filters: vec![pipeline(fx)],
-            load: Load::RepeatedToken,
-            unauthenticated_status: Some(401),
-            needs_rls: true,
-            connections: None,
-            call: Call::Rest,
-            forbidden: &[],
-            audit: false,
-            tracing: None,
-        },
-        Scenario {
-            name: PIPELINE_NO_REQUEST_METRICS,
-            about: "The `pipeline` row with `metrics.requests: false`: no `ctxgate_requests`, \
+            pipeline(fx),
+        ),
+        pipeline_row(
+            PIPELINE_NO_REQUEST_METRICS,
+            "The `pipeline` row with `metrics.requests: false`: no `ctxgate_requests`, \
                     no upstream latency histogram, no rate-limit utilisation gauges. The \
                     `pipeline` row against this one is what the per-request metrics cost.",
-            filters: vec![pipeline_without_request_metrics(fx)],
-            load: Load::RepeatedToken,
-            unauthenticated_status: Some(401),
-            needs_rls: true,
-            connections: None,
-            call: Call::Rest,
-            forbidden: &[],
-            audit: false,
-            tracing: None,
-        },
+            pipeline_without_request_metrics(fx),
+        ),
         Scenario {
-            name: PIPELINE_TRACING,
-            about: "The `pipeline` row traced: every request sampled (the demo's \
+            tracing: Some(100.0),
+            ..pipeline_row(
+                PIPELINE_TRACING,
+                "The `pipeline` row traced: every request sampled (the demo's \
                     `tracing` block: the OpenTelemetry tracer with the decision tags), \
                     the plugin writing each decision to filter state (`filter_state`), \
                     spans exported over OTLP/HTTP in batches of 100 (the demo's runtime) \
                     to a receiver in the bench process. Against `pipeline`, what tracing \
                     costs.",
-            filters: vec![pipeline_tracing(fx)],
-            load: Load::RepeatedToken,
-            unauthenticated_status: Some(401),
-            needs_rls: true,
-            connections: None,
-            call: Call::Rest,
-            forbidden: &[],
-            audit: false,
-            tracing: Some(100.0),
+                pipeline_tracing(fx),
+            )
         },
         Scenario {
-            name: PIPELINE_TRACING_SAMPLED,
-            about: "The `pipeline + tracing` row with one request in ten traced (the Istio \
+            tracing: Some(10.0),
+            ..pipeline_row(
+                PIPELINE_TRACING_SAMPLED,
+                "The `pipeline + tracing` row with one request in ten traced (the Istio \
                     manifests' rate): every request still writes its decision to filter \
                     state.",
-            filters: vec![pipeline_tracing(fx)],
-            load: Load::RepeatedToken,
-            unauthenticated_status: Some(401),
-            needs_rls: true,
-            connections: None,
-            call: Call::Rest,
-            forbidden: &[],
-            audit: false,
-            tracing: Some(10.0),
+                pipeline_tracing(fx),
+            )
         },
         Scenario {
-            name: PIPELINE_AUDIT,
-            about: "The `pipeline` row with the audit trail on: a record per request \
+            audit: true,
+            ..pipeline_row(
+                PIPELINE_AUDIT,
+                "The `pipeline` row with the audit trail on: a record per request \
                     (its stage decisions), written into the worker's next queue message \
                     (at most every 50 ms or 1024 records), the audit singleton batching, \
                     chaining (SHA-256) and POSTing them to the demo collector (in the \
                     bench process). Envoy's CPU includes the singleton's.",
-            filters: vec![pipeline_audit(fx)],
-            load: Load::RepeatedToken,
-            unauthenticated_status: Some(401),
-            needs_rls: true,
-            connections: None,
-            call: Call::Rest,
-            forbidden: &[],
-            audit: true,
-            tracing: None,
+                pipeline_audit(fx),
+            )
         },
         Scenario {
             name: "ratelimit (local, 1 connection)",
@@ -885,6 +854,24 @@ fn stages(sections: Vec<(&str, Value)>) -> HttpFilter {
         })
         .stage("metrics", production_metrics())
         .into()
+}
+
+/// A row of the pipeline's family: `filter` under the repeated-token load,
+/// its RLS running, refusing a request without a token (401).
+fn pipeline_row(name: &'static str, about: &'static str, filter: HttpFilter) -> Scenario {
+    Scenario {
+        name,
+        about,
+        filters: vec![filter],
+        load: Load::RepeatedToken,
+        unauthenticated_status: Some(401),
+        needs_rls: true,
+        connections: None,
+        call: Call::Rest,
+        forbidden: &[],
+        audit: false,
+        tracing: None,
+    }
 }
 
 /// `dist/ctxgate.wasm` running every stage in one plugin: the demo
