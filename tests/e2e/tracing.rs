@@ -57,6 +57,15 @@ fn log_line(envoy: &Envoy, trace_id: &str) -> Value {
     })
 }
 
+/// The span a client's requests name as their parent.
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+/// `request` in the client's sampled trace `trace_id`, under
+/// [`CLIENT_SPAN`].
+fn in_trace(request: Request, trace_id: &str) -> Request {
+    request.header("traceparent", &format!("00-{trace_id}-{CLIENT_SPAN}-01"))
+}
+
 /// `(version, trace id, parent span id, flags)` of a W3C traceparent.
 fn traceparent(value: &str) -> (String, String, String, String) {
     let parts: Vec<&str> = value.split('-').collect();
@@ -215,13 +224,7 @@ fn an_allowed_request_s_span_and_log_line_carry_the_decision_and_the_upstream_ge
 fn a_client_trace_is_continued_and_handed_on() {
     let gw = gateway();
     let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let client_parent = "00f067aa0ba902b7";
-    Request::get(READ)
-        .bearer(&token("acme"))
-        .header(
-            "traceparent",
-            &format!("00-{client_trace}-{client_parent}-01"),
-        )
+    in_trace(Request::get(READ).bearer(&token("acme")), client_trace)
         .send(gw.envoy.listener_addr())
         .expect_status(200);
     let forwarded = gw.upstream.last_request().unwrap();
@@ -230,7 +233,7 @@ fn a_client_trace_is_continued_and_handed_on() {
         trace_id, client_trace,
         "the upstream is in the client's trace"
     );
-    assert_ne!(parent, client_parent, "under the gateway's span");
+    assert_ne!(parent, CLIENT_SPAN, "under the gateway's span");
     let span = span_of(&gw.receiver, client_trace);
     assert_eq!(span.span_id, parent);
     assert_eq!(span.tags["ctxgate.decision"], "allow");
@@ -248,12 +251,7 @@ fn throttled_and_denied_requests_are_traced_and_logged_with_their_reason() {
             .expect_status(200);
     }
     let throttle_trace = "0af7651916cd43dd8448eb211c80319c";
-    Request::get(READ)
-        .bearer(&bearer)
-        .header(
-            "traceparent",
-            &format!("00-{throttle_trace}-b7ad6b7169203331-01"),
-        )
+    in_trace(Request::get(READ).bearer(&bearer), throttle_trace)
         .send(gw.envoy.listener_addr())
         .expect_status(429);
     let span = span_of(&gw.receiver, throttle_trace);
@@ -274,13 +272,10 @@ fn throttled_and_denied_requests_are_traced_and_logged_with_their_reason() {
     // A forged token: denied, and the tenant the client claims in a header
     // is in neither the span nor the log.
     let deny_trace = "5b8aa5a2d2c872e8321cf37308d69df2";
-    Request::get(READ)
+    let forged = Request::get(READ)
         .header("authorization", "Bearer e30.e30.forged")
-        .header("x-context-tenant", "victim")
-        .header(
-            "traceparent",
-            &format!("00-{deny_trace}-051581bf3cb55c13-01"),
-        )
+        .header("x-context-tenant", "victim");
+    in_trace(forged, deny_trace)
         .send(gw.envoy.listener_addr())
         .expect_status(401);
     let span = span_of(&gw.receiver, deny_trace);
