@@ -91,12 +91,18 @@ impl Gateway {
 
     /// The upstream answers `status`, and the stream ends.
     pub fn respond(&mut self, id: StreamId, status: u16) {
-        self.host
-            .streams
-            .get_mut(&id)
-            .unwrap()
-            .response_headers
-            .push((":status".into(), status.to_string()));
+        self.respond_with(id, status, &[]);
+    }
+
+    /// The upstream answers `status` with `headers`, and the stream ends.
+    pub fn respond_with(&mut self, id: StreamId, status: u16, headers: &[(&str, &str)]) {
+        let response = &mut self.host.streams.get_mut(&id).unwrap().response_headers;
+        response.push((":status".into(), status.to_string()));
+        response.extend(
+            headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned())),
+        );
         assert_eq!(
             self.worker.on_response_headers(&mut self.host, id),
             Flow::Continue

@@ -1268,13 +1268,7 @@ fn a_timed_request_records_each_stage_the_decision_the_token_check_and_its_sizes
             &[("authorization", bearer.as_str())],
             Some(b"{\"a\":1}"),
         );
-        gw.host
-            .streams
-            .get_mut(&id)
-            .unwrap()
-            .response_headers
-            .push(("content-length".into(), "321".into()));
-        gw.respond(id, 200);
+        gw.respond_with(id, 200, &[("content-length", "321")]);
     }
     // The second and the fourth were timed: acme's token was in this
     // worker's cache by then, globex's had its signature verified.
