@@ -6,7 +6,7 @@ WASM_TARGET := wasm32-wasip1
 WASM_DIR := target/$(WASM_TARGET)/wasm
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node --no-warnings $(CURDIR)/scripts/wasi-run.mjs
 
-.PHONY: all bootstrap build oci run test test-unit test-wasm test-e2e lint fmt schema bench clean fuzz test-fuzz-corpus
+.PHONY: all bootstrap build oci compose compose-down run test test-unit test-wasm test-e2e lint fmt schema bench clean fuzz test-fuzz-corpus
 
 all: build
 
@@ -26,6 +26,21 @@ build: bootstrap
 ## run: the demo gateway on 127.0.0.1:10000 (admin 127.0.0.1:9901)
 run: build
 	./scripts/run
+
+## compose: the demo stack in containers (deploy/compose/docker-compose.yaml):
+## the Envoy config generated from envoy/demo.yaml (dist/compose/envoy.json),
+## the demo keys, the services image ctxgate/services:dev, then `up`
+## (Ctrl-C stops it; `make compose-down` removes it). COMPOSE_ARGS=--stand-ins
+## also builds local stand-ins for the Envoy and Redis images (no registry).
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE_ARGS ?=
+compose: build
+	cargo build --release -p ctxgate-demo -p ctxgate-rls -p ctxgate-audit
+	cargo run -q --release -p ctxgate-e2e --bin ctxgate-compose -- $(COMPOSE_ARGS)
+	$(COMPOSE) -f deploy/compose/docker-compose.yaml up
+
+compose-down:
+	$(COMPOSE) -f deploy/compose/docker-compose.yaml down --volumes
 
 ## oci: the OCI image of dist/ctxgate.wasm for Istio's WasmPlugin (compat
 ## variant), without a container engine: dist/oci/layout and dist/oci/ctxgate-oci.tar
@@ -49,7 +64,7 @@ test-wasm: bootstrap
 	cargo test --target $(WASM_TARGET) -p ctxgate-core
 
 test-e2e: build
-	cargo build --release -p ctxgate-demo -p ctxgate-rls
+	cargo build --release -p ctxgate-demo -p ctxgate-rls -p ctxgate-audit
 	cargo build --profile wasm --target $(WASM_TARGET) -p ctxgate-wasm-floor
 	cargo test -p ctxgate-e2e
 

@@ -2,7 +2,7 @@
 //! would, with nothing taken from the builder on trust: every digest and
 //! size recomputed from the bytes, the layer unpacked by a tar reader of
 //! this test's own, the module compared byte for byte with the built one.
-//! With a container engine that answers, `docker load` takes the archive.
+//! A container engine (`ctxgate_e2e::docker`) loads the archive.
 
 #![allow(
     clippy::unwrap_used,
@@ -120,12 +120,28 @@ fn the_image_is_istio_s_compat_variant_and_its_layer_is_the_built_module() {
     assert_eq!(config["rootfs"]["diff_ids"][0], digest(&layer_tar));
     assert_eq!(
         (config["architecture"].as_str(), config["os"].as_str()),
-        (Some("wasm"), Some("wasip1"))
+        (Some("amd64"), Some("linux"))
+    );
+
+    // Docker's archive manifest names the same config and layer.
+    let docker: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        docker,
+        serde_json::json!([{
+            "Config": manifest["config"]["digest"].as_str().unwrap().replace("sha256:", "blobs/sha256/"),
+            "RepoTags": ["ghcr.io/ctxgate/ctxgate:0.1.0"],
+            "Layers": [layers[0]["digest"].as_str().unwrap().replace("sha256:", "blobs/sha256/")],
+        }])
     );
 
     // The archive is the layout, file for file.
     let archived = untar(&std::fs::read(&image.archive).unwrap());
-    assert_eq!(archived.len(), 5, "oci-layout, index.json and three blobs");
+    assert_eq!(
+        archived.len(),
+        6,
+        "oci-layout, index.json, manifest.json and three blobs"
+    );
     for (name, bytes) in &archived {
         assert!(
             std::fs::read(layout.join(name)).unwrap() == *bytes,
@@ -143,25 +159,21 @@ fn the_image_is_istio_s_compat_variant_and_its_layer_is_the_built_module() {
     assert_eq!(again.manifest_digest, image.manifest_digest);
     assert_eq!(again.layer_digest, image.layer_digest);
 
-    // With a container engine that answers, it loads.
-    let engine = std::process::Command::new("docker").arg("info").output();
-    if engine.is_ok_and(|o| o.status.success()) {
-        let load = std::process::Command::new("docker")
-            .args(["load", "-i"])
-            .arg(&image.archive)
-            .output()
-            .unwrap();
-        assert!(
-            load.status.success(),
-            "docker load: {}",
-            String::from_utf8_lossy(&load.stderr)
-        );
-        let _ = std::process::Command::new("docker")
-            .args(["rmi", "ghcr.io/ctxgate/ctxgate:0.1.0"])
-            .output();
-    } else {
-        eprintln!("no container engine answers: docker load not tried");
-    }
+    // A container engine loads it (the one that answers, or a private
+    // dockerd): its image id is the config's digest, as for any image.
+    let engine = ctxgate_e2e::docker::engine();
+    let reference = format!("ctxgate-test/oci:{}", std::process::id());
+    let tagged = oci::build(&module, &reference, &dir.path().join("tagged")).unwrap();
+    let loaded = engine.run(
+        engine
+            .docker()
+            .args(["load", "--input"])
+            .arg(&tagged.archive),
+    );
+    assert!(loaded.contains(&reference), "docker load: {loaded}");
+    let id = engine.docker_run(&["image", "inspect", "--format", "{{.Id}}", &reference]);
+    let _ = engine.docker().args(["image", "rm", &reference]).output();
+    assert_eq!(id.trim(), tagged.config_digest);
 }
 
 #[test]

@@ -35,11 +35,14 @@
     clippy::indexing_slicing
 )]
 
+pub mod compose;
 pub mod config;
 pub mod demo;
 pub mod demo_idp;
+pub mod docker;
 pub mod envoy;
 pub mod http;
+pub mod images;
 pub mod mcp;
 pub mod oci;
 pub mod otlp;
@@ -58,7 +61,7 @@ pub use envoy::{Envoy, envoy_binary, process_alive};
 pub use http::{Client, Request, Response, send_raw};
 pub use mcp::{McpClient, McpOutput, McpRequest, McpServer, Sessions};
 pub use otlp::OtlpReceiver;
-pub use rls::{Redis, Rls, SlowRls, rls_binary};
+pub use rls::{Redis, Rls, SlowRls, free_port, rls_binary};
 pub use servers::{RecordedRequest, ScriptedResponse, ScriptedServer};
 pub use stats::WASM_METRIC_PREFIX;
 pub use tls::{CertFiles, TestPki, TlsClient};

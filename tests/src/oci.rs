@@ -5,12 +5,17 @@
 //! layer (`application/vnd.oci.image.layer.v1.tar+gzip`) holding the
 //! module as `plugin.wasm`, and the manifest annotation
 //! `module.wasm.image/variant: compat`. The config is an OCI image config
-//! whose platform is `wasm`/`wasip1` (Go's names for WASI preview 1) and
-//! whose one `diff_id` is the uncompressed layer's digest.
+//! whose one `diff_id` is the uncompressed layer's digest, with the
+//! platform `linux`/`amd64` that `docker build` gives Istio's documented
+//! `FROM scratch` + `COPY plugin.wasm` image: Istio ignores the platform of
+//! a Wasm image, while Docker engines before 24 refuse to load an image
+//! whose `os` they do not know (`wasip1`: "unknown operating system").
 //!
 //! It is written as an OCI image layout (`oci-layout`, `index.json`,
-//! `blobs/sha256/...`) and as a tar of that layout, which `docker load`,
-//! `skopeo copy oci-archive:...` and `crane push` take. Every byte is
+//! `blobs/sha256/...`, plus the `manifest.json` of Docker's own archive
+//! format, as `docker save` writes since Docker 25) and as a tar of that
+//! layout, which `docker load` (any version), `skopeo copy
+//! oci-archive:...` and `crane push` take. Every byte is
 //! reproducible: the tar entry and the gzip header carry no time, owner or
 //! host, so the same module always gives the same digests.
 
@@ -100,6 +105,11 @@ fn descriptor(media_type: &str, bytes: &[u8]) -> Value {
     json!({"mediaType": media_type, "digest": digest(bytes), "size": bytes.len()})
 }
 
+/// Where a blob lives in the layout: `blobs/sha256/<hex>`.
+fn blob_path(blob: &[u8]) -> String {
+    digest(blob).replace("sha256:", "blobs/sha256/")
+}
+
 fn json_bytes(value: &Value) -> Result<Vec<u8>> {
     Ok(serde_json::to_vec(value)?)
 }
@@ -111,8 +121,8 @@ pub fn build(module: &[u8], reference: &str, out: &Path) -> Result<Image> {
     let layer_tar = tar(&[(MODULE_FILE, module)])?;
     let layer = gzip(&layer_tar)?;
     let config = json_bytes(&json!({
-        "architecture": "wasm",
-        "os": "wasip1",
+        "architecture": "amd64",
+        "os": "linux",
         "config": {},
         "rootfs": {"type": "layers", "diff_ids": [digest(&layer_tar)]},
         "history": [{"created_by": "make oci: dist/ctxgate.wasm as /plugin.wasm"}],
@@ -141,6 +151,12 @@ pub fn build(module: &[u8], reference: &str, out: &Path) -> Result<Image> {
         "manifests": [manifest_descriptor],
     }))?;
     let oci_layout = json_bytes(&json!({"imageLayoutVersion": "1.0.0"}))?;
+    // Docker's archive format: config and layers by file name.
+    let docker_manifest = json_bytes(&json!([{
+        "Config": blob_path(&config),
+        "RepoTags": [reference],
+        "Layers": [blob_path(&layer)],
+    }]))?;
 
     let layout = out.join("layout");
     if layout.exists() {
@@ -151,10 +167,10 @@ pub fn build(module: &[u8], reference: &str, out: &Path) -> Result<Image> {
     let mut entries: Vec<(String, Vec<u8>)> = vec![
         ("oci-layout".into(), oci_layout),
         ("index.json".into(), index),
+        ("manifest.json".into(), docker_manifest),
     ];
     for blob in [&layer, &config, &manifest] {
-        let name = digest(blob).replace("sha256:", "blobs/sha256/");
-        entries.push((name, blob.clone()));
+        entries.push((blob_path(blob), blob.clone()));
     }
     for (name, bytes) in &entries {
         std::fs::write(layout.join(name), bytes).with_context(|| format!("write {name}"))?;

@@ -86,7 +86,7 @@ fn read_file(path: &Path) -> String {
 
 /// A free port on 127.0.0.1 (bound once and released, so another process
 /// could take it in between; good enough for tests).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
