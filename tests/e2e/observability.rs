@@ -1,8 +1,27 @@
 //! The alert rules in `observability/alerts.yaml` and the Grafana dashboard
 //! `observability/grafana-dashboard.json` only name metrics a real gateway
-//! exports: start Envoy with the four filters and the demo's `stats_tags`,
-//! scrape `/stats/prometheus`, and look every metric, every label value a
-//! query matches on and every label it groups by up.
+//! exports: start Envoy with the pipeline, scrape `/stats/prometheus`, and
+//! look every metric, every label value a query matches on and every label
+//! it groups by up.
+//!
+//! The same checks run against each way the gateway is deployed, since the
+//! series' names and labels are made by the bootstrap's `stats_config`,
+//! not by the module:
+//!
+//! * the standalone demo: envoy/demo.yaml's `stats_config`;
+//! * Istio, on the ingress gateway and in a workload's sidecar: the
+//!   `stats_config` Istio's own bootstrap template gives a proxy with the
+//!   pod annotations istio/mesh/ctxgate-gateway-values.yaml, or
+//!   deploy/kustomize/overlays/sidecar/workload-patch.yaml, sets (rendered
+//!   from Istio's files, `istio/bootstrap.rs`), with the bootstrap override
+//!   they name (istio/51-stats-tags.yaml) merged over it by Envoy itself, as
+//!   pilot-agent has it merged, and the HTTP connection manager named as
+//!   Istio names it there.
+//!
+//! And that each Istio setting is needed: without the bootstrap override
+//! ctxgate's series keep their labels in their names (Istio's own `wasm`
+//! inclusion prefix does keep the stats), and without the stats matcher of
+//! `proxy.istio.io/config` the listener's request time is not created.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,6 +30,11 @@
     clippy::indexing_slicing
 )]
 
+#[path = "istio/bootstrap.rs"]
+mod bootstrap;
+#[allow(dead_code)]
+#[path = "istio/manifests.rs"]
+mod manifests;
 use ctxgate_e2e::yaml;
 
 use ctxgate_e2e::demo::demo_stats_config;
@@ -22,7 +46,7 @@ use ctxgate_e2e::{
     Envoy, EnvoyConfig, Request, Route, WasmFilter, WasmService, demo_idp, repo_root,
 };
 use regex::Regex;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// Metric name -> label sets seen, from Prometheus text.
 fn scrape(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
@@ -43,10 +67,99 @@ fn scrape(text: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
     metrics
 }
 
-/// Metric name -> label sets seen on a gateway running the four filters.
+/// Metric name -> label sets seen on a gateway running the pipeline.
 type Exported = BTreeMap<String, Vec<BTreeMap<String, String>>>;
 
-fn scrape_gateway() -> Exported {
+/// How a gateway's Envoy makes and names its stats: what differs between
+/// the demo and an Istio proxy.
+struct StatsSetup {
+    /// The bootstrap's `stats_config`.
+    stats_config: Value,
+    /// Merged over the bootstrap by Envoy (`--config-yaml`): Istio's
+    /// bootstrap override.
+    config_yaml: Option<Value>,
+    /// The HTTP connection manager's `stat_prefix`.
+    stat_prefix: String,
+    /// The plugin's name in Envoy (`wasm.<name>.*` stats).
+    plugin_name: String,
+}
+
+fn demo_stats() -> StatsSetup {
+    StatsSetup {
+        stats_config: demo_stats_config(),
+        config_yaml: None,
+        stat_prefix: "ingress".into(),
+        plugin_name: "ctxgate".into(),
+    }
+}
+
+/// The objects of istio/.
+fn istio_objects() -> Vec<manifests::Object> {
+    manifests::load(&repo_root().join("istio")).unwrap()
+}
+
+/// The Istio proxy of a pod with these annotations, its bootstrap
+/// override read from the ConfigMaps of istio/ (the sidecar overlay only
+/// moves that ConfigMap to the workloads' namespace; tests/e2e/kustomize.rs
+/// checks it stays the same).
+fn istio_stats(annotations: &Map<String, Value>, stat_prefix: &str) -> StatsSetup {
+    let objects = istio_objects();
+    let config_map = |name: &str| {
+        objects
+            .iter()
+            .find(|o| o.kind() == "ConfigMap" && o.name() == name)
+            .and_then(|o| o.value["data"].as_object().cloned())
+    };
+    let proxy = bootstrap::proxy(annotations, config_map).unwrap_or_else(|e| panic!("{e}"));
+    let plugin = objects
+        .iter()
+        .find(|o| o.kind() == "WasmPlugin")
+        .expect("istio/ has a WasmPlugin");
+    StatsSetup {
+        stats_config: proxy.stats_config,
+        config_yaml: proxy.config_yaml,
+        stat_prefix: stat_prefix.to_owned(),
+        // Istio names a WasmPlugin's filter <namespace>.<name>.
+        plugin_name: format!("{}.{}", plugin.namespace(), plugin.name()),
+    }
+}
+
+/// The pod annotations of the ingress gateway (its Helm values).
+fn gateway_annotations() -> Map<String, Value> {
+    let path = repo_root().join("istio/mesh/ctxgate-gateway-values.yaml");
+    let values = yaml::documents(&std::fs::read_to_string(path).unwrap())
+        .unwrap()
+        .remove(0);
+    values["podAnnotations"].as_object().unwrap().clone()
+}
+
+/// The pod annotations of a workload running the plugin in its sidecar.
+fn sidecar_annotations() -> Map<String, Value> {
+    let path = repo_root().join("deploy/kustomize/overlays/sidecar/workload-patch.yaml");
+    let patch = yaml::documents(&std::fs::read_to_string(path).unwrap())
+        .unwrap()
+        .remove(0);
+    patch["spec"]["template"]["metadata"]["annotations"]
+        .as_object()
+        .unwrap()
+        .clone()
+}
+
+/// The HTTP connection manager's stat prefix on Istio's ingress gateway:
+/// outbound_<bind>_<port>; (listener 0.0.0.0_<port> of the Gateway's
+/// server; the `gateway` chart's pods listen on the Service's ports).
+fn gateway_stat_prefix() -> String {
+    let objects = istio_objects();
+    let gateway = objects.iter().find(|o| o.kind() == "Gateway").unwrap();
+    let port = &gateway.spec()["servers"][0]["port"]["number"];
+    format!("outbound_0.0.0.0_{port};")
+}
+
+/// A workload's inbound HTTP connection manager: inbound_<bind>_<port>;
+/// (the port is the workload's; the stats matcher must not depend on it).
+const SIDECAR_STAT_PREFIX: &str = "inbound_0.0.0.0_8080;";
+
+fn scrape_gateway(setup: &StatsSetup) -> Exported {
     // A remote provider (its JWKS metrics), and the demo's HS256 issuer for
     // a verified tenant (its per-tenant rate-limit gauges).
     let mut hs256 = demo_idp::hs256_provider();
@@ -63,13 +176,15 @@ fn scrape_gateway() -> Exported {
     });
     // The audit singleton's metrics too (its collector is away).
     let audit = json!({"singleton_vm_id": "ctxgate", "collector": {"cluster": "idp"}});
-    let config = EnvoyConfig::new()
-        .bootstrap_field("stats_config", demo_stats_config())
+    let mut config = EnvoyConfig::new()
+        .bootstrap_field("stats_config", setup.stats_config.clone())
         // Histograms reach /stats/prometheus on a stats flush.
         .bootstrap_field("stats_flush_interval", json!("0.2s"))
+        .hcm_field("stat_prefix", json!(setup.stat_prefix))
         .bootstrap_extension(WasmService::audit_singleton("ctxgate", audit.clone()))
         .filter(
             WasmFilter::ctxgate("ctxgate")
+                .name(&setup.plugin_name)
                 .stage("auth", auth)
                 .stage("ratelimit", ratelimit)
                 .stage("tagging", json!({}))
@@ -99,6 +214,9 @@ fn scrape_gateway() -> Exported {
         }))
         .route(Route::prefix("/public/fail").direct(503, "down"))
         .route(Route::prefix("/").direct(200, "ok"));
+    if let Some(fragment) = &setup.config_yaml {
+        config = config.config_yaml(fragment.clone());
+    }
     let envoy = Envoy::start(&config);
     // A success and a server error, each counted with its status class
     // and its upstream latency.
@@ -114,10 +232,10 @@ fn scrape_gateway() -> Exported {
     scrape(&envoy.prometheus())
 }
 
-/// Checks one PromQL expression against what the gateway exports; returns
-/// the metric names (or name regexes) it uses. `instance` is the label
-/// Prometheus adds when scraping, so it is never looked for.
-fn check_query(what: &str, expr: &str, exported: &Exported) -> Vec<String> {
+/// Checks one PromQL expression against what the gateway exports: the
+/// metric names (or name regexes) it uses, or what it lacks. `instance` is
+/// the label Prometheus adds when scraping, so it is never looked for.
+fn check_query(what: &str, expr: &str, exported: &Exported) -> Result<Vec<String>, Vec<String>> {
     let grouping = Regex::new(r"\b(?:by|without)\s*\(([^)]*)\)").unwrap();
     let name = Regex::new(r"\b((?:ctxgate|envoy)_[a-z0-9_]+)(\{([^}]*)\})?").unwrap();
     let regex_name = Regex::new(r#"__name__=~"([^"]+)""#).unwrap();
@@ -134,6 +252,7 @@ fn check_query(what: &str, expr: &str, exported: &Exported) -> Vec<String> {
     // Label names in by (...) are not metrics.
     let metrics_only = grouping.replace_all(expr, "");
     let mut used = Vec::new();
+    let mut problems = Vec::new();
     for c in name.captures_iter(&metrics_only) {
         // Names inside a quoted regex are handled below.
         let start = c.get(0).unwrap().start();
@@ -141,9 +260,10 @@ fn check_query(what: &str, expr: &str, exported: &Exported) -> Vec<String> {
             continue;
         }
         let metric = &c[1];
-        let series = exported
-            .get(metric)
-            .unwrap_or_else(|| panic!("{what}: {metric} is not exported by the gateway"));
+        let Some(series) = exported.get(metric) else {
+            problems.push(format!("{what}: {metric} is not exported by the gateway"));
+            continue;
+        };
         for m in c
             .get(3)
             .map(|m| matcher.captures_iter(m.as_str()).collect::<Vec<_>>())
@@ -154,48 +274,134 @@ fn check_query(what: &str, expr: &str, exported: &Exported) -> Vec<String> {
                 continue;
             }
             let value_re = Regex::new(&format!("^(?:{value})$")).unwrap();
-            assert!(
-                series
-                    .iter()
-                    .any(|labels| labels.get(label).is_some_and(|v| value_re.is_match(v))),
-                "{what}: no {metric} series with {label} matching {value}"
-            );
+            if !series
+                .iter()
+                .any(|labels| labels.get(label).is_some_and(|v| value_re.is_match(v)))
+            {
+                problems.push(format!(
+                    "{what}: no {metric} series with {label} matching {value}"
+                ));
+            }
         }
         for label in &group_labels {
-            assert!(
-                series.iter().any(|labels| labels.contains_key(label)),
-                "{what}: {metric} has no label {label} to group by"
-            );
+            if !series.iter().any(|labels| labels.contains_key(label)) {
+                problems.push(format!("{what}: {metric} has no label {label} to group by"));
+            }
         }
         used.push(metric.to_owned());
     }
     for c in regex_name.captures_iter(expr) {
         let re = Regex::new(&format!("^(?:{})$", &c[1])).unwrap();
-        assert!(
-            exported.keys().any(|k| re.is_match(k)),
-            "{what}: no exported metric matches {}",
-            &c[1]
-        );
+        if !exported.keys().any(|k| re.is_match(k)) {
+            problems.push(format!("{what}: no exported metric matches {}", &c[1]));
+        }
         used.push(c[1].to_owned());
     }
-    used
+    if problems.is_empty() {
+        Ok(used)
+    } else {
+        Err(problems)
+    }
 }
 
-#[test]
-fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_the_gateway() {
-    let exported = scrape_gateway();
+/// What the alerts and the dashboard query.
+struct Queries {
+    /// (alert name, expression)
+    alerts: Vec<(String, String)>,
+    /// (panel title, expression)
+    panels: Vec<(String, String)>,
+    /// Metrics of the dashboard's variable queries (`label_values(m, l)`).
+    variables: Vec<String>,
+}
 
+fn queries() -> Queries {
     let alerts_text =
         std::fs::read_to_string(repo_root().join("observability/alerts.yaml")).unwrap();
-    let alerts = yaml::documents(&alerts_text).unwrap().remove(0);
-    let mut alerted = BTreeSet::new();
-    for group in alerts["groups"].as_array().unwrap() {
+    let alert_rules = yaml::documents(&alerts_text).unwrap().remove(0);
+    let mut alerts = Vec::new();
+    for group in alert_rules["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {
-            let alert = rule["alert"].as_str().unwrap();
-            let expr = rule["expr"].as_str().unwrap();
-            alerted.extend(check_query(alert, expr, &exported));
+            alerts.push((
+                rule["alert"].as_str().unwrap().to_owned(),
+                rule["expr"].as_str().unwrap().to_owned(),
+            ));
         }
     }
+    let dashboard_text =
+        std::fs::read_to_string(repo_root().join("observability/grafana-dashboard.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard_text).unwrap();
+    let mut panels = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            panels.push((
+                title.to_owned(),
+                target["expr"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    // The gateway picker's query, too.
+    let label_values = Regex::new(r"label_values\((\w+),").unwrap();
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["query"]["query"].as_str())
+        .map(|query| {
+            label_values
+                .captures(query)
+                .map(|c| c[1].to_owned())
+                .unwrap_or_else(|| panic!("unexpected variable query {query}"))
+        })
+        .collect();
+    Queries {
+        alerts,
+        panels,
+        variables,
+    }
+}
+
+/// Every query of the alerts and the dashboard checked against what a
+/// gateway exports: the metric names the alerts and the panels use, and
+/// every problem found.
+fn check_all(exported: &Exported) -> (BTreeSet<String>, BTreeSet<String>, Vec<String>) {
+    let queries = queries();
+    let mut problems = Vec::new();
+    let mut check = |what: &str, expr: &str| match check_query(what, expr, exported) {
+        Ok(used) => used,
+        Err(found) => {
+            problems.extend(found);
+            Vec::new()
+        }
+    };
+    let alerted: BTreeSet<String> = queries
+        .alerts
+        .iter()
+        .flat_map(|(alert, expr)| check(alert, expr))
+        .collect();
+    let charted: BTreeSet<String> = queries
+        .panels
+        .iter()
+        .flat_map(|(title, expr)| check(title, expr))
+        .collect();
+    for metric in &queries.variables {
+        if !exported.contains_key(metric) {
+            problems.push(format!("variable query: {metric} is not exported"));
+        }
+    }
+    (alerted, charted, problems)
+}
+
+/// The alerts and the dashboard find every series they query on a gateway
+/// with this stats setup.
+fn assert_alerts_and_dashboard_work(setup: &StatsSetup) {
+    let exported = scrape_gateway(setup);
+    let (alerted, charted, problems) = check_all(&exported);
+    assert!(
+        problems.is_empty(),
+        "queries that find nothing:\n  {}",
+        problems.join("\n  ")
+    );
     println!(
         "alerts: {} metric names checked: {alerted:?}",
         alerted.len()
@@ -204,39 +410,15 @@ fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_the_gateway() {
         alerted.len() >= 10,
         "the alert file names too few metrics: {alerted:?}"
     );
-
-    let dashboard_text =
-        std::fs::read_to_string(repo_root().join("observability/grafana-dashboard.json")).unwrap();
-    let dashboard: Value = serde_json::from_str(&dashboard_text).unwrap();
-    let mut charted = BTreeSet::new();
-    let mut queries = 0;
-    for panel in dashboard["panels"].as_array().unwrap() {
-        let title = panel["title"].as_str().unwrap();
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"].as_str().unwrap();
-            charted.extend(check_query(title, expr, &exported));
-            queries += 1;
-        }
-    }
-    // The gateway picker's query, too.
-    let label_values = Regex::new(r"label_values\((\w+),").unwrap();
-    for variable in dashboard["templating"]["list"].as_array().unwrap() {
-        if let Some(query) = variable["query"]["query"].as_str() {
-            let metric = label_values
-                .captures(query)
-                .map(|c| c[1].to_owned())
-                .unwrap_or_else(|| panic!("unexpected variable query {query}"));
-            assert!(
-                exported.contains_key(&metric),
-                "variable query: {metric} is not exported"
-            );
-        }
-    }
     println!(
-        "dashboard: {queries} queries, {} metric names checked: {charted:?}",
+        "dashboard: {} queries, {} metric names checked: {charted:?}",
+        queries().panels.len(),
         charted.len()
     );
-    assert!(queries >= 20, "the dashboard has too few queries");
+    assert!(
+        queries().panels.len() >= 20,
+        "the dashboard has too few queries"
+    );
     // Every ctxgate metric an alert fires on is on the dashboard too.
     for metric in alerted.iter().filter(|m| m.starts_with("ctxgate_")) {
         assert!(
@@ -244,6 +426,130 @@ fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_the_gateway() {
             "{metric} is alerted on but not on the dashboard"
         );
     }
+}
+
+#[test]
+fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_the_demo_gateway() {
+    assert_alerts_and_dashboard_work(&demo_stats());
+}
+
+#[test]
+fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_an_istio_ingress_gateway() {
+    let setup = istio_stats(&gateway_annotations(), &gateway_stat_prefix());
+    // Istio's own tags come first, ctxgate's are appended by the override.
+    let istio_tags = setup.stats_config["stats_tags"].as_array().unwrap();
+    assert!(istio_tags.iter().any(|t| t["tag_name"] == "cluster_name"));
+    assert_eq!(setup.stats_config["use_all_default_tags"], false);
+    assert_alerts_and_dashboard_work(&setup);
+}
+
+#[test]
+fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_an_istio_sidecar() {
+    assert_alerts_and_dashboard_work(&istio_stats(&sidecar_annotations(), SIDECAR_STAT_PREFIX));
+}
+
+/// The problems of the alerts and the dashboard on an Istio ingress gateway
+/// whose pod has these annotations.
+fn istio_problems(annotations: &Map<String, Value>) -> (Exported, Vec<String>) {
+    let exported = scrape_gateway(&istio_stats(annotations, &gateway_stat_prefix()));
+    let (_, _, problems) = check_all(&exported);
+    (exported, problems)
+}
+
+fn assert_problems(problems: &[String], expected: &[&str]) {
+    for expected in expected {
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "expected {expected:?} among {problems:#?}"
+        );
+    }
+}
+
+#[test]
+fn istio_needs_both_annotations_for_the_alerts_and_the_dashboard() {
+    let latency = "envoy_http_downstream_rq_time_bucket is not exported";
+    // Neither: Istio's `wasm` prefix keeps ctxgate's stats, with their
+    // labels left in their names; the listener's request time is not
+    // created.
+    let (exported, problems) = istio_problems(&Map::new());
+    assert!(
+        exported
+            .keys()
+            .any(|k| k.starts_with("ctxgate_requests_tier_standard_")),
+        "{:?}",
+        exported.keys().collect::<Vec<_>>()
+    );
+    assert!(exported.contains_key("envoy_server_live"));
+    assert_problems(
+        &problems,
+        &[
+            "ctxgate_requests is not exported",
+            "ctxgate_auth_denied is not exported",
+            "ctxgate_auth_jwks_fetch_failure is not exported",
+            latency,
+        ],
+    );
+
+    // The stats matcher without the tags.
+    let mut annotations = gateway_annotations();
+    annotations.remove(bootstrap::BOOTSTRAP_OVERRIDE).unwrap();
+    let (_, problems) = istio_problems(&annotations);
+    assert_problems(&problems, &["ctxgate_requests is not exported"]);
+    assert!(
+        !problems.iter().any(|p| p.contains(latency)),
+        "{problems:#?}"
+    );
+
+    // The tags without the stats matcher: only the request time is missing.
+    let mut annotations = gateway_annotations();
+    annotations.remove(bootstrap::PROXY_CONFIG).unwrap();
+    let (_, problems) = istio_problems(&annotations);
+    assert_problems(&problems, &[latency]);
+    assert!(
+        problems.iter().all(|p| p.contains(latency)),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn the_istio_stats_config_is_what_istio_renders() {
+    // Istio's own golden bootstrap for a proxy without stats options
+    // (pkg/bootstrap/testdata/default_golden.json).
+    let path = repo_root().join("tests/e2e/istio/bootstrap/default_golden.json");
+    let golden: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let proxy = bootstrap::proxy(&Map::new(), |_| None).unwrap();
+    assert_eq!(proxy.stats_config, golden["stats_config"]);
+    assert!(proxy.config_yaml.is_none());
+    // The gateway's options add to Istio's list, after its required ones.
+    let gateway = istio_stats(&gateway_annotations(), &gateway_stat_prefix());
+    let patterns = gateway.stats_config["stats_matcher"]["inclusion_list"]["patterns"]
+        .as_array()
+        .unwrap();
+    let position = |pattern: Value| {
+        patterns
+            .iter()
+            .position(|p| *p == pattern)
+            .unwrap_or_else(|| panic!("no {pattern} in {patterns:#?}"))
+    };
+    assert!(
+        position(json!({"prefix": "wasmcustom.ctxgate_"})) < position(json!({"prefix": "wasm"}))
+    );
+    position(json!({"safe_regex": {"regex": "http\\.outbound_[^;]*;\\.downstream_rq_time"}}));
+}
+
+#[test]
+fn the_istio_bootstrap_override_carries_the_demo_stats_tags() {
+    let setup = istio_stats(&gateway_annotations(), &gateway_stat_prefix());
+    let tags = &setup.config_yaml.as_ref().expect("an override")["stats_config"]["stats_tags"];
+    assert_eq!(
+        *tags,
+        demo_stats_config()["stats_tags"],
+        "istio/51-stats-tags.yaml and envoy/demo.yaml's stats_tags differ"
+    );
+    // Nothing else in the override: the rest of the bootstrap is Istio's.
+    let fragment = setup.config_yaml.unwrap();
+    assert_eq!(fragment.as_object().unwrap().len(), 1, "{fragment}");
+    assert_eq!(fragment["stats_config"].as_object().unwrap().len(), 1);
 }
 
 /// A flood of 100 000 distinct tenants, one request each, with a heavy

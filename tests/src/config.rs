@@ -39,6 +39,7 @@ pub struct EnvoyConfig {
     transport_socket: Option<Value>,
     bootstrap_fields: Map<String, Value>,
     bootstrap_extensions: Vec<Value>,
+    pub(crate) config_yaml: Option<Value>,
     pub(crate) dynamic_listener: bool,
     pub(crate) concurrency: u32,
     pub(crate) log_level: String,
@@ -66,6 +67,7 @@ impl EnvoyConfig {
             transport_socket: None,
             bootstrap_fields: Map::new(),
             bootstrap_extensions: Vec::new(),
+            config_yaml: None,
             dynamic_listener: false,
             concurrency: 2,
             log_level: "info".to_owned(),
@@ -193,6 +195,15 @@ impl EnvoyConfig {
     /// [`WasmService`] such as the audit singleton.
     pub fn bootstrap_extension(mut self, extension: impl Into<Value>) -> Self {
         self.bootstrap_extensions.push(extension.into());
+        self
+    }
+
+    /// A bootstrap fragment Envoy merges over the bootstrap it was given
+    /// (`--config-yaml`): singular fields replace, repeated fields are
+    /// appended. Istio's pilot-agent passes a pod's bootstrap override
+    /// (`sidecar.istio.io/bootstrapOverride`) this way.
+    pub fn config_yaml(mut self, fragment: Value) -> Self {
+        self.config_yaml = Some(fragment);
         self
     }
 

@@ -398,6 +398,10 @@ fn spawn(config: &EnvoyConfig) -> (ProcessGuard, TempDir) {
     if let Some(spec) = &config.component_log_level {
         command.args(["--component-log-level", spec]);
     }
+    if let Some(fragment) = &config.config_yaml {
+        // JSON is YAML; Istio's pilot-agent passes JSON too.
+        command.arg("--config-yaml").arg(fragment.to_string());
+    }
     let child =
         spawn_guarded(command).unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
     (ProcessGuard { child }, dir)

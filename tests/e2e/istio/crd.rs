@@ -1,6 +1,6 @@
-//! Istio's CustomResourceDefinitions as validators: what a Kubernetes API
-//! server with Istio's CRDs installed would say about an object, without a
-//! cluster.
+//! CustomResourceDefinitions (Istio's, the prometheus-operator's) as
+//! validators: what a Kubernetes API server with the CRDs installed would
+//! say about an object, without a cluster.
 //!
 //! An API server checks a custom resource in three ways, and so does this:
 //!
@@ -46,7 +46,7 @@ impl Crds {
     /// Loads a `customresourcedefinitions.gen.yaml`-style bundle.
     pub fn load(path: &Path) -> Result<Crds, String> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read Istio's CRD bundle at {}: {e}", path.display()))?;
+            .map_err(|e| format!("cannot read the CRD bundle at {}: {e}", path.display()))?;
         let docs = super::yaml::documents(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut schemas = BTreeMap::new();
         for doc in docs {
@@ -172,6 +172,12 @@ pub fn structural_to_json_schema(schema: &Value) -> Value {
                     .map(|(name, s)| (name.clone(), structural_to_json_schema(s)))
                     .collect(),
             ),
+            // A schema's own patterns must be ECMA-262 regexes, which have
+            // no inline flags.
+            "pattern" => value.as_str().map_or_else(
+                || value.clone(),
+                |p| Value::String(without_inline_ignore_case(p)),
+            ),
             "additionalProperties" | "items" | "not" if value.is_object() => {
                 structural_to_json_schema(value)
             }
@@ -213,6 +219,54 @@ pub fn structural_to_json_schema(schema: &Value) -> Value {
         out.remove("format");
     }
     Value::Object(out)
+}
+
+/// A Go (RE2) pattern with a leading-group `(?i)` (the prometheus-operator's
+/// `^(?i)(abort|warn)?$`) as the same pattern without the flag: each ASCII
+/// letter after it becomes a class of both cases (`[aA]`, and both cases
+/// inside a class). Patterns without `(?i)` are returned as they are.
+fn without_inline_ignore_case(pattern: &str) -> String {
+    let Some((before, after)) = pattern.split_once("(?i)") else {
+        return pattern.to_owned();
+    };
+    let mut out = before.to_owned();
+    let mut in_class = false;
+    let mut escaped = false;
+    for c in after.chars() {
+        if escaped {
+            out.push(c);
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' => {
+                escaped = true;
+                out.push(c);
+            }
+            '[' if !in_class => {
+                in_class = true;
+                out.push(c);
+            }
+            ']' if in_class => {
+                in_class = false;
+                out.push(c);
+            }
+            c if c.is_ascii_alphabetic() => {
+                let (lower, upper) = (c.to_ascii_lowercase(), c.to_ascii_uppercase());
+                if in_class {
+                    out.push(lower);
+                    out.push(upper);
+                } else {
+                    out.push('[');
+                    out.push(lower);
+                    out.push(upper);
+                    out.push(']');
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// What the API server checks in every object's `metadata` (the fields a

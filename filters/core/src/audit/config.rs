@@ -17,7 +17,9 @@ use crate::duration;
 pub struct AuditConfig {
     /// `vm_id` of the audit singleton (the bootstrap `envoy.bootstrap.wasm`
     /// service running this module with root id `ctxgate_audit`): the
-    /// queue belongs to it. Must differ from the filter's own `vm_id`.
+    /// queue belongs to it. The filter's own `vm_id` in the demo and the
+    /// benchmark: the singleton then shares the filter's shared data, where
+    /// it publishes how much of each worker's queue share it took.
     pub singleton_vm_id: String,
     /// Name of the queue the singleton registers.
     #[serde(default = "defaults::queue")]
