@@ -20,7 +20,8 @@
 //!   report ids.
 //! * [`report`] is the report-id protocol (below).
 //! * [`service`] turns a `RateLimitRequest` into a `RateLimitResponse`.
-//! * [`server`] serves it with tonic, beside `grpc.health.v1.Health`.
+//! * [`server`] serves it with tonic, beside `grpc.health.v1.Health`, and
+//!   serves [`metrics`], the service's own counters, for Prometheus.
 //!
 //! The `ctxgate-rls` binary is a thin command line over [`server::serve`];
 //! tests start the same server in-process with [`server::spawn_in_thread`].
@@ -109,12 +110,16 @@
 
 pub mod config;
 pub mod counters;
+pub mod metrics;
 pub mod report;
 pub mod server;
 pub mod service;
 
 pub use config::{Limits, LimitsError};
 pub use counters::StorageConfig;
+pub use metrics::Metrics;
 pub use report::{Dedupe, ReportId};
-pub use server::{RlsHandle, rate_limiter, serve, spawn_in_thread, spawn_in_thread_with};
+pub use server::{
+    RlsHandle, rate_limiter, serve, serve_metrics, spawn_in_thread, spawn_in_thread_with,
+};
 pub use service::RlsService;

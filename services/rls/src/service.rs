@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::{Limits, Policy, RateLimit, Rule, Unit};
 use crate::counters::{Counters, Hit, StorageError, counter_key};
+use crate::metrics::{Answer, Metrics};
 use crate::report::{self, ReportId};
 
 /// The most one descriptor adds to a counter in one request. Limits are
@@ -27,6 +28,8 @@ const MAX_COST: u64 = 1 << 32;
 pub struct RlsService {
     limits: Arc<Limits>,
     counters: Counters,
+    /// What this process answered, for Prometheus (see [`crate::metrics`]).
+    metrics: Arc<Metrics>,
     /// Whether the last storage call succeeded: storage failures are logged
     /// once when they start and once when they end, not once per request.
     storage_ok: AtomicBool,
@@ -50,6 +53,7 @@ impl RlsService {
         RlsService {
             limits,
             counters,
+            metrics: Arc::new(Metrics::new()),
             storage_ok: AtomicBool::new(true),
         }
     }
@@ -58,12 +62,22 @@ impl RlsService {
         &self.limits
     }
 
+    /// This service's counters: clone the `Arc` to serve them
+    /// ([`crate::server::serve_metrics`]) once the service is moved into
+    /// the gRPC server.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Decides one request at time `now` (Unix seconds). With a `report`
     /// id, its hits are added only if that id was not applied before;
     /// otherwise the answer comes from the counters as they are.
     ///
     /// Every descriptor is checked and matched first, so a refused request
     /// counts nothing; then all its hits are one storage call.
+    ///
+    /// Counts the hits added, and the report, in [`Self::metrics`]; the call
+    /// itself is counted by [`RateLimitService::should_rate_limit`].
     pub async fn decide(
         &self,
         request: &RateLimitRequest,
@@ -126,9 +140,13 @@ impl RlsService {
             });
         }
 
-        // Only a request that adds something needs its id marked.
+        // Only a request that adds something needs its id marked; one that
+        // adds nothing is "applied" every time, harmlessly.
+        let reported = report.is_some();
         let report = report.filter(|_| hits.iter().any(|hit| hit.cost > 0));
         let mut values = Vec::new().into_iter();
+        let mut duplicate = false;
+        let mut added = 0;
         if !hits.is_empty() {
             let counted = self
                 .counters
@@ -136,12 +154,18 @@ impl RlsService {
                 .await
                 .map_err(|e| self.storage_failed(&e))?;
             self.storage_recovered();
-            if counted.duplicate
-                && let Some(id) = report
-            {
+            duplicate = counted.duplicate;
+            if duplicate && let Some(id) = report {
                 tracing::debug!(report = %id, "report already applied: nothing added");
             }
+            if !duplicate {
+                added = hits.iter().map(|hit| hit.cost).fold(0, u64::saturating_add);
+                self.metrics.hits_added(added);
+            }
             values = counted.values.into_iter();
+        }
+        if reported {
+            self.metrics.report(duplicate);
         }
 
         let mut overall = Code::Ok;
@@ -194,6 +218,9 @@ impl RlsService {
                 quota: None,
             });
         }
+        if overall == Code::OverLimit {
+            self.metrics.hits_refused(added);
+        }
         Ok(RateLimitResponse {
             overall_code: overall.into(),
             statuses,
@@ -201,7 +228,25 @@ impl RlsService {
         })
     }
 
+    /// One ShouldRateLimit call: its report id, its deadline, its decision.
+    async fn answer(
+        &self,
+        request: &Request<RateLimitRequest>,
+    ) -> Result<RateLimitResponse, Status> {
+        let report = report_id(request.metadata())?;
+        if let Some(Deadline(at)) = request.extensions().get::<Deadline>()
+            && Instant::now() >= *at
+        {
+            tracing::debug!("the caller's deadline passed before counting began: not counted");
+            return Err(Status::deadline_exceeded(
+                "ctxgate-rls: the deadline passed before counting began; nothing was counted",
+            ));
+        }
+        self.decide(request.get_ref(), report, unix_now()).await
+    }
+
     fn storage_failed(&self, error: &StorageError) -> Status {
+        self.metrics.storage_error();
         if self.storage_ok.swap(false, Ordering::Relaxed) {
             tracing::error!(
                 "{error}; answering UNAVAILABLE (clients apply their failure mode) until it recovers"
@@ -314,24 +359,165 @@ impl RateLimitService for RlsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let report = report_id(request.metadata())?;
-        if let Some(Deadline(at)) = request.extensions().get::<Deadline>()
-            && Instant::now() >= *at
-        {
-            tracing::debug!("the caller's deadline passed before counting began: not counted");
-            return Err(Status::deadline_exceeded(
-                "ctxgate-rls: the deadline passed before counting began; nothing was counted",
-            ));
-        }
-        self.decide(request.get_ref(), report, unix_now())
-            .await
-            .map(Response::new)
+        // Dropped unanswered (tonic gave up on this handler), it counts as
+        // an error.
+        let call = self.metrics.call();
+        let result = self.answer(&request).await;
+        call.answered(match &result {
+            Ok(response) if response.overall_code == i32::from(Code::OverLimit) => {
+                Answer::OverLimit
+            }
+            Ok(_) => Answer::Ok,
+            Err(_) => Answer::Error,
+        });
+        result.map(Response::new)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Domain;
+    use crate::counters::StorageConfig;
+    use crate::metrics::Snapshot;
+    use crate::report::Dedupe;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::google::protobuf::UInt64Value;
+
+    /// acme: 3 a day; any other tenant: 100 a day.
+    async fn service() -> RlsService {
+        let text = "domain: d\ndescriptors:\n  - key: tenant\n    rate_limit: {unit: day, requests_per_unit: 100}\n  - key: tenant\n    value: acme\n    rate_limit: {unit: day, requests_per_unit: 3}\n";
+        let mut limits = Limits::default();
+        limits
+            .add(Domain::parse(std::path::Path::new("d.yaml"), text).unwrap())
+            .unwrap();
+        let storage = StorageConfig::Memory { max_counters: 100 };
+        let counters = Counters::open(&storage, Dedupe::default()).await.unwrap();
+        RlsService::new(Arc::new(limits), counters)
+    }
+
+    fn request(domain: &str, tenants: &[&str], hits_addend: u32) -> RateLimitRequest {
+        RateLimitRequest {
+            domain: domain.into(),
+            descriptors: tenants
+                .iter()
+                .map(|tenant| RateLimitDescriptor {
+                    entries: vec![Entry {
+                        key: "tenant".into(),
+                        value: (*tenant).into(),
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+            hits_addend,
+        }
+    }
+
+    fn id(seq: u64) -> Option<ReportId> {
+        Some(ReportId { reporter: 1, seq })
+    }
+
+    #[tokio::test]
+    async fn counts_the_hits_it_adds_and_refuses() {
+        let rls = service().await;
+        let d = |r: RateLimitRequest| {
+            let rls = &rls;
+            async move { rls.decide(&r, None, 86_400 * 20_000 + 5).await }
+        };
+        d(request("d", &["acme"], 2)).await.unwrap();
+        let over = d(request("d", &["acme"], 2)).await.unwrap();
+        assert_eq!(over.overall_code, i32::from(Code::OverLimit));
+        // Each matched limit adds the cost: 2 × 5.
+        d(request("d", &["x", "y"], 5)).await.unwrap();
+        // Nothing added: no limit matched, or a cost of 0.
+        d(request("elsewhere", &["acme"], 7)).await.unwrap();
+        let mut check = request("d", &["x"], 9);
+        if let Some(descriptor) = check.descriptors.first_mut() {
+            descriptor.hits_addend = Some(UInt64Value { value: 0 });
+        }
+        d(check).await.unwrap();
+        // Refused before counting.
+        let mut refund = request("d", &["x"], 1);
+        if let Some(descriptor) = refund.descriptors.first_mut() {
+            descriptor.is_negative_hits = true;
+        }
+        d(refund).await.unwrap_err();
+
+        assert_eq!(
+            rls.metrics().snapshot(),
+            Snapshot {
+                hits: 2 + 2 + 10,
+                hits_refused: 2,
+                ..Snapshot::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn counts_reports_applied_and_duplicate() {
+        let rls = service().await;
+        let now = 86_400 * 20_000 + 5;
+        rls.decide(&request("d", &["x"], 4), id(1), now)
+            .await
+            .unwrap();
+        rls.decide(&request("d", &["x"], 4), id(1), now)
+            .await
+            .unwrap();
+        rls.decide(&request("d", &["x"], 4), id(2), now)
+            .await
+            .unwrap();
+        // Adds nothing, so is not marked: applied each time.
+        rls.decide(&request("elsewhere", &["x"], 4), id(3), now)
+            .await
+            .unwrap();
+        // Over the limit and a duplicate: nothing added, nothing refused.
+        rls.decide(&request("d", &["acme"], 5), id(4), now)
+            .await
+            .unwrap();
+        let again = rls
+            .decide(&request("d", &["acme"], 5), id(4), now)
+            .await
+            .unwrap();
+        assert_eq!(again.overall_code, i32::from(Code::OverLimit));
+        assert_eq!(
+            rls.metrics().snapshot(),
+            Snapshot {
+                hits: 4 + 4 + 5,
+                hits_refused: 5,
+                reports_applied: 4,
+                reports_duplicate: 2,
+                ..Snapshot::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn counts_every_call_by_its_answer() {
+        let rls = service().await;
+        let call = |r: RateLimitRequest| rls.should_rate_limit(Request::new(r));
+        call(request("d", &["acme"], 3)).await.unwrap();
+        call(request("d", &["acme"], 1)).await.unwrap();
+        call(request("elsewhere", &[], 1)).await.unwrap();
+        let mut bad_id = Request::new(request("d", &["x"], 1));
+        bad_id
+            .metadata_mut()
+            .insert(report::HEADER, "not-an-id".parse().unwrap());
+        rls.should_rate_limit(bad_id).await.unwrap_err();
+        let mut late = Request::new(request("d", &["x"], 1));
+        late.extensions_mut().insert(Deadline(Instant::now()));
+        rls.should_rate_limit(late).await.unwrap_err();
+        let snapshot = rls.metrics().snapshot();
+        assert_eq!(
+            (
+                snapshot.requests_ok,
+                snapshot.requests_over_limit,
+                snapshot.requests_error
+            ),
+            (2, 1, 2),
+            "{snapshot:?}"
+        );
+    }
 
     #[test]
     fn parses_grpc_timeouts() {

@@ -12,7 +12,8 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -826,6 +827,8 @@ async fn it_keeps_the_documented_redis_keys() {
 struct Binary {
     child: std::process::Child,
     addr: String,
+    /// The metrics listener's address, when started with `--metrics-listen`.
+    metrics: Option<String>,
 }
 
 impl Binary {
@@ -845,9 +848,36 @@ impl Binary {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("not serving: {line}"))
             .to_owned();
+        let metrics = line
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_once("/metrics"))
+            .map(|(addr, _)| addr.to_owned());
         // Keep draining its log so that it never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Binary { child, addr }
+        Binary {
+            child,
+            addr,
+            metrics,
+        }
+    }
+
+    fn metrics_addr(&self) -> &str {
+        self.metrics
+            .as_deref()
+            .expect("started without --metrics-listen")
+    }
+
+    /// GET /metrics, checked to be a 200 in the Prometheus text format.
+    fn scrape(&self) -> String {
+        let (head, body) = http(self.metrics_addr(), "GET /metrics HTTP/1.1\r\n");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("\r\ncontent-type: text/plain; version=0.0.4\r\n"),
+            "{head}"
+        );
+        body
     }
 
     async fn client(&self) -> RateLimitServiceClient<Channel> {
@@ -953,6 +983,274 @@ async fn it_counts_nothing_once_the_callers_deadline_has_passed() {
         response.statuses[0].limit_remaining, 95,
         "the late call counted nothing"
     );
+}
+
+// --- Metrics ------------------------------------------------------------------
+
+/// Sends `request_line` and a `Connection: close` request head to `addr`;
+/// returns the response head and body.
+fn http(addr: &str, request_line: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{request_line}Host: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    (head.to_owned(), body.to_owned())
+}
+
+/// The value of `series` (name and labels, e.g. `x_total{code="ok"}`).
+fn sample(exposition: &str, series: &str) -> u64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{exposition}"))
+        .parse()
+        .unwrap()
+}
+
+const SERIES: [&str; 8] = [
+    r#"ctxgate_rls_requests_total{code="ok"}"#,
+    r#"ctxgate_rls_requests_total{code="over_limit"}"#,
+    r#"ctxgate_rls_requests_total{code="error"}"#,
+    "ctxgate_rls_hits_total",
+    "ctxgate_rls_hits_refused_total",
+    r#"ctxgate_rls_reports_total{outcome="applied"}"#,
+    r#"ctxgate_rls_reports_total{outcome="duplicate"}"#,
+    "ctxgate_rls_storage_errors_total",
+];
+
+/// Every series, in [`SERIES`] order.
+fn samples(exposition: &str) -> [u64; 8] {
+    SERIES.map(|series| sample(exposition, series))
+}
+
+fn config_file(dir: &tempfile::TempDir) -> String {
+    let config = dir.path().join("ctxgate.yaml");
+    std::fs::write(&config, LIMITS).unwrap();
+    config.to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_binary_counts_what_it_answers_on_its_metrics_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&dir);
+    let rls = Binary::start(&["--config", &config, "--metrics-listen", "127.0.0.1:0"]);
+
+    let at_start = rls.scrape();
+    assert_eq!(samples(&at_start), [0; 8], "{at_start}");
+    for family in [
+        "ctxgate_rls_requests_total",
+        "ctxgate_rls_hits_total",
+        "ctxgate_rls_hits_refused_total",
+        "ctxgate_rls_reports_total",
+        "ctxgate_rls_storage_errors_total",
+    ] {
+        assert!(
+            at_start.contains(&format!("\n# HELP {family} "))
+                || at_start.starts_with(&format!("# HELP {family} ")),
+            "{at_start}"
+        );
+        assert!(
+            at_start.contains(&format!("# TYPE {family} counter\n")),
+            "{at_start}"
+        );
+    }
+
+    let mut client = rls.client().await;
+    let acme: &[(&str, &str)] = &[("tenant", "acme")];
+    let t: &[(&str, &str)] = &[("tenant", "t")];
+    // acme: 3 a day. Three OK, then one over the limit.
+    for _ in 0..3 {
+        assert_eq!(
+            overall(&ask(&mut client, request("ctxgate", &[acme], 1)).await),
+            Code::Ok
+        );
+    }
+    assert_eq!(
+        overall(&ask(&mut client, request("ctxgate", &[acme], 1)).await),
+        Code::OverLimit
+    );
+    // A report, its retry, and a malformed id.
+    let id = format!("{REPORTER}-1");
+    report(&mut client, &id, request("ctxgate", &[t], 5)).await;
+    report(&mut client, &id, request("ctxgate", &[t], 5)).await;
+    client
+        .should_rate_limit(reported("bad", request("ctxgate", &[t], 5)))
+        .await
+        .unwrap_err();
+
+    let after = rls.scrape();
+    assert_eq!(
+        samples(&after),
+        [
+            5, // ok: three acme, the report and its duplicate
+            1, // over_limit
+            1, // error: the malformed id
+            9, // hits: 4 acme, 5 of the report
+            1, // refused: the fourth acme hit
+            1, // reports applied
+            1, // duplicates
+            0, // storage errors
+        ],
+        "{after}"
+    );
+}
+
+#[test]
+fn the_metrics_endpoint_speaks_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&dir);
+    let rls = Binary::start(&["--config", &config, "--metrics-listen", "127.0.0.1:0"]);
+    let addr = rls.metrics_addr();
+
+    let (head, _) = http(addr, "GET /nope HTTP/1.1\r\n");
+    assert!(head.starts_with("HTTP/1.1 404 "), "{head}");
+    let (head, _) = http(addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n");
+    assert!(head.starts_with("HTTP/1.1 405 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nallow: get"),
+        "{head}"
+    );
+    // A query string is still /metrics.
+    let (head, _) = http(addr, "GET /metrics?x=1 HTTP/1.1\r\n");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+
+    // Keep-alive: two requests on one connection.
+    let (head, body) = http(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(body.matches("HTTP/1.1 200 OK\r\n").count(), 1, "{body}");
+
+    // An oversized head is refused (431), never served. The server may
+    // close before reading all of it, resetting the connection: then the
+    // write or the answer can be lost, but it is never a 200.
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let huge = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(16 << 10)
+        );
+        let _ = stream.write_all(huge.as_bytes());
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431 "),
+            "{answer}"
+        );
+    }
+
+    // And it still serves.
+    assert!(rls.scrape().contains("ctxgate_rls_hits_total 0\n"));
+}
+
+/// Waits until `series` reads `expected`, or fails with the last scrape.
+async fn until_sample(rls: &Binary, series: &str, expected: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let exposition = rls.scrape();
+        if sample(&exposition, series) == expected {
+            return exposition;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {expected}:\n{exposition}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A call whose caller gives up while Redis hangs is an error (tonic drops
+/// its handler); a call that finds Redis down is a storage error too.
+#[tokio::test]
+async fn the_binary_counts_storage_errors_and_abandoned_calls() {
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(&dir);
+    let rls = Binary::start(&[
+        "--config",
+        &config,
+        "--redis-url",
+        &redis.url(),
+        "--redis-timeout-ms",
+        "3000",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let mut client = rls.client().await;
+    let t: &[(&str, &str)] = &[("tenant", "t")];
+    ask(&mut client, request("ctxgate", &[t], 1)).await;
+
+    redis.pause();
+    let mut impatient = tonic::Request::new(request("ctxgate", &[t], 1));
+    impatient.set_timeout(Duration::from_millis(200));
+    client.should_rate_limit(impatient).await.unwrap_err();
+    let exposition = until_sample(&rls, r#"ctxgate_rls_requests_total{code="error"}"#, 1).await;
+    assert_eq!(
+        sample(&exposition, "ctxgate_rls_storage_errors_total"),
+        0,
+        "{exposition}"
+    );
+    redis.resume();
+
+    redis.stop();
+    let status = client
+        .should_rate_limit(request("ctxgate", &[t], 1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let exposition = rls.scrape();
+    // The abandoned call's script may have run when Redis resumed, but the
+    // service never saw it add anything: one hit.
+    assert_eq!(
+        samples(&exposition),
+        [1, 0, 2, 1, 0, 0, 0, 1],
+        "{exposition}"
+    );
+}
+
+#[tokio::test]
+async fn an_in_process_server_counts_too() {
+    let rls = start(memory());
+    let mut client = client(&rls).await;
+    ask(&mut client, request("ctxgate", &[&[("tenant", "t")]], 4)).await;
+    let snapshot = rls.metrics().snapshot();
+    assert_eq!(
+        (snapshot.requests_ok, snapshot.hits),
+        (1, 4),
+        "{snapshot:?}"
+    );
+}
+
+#[test]
+fn the_binary_documents_its_metrics() {
+    let output = binary().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("--metrics-listen <ADDR>"), "{help}");
+    for family in [
+        r#"ctxgate_rls_requests_total{code="ok"|"over_limit"|"error"}"#,
+        "ctxgate_rls_hits_total",
+        "ctxgate_rls_hits_refused_total",
+        r#"ctxgate_rls_reports_total{outcome="applied"|"duplicate"}"#,
+        "ctxgate_rls_storage_errors_total",
+    ] {
+        assert!(help.contains(family), "{family} in {help}");
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -52,6 +53,23 @@ struct Args {
     /// make a retry count twice (logged).
     #[arg(long, default_value_t = Dedupe::default().max_chunks)]
     dedupe_max_chunks: usize,
+    /// Serve Prometheus metrics on this address (HTTP GET /metrics).
+    ///
+    /// E.g. 0.0.0.0:9090; plain HTTP/1.1, Prometheus text format 0.0.4.
+    /// Without it, no metrics listener. Counters, from process start:
+    ///   ctxgate_rls_requests_total{code="ok"|"over_limit"|"error"}
+    ///       ShouldRateLimit calls by answer; error: any gRPC error status
+    ///       (bad request, storage failure, deadline) or abandoned unanswered
+    ///   ctxgate_rls_hits_total
+    ///       hits added to counters (cost × limits matched)
+    ///   ctxgate_rls_hits_refused_total
+    ///       of those, hits of calls answered OVER_LIMIT
+    ///   ctxgate_rls_reports_total{outcome="applied"|"duplicate"}
+    ///       calls with an x-ctxgate-report id: applied, or already applied
+    ///   ctxgate_rls_storage_errors_total
+    ///       counter-storage (Redis) failures
+    #[arg(long, value_name = "ADDR", verbatim_doc_comment)]
+    metrics_listen: Option<String>,
     /// error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: Level,
@@ -106,12 +124,39 @@ fn run(args: Args) -> Result<()> {
         let addr = listener
             .local_addr()
             .context("cannot read the listen address")?;
+        let metrics_listener = match &args.metrics_listen {
+            Some(metrics_addr) => Some(
+                TcpListener::bind(metrics_addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {metrics_addr} (--metrics-listen)"))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .context("cannot read the metrics listen address")?;
         let summary = describe(&limits);
         let limiter = ctxgate_rls::rate_limiter(limits, &storage, dedupe).await?;
+        let metrics_note = metrics_addr
+            .map(|metrics_addr| format!(", metrics on http://{metrics_addr}/metrics"))
+            .unwrap_or_default();
         tracing::info!(
-            "ctxgate-rls listening on {addr} (gRPC envoy.service.ratelimit.v3 + grpc.health.v1), storage {storage}, {dedupe}, {summary}"
+            "ctxgate-rls listening on {addr} (gRPC envoy.service.ratelimit.v3 + grpc.health.v1){metrics_note}, storage {storage}, {dedupe}, {summary}"
         );
-        ctxgate_rls::serve(listener, limiter, shutdown_signal(), Duration::from_secs(5)).await?;
+        let metrics_server = metrics_listener.map(|metrics_listener| {
+            tokio::spawn(ctxgate_rls::serve_metrics(
+                metrics_listener,
+                Arc::clone(limiter.metrics()),
+            ))
+        });
+        let served =
+            ctxgate_rls::serve(listener, limiter, shutdown_signal(), Duration::from_secs(5)).await;
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
+        served?;
         tracing::info!("ctxgate-rls stopped");
         Ok(())
     })
