@@ -6,7 +6,7 @@ WASM_TARGET := wasm32-wasip1
 WASM_DIR := target/$(WASM_TARGET)/wasm
 export CARGO_TARGET_WASM32_WASIP1_RUNNER := node --no-warnings $(CURDIR)/scripts/wasi-run.mjs
 
-.PHONY: all bootstrap build oci compose compose-down run test test-unit test-wasm test-e2e lint fmt schema bench clean fuzz test-fuzz-corpus
+.PHONY: all bootstrap build oci compose compose-down fleet run test test-unit test-wasm test-e2e lint fmt schema bench clean fuzz test-fuzz-corpus
 
 all: build
 
@@ -41,6 +41,13 @@ compose: build
 
 compose-down:
 	$(COMPOSE) -f deploy/compose/docker-compose.yaml down --volumes
+
+## fleet: three gateways, one RLS and Redis in containers, one tenant's
+## load through each fault, one minute window per scenario: docs/fleet.md
+## (about 9 minutes; a benchmark, not a test)
+fleet: build
+	cargo build --release -p ctxgate-demo -p ctxgate-rls -p ctxgate-audit
+	cargo run --release -p ctxgate-e2e --bin ctxgate-fleet -- --out docs/fleet.md
 
 ## oci: the OCI image of dist/ctxgate.wasm for Istio's WasmPlugin (compat
 ## variant), without a container engine: dist/oci/layout and dist/oci/ctxgate-oci.tar

@@ -97,7 +97,8 @@ impl Engine {
         let root = dir.path();
         let socket = root.join("docker.sock");
         let log = fs::File::create(root.join("dockerd.log")).expect("dockerd log file");
-        let child = Command::new(dockerd)
+        let mut command = Command::new(dockerd);
+        command
             .arg("--data-root")
             .arg(root.join("data"))
             .arg("--exec-root")
@@ -114,9 +115,11 @@ impl Engine {
             ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dockerd log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start dockerd");
+            .stderr(log);
+        // Should this process die without dropping the engine, dockerd
+        // gets SIGTERM and stops its containers itself.
+        let child =
+            crate::envoy::spawn_guarded_with(command, libc::SIGTERM).expect("start dockerd");
         let host = format!("unix://{}", socket.display());
         let mut engine = Engine {
             compose: compose_cli(Some(&host)),

@@ -411,14 +411,23 @@ type SpawnJob = (Command, mpsc::Sender<std::io::Result<Child>>);
 
 /// Spawns `command` (from the spawner thread) so that it is killed when
 /// the test process dies, whatever way it dies: a parent-death signal.
-pub(crate) fn spawn_guarded(mut command: Command) -> std::io::Result<Child> {
+pub(crate) fn spawn_guarded(command: Command) -> std::io::Result<Child> {
+    spawn_guarded_with(command, libc::SIGKILL)
+}
+
+/// [`spawn_guarded`] with another death signal: `SIGTERM` for a child that
+/// must clean up after itself (a private dockerd stops its containers).
+pub(crate) fn spawn_guarded_with(
+    mut command: Command,
+    signal: libc::c_int,
+) -> std::io::Result<Child> {
     // SAFETY: getpid is async-signal-safe and has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and only calls the
     // async-signal-safe prctl, getppid and reads errno; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The parent may have died before prctl took effect.

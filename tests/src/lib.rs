@@ -41,6 +41,7 @@ pub mod demo;
 pub mod demo_idp;
 pub mod docker;
 pub mod envoy;
+pub mod fleet;
 pub mod http;
 pub mod images;
 pub mod mcp;
