@@ -298,19 +298,13 @@ fn evaluate(scrapes: &[String], firing: &str, labels: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sla_test.yaml");
     std::fs::write(&file, &test).unwrap();
-    let out = std::process::Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(&file)
-        .output()
-        .expect("promtool (Debian package prometheus, installed by scripts/bootstrap)");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let result = ctxgate_e2e::promtool(&["test", "rules"], &file);
+    let report = match &result {
+        Ok(report) | Err(report) => report.clone(),
+    };
     println!("{firing}: promtool says:\n{report}");
     assert!(
-        out.status.success(),
+        result.is_ok(),
         "{firing}: promtool test rules failed:\n{report}\n(test file kept: {})",
         dir.keep().join("sla_test.yaml").display()
     );

@@ -463,21 +463,7 @@ fn promtool_check(rules: &Value) -> Result<String, String> {
     let file = dir.path().join("rules.yaml");
     // JSON is YAML.
     std::fs::write(&file, serde_json::to_string_pretty(rules).unwrap()).unwrap();
-    let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&file)
-        .output()
-        .expect("promtool (Debian package prometheus, installed by scripts/bootstrap)");
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(report)
-    } else {
-        Err(report)
-    }
+    ctxgate_e2e::promtool(&["check", "rules"], &file)
 }
 
 #[test]

@@ -52,7 +52,9 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ctxgate_e2e::{Client, Envoy, EnvoyConfig, Redis, Rls, Route, eventually};
+use ctxgate_e2e::{
+    Client, Envoy, EnvoyConfig, Redis, Rls, Route, eventually, next_minute, sleep_until,
+};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -207,12 +209,6 @@ impl World {
             Fault::RedisHung => self.redis.resume(),
             Fault::RlsRestarted => self.rls.restart(),
         }
-    }
-}
-
-fn sleep_until(at: Instant) {
-    if let Some(wait) = at.checked_duration_since(Instant::now()) {
-        std::thread::sleep(wait);
     }
 }
 
@@ -409,13 +405,6 @@ fn judge(m: &Measured) -> Vec<String> {
         ));
     }
     failures
-}
-
-/// The next minute boundary at least `margin` from now.
-fn next_minute(margin: Duration) -> SystemTime {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let next = (now + margin).as_secs().div_ceil(60) * 60;
-    UNIX_EPOCH + Duration::from_secs(next)
 }
 
 #[test]

@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -186,19 +186,26 @@ impl Engine {
         command
     }
 
-    /// Runs `command`, returning its stdout; panics with its stderr when it
-    /// fails.
-    #[track_caller]
-    pub fn run(&self, command: &mut Command) -> String {
-        let out = output(command);
-        assert!(
+    /// Runs `command`, returning its stdout, or an error carrying its
+    /// status and output when it fails.
+    pub fn try_run(&self, command: &mut Command) -> anyhow::Result<String> {
+        let out = command
+            .output()
+            .map_err(|e| anyhow::anyhow!("cannot run {command:?}: {e}"))?;
+        anyhow::ensure!(
             out.status.success(),
             "{command:?} failed ({}):\n{}{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// [`Engine::try_run`], panicking with the error when it fails.
+    #[track_caller]
+    pub fn run(&self, command: &mut Command) -> String {
+        self.try_run(command).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// `docker ARGS`, returning stdout; panics when it fails.
@@ -295,11 +302,4 @@ fn compose_cli(host: Option<&str>) -> ComposeCli {
     } else {
         ComposeCli::Standalone
     }
-}
-
-#[track_caller]
-fn output(command: &mut Command) -> Output {
-    command
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
 }

@@ -36,11 +36,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail};
 use serde_json::json;
 
 use crate::docker::Engine;
-use crate::{EnvoyConfig, Request, Route, WasmFilter, demo_idp, free_port, images};
+use crate::{
+    EnvoyConfig, Request, Route, WasmFilter, demo_idp, free_port, images, next_minute, sleep_until,
+};
 
 pub const GATEWAYS: usize = 3;
 
@@ -366,19 +368,7 @@ impl World {
     }
 
     fn docker(&self, args: &[&str]) -> Result<String> {
-        let out = self
-            .engine
-            .docker()
-            .args(args)
-            .output()
-            .context("run docker")?;
-        ensure!(
-            out.status.success(),
-            "docker {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        self.engine.try_run(self.engine.docker().args(args))
     }
 
     /// Every gateway admits a request of another tenant (the RLS and Redis
@@ -631,12 +621,6 @@ fn set_readable(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn sleep_until(at: Instant) {
-    if let Some(wait) = at.checked_duration_since(Instant::now()) {
-        std::thread::sleep(wait);
-    }
-}
-
 /// One request: when it was due, its kind, its status (0: no gateway
 /// answered), and whether it went to another gateway than its own.
 #[derive(Debug, Clone, Copy)]
@@ -883,15 +867,6 @@ pub fn measure(world: &World, start_at: SystemTime) -> Result<Measured> {
         counted,
         resync,
     })
-}
-
-/// The next minute boundary at least `margin` from now.
-pub fn next_minute(margin: Duration) -> SystemTime {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let next = (now + margin).as_secs().div_ceil(60) * 60;
-    UNIX_EPOCH + Duration::from_secs(next)
 }
 
 /// Runs `faults`, all in one window (in parallel), each in its own world.

@@ -109,6 +109,45 @@ pub fn wasm_module(name: &str) -> PathBuf {
     path
 }
 
+/// Sleeps until `at` (at once if it has passed).
+pub fn sleep_until(at: Instant) {
+    if let Some(wait) = at.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+}
+
+/// The next minute boundary of the Unix clock at least `margin` from now:
+/// where a window of an RLS's epoch-aligned per-minute limits starts.
+pub fn next_minute(margin: Duration) -> std::time::SystemTime {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let next = (now + margin).as_secs().div_ceil(60) * 60;
+    UNIX_EPOCH + Duration::from_secs(next)
+}
+
+/// `promtool SUBCOMMAND FILE` (`check rules`, `test rules`): its report
+/// (stdout and stderr), as `Ok` if it succeeded. promtool comes with
+/// Debian's `prometheus` package, which `scripts/bootstrap` installs.
+pub fn promtool(subcommand: &[&str], file: &std::path::Path) -> Result<String, String> {
+    let out = std::process::Command::new("promtool")
+        .args(subcommand)
+        .arg(file)
+        .output()
+        .expect("promtool (Debian package prometheus, installed by scripts/bootstrap)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(report)
+    } else {
+        Err(report)
+    }
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; returns
 /// whether it held. For effects that land shortly after a response, such as
 /// stats incremented when a stream is destroyed or log lines being flushed.

@@ -485,22 +485,14 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             audit: false,
             tracing: None,
         },
-        Scenario {
-            name: "auth + ratelimit (hierarchical RLS)",
-            about: "The same two stages, hierarchical mode against `ctxgate-rls`.",
-            filters: vec![stages(vec![
+        pipeline_row(
+            "auth + ratelimit (hierarchical RLS)",
+            "The same two stages, hierarchical mode against `ctxgate-rls`.",
+            vec![stages(vec![
                 ("auth", auth_section(fx, json!({}))),
                 ("ratelimit", ratelimit_section(global("hierarchical"))),
             ])],
-            load: Load::RepeatedToken,
-            unauthenticated_status: Some(401),
-            needs_rls: true,
-            connections: None,
-            call: Call::Rest,
-            forbidden: &[],
-            audit: false,
-            tracing: None,
-        },
+        ),
         Scenario {
             name: "tagging",
             about: "The tagging stage alone with three rules (size, operation, claim), a \
@@ -531,41 +523,33 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             audit: false,
             tracing: None,
         },
-        Scenario {
-            name: FOUR_PLUGINS,
-            about: "The four stages as four plugins, each `dist/ctxgate.wasm` with one \
+        pipeline_row(
+            FOUR_PLUGINS,
+            "The four stages as four plugins, each `dist/ctxgate.wasm` with one \
                     section, as the gateway ran before the pipeline: four wasm floors, four \
                     header reads, the identity handed on through filter state. Repeated \
                     token, rate limiting hierarchical against `ctxgate-rls`. Kept to \
                     compare with `pipeline`.",
-            filters: vec![
+            vec![
                 ctxgate_auth(fx, json!({})),
                 ctxgate_ratelimit(global("hierarchical")),
                 ctxgate_tagging(),
                 ctxgate_breaker(),
             ],
-            load: Load::RepeatedToken,
-            unauthenticated_status: Some(401),
-            needs_rls: true,
-            connections: None,
-            call: Call::Rest,
-            forbidden: &[],
-            audit: false,
-            tracing: None,
-        },
+        ),
         pipeline_row(
             PIPELINE,
             "The same work in one plugin: `dist/ctxgate.wasm` with all four \
                     sections (the demo gateway's shape), one header read, one batch of \
                     header changes, metrics flushed once a second.",
-            pipeline(fx),
+            vec![pipeline(fx)],
         ),
         pipeline_row(
             PIPELINE_NO_REQUEST_METRICS,
             "The `pipeline` row with `metrics.requests: false`: no `ctxgate_requests`, \
                     no upstream latency histogram, no rate-limit utilisation gauges. The \
                     `pipeline` row against this one is what the per-request metrics cost.",
-            pipeline_without_request_metrics(fx),
+            vec![pipeline_without_request_metrics(fx)],
         ),
         Scenario {
             tracing: Some(100.0),
@@ -577,7 +561,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
                     spans exported over OTLP/HTTP in batches of 100 (the demo's runtime) \
                     to a receiver in the bench process. Against `pipeline`, what tracing \
                     costs.",
-                pipeline_tracing(fx),
+                vec![pipeline_tracing(fx)],
             )
         },
         Scenario {
@@ -587,7 +571,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
                 "The `pipeline + tracing` row with one request in ten traced (the Istio \
                     manifests' rate): every request still writes its decision to filter \
                     state.",
-                pipeline_tracing(fx),
+                vec![pipeline_tracing(fx)],
             )
         },
         Scenario {
@@ -599,7 +583,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
                     (at most every 50 ms or 1024 records), the audit singleton batching, \
                     chaining (SHA-256) and POSTing them to the demo collector (in the \
                     bench process). Envoy's CPU includes the singleton's.",
-                pipeline_audit(fx),
+                vec![pipeline_audit(fx)],
             )
         },
         Scenario {
@@ -856,13 +840,13 @@ fn stages(sections: Vec<(&str, Value)>) -> HttpFilter {
         .into()
 }
 
-/// A row of the pipeline's family: `filter` under the repeated-token load,
-/// its RLS running, refusing a request without a token (401).
-fn pipeline_row(name: &'static str, about: &'static str, filter: HttpFilter) -> Scenario {
+/// An authenticating row: `filters` under the repeated-token load, the RLS
+/// running, refusing a request without a token (401).
+fn pipeline_row(name: &'static str, about: &'static str, filters: Vec<HttpFilter>) -> Scenario {
     Scenario {
         name,
         about,
-        filters: vec![filter],
+        filters,
         load: Load::RepeatedToken,
         unauthenticated_status: Some(401),
         needs_rls: true,
