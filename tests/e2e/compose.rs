@@ -367,3 +367,46 @@ fn events(verify: &str) -> u64 {
         .and_then(|w| w[0].parse().ok())
         .unwrap_or(0)
 }
+
+/// The generated Envoy configuration names only services the compose file
+/// runs, and every loopback endpoint of the demo is either one of them or
+/// left local on purpose: no Docker needed to see the two drift apart.
+#[test]
+fn every_endpoint_of_the_generated_config_is_a_service_of_the_compose_file() {
+    let root = repo_root();
+    let services =
+        compose::compose_services(&std::fs::read_to_string(compose::compose_file()).unwrap())
+            .unwrap();
+    let config =
+        compose::envoy_config(&std::fs::read_to_string(root.join("envoy/demo.yaml")).unwrap())
+            .unwrap();
+    let mut named = Vec::new();
+    for cluster in config["static_resources"]["clusters"].as_array().unwrap() {
+        for locality in cluster["load_assignment"]["endpoints"].as_array().unwrap() {
+            for endpoint in locality["lb_endpoints"].as_array().unwrap() {
+                let address = &endpoint["endpoint"]["address"]["socket_address"];
+                let host = address["address"].as_str().unwrap();
+                if host != "127.0.0.1" {
+                    assert_eq!(cluster["type"], "STRICT_DNS", "{}", cluster["name"]);
+                    named.push(host.to_owned());
+                }
+            }
+        }
+    }
+    let missing: Vec<&String> = named.iter().filter(|h| !services.contains(*h)).collect();
+    assert!(
+        missing.is_empty(),
+        "not services of the compose file: {missing:?}"
+    );
+    // Every service the mapping knows is used by the demo.
+    for (_, service) in compose::SERVICES {
+        assert!(
+            named.iter().any(|h| h == service),
+            "{service} is named by no endpoint"
+        );
+    }
+    assert_eq!(
+        config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"],
+        "0.0.0.0"
+    );
+}

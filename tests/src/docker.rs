@@ -149,11 +149,6 @@ impl Engine {
         }
     }
 
-    /// Whether this engine is a daemon this process started.
-    pub fn is_private(&self) -> bool {
-        self.daemon.is_some()
-    }
-
     /// The private daemon's pid, if this process started it.
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(|daemon| daemon.child.id())
