@@ -347,13 +347,11 @@ impl World {
                 "--log-level",
                 "warn",
             ])?;
-            world.docker(&[
-                "network",
-                "connect",
-                &world.network("back"),
-                &gateway.container,
-            ])?;
+            // Listed before anything else can fail: dropping the world
+            // removes what it lists.
+            let container = gateway.container.clone();
             world.gateways.push(gateway);
+            world.docker(&["network", "connect", &world.network("back"), &container])?;
         }
         world.wait_ready(Duration::from_secs(60))?;
         Ok(world)

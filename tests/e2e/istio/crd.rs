@@ -93,6 +93,19 @@ impl Crds {
             .get(&(group.to_owned(), kind.to_owned(), version.to_owned()))
     }
 
+    /// Panics unless `object` is rejected with an error containing
+    /// `expected`: a broken copy each check must catch.
+    #[track_caller]
+    pub fn assert_rejects(&self, object: &Value, expected: &str) {
+        match self.validate(object) {
+            Ok(_) => panic!("accepted a broken object (expected an error about {expected:?})"),
+            Err(errors) => assert!(
+                errors.iter().any(|e| e.contains(expected)),
+                "expected an error about {expected:?}, got {errors:#?}"
+            ),
+        }
+    }
+
     /// Validates a whole object against its CRD: every problem, one line
     /// each (`/spec/http/0/timeout: ...`).
     pub fn validate(&self, object: &Value) -> Result<Checked, Vec<String>> {
