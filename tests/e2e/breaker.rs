@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use ctxgate_demo::upstream::ShutdownHandle;
 use ctxgate_e2e::{
     Client, Cluster, Envoy, EnvoyConfig, Request, Response, Route, ScriptedServer, WasmFilter,
+    filter_log_prefix, filter_rejected,
 };
 use serde_json::{Value, json};
 
@@ -37,7 +38,7 @@ fn breaker_filter(breakers: Value) -> WasmFilter {
     WasmFilter::single("breaker", json!({ "breakers": breakers }))
 }
 
-/// `wasmcustom.ctxgate_breaker.<breaker>.<name>`.
+/// `ctxgate_breaker.<breaker>.<name>`.
 fn metric(envoy: &Envoy, breaker: &str, name: &str) -> u64 {
     envoy.wasm_metric(&format!("ctxgate_breaker.{breaker}.{name}"))
 }
@@ -892,8 +893,8 @@ fn it_refuses_a_bad_breaker_config_and_names_the_field() {
         );
         let named = log
             .lines()
-            .any(|l| l.contains("wasm log ctxgate_breaker") && l.contains(expected));
-        if !named || !log.contains("Unable to create Wasm plugin ctxgate_breaker") {
+            .any(|l| l.contains(&filter_log_prefix("ctxgate_breaker")) && l.contains(expected));
+        if !named || !log.contains(&filter_rejected("ctxgate_breaker")) {
             wrong.push(format!("expected {expected:?} in:\n{log}"));
         }
     }

@@ -128,7 +128,7 @@ impl Gate {
 
     fn wait_metric(&self, name: &str, value: u64) -> u64 {
         self.envoy
-            .wait_for_counter(&format!("wasmcustom.ctxgate_auth.{name}"), value)
+            .wait_for_metric(&format!("ctxgate_auth.{name}"), value)
     }
 }
 

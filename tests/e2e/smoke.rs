@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use ctxgate_e2e::{
-    Client, Cluster, Envoy, EnvoyConfig, Request, Route, ScriptedServer, WasmFilter, process_alive,
+    Client, Cluster, Envoy, EnvoyConfig, Request, Route, ScriptedServer, WasmFilter,
+    filter_log_prefix, process_alive,
 };
 use serde_json::json;
 
@@ -58,13 +59,16 @@ fn it_serves_direct_responses_and_proxies_through_the_wasm_filter() {
     let seen = upstream.last_request().unwrap();
     assert_eq!(seen.path, "/api/things?x=1");
     assert_eq!(
-        envoy.wait_for_counter("wasmcustom.ctxgate_auth.passthrough", 2),
+        envoy.wait_for_metric("ctxgate_auth.passthrough", 2),
         2,
         "both requests went through the wasm filter"
     );
 
     assert!(envoy.wait_for_log(
-        "wasm log ctxgate_auth ctxgate_auth: auth: 1 provider(s): smoke",
+        &format!(
+            "{}auth: 1 provider(s): smoke",
+            filter_log_prefix("ctxgate_auth")
+        ),
         Duration::from_secs(5)
     ));
     assert_eq!(

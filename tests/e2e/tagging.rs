@@ -25,6 +25,7 @@ use ctxgate_core::tagging::config::VariantConfig;
 use ctxgate_demo::upstream::ShutdownHandle;
 use ctxgate_e2e::{
     Client, Cluster, Envoy, EnvoyConfig, Request, Response, Route, WasmFilter, demo_idp,
+    filter_log_prefix, filter_rejected,
 };
 use serde_json::{Value, json};
 
@@ -545,7 +546,7 @@ fn it_routes_each_rule_and_condition_type_to_its_upstream() {
     let cases = routing_cases();
     check_cases(envoy.listener_addr(), &cases);
     assert_eq!(
-        envoy.wait_for_counter("wasmcustom.ctxgate_tagging.tagged", cases.len() as u64),
+        envoy.wait_for_metric("ctxgate_tagging.tagged", cases.len() as u64),
         cases.len() as u64,
         "every request went through the tagging filter once"
     );
@@ -985,8 +986,8 @@ fn it_refuses_a_bad_tagging_config_and_names_the_field() {
         );
         let named = log
             .lines()
-            .any(|l| l.contains("wasm log ctxgate_tagging") && l.contains(expected));
-        if !named || !log.contains("Unable to create Wasm plugin ctxgate_tagging") {
+            .any(|l| l.contains(&filter_log_prefix("ctxgate_tagging")) && l.contains(expected));
+        if !named || !log.contains(&filter_rejected("ctxgate_tagging")) {
             wrong.push(format!("expected {expected:?} in:\n{log}"));
         }
     }

@@ -192,9 +192,13 @@ impl EnvoyConfig {
     }
 
     /// Adds a bootstrap extension (`bootstrap_extensions`), e.g. a
-    /// [`WasmService`] such as the audit singleton.
+    /// [`WasmService`] such as the audit singleton (`null`: nothing, what
+    /// the audit singleton renders to on the native engine).
     pub fn bootstrap_extension(mut self, extension: impl Into<Value>) -> Self {
-        self.bootstrap_extensions.push(extension.into());
+        let extension = extension.into();
+        if !extension.is_null() {
+            self.bootstrap_extensions.push(extension);
+        }
         self
     }
 
@@ -420,6 +424,9 @@ pub struct WasmFilter {
     pub vm_id: String,
     /// Plugin configuration, handed to `on_configure` as a JSON string.
     pub config: Value,
+    /// The engine that runs it; `None`: the test process's
+    /// ([`crate::FilterEngine::current`]).
+    pub engine: Option<crate::FilterEngine>,
 }
 
 impl WasmFilter {
@@ -438,6 +445,7 @@ impl WasmFilter {
             root_id: id.clone(),
             vm_id: id,
             config: json!({}),
+            engine: None,
         }
     }
 
@@ -492,6 +500,13 @@ impl WasmFilter {
         self
     }
 
+    /// Runs on `engine` whatever `CTXGATE_ENGINE` says (the bench compares
+    /// both engines in one run).
+    pub fn engine(mut self, engine: crate::FilterEngine) -> Self {
+        self.engine = Some(engine);
+        self
+    }
+
     /// Resolved module path; panics with a hint if the module was not built.
     pub fn module_path(&self) -> PathBuf {
         if self.module.contains('/') {
@@ -503,7 +518,15 @@ impl WasmFilter {
         }
     }
 
+    /// The filter as Envoy loads it on the current engine
+    /// ([`crate::FilterEngine`]): `dist/ctxgate.wasm` on V8, or
+    /// `dist/libctxgate.so` as a dynamic module with the same name and
+    /// configuration. A module a test built itself is always wasm.
     fn render(self) -> Value {
+        let engine = self.engine.unwrap_or_else(crate::FilterEngine::current);
+        if self.module == "ctxgate" && engine == crate::FilterEngine::Native {
+            return self.render_native();
+        }
         let filename = self.module_path().display().to_string();
         json!({
             "name": self.name,
@@ -522,6 +545,35 @@ impl WasmFilter {
                         "runtime": "envoy.wasm.runtime.v8",
                         "code": { "local": { "filename": filename } },
                     },
+                },
+            },
+        })
+    }
+}
+
+impl WasmFilter {
+    /// `DynamicModuleFilter`: Envoy finds `libctxgate.so` on
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` (the harness points it at
+    /// [`crate::dist_dir`]); the filter name plays the plugin name's part.
+    fn render_native(self) -> Value {
+        let module = crate::dist_dir().join("libctxgate.so");
+        assert!(
+            module.is_file(),
+            "{} not found: run `make build` first",
+            module.display()
+        );
+        json!({
+            "name": self.name,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                "dynamic_module_config": {
+                    "name": "ctxgate",
+                    "metrics_namespace": crate::engine::NATIVE_METRICS_NAMESPACE,
+                },
+                "filter_name": self.name,
+                "filter_config": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": self.config.to_string(),
                 },
             },
         })
@@ -560,7 +612,16 @@ impl WasmService {
 }
 
 impl From<WasmService> for Value {
+    /// The service as a bootstrap extension. On the native engine the
+    /// audit singleton is `null`: the filter configuration whose `audit`
+    /// section names a collector ships the trail itself, on Envoy's main
+    /// thread (see `filters/native/src/audit.rs`).
     fn from(service: WasmService) -> Value {
+        if service.module == "ctxgate"
+            && crate::FilterEngine::current() == crate::FilterEngine::Native
+        {
+            return Value::Null;
+        }
         let filename = WasmFilter::new(&service.module)
             .module_path()
             .display()

@@ -391,6 +391,8 @@ fn spawn(config: &EnvoyConfig) -> (ProcessGuard, TempDir) {
         .arg(dir.path().join("envoy.log"))
         // The log file is flushed every 10 s by default; tests read it live.
         .args(["--file-flush-interval-msec", "20"])
+        // Where a `DynamicModuleFilter` finds `libctxgate.so` (native engine).
+        .env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", crate::dist_dir())
         .stdin(Stdio::null())
         .stdout(file("stdout.log"))
         .stderr(file("stderr.log"))

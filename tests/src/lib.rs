@@ -40,6 +40,7 @@ pub mod config;
 pub mod demo;
 pub mod demo_idp;
 pub mod docker;
+pub mod engine;
 pub mod envoy;
 pub mod fleet;
 pub mod http;
@@ -58,13 +59,16 @@ pub use config::{
     Cluster, EnvoyConfig, HeaderMatch, HttpFilter, PathMatch, RawFilter, Route, RouteAction,
     RouteBuilder, WasmFilter, WasmService,
 };
+pub use engine::{
+    FilterEngine, filter_log_prefix, filter_rejected, metric_prefix, prometheus_prefix,
+    skip_on_native,
+};
 pub use envoy::{Envoy, envoy_binary, process_alive};
 pub use http::{Client, Request, Response, send_raw};
 pub use mcp::{McpClient, McpOutput, McpRequest, McpServer, Sessions};
 pub use otlp::OtlpReceiver;
 pub use rls::{Redis, Rls, SlowRls, free_port, rls_binary};
 pub use servers::{RecordedRequest, ScriptedResponse, ScriptedServer};
-pub use stats::WASM_METRIC_PREFIX;
 pub use tls::{CertFiles, TestPki, TlsClient};
 
 use std::path::PathBuf;

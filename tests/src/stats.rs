@@ -23,9 +23,6 @@ use serde_json::Value;
 
 use crate::envoy::Envoy;
 
-/// Prefix Envoy puts before the names of metrics defined by wasm modules.
-pub const WASM_METRIC_PREFIX: &str = "wasmcustom.";
-
 impl Envoy {
     /// All counters and gauges (histograms and text readouts are skipped).
     pub fn stats(&self) -> HashMap<String, u64> {
@@ -50,10 +47,17 @@ impl Envoy {
         self.stats_matching(&exact).get(name).copied().unwrap_or(0)
     }
 
-    /// Value of a metric a wasm module defined as `name` (see module docs).
+    /// Value of a metric the pipeline defined as `name` (see module docs),
+    /// on either engine ([`crate::metric_prefix`]).
     pub fn wasm_metric(&self, name: &str) -> u64 {
         metrics_flushed();
-        self.counter(&format!("{WASM_METRIC_PREFIX}{name}"))
+        self.counter(&format!("{}{name}", crate::metric_prefix()))
+    }
+
+    /// [`Envoy::wait_for_counter`] for a metric the pipeline defined as
+    /// `name`, on either engine.
+    pub fn wait_for_metric(&self, name: &str, value: u64) -> u64 {
+        self.wait_for_counter(&format!("{}{name}", crate::metric_prefix()), value)
     }
 
     /// Waits up to 5 s for counter `name` to reach `value`; returns its last

@@ -13,7 +13,7 @@
 //! with `operation` absent when no operation matched.
 
 use std::collections::BTreeMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,13 +32,13 @@ pub struct Established {
     /// path, CORS preflight) or when no auth stage ran.
     /// Shared, not copied, by the stages that read it.
     #[serde(default)]
-    pub identity: Option<Rc<Caller>>,
+    pub identity: Option<Arc<Caller>>,
     #[serde(default)]
-    pub operation: Option<Rc<MatchedOperation>>,
+    pub operation: Option<Arc<MatchedOperation>>,
     /// The caller's scopes, for stages that authorise by what the body
     /// says (MCP). Only in memory: in the same pipeline as auth.
     #[serde(skip)]
-    pub scopes: Option<Rc<ScopeSet>>,
+    pub scopes: Option<Arc<ScopeSet>>,
 }
 
 impl Established {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ctxgate_e2e::{Envoy, EnvoyConfig, Route, WasmFilter};
+use ctxgate_e2e::{Envoy, EnvoyConfig, Route, WasmFilter, filter_rejected};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -78,7 +78,7 @@ fn it_refuses_to_start_with_an_invalid_configuration_and_names_the_field() {
     let mut wrong = Vec::new();
     for ((what, _, expected), log) in cases.iter().zip(&logs) {
         assert!(
-            log.contains("Unable to create Wasm plugin ctxgate_auth"),
+            log.contains(&filter_rejected("ctxgate_auth")),
             "{what}:\n{log}"
         );
         let line = log

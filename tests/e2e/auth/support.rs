@@ -306,7 +306,7 @@ impl Gate {
     /// rarely waits at all.
     pub fn wait_metric(&self, name: &str, value: u64) -> u64 {
         self.envoy
-            .wait_for_counter(&format!("wasmcustom.ctxgate_auth.{name}"), value)
+            .wait_for_metric(&format!("ctxgate_auth.{name}"), value)
     }
 
     /// No wasm VM of this Envoy panicked, trapped or failed.

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use ctxgate_demo::upstream::ShutdownHandle;
-use ctxgate_e2e::{Cluster, Envoy, EnvoyConfig, Request, Response, Route, WasmFilter, demo_idp};
+use ctxgate_e2e::{
+    Cluster, Envoy, EnvoyConfig, Request, Response, Route, WasmFilter, demo_idp, metric_prefix,
+};
 use serde_json::{Value, json};
 
 /// A read (cost 1).
@@ -97,24 +99,19 @@ pub fn write(token: &str, bytes: usize) -> Request {
         .body(vec![b'x'; bytes])
 }
 
-/// `wasmcustom.ctxgate_ratelimit.<name>`.
+/// `ctxgate_ratelimit.<name>`.
 pub fn metric(envoy: &Envoy, name: &str) -> u64 {
     envoy.wasm_metric(&format!("ctxgate_ratelimit.{name}"))
 }
 
 /// Every rate-limit metric with a value, for messages and output.
 pub fn metrics(envoy: &Envoy) -> BTreeMap<String, u64> {
+    let prefix = format!("{}ctxgate_ratelimit.", metric_prefix());
     envoy
-        .stats_matching(r"^wasmcustom\.ctxgate_ratelimit\.")
+        .stats_matching(&format!("^{}", prefix.replace('.', r"\.")))
         .into_iter()
         .filter(|(_, v)| *v > 0)
-        .map(|(k, v)| {
-            (
-                k.trim_start_matches("wasmcustom.ctxgate_ratelimit.")
-                    .to_owned(),
-                v,
-            )
-        })
+        .map(|(k, v)| (k.trim_start_matches(&prefix).to_owned(), v))
         .collect()
 }
 

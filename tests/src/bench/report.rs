@@ -268,6 +268,19 @@ pub fn markdown(meta: &Meta, rows: &[Row]) -> String {
     w.push_str(&super::targets::stages_table(rows));
     w.push('\n');
 
+    let engines = super::targets::engines_table(rows);
+    if !engines.is_empty() {
+        let _ = writeln!(w, "## wasm and native\n");
+        let _ = writeln!(
+            w,
+            "The same configuration on both engines: `dist/ctxgate.wasm` on Envoy's V8 \
+             runtime and `dist/libctxgate.so` as an Envoy dynamic module. Medians of this \
+             run; overhead over bare Envoy.\n"
+        );
+        w.push_str(&engines);
+        w.push('\n');
+    }
+
     let mcp = mcp_table(rows);
     if !mcp.is_empty() {
         let _ = writeln!(w, "## MCP tools/call\n");

@@ -13,7 +13,7 @@
 //! the headers went on, which a `direct_response` route would answer first.
 
 use ctxgate_demo::keys::KID_ES256;
-use ctxgate_e2e::{HttpFilter, RawFilter, WasmFilter};
+use ctxgate_e2e::{FilterEngine, HttpFilter, RawFilter, WasmFilter};
 use serde_json::{Value, json};
 
 /// Every request goes to this path: a `read` of the context
@@ -56,6 +56,22 @@ pub const FOUR_PLUGINS: &str = "four plugins";
 pub const JWT_AUTHN_CACHE: &str = "jwt_authn+cache";
 pub const AUTH_REPEATED: &str = "auth (repeated token)";
 pub const WASM_FLOOR: &str = "wasm floor (no-op filter)";
+/// The native engine's rows (`dist/libctxgate.so`), each the twin of a
+/// wasm row ([`ENGINE_PAIRS`]).
+pub const NATIVE_PIPELINE: &str = "native pipeline";
+pub const NATIVE_AUTH_REPEATED: &str = "native auth (repeated token)";
+pub const NATIVE_AUTH_FRESH: &str = "native auth (fresh token)";
+pub const AUTH_FRESH: &str = "auth (fresh token)";
+pub const JWT_AUTHN_CACHE_FRESH: &str = "jwt_authn+cache (fresh token)";
+/// Native `jwt_authn` with its cache and native `local_ratelimit` in one
+/// chain: the native-engine target's baseline.
+pub const JWT_AUTHN_LOCAL_RATELIMIT: &str = "jwt_authn+cache + local_ratelimit";
+/// Rows that run the same work on both engines: (wasm, native).
+pub const ENGINE_PAIRS: [(&str, &str); 3] = [
+    (PIPELINE, NATIVE_PIPELINE),
+    (AUTH_REPEATED, NATIVE_AUTH_REPEATED),
+    (AUTH_FRESH, NATIVE_AUTH_FRESH),
+];
 pub const PIPELINE_HOST_CALLS: &str = "wasm floor + the pipeline's host calls";
 pub const AUTH_HOST_CALLS: &str = "wasm floor + auth's host calls";
 /// The MCP rows, compared with each other in the report's MCP section.
@@ -256,7 +272,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             tracing: None,
         },
         Scenario {
-            name: "auth (fresh token)",
+            name: AUTH_FRESH,
             about: "The same stage, a token no earlier request carried on every request: \
                     every request misses both caches (worker-local and shared data), is \
                     verified (ES256 in wasm) and is written to both caches.",
@@ -271,7 +287,7 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             tracing: None,
         },
         Scenario {
-            name: "jwt_authn+cache (fresh token)",
+            name: JWT_AUTHN_CACHE_FRESH,
             about: "Native `jwt_authn` with its cache, fresh tokens: the native counterpart \
                     of the row above (every request a cache miss plus an insert).",
             filters: vec![jwt_authn(fx, true)],
@@ -423,6 +439,43 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
             forbidden: &[],
             audit: false,
             tracing: None,
+        },
+        Scenario {
+            name: JWT_AUTHN_LOCAL_RATELIMIT,
+            about: "Native `jwt_authn` with its cache, then native `local_ratelimit`: the \
+                    two filters Envoy has for part of what the pipeline does (no scopes, \
+                    no operations, no tenants, no tags, no breaker). The native engine's \
+                    overhead is held to 1.5 times this row's.",
+            filters: vec![jwt_authn(fx, true), local_ratelimit()],
+            load: Load::RepeatedToken,
+            unauthenticated_status: Some(401),
+            needs_rls: false,
+            connections: None,
+            call: Call::Rest,
+            forbidden: &[],
+            audit: false,
+            tracing: None,
+        },
+        pipeline_row(
+            NATIVE_PIPELINE,
+            "The `pipeline` row's configuration on the native engine: \
+                    `dist/libctxgate.so` loaded as an Envoy dynamic module \
+                    (`DynamicModuleFilter`), no VM; shared state in process memory, the \
+                    RLS called through the same cluster.",
+            vec![native(pipeline(fx))],
+        ),
+        Scenario {
+            name: NATIVE_AUTH_REPEATED,
+            about: "The `auth (repeated token)` row on the native engine.",
+            filters: vec![native(ctxgate_auth(fx, json!({})))],
+            ..auth_row(Load::RepeatedToken)
+        },
+        Scenario {
+            name: NATIVE_AUTH_FRESH,
+            about: "The `auth (fresh token)` row on the native engine: ES256 verified in \
+                    native code (jwt-simple's `p256`) on every request.",
+            filters: vec![native(ctxgate_auth(fx, json!({})))],
+            ..auth_row(Load::FreshToken)
         },
         Scenario {
             name: "ratelimit (local)",
@@ -838,6 +891,32 @@ fn stages(sections: Vec<(&str, Value)>) -> HttpFilter {
         })
         .stage("metrics", production_metrics())
         .into()
+}
+
+/// `filter` on the native engine, whatever `CTXGATE_ENGINE` says.
+fn native(filter: HttpFilter) -> HttpFilter {
+    match filter {
+        HttpFilter::Wasm(filter) => filter.engine(FilterEngine::Native).into(),
+        other => other,
+    }
+}
+
+/// A row of the auth stage alone under `load` (fill in name, about and
+/// filters).
+fn auth_row(load: Load) -> Scenario {
+    Scenario {
+        name: "",
+        about: "",
+        filters: vec![],
+        load,
+        unauthenticated_status: Some(401),
+        needs_rls: false,
+        connections: None,
+        call: Call::Rest,
+        forbidden: &[],
+        audit: false,
+        tracing: None,
+    }
 }
 
 /// An authenticating row: `filters` under the repeated-token load, the RLS

@@ -9,9 +9,10 @@ use std::fmt::Write as _;
 use super::report::{Row, median};
 use super::run::RunResult;
 use super::scenarios::{
-    AUTH_HOST_CALLS, AUTH_REPEATED, BARE, FOUR_PLUGINS, JWT_AUTHN_CACHE, PIPELINE, PIPELINE_AUDIT,
-    PIPELINE_HOST_CALLS, PIPELINE_NO_REQUEST_METRICS, PIPELINE_TRACING, PIPELINE_TRACING_SAMPLED,
-    WASM_FLOOR,
+    AUTH_HOST_CALLS, AUTH_REPEATED, BARE, ENGINE_PAIRS, FOUR_PLUGINS, JWT_AUTHN_CACHE,
+    JWT_AUTHN_CACHE_FRESH, JWT_AUTHN_LOCAL_RATELIMIT, NATIVE_AUTH_FRESH, NATIVE_PIPELINE, PIPELINE,
+    PIPELINE_AUDIT, PIPELINE_HOST_CALLS, PIPELINE_NO_REQUEST_METRICS, PIPELINE_TRACING,
+    PIPELINE_TRACING_SAMPLED, WASM_FLOOR,
 };
 
 /// `pipeline`'s overhead is at most this share of the four plugins'.
@@ -25,6 +26,15 @@ const METRICS_TARGET: f64 = 1.05;
 /// auth's overhead (repeated token) is at most this multiple of native
 /// `jwt_authn` with its cache.
 const AUTH_TARGET: f64 = 2.0;
+/// The native engine's `native pipeline`: throughput at least this share
+/// of bare Envoy's.
+const NATIVE_THROUGHPUT_TARGET: f64 = 0.80;
+/// ... and an overhead at most this multiple of native `jwt_authn` (cached)
+/// and `local_ratelimit` together.
+const NATIVE_OVERHEAD_TARGET: f64 = 1.5;
+/// `native auth (fresh token)` costs at most this multiple of native
+/// `jwt_authn` with its cache on fresh tokens (Envoy CPU per request).
+const NATIVE_FRESH_TARGET: f64 = 1.5;
 
 /// Rows of the per-stage table: a stage alone, in its own plugin.
 const STAGES: [&str; 6] = [
@@ -44,6 +54,13 @@ fn cpu(rows: &[Row], name: &str) -> Option<f64> {
         .iter()
         .map(RunResult::envoy_us_per_request)
         .collect();
+    (!values.is_empty()).then(|| median(&values))
+}
+
+/// Median requests per second of a row.
+fn throughput(rows: &[Row], name: &str) -> Option<f64> {
+    let row = rows.iter().find(|r| r.scenario.name == name)?;
+    let values: Vec<f64> = row.runs.iter().map(|r| r.wrk.requests_per_sec).collect();
     (!values.is_empty()).then(|| median(&values))
 }
 
@@ -109,6 +126,47 @@ pub fn targets_table(rows: &[Row]) -> String {
         AUDIT_TARGET,
         "×",
     );
+    line(
+        "native: `native pipeline` overhead at most 1.5× native `jwt_authn`+cache and \
+         `local_ratelimit` together",
+        (overhead(rows, NATIVE_PIPELINE), NATIVE_PIPELINE),
+        (
+            overhead(rows, JWT_AUTHN_LOCAL_RATELIMIT),
+            JWT_AUTHN_LOCAL_RATELIMIT,
+        ),
+        NATIVE_OVERHEAD_TARGET,
+        "×",
+    );
+    line(
+        "native: a fresh ES256 token costs at most 1.5× native `jwt_authn`+cache on fresh \
+         tokens (Envoy CPU/req, not overhead)",
+        (cpu(rows, NATIVE_AUTH_FRESH), NATIVE_AUTH_FRESH),
+        (cpu(rows, JWT_AUTHN_CACHE_FRESH), JWT_AUTHN_CACHE_FRESH),
+        NATIVE_FRESH_TARGET,
+        "×",
+    );
+    match (throughput(rows, NATIVE_PIPELINE), throughput(rows, BARE)) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            let ratio = a / b;
+            let _ = writeln!(
+                out,
+                "| native: `native pipeline` throughput at least 0.80× bare Envoy's \
+                 | `{NATIVE_PIPELINE}` {a:.0} req/s, `{BARE}` {b:.0} req/s | {ratio:.2}× \
+                 | ≥ {NATIVE_THROUGHPUT_TARGET:.2}× | {} |",
+                if ratio >= NATIVE_THROUGHPUT_TARGET {
+                    "yes"
+                } else {
+                    "**no**"
+                }
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "| native throughput | not measured in this run | | | |"
+            );
+        }
+    }
     // No target: what tracing costs, reported.
     for (row, what) in [
         (PIPELINE_TRACING, "every request traced"),
@@ -164,6 +222,41 @@ pub fn stages_table(rows: &[Row]) -> String {
     if any { out } else { String::new() }
 }
 
+/// The two engines side by side: each row that runs on both, its Envoy
+/// CPU per request, overhead and throughput.
+pub fn engines_table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| work | wasm: CPU/req, overhead, req/s | native: CPU/req, overhead, req/s | \
+         native overhead / wasm overhead |\n|---|---:|---:|---:|\n",
+    );
+    let mut any = false;
+    for (wasm, native) in ENGINE_PAIRS {
+        let cell = |name: &str| match (
+            cpu(rows, name),
+            overhead(rows, name),
+            throughput(rows, name),
+        ) {
+            (Some(c), Some(o), Some(t)) => format!("{c:.1} µs, {o:.1} µs, {t:.0}"),
+            _ => "not measured".to_owned(),
+        };
+        if cpu(rows, wasm).is_none() && cpu(rows, native).is_none() {
+            continue;
+        }
+        any = true;
+        let ratio = match (overhead(rows, native), overhead(rows, wasm)) {
+            (Some(n), Some(w)) if w > 0.0 => format!("{:.2}", n / w),
+            _ => "–".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "| `{wasm}` | {} | {} | {ratio} |",
+            cell(wasm),
+            cell(native)
+        );
+    }
+    if any { out } else { String::new() }
+}
+
 /// The README's performance numbers, between the markers of
 /// [`README_BEGIN`] and [`README_END`].
 pub fn readme_section(rows: &[Row], when: &str) -> String {
@@ -177,6 +270,15 @@ pub fn readme_section(rows: &[Row], when: &str) -> String {
     out.push_str(&targets_table(rows));
     out.push('\n');
     out.push_str(&stages_table(rows));
+    let engines = engines_table(rows);
+    if !engines.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nThe same work on both engines (`dist/ctxgate.wasm` on V8, \
+             `dist/libctxgate.so` as a dynamic module):\n"
+        );
+        out.push_str(&engines);
+    }
     let mcp = super::report::mcp_table(rows);
     if !mcp.is_empty() {
         let _ = writeln!(

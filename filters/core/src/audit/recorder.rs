@@ -19,7 +19,7 @@
 //! `queue_limit` are dropped, counted, and reported in the worker's next
 //! message, so the trail records the loss.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::config::AuditConfig;
 use super::event::{Decision, Message, Pseudonymizer, RequestFacts, token_digest};
@@ -51,7 +51,7 @@ pub struct Recorder {
     pseudonymizer: Option<Pseudonymizer>,
     client: ClientConfig,
     /// The last bearer token seen and its digest.
-    last_token: (Vec<u8>, Rc<str>),
+    last_token: (Vec<u8>, Arc<str>),
     limit: u64,
     drained_key: String,
     /// Events enqueued by this worker since it started.
@@ -79,7 +79,7 @@ impl Recorder {
             queue: (config.singleton_vm_id.clone(), config.queue.clone()),
             pseudonymizer,
             client: config.client.clone(),
-            last_token: (Vec::new(), Rc::from("")),
+            last_token: (Vec::new(), Arc::from("")),
             limit: config.queue_limit,
             drained_key: drained_key(&config.queue, reporter),
             enqueued: 0,
@@ -94,11 +94,11 @@ impl Recorder {
 
     /// [`token_digest`] of a bearer token, remembered for the last token
     /// (a client sends the same token again and again).
-    pub fn token_digest(&mut self, token: &[u8]) -> Rc<str> {
+    pub fn token_digest(&mut self, token: &[u8]) -> Arc<str> {
         if !same_bytes(&self.last_token.0, token) {
-            self.last_token = (token.to_vec(), Rc::from(token_digest(token)));
+            self.last_token = (token.to_vec(), Arc::from(token_digest(token)));
         }
-        Rc::clone(&self.last_token.1)
+        Arc::clone(&self.last_token.1)
     }
 
     /// How long a record may wait in the worker: the worker must tick at

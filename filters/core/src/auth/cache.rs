@@ -23,14 +23,14 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
 use super::denial::Denial;
 use super::identity::Identity;
 
-pub type Verdict = Result<Rc<Identity>, Denial>;
+pub type Verdict = Result<Arc<Identity>, Denial>;
 
 /// SHA-256 of a token: the key of the shared (cross-worker) cache.
 pub type Digest = [u8; 32];

@@ -18,7 +18,7 @@ use crate::operation::{Operation, OperationMatch};
 use crate::path::canonical_path;
 use crate::scope::required_scope;
 use crate::shared::SharedStore;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// How the token cache served a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub struct Allowed {
     pub filter_state: Vec<u8>,
     /// Set when the request carried a verified token (shared with the
     /// token cache, not copied).
-    pub identity: Option<Rc<Identity>>,
+    pub identity: Option<Arc<Identity>>,
     /// What `filter_state` says, for the stages of the same pipeline.
     pub established: Established,
 }
@@ -260,7 +260,7 @@ impl Auth {
             }
             (Some(user), None) => user,
             (None, Some(service)) => service,
-            (Some(user), Some(service)) => Rc::new(on_behalf_of(&user, &service)?),
+            (Some(user), Some(service)) => Arc::new(on_behalf_of(&user, &service)?),
         };
         if let Some(tenant) = operation.as_ref().and_then(|op| op.tenant.as_ref())
             && *tenant != identity.tenant

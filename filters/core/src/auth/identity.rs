@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::contract::{Caller, RateLimitClaims};
 use crate::jwt::{KeyRef, TokenClaims, TokenError};
 use crate::scope::ScopeSet;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// Tenant ids: 1-128 characters of `[A-Za-z0-9._:-]`, starting alphanumeric.
 pub fn is_valid_tenant(tenant: &str) -> bool {
@@ -55,7 +55,7 @@ pub struct Identity {
     pub subject: String,
     pub tenant: String,
     pub tier: String,
-    pub scopes: Rc<ScopeSet>,
+    pub scopes: Arc<ScopeSet>,
     /// Scopes as sent upstream: canonical, space-separated.
     pub scopes_header: String,
     /// RFC 8693 actor chain, current actor first.
@@ -76,7 +76,7 @@ pub struct Identity {
     /// (see [`crate::contract`]), serialized once per token.
     pub filter_state: Vec<u8>,
     /// The same, for the stages of the same pipeline (no JSON round trip).
-    pub caller: Rc<Caller>,
+    pub caller: Arc<Caller>,
     /// The calling service's principal name, when a service called (see
     /// [`Caller::service`]).
     pub service: Option<String>,
@@ -236,7 +236,7 @@ impl Identity {
             subject,
             tenant: tenant.to_owned(),
             tier,
-            scopes: Rc::new(scopes),
+            scopes: Arc::new(scopes),
             scopes_header,
             actor_chain_header: actor_chain_header(&actors),
             actors,
@@ -247,7 +247,7 @@ impl Identity {
             valid_until,
             filter_state,
             service: caller.service.clone(),
-            caller: Rc::new(caller),
+            caller: Arc::new(caller),
         })
     }
 }

@@ -7,24 +7,24 @@ use super::flow::Allowed;
 use super::identity::Identity;
 use crate::contract::{self, Established, MatchedOperation};
 use crate::operation::Operation;
-use std::rc::Rc;
+use std::sync::Arc;
 
 impl Auth {
     /// Records the verified identity and the request contract on an
     /// allowed request (its headers: [`Allowed::headers`]).
     pub(super) fn describe(
         &self,
-        identity: &Rc<Identity>,
+        identity: &Arc<Identity>,
         operation: Option<&Operation<'_>>,
         allowed: &mut Allowed,
     ) {
-        let matched = operation.map(|op| Rc::new(MatchedOperation::from(op)));
+        let matched = operation.map(|op| Arc::new(MatchedOperation::from(op)));
         allowed.filter_state = contract::encode(&identity.filter_state, matched.as_deref());
         allowed.established = Established {
-            identity: Some(Rc::clone(&identity.caller)),
+            identity: Some(Arc::clone(&identity.caller)),
             operation: matched,
-            scopes: Some(Rc::clone(&identity.scopes)),
+            scopes: Some(Arc::clone(&identity.scopes)),
         };
-        allowed.identity = Some(Rc::clone(identity));
+        allowed.identity = Some(Arc::clone(identity));
     }
 }

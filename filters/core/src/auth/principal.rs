@@ -14,7 +14,7 @@
 //! is what the upstream receives in the service header.
 
 use std::collections::HashSet;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -173,7 +173,7 @@ pub struct Service {
     pub peer: PeerMatch,
     pub require_token: bool,
     /// The request's identity when the service calls for itself.
-    pub identity: Rc<Identity>,
+    pub identity: Arc<Identity>,
 }
 
 impl Service {
@@ -218,7 +218,7 @@ impl Service {
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(" "),
-            scopes: Rc::new(scopes),
+            scopes: Arc::new(scopes),
             actors: Vec::new(),
             actor_chain_header: String::new(),
             delegation: None,
@@ -227,14 +227,14 @@ impl Service {
             rate_limits: None,
             valid_until: None,
             filter_state,
-            caller: Rc::new(caller),
+            caller: Arc::new(caller),
             service: Some(s.name.clone()),
         };
         Ok(Service {
             name: s.name,
             peer: s.peer,
             require_token: s.require_token,
-            identity: Rc::new(identity),
+            identity: Arc::new(identity),
         })
     }
 }

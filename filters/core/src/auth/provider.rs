@@ -3,7 +3,7 @@
 //! of each, and the claim rules that turn its tokens into identities.
 
 use std::collections::HashSet;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use jwt_simple::prelude::{Duration, VerificationOptions};
 
@@ -32,7 +32,7 @@ pub struct Provider {
     /// configuration's.
     pub(super) tag: u64,
     /// Keys written in the configuration.
-    pub inline_keys: Option<Rc<KeySet>>,
+    pub inline_keys: Option<Arc<KeySet>>,
     /// Where remote keys come from.
     pub remote: Option<RemoteJwksConfig>,
 }
@@ -70,7 +70,7 @@ impl Provider {
                         problem.clone(),
                     ));
                 }
-                (Some(Rc::new(parsed.keys.with_version(1))), None)
+                (Some(Arc::new(parsed.keys.with_version(1))), None)
             }
             JwksConfig::Remote(remote) => (None, Some(remote)),
         };

@@ -13,7 +13,7 @@
 //!   ([`on_behalf_of`]): the user's subject and tenant, the service first
 //!   in the actor chain, the scopes both grant.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::compile::Auth;
 use super::config::TokenRole;
@@ -41,7 +41,7 @@ impl Auth {
         env: &RequestEnv<'_>,
         now: u64,
         decision: &mut Decision,
-    ) -> Result<Option<Rc<Identity>>, Denial> {
+    ) -> Result<Option<Arc<Identity>>, Denial> {
         let peer = if self.services.is_empty() {
             Peer::NoCertificate
         } else {
@@ -90,7 +90,7 @@ impl Auth {
                     ),
                 ))
             }
-            (Some(service), _) => Ok(Some(Rc::clone(&service.identity))),
+            (Some(service), _) => Ok(Some(Arc::clone(&service.identity))),
             (None, token) => Ok(token),
         }
     }
@@ -108,7 +108,7 @@ impl Auth {
         env: &RequestEnv<'_>,
         now: u64,
         decision: &mut Decision,
-    ) -> Result<Rc<Identity>, Denial> {
+    ) -> Result<Arc<Identity>, Denial> {
         let identity = self.verify(state, store, token, request, env, now, decision)?;
         let issued_for = self.providers.get(identity.provider_index).map(|p| p.role);
         if issued_for != Some(role) {
@@ -157,11 +157,11 @@ pub(super) fn on_behalf_of(user: &Identity, service: &Identity) -> Result<Identi
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(" "),
-        scopes: Rc::new(scopes),
+        scopes: Arc::new(scopes),
         actor_chain_header: actor_chain_header(&actors),
         actors,
         filter_state: serde_json::to_vec(&caller).unwrap_or_default(),
-        caller: Rc::new(caller),
+        caller: Arc::new(caller),
         service: Some(name),
         // Not a cached token's identity: nothing vouches for it later.
         key: None,

@@ -3,7 +3,7 @@
 //! signature check, throttled per client; and the per-worker state it
 //! needs, the keys in force and the token cache.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use jwt_simple::prelude::UnixTimeStamp;
 
@@ -22,7 +22,7 @@ use crate::shared::SharedStore;
 pub struct AuthState {
     /// Current keys per provider (same order as `Auth::providers`); `None`
     /// until a remote key set has been fetched.
-    keys: Vec<Option<Rc<KeySet>>>,
+    keys: Vec<Option<Arc<KeySet>>>,
     pub cache: TokenCache,
     /// Version given to the next key set installed.
     next_version: u64,
@@ -37,7 +37,7 @@ impl AuthState {
         let keys = keys.with_version(self.next_version);
         self.next_version += 1;
         if let Some(slot) = self.keys.get_mut(provider) {
-            *slot = Some(Rc::new(keys));
+            *slot = Some(Arc::new(keys));
         }
         self.cache.forget_refusals();
     }
@@ -67,7 +67,7 @@ pub struct Unverified {
 
 /// A successful uncached verification.
 pub struct Verified {
-    pub identity: Rc<Identity>,
+    pub identity: Arc<Identity>,
     pub provider: usize,
     pub payload: Vec<u8>,
 }
@@ -98,7 +98,7 @@ impl Auth {
         env: &RequestEnv<'_>,
         now: u64,
         decision: &mut Decision,
-    ) -> Result<Rc<Identity>, Denial> {
+    ) -> Result<Arc<Identity>, Denial> {
         let key = state.cache.key_of(token);
         match state.cache.get(&key, now) {
             Some(Ok(identity)) if !state.still_trusted(&identity) => state.cache.forget(&key),
@@ -220,7 +220,7 @@ impl Auth {
         store: &dyn SharedStore,
         digest: &Digest,
         now: u64,
-    ) -> Option<(Rc<Identity>, u64)> {
+    ) -> Option<(Arc<Identity>, u64)> {
         let entry = match self.shared_cache.get(store, digest, now) {
             Ok(entry) => entry?,
             Err(e) => {
@@ -252,7 +252,7 @@ impl Auth {
         let valid_until = entry
             .valid_until
             .min(identity.valid_until.unwrap_or(u64::MAX));
-        Some((Rc::new(identity), valid_until))
+        Some((Arc::new(identity), valid_until))
     }
 
     fn claim_rules<'a>(&'a self, index: usize, provider: &'a Provider, now: u64) -> ClaimRules<'a> {
@@ -339,7 +339,7 @@ impl Auth {
         identity.key = Some(key);
         let payload = serde_json::to_vec(&claims).unwrap_or_default();
         Ok(Verified {
-            identity: Rc::new(identity),
+            identity: Arc::new(identity),
             provider: index,
             payload,
         })

@@ -43,7 +43,7 @@ use crate::query::Query;
 use crate::reply::LocalReply;
 use crate::scope::ScopeSet;
 use crate::shared::Secret;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// The `message` of another stage's JSON refusal body ("refused" if it
 /// has none) and its other fields.
@@ -88,7 +88,7 @@ const SESSION_HEADER: &str = "mcp-session-id";
 
 struct Listing {
     listings: Listings,
-    scopes: Rc<ScopeSet>,
+    scopes: Arc<ScopeSet>,
     /// How the response is filtered, once its headers told.
     mode: Option<ListingMode>,
 }
@@ -431,7 +431,7 @@ impl McpStage {
                 target: first.name.clone(),
             };
             let established = request.established_mut(host);
-            established.operation = Some(Rc::new(operation));
+            established.operation = Some(Arc::new(operation));
             // Filter state for access logs and later filters, now with
             // the operation (auth wrote it without one at the headers).
             if let Some(caller) = established.identity.as_deref()

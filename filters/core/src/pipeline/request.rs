@@ -7,7 +7,7 @@ use crate::host::{Attribute, HeaderOp, Host, StreamId};
 use crate::http::RequestHead;
 use crate::mcp::Declared;
 use crate::scope::ScopeSet;
-use std::rc::Rc;
+use std::sync::Arc;
 
 pub struct Request {
     pub stream: StreamId,
@@ -191,7 +191,7 @@ impl Request {
     }
 
     /// The caller's scopes, if this pipeline's auth stage verified a token.
-    pub fn established_scopes(&self) -> Option<Rc<ScopeSet>> {
+    pub fn established_scopes(&self) -> Option<Arc<ScopeSet>> {
         self.established.as_ref()?.scopes.clone()
     }
 

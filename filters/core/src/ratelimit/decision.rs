@@ -16,13 +16,13 @@ use crate::bucket::{GlobalAccounting, TakeOutcome};
 use crate::contract::{Caller, MatchedOperation};
 use crate::http::{BodySize, RequestHead};
 use crate::shared::SharedStore;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// Everything the decision needs to know about a request.
 pub struct RequestFacts<'a> {
     pub head: RequestHead<'a>,
-    pub identity: Option<Rc<Caller>>,
-    pub operation: Option<Rc<MatchedOperation>>,
+    pub identity: Option<Arc<Caller>>,
+    pub operation: Option<Arc<MatchedOperation>>,
     /// The downstream address Envoy computed (`ip:port`).
     pub client_address: Option<String>,
     /// The route name, if the key includes the route.

@@ -9,7 +9,7 @@ use super::limiter::RateLimiter;
 use crate::contract::MatchedOperation;
 use crate::http::BodySize;
 use crate::operation::OperationMatch;
-use std::rc::Rc;
+use std::sync::Arc;
 
 impl RateLimiter {
     /// The cost of a request with a payload multiplier of 1, and the
@@ -51,16 +51,16 @@ impl RateLimiter {
         unit.saturating_mul(payload)
     }
 
-    pub(super) fn operation(&self, facts: &RequestFacts<'_>) -> Option<Rc<MatchedOperation>> {
+    pub(super) fn operation(&self, facts: &RequestFacts<'_>) -> Option<Arc<MatchedOperation>> {
         if let Some(op) = &facts.operation {
-            return Some(Rc::clone(op));
+            return Some(Arc::clone(op));
         }
         match self
             .operations
             .as_ref()?
             .lookup_raw(facts.head.method, facts.head.path)
         {
-            OperationMatch::Matched(op) => Some(Rc::new(MatchedOperation::from(&op))),
+            OperationMatch::Matched(op) => Some(Arc::new(MatchedOperation::from(&op))),
             _ => None,
         }
     }

@@ -76,9 +76,9 @@ impl Req {
                 path: self.path,
                 headers: &self.headers,
             },
-            identity: self.identity.clone().map(std::rc::Rc::new),
+            identity: self.identity.clone().map(std::sync::Arc::new),
             operation: self.operation.map(|name| {
-                std::rc::Rc::new(MatchedOperation {
+                std::sync::Arc::new(MatchedOperation {
                     name: name.into(),
                     action: "read".into(),
                     context: "projects/a".into(),
@@ -444,7 +444,7 @@ fn a_body_of_unknown_length_is_charged_as_it_streams() {
     );
     // A body the bucket cannot pay for is refused mid-stream.
     let mut big = r.facts();
-    big.identity = Some(std::rc::Rc::new(identity("initech", "anonymous")));
+    big.identity = Some(std::sync::Arc::new(identity("initech", "anonymous")));
     let LocalDecision::Allow(a) = l.check(&mut state, &store, &big, NOW) else {
         panic!()
     };
@@ -771,7 +771,7 @@ fn sent(call: &RlsCall) -> Vec<(rls::Entries, Option<u64>)> {
 
 fn mcp_call_facts<'a>(r: &'a Req, tool: &str, price: u64) -> RequestFacts<'a> {
     let mut facts = r.facts();
-    facts.operation = Some(std::rc::Rc::new(MatchedOperation {
+    facts.operation = Some(std::sync::Arc::new(MatchedOperation {
         name: "mcp:tools/call".into(),
         action: "write".into(),
         context: "projects/a".into(),

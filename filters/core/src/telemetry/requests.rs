@@ -249,13 +249,13 @@ mod tests {
 
     fn established(tenant: &str, tier: &str, operation: Option<&str>) -> Established {
         Established {
-            identity: Some(std::rc::Rc::new(Caller {
+            identity: Some(std::sync::Arc::new(Caller {
                 tenant: tenant.into(),
                 tier: tier.into(),
                 ..Caller::default()
             })),
             operation: operation.map(|name| {
-                std::rc::Rc::new(MatchedOperation {
+                std::sync::Arc::new(MatchedOperation {
                     name: name.into(),
                     action: "read".into(),
                     context: String::new(),
