@@ -77,12 +77,9 @@ test-wasm: bootstrap
 ## suite on wasm, then these on native (CTXGATE_ENGINE=native). The others
 ## hold no engine: Istio and its bundles (WasmPlugin loads wasm only),
 ## the compose stack and the fleet (containers of the wasm build), the
-## schema, the OCI image and Envoy's own rate-limit filter; and the alert
-## rules, dashboards and request series (observability, alerts), written
-## for the wasm engine's Prometheus names and its labelled series, which
-## the native engine does not export yet (README, "Two engines").
+## schema, the OCI image and Envoy's own rate-limit filter.
 NATIVE_SUITES := smoke auth tagging breaker ratelimit residency signature service_identity \
-	mtls mcp mcp_peers paths shared_data rls_faults tracing audit
+	mtls mcp mcp_peers paths shared_data rls_faults tracing audit observability alerts memory
 
 test-e2e: build
 	cargo build --release -p ctxgate-demo -p ctxgate-rls -p ctxgate-audit

@@ -34,7 +34,7 @@ use serde_json::json;
 
 use ctxgate_e2e::yaml;
 
-use ctxgate_e2e::demo::demo_stats_config;
+use ctxgate_e2e::demo::gateway_stats_config;
 
 /// Real time between scrapes, and the rule time one scrape stands for.
 const SCRAPE_EVERY: Duration = Duration::from_millis(500);
@@ -91,7 +91,7 @@ fn capture(fault: Fault, faulty_steps: usize) -> Vec<String> {
         "metered": [{"name": "per_window", "limit": METERED_LIMIT, "window_seconds": METERED_WINDOW_MS / 1000}],
     }});
     let config = EnvoyConfig::new()
-        .bootstrap_field("stats_config", demo_stats_config())
+        .bootstrap_field("stats_config", gateway_stats_config())
         .bootstrap_field("stats_flush_interval", json!("0.25s"))
         .filter(
             WasmFilter::ctxgate("ctxgate")
@@ -187,7 +187,7 @@ fn capture(fault: Fault, faulty_steps: usize) -> Vec<String> {
                 }
             }
             std::thread::sleep(SCRAPE_EVERY);
-            scrapes.push(envoy.prometheus());
+            scrapes.push(envoy.scraped());
         }
         upstream.set_delay(Duration::ZERO);
         load.stop.store(true, Ordering::SeqCst);

@@ -17,6 +17,16 @@ pub fn demo_stats_config() -> Value {
     demo()["stats_config"].clone()
 }
 
+/// The demo's `stats_config` for a gateway on the current engine: as
+/// written for wasm, with its tags moved to the native names
+/// ([`on_native`]) for native.
+pub fn gateway_stats_config() -> Value {
+    match crate::FilterEngine::current() {
+        crate::FilterEngine::Wasm => demo_stats_config(),
+        crate::FilterEngine::Native => on_native(&demo())["stats_config"].clone(),
+    }
+}
+
 /// A field of the demo listener's HTTP connection manager.
 pub fn demo_hcm_field(name: &str) -> Value {
     demo()["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]

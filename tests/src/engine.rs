@@ -106,3 +106,38 @@ pub fn skip_on_native(why: &str) -> bool {
     }
     skip
 }
+
+/// Prometheus text with every metric name rewritten as the relabelling
+/// rule of `observability/native-relabel.yaml` rewrites it (`__name__`
+/// matched by the anchored regex, replaced by the replacement).
+pub fn native_relabel(text: &str) -> String {
+    let file = crate::repo_root().join("observability/native-relabel.yaml");
+    let rules = crate::yaml::documents(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let rule = &rules[0][0];
+    assert_eq!(rule["source_labels"], serde_json::json!(["__name__"]));
+    assert_eq!(rule["target_label"], "__name__");
+    let regex = regex::Regex::new(&format!("^(?:{})$", rule["regex"].as_str().unwrap())).unwrap();
+    let replacement = rule["replacement"].as_str().unwrap();
+    let rename = |name: &str| -> String {
+        if regex.is_match(name) {
+            regex.replace(name, replacement).into_owned()
+        } else {
+            name.to_owned()
+        }
+    };
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let renamed = if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            format!("# TYPE {} {kind}", rename(name))
+        } else if line.starts_with('#') {
+            line.to_owned()
+        } else {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            format!("{}{}", rename(&line[..end]), &line[end..])
+        };
+        out.push_str(&renamed);
+        out.push('\n');
+    }
+    out
+}

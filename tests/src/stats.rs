@@ -93,6 +93,17 @@ impl Envoy {
             .text()
     }
 
+    /// `/stats/prometheus` with the metric names Prometheus stores: on the
+    /// native engine, renamed by the relabelling rule
+    /// `observability/native-relabel.yaml` ships for it.
+    pub fn scraped(&self) -> String {
+        let text = self.prometheus();
+        match crate::FilterEngine::current() {
+            crate::FilterEngine::Wasm => text,
+            crate::FilterEngine::Native => crate::engine::native_relabel(&text),
+        }
+    }
+
     fn stats_query(&self, path: &str) -> HashMap<String, u64> {
         let body = self.admin_get(path).expect_status(200).json();
         let mut stats = HashMap::new();

@@ -186,6 +186,12 @@ impl Shared {
                 return None;
             }
             let index = u32::try_from(series.len()).ok()?.checked_mul(4)?;
+            // A defined counter or gauge is exported from the start, at
+            // zero, as on the wasm engine (a histogram from its first
+            // sample).
+            if abi != MetricKind::Histogram {
+                self.envoy.add(abi, family, &values, 0);
+            }
             series.push(Series {
                 kind: abi,
                 family,
