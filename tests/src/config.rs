@@ -374,6 +374,18 @@ pub enum HttpFilter {
 }
 
 impl HttpFilter {
+    /// Whether this filter runs ctxgate on the native engine (which needs
+    /// no audit singleton: the filter ships its own trail).
+    pub fn is_native(&self) -> bool {
+        match self {
+            HttpFilter::Wasm(filter) => {
+                filter.engine.unwrap_or_else(crate::FilterEngine::current)
+                    == crate::FilterEngine::Native
+            }
+            HttpFilter::Raw(_) => false,
+        }
+    }
+
     fn render(self) -> Value {
         match self {
             HttpFilter::Wasm(filter) => filter.render(),

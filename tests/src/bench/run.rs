@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use ctxgate_e2e::{Cluster, Envoy, EnvoyConfig, OtlpReceiver, Request, Route, WasmService};
+use ctxgate_e2e::{
+    Cluster, Envoy, EnvoyConfig, HttpFilter, OtlpReceiver, Request, Route, WasmService,
+};
 use serde_json::{Value, json};
 
 use super::cpu;
@@ -81,9 +83,11 @@ pub fn run_once(scenario: &Scenario, material: &Material, opts: &Options) -> Res
         let out = dir.path().join("audit.jsonl");
         let collector =
             ctxgate_audit::CollectorHandle::spawn(([127, 0, 0, 1], 0).into(), out.clone())?;
-        config = config
-            .cluster(Cluster::new("audit_collector", [collector.addr()]))
-            .bootstrap_extension(WasmService::audit_singleton("ctxgate", audit_section()));
+        config = config.cluster(Cluster::new("audit_collector", [collector.addr()]));
+        if !scenario.filters.iter().all(HttpFilter::is_native) {
+            config = config
+                .bootstrap_extension(WasmService::audit_singleton("ctxgate", audit_section()));
+        }
         Some((dir, out, collector))
     } else {
         None

@@ -61,14 +61,16 @@ pub const WASM_FLOOR: &str = "wasm floor (no-op filter)";
 pub const NATIVE_PIPELINE: &str = "native pipeline";
 pub const NATIVE_AUTH_REPEATED: &str = "native auth (repeated token)";
 pub const NATIVE_AUTH_FRESH: &str = "native auth (fresh token)";
+pub const NATIVE_PIPELINE_AUDIT: &str = "native pipeline + audit";
 pub const AUTH_FRESH: &str = "auth (fresh token)";
 pub const JWT_AUTHN_CACHE_FRESH: &str = "jwt_authn+cache (fresh token)";
 /// Native `jwt_authn` with its cache and native `local_ratelimit` in one
 /// chain: the native-engine target's baseline.
 pub const JWT_AUTHN_LOCAL_RATELIMIT: &str = "jwt_authn+cache + local_ratelimit";
 /// Rows that run the same work on both engines: (wasm, native).
-pub const ENGINE_PAIRS: [(&str, &str); 3] = [
+pub const ENGINE_PAIRS: [(&str, &str); 4] = [
     (PIPELINE, NATIVE_PIPELINE),
+    (PIPELINE_AUDIT, NATIVE_PIPELINE_AUDIT),
     (AUTH_REPEATED, NATIVE_AUTH_REPEATED),
     (AUTH_FRESH, NATIVE_AUTH_FRESH),
 ];
@@ -637,6 +639,16 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
                     chaining (SHA-256) and POSTing them to the demo collector (in the \
                     bench process). Envoy's CPU includes the singleton's.",
                 vec![pipeline_audit(fx)],
+            )
+        },
+        Scenario {
+            audit: true,
+            ..pipeline_row(
+                NATIVE_PIPELINE_AUDIT,
+                "The `pipeline + audit` row on the native engine: the records go to a \
+                    bounded in-process queue, drained on Envoy's main thread by the \
+                    filter configuration (no singleton VM).",
+                vec![native(pipeline_audit(fx))],
             )
         },
         Scenario {
