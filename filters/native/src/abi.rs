@@ -569,11 +569,7 @@ impl FilterConfig {
                 timeout_ms,
             )
         };
-        if result == CALLOUT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(result)
-        }
+        started(result, id)
     }
 
     /// A whole request on a stream (a gRPC call: its status is in the
@@ -600,11 +596,7 @@ impl FilterConfig {
                 timeout_ms,
             )
         };
-        if result == CALLOUT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(result)
-        }
+        started(result, id)
     }
 }
 
@@ -847,11 +839,7 @@ impl Filter {
                 timeout_ms,
             )
         };
-        if result == CALLOUT_SUCCESS {
-            Ok(id)
-        } else {
-            Err(result)
-        }
+        started(result, id)
     }
 
     /// Resets a stream this filter started (its reset hook runs at once,
@@ -1342,4 +1330,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
     _filter: Ptr,
     _module: *const c_void,
 ) {
+}
+
+/// A call's id if Envoy started it, else Envoy's result code.
+fn started(result: u32, id: u64) -> Result<u64, u32> {
+    if result == CALLOUT_SUCCESS {
+        Ok(id)
+    } else {
+        Err(result)
+    }
 }
