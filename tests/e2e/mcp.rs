@@ -21,7 +21,7 @@ use ctxgate_demo::mint::DEMO_ISSUER;
 use ctxgate_demo::{MintAlg, MintOptions};
 use ctxgate_e2e::{
     Envoy, EnvoyConfig, McpClient, McpServer, Request, Response, Rls, Route, Sessions, WasmFilter,
-    demo_idp,
+    demo_idp, fresh_minute,
 };
 use serde_json::{Value, json};
 
@@ -503,6 +503,8 @@ fn tool_calls_are_routed_by_their_tool_and_limited_per_tool_through_the_rls() {
             &json!({"path": format!("projects/engineering/note-{n}"), "content": "x"}),
         )
     };
+    // The three writes fall in one of the RLS's minute windows.
+    fresh_minute(Duration::from_secs(15));
     for n in 0..2 {
         let written = write(n);
         assert_eq!(written.structured()["received"]["tenant"], "acme", "{n}");

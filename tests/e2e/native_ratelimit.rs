@@ -16,7 +16,11 @@
     clippy::indexing_slicing
 )]
 
-use ctxgate_e2e::{Cluster, Envoy, EnvoyConfig, RawFilter, Request, Response, Rls, ScriptedServer};
+use std::time::Duration;
+
+use ctxgate_e2e::{
+    Cluster, Envoy, EnvoyConfig, RawFilter, Request, Response, Rls, ScriptedServer, fresh_minute,
+};
 use serde_json::json;
 
 /// 10 units a minute per tenant, 30 for globex; MCP `write_context` calls
@@ -87,25 +91,11 @@ fn send(envoy: &Envoy, tenant: &str, cost: u32, tool: Option<&str>) -> Response 
     request.send(envoy.listener_addr())
 }
 
-/// Waits for a fresh minute when the current one ends within 5 s: the
-/// RLS's windows are aligned to the minute, and a case must not straddle
-/// two of them.
-fn fresh_window() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let left = 60 - now % 60;
-    if left <= 5 {
-        std::thread::sleep(std::time::Duration::from_secs(left + 1));
-    }
-}
-
 #[test]
 fn envoy_s_own_ratelimit_filter_is_limited_by_ctxgate_rls_with_costs_and_nested_descriptors() {
     let rls = Rls::start(LIMITS, None);
     let (envoy, upstream) = gateway(&rls);
-    fresh_window();
+    fresh_minute(Duration::from_secs(5));
 
     // acme: 10 a minute; three requests of cost 3 are 9 units.
     for remaining in [7, 4, 1] {
@@ -157,14 +147,14 @@ fn envoy_s_own_ratelimit_filter_is_limited_by_ctxgate_rls_with_costs_and_nested_
 fn an_unreachable_rls_is_the_filter_s_failure_mode() {
     let mut rls = Rls::start(LIMITS, None);
     let (envoy, _upstream) = gateway(&rls);
-    fresh_window();
+    fresh_minute(Duration::from_secs(5));
     send(&envoy, "acme", 1, None).expect_status(200);
     rls.stop();
     // failure_mode_deny: Envoy refuses when it cannot ask.
     let response = send(&envoy, "acme", 1, None);
     assert_eq!(response.status, 500, "{response:?}");
     rls.restart();
-    ctxgate_e2e::eventually(std::time::Duration::from_secs(10), || {
+    ctxgate_e2e::eventually(Duration::from_secs(10), || {
         send(&envoy, "acme", 1, None).status == 200
     });
     send(&envoy, "acme", 1, None).expect_status(200);

@@ -131,6 +131,20 @@ pub fn next_minute(margin: Duration) -> std::time::SystemTime {
     UNIX_EPOCH + Duration::from_secs(next)
 }
 
+/// Waits for the next minute when the current one ends within `margin`:
+/// an RLS's per-minute windows are aligned to the Unix clock, and a case
+/// that counts on one window must not straddle two.
+pub fn fresh_minute(margin: Duration) {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(60) - Duration::from_millis((now.as_millis() % 60_000) as u64);
+    if left <= margin {
+        std::thread::sleep(left + Duration::from_millis(100));
+    }
+}
+
 /// `promtool SUBCOMMAND FILE` (`check rules`, `test rules`): its report
 /// (stdout and stderr), as `Ok` if it succeeded. promtool comes with
 /// Debian's `prometheus` package, which `scripts/bootstrap` installs.
