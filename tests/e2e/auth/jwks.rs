@@ -39,9 +39,10 @@ fn start(server: &ScriptedServer, config: Value, workers: u32) -> Gate {
 
 /// Waits (up to 8 s) until fresh tokens made by `token` pass on every
 /// worker, and returns whether they do. The worker that fetches a key set
-/// installs it at once, the others at their next tick (250 ms), so one
-/// success is not enough: a run of ten fresh connections, which the kernel
-/// spreads over the workers, must all pass.
+/// installs it at once, the others at their next tick (250 ms) or at the
+/// first token the new keys would pass, so one success is not enough: a
+/// run of ten fresh connections, which the kernel spreads over the
+/// workers, must all pass.
 fn every_worker_accepts(gate: &Gate, token: impl Fn() -> String) -> bool {
     eventually(Duration::from_secs(8), || {
         (0..10).all(|_| gate.get(PATH, &token()).status == 200)

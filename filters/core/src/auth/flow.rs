@@ -107,8 +107,11 @@ pub struct Decision {
     pub strip: Vec<String>,
     pub cache: CacheUse,
     /// A remote provider whose keys this worker lacks (none yet, or not
-    /// the token's `kid`): another worker may already have fetched newer
-    /// ones, and if not an early refresh is worth it (key rotation).
+    /// the token's `kid`), or whose keys failed a signature: another
+    /// worker may already have fetched newer ones, and if not an early
+    /// refresh is worth it for an unknown `kid` (key rotation). A refusal
+    /// this worker cached is not looked at again: it lasts until the
+    /// worker's next tick, which forgets refusals when it installs keys.
     pub stale_keys: Option<StaleKeys>,
 }
 

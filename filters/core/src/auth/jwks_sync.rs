@@ -26,7 +26,11 @@
 //! claim (fetching is always safe).
 //!
 //! A token whose `kid` is unknown asks for an early refresh (keys rotated),
-//! at most once per `min_refresh_interval_seconds`.
+//! at most once per `min_refresh_interval_seconds`. Before refusing a token
+//! for an unknown `kid` or a bad signature, a worker installs a newer key
+//! set from shared data if there is one and decides again, so a rotation
+//! that keeps the kids takes effect on every worker with the first fetch,
+//! not a tick later.
 
 use super::Auth;
 use super::config::RemoteJwksConfig;

@@ -188,7 +188,13 @@ impl Auth {
                             .insert(&key, Err(denial.clone()), expires_at, now);
                     }
                 }
-                if matches!(denial.reason, Reason::UnknownKid | Reason::KeysUnavailable) {
+                // Keys this worker lacks (none yet, not the token's kid),
+                // or a bad signature against keys another worker may have
+                // replaced already (a rotation that kept the kids).
+                if matches!(
+                    denial.reason,
+                    Reason::UnknownKid | Reason::KeysUnavailable | Reason::BadSignature
+                ) {
                     decision.stale_keys = provider
                         .filter(|i| self.providers.get(*i).is_some_and(|p| p.remote.is_some()))
                         .map(|provider| StaleKeys {

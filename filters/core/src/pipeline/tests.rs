@@ -1300,3 +1300,62 @@ fn a_timed_request_records_each_stage_the_decision_the_token_check_and_its_sizes
     }
     assert!(off.host.samples("ctxgate_decision_us").is_empty());
 }
+
+/// The issuer rotates its key and keeps the `kid`. The worker that fetches
+/// the new set installs it at once; another, between its ticks, meets a
+/// token signed with the new key as a bad signature against the old one.
+/// It looks for a newer set in shared data first, installs it and
+/// decides again: the token passes on every worker as soon as one has the
+/// keys, not a tick later.
+#[test]
+fn a_bad_signature_installs_newer_shared_keys_before_refusing() {
+    let old = ES256KeyPair::generate().with_key_id("k1");
+    let new = ES256KeyPair::generate().with_key_id("k1");
+    let mut config = full_chain(&old);
+    config["auth"]["providers"][0]["jwks"] =
+        json!({"remote": {"cluster": "idp", "refresh_interval_seconds": 300}});
+    let mut gw = Gateway::new(config.clone());
+    let fetch = |gw: &mut Gateway, keys: &ES256KeyPair| {
+        gw.worker.on_tick(&mut gw.host);
+        let call = gw.host.calls.last().map(|c| c.id).unwrap();
+        let body = jwks(keys).to_string().into_bytes();
+        gw.worker.on_call_response(
+            &mut gw.host,
+            call,
+            CallResponse::Http {
+                status: Some(200),
+                body,
+            },
+        );
+    };
+    fetch(&mut gw, &old);
+    // A second worker of the same proxy: installs the old set at its tick.
+    let mut other = Worker::new(config.to_string().as_bytes(), "test", SEEDS, &mut gw.host)
+        .unwrap_or_else(|e| panic!("config: {e}"));
+    other.on_tick(&mut gw.host);
+    let mut on_other = |gw: &mut Gateway, key: &ES256KeyPair, tenant: &str| {
+        let bearer = format!("Bearer {}", token(key, tenant));
+        let id = gw.open(&[
+            (":method", "GET"),
+            (":path", "/v1/contexts/projects/a"),
+            (":authority", "api"),
+            ("authorization", &bearer),
+        ]);
+        let flow = other.on_request_headers(&mut gw.host, id, true);
+        (flow, gw.host.stream(id).reply.as_ref().map(|r| r.status))
+    };
+    assert_eq!(on_other(&mut gw, &old, "acme"), (Flow::Continue, None));
+    // No newer set anywhere: the new key's token is a bad signature (a
+    // refusal this worker caches until it installs keys).
+    assert_eq!(on_other(&mut gw, &new, "globex"), (Flow::Pause, Some(401)));
+
+    // The refresh comes due; the first worker fetches the rotated set.
+    gw.host.now_ms += 301_000;
+    fetch(&mut gw, &new);
+    assert_eq!(
+        on_other(&mut gw, &new, "acme"),
+        (Flow::Continue, None),
+        "the other worker took the new set from shared data before its tick"
+    );
+    assert_eq!(on_other(&mut gw, &old, "initech"), (Flow::Pause, Some(401)));
+}
