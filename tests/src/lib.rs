@@ -135,11 +135,9 @@ pub fn next_minute(margin: Duration) -> std::time::SystemTime {
 /// an RLS's per-minute windows are aligned to the Unix clock, and a case
 /// that counts on one window must not straddle two.
 pub fn fresh_minute(margin: Duration) {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    let left = next_minute(Duration::ZERO)
+        .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
-    let left = Duration::from_secs(60) - Duration::from_millis((now.as_millis() % 60_000) as u64);
     if left <= margin {
         std::thread::sleep(left + Duration::from_millis(100));
     }
