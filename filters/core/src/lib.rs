@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod contract;
 pub mod duration;
+pub mod ecdsa;
 pub mod host;
 pub mod http;
 pub mod jwt;
