@@ -6,7 +6,9 @@
 //! the README). Every metric a stage registers at configure time is
 //! defined at the first flush, so dashboards and alerts see zeros rather
 //! than missing series; a labelled family defines a label set the first
-//! time it occurs. A histogram sample is the exception: an Envoy histogram
+//! time it occurs. A flush visits only the metrics changed since the last
+//! one (the native engine flushes after every callback, and a labelled
+//! family may hold thousands of series). A histogram sample is the exception: an Envoy histogram
 //! takes one value per host call, so [`Metrics::record`] makes one.
 
 use crate::host::{Host, MetricId, MetricKind};
@@ -36,6 +38,8 @@ struct Entry {
     delta: i64,
     /// A gauge value set since the last flush.
     value: Option<u64>,
+    /// Listed in [`Metrics::changed`].
+    changed: bool,
 }
 
 impl Entry {
@@ -52,6 +56,10 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct Metrics {
     entries: Vec<Entry>,
+    /// Entries counted or set since the last flush, each once.
+    changed: Vec<usize>,
+    /// Entries from here on were registered after the last flush.
+    registered: usize,
 }
 
 impl Metrics {
@@ -96,6 +104,7 @@ impl Metrics {
             defined: false,
             delta: 0,
             value: None,
+            changed: false,
         });
         self.entries.len() - 1
     }
@@ -105,13 +114,13 @@ impl Metrics {
     }
 
     pub fn add(&mut self, counter: Counter, n: u64) {
-        if let Some(e) = self.entries.get_mut(counter.0) {
+        if let Some(e) = self.change(counter.0) {
             e.delta = e.delta.saturating_add(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
     pub fn set(&mut self, gauge: Gauge, value: u64) {
-        if let Some(e) = self.entries.get_mut(gauge.0) {
+        if let Some(e) = self.change(gauge.0) {
             e.value = Some(value);
             e.delta = 0;
         }
@@ -120,17 +129,35 @@ impl Metrics {
     /// Adds `delta` (may be negative) to a gauge that sums what every
     /// worker contributes.
     pub fn add_to_gauge(&mut self, gauge: Gauge, delta: i64) {
-        if let Some(e) = self.entries.get_mut(gauge.0) {
+        if let Some(e) = self.change(gauge.0) {
             e.delta = e.delta.saturating_add(delta);
         }
     }
 
-    /// Hands everything counted since the last flush to the host.
+    /// The entry at `index`, listed as changed.
+    fn change(&mut self, index: usize) -> Option<&mut Entry> {
+        let e = self.entries.get_mut(index)?;
+        if !e.changed {
+            e.changed = true;
+            self.changed.push(index);
+        }
+        Some(e)
+    }
+
+    /// Hands everything counted since the last flush to the host, defining
+    /// the metrics registered since.
     pub fn flush(&mut self, host: &mut dyn Host) {
-        for e in &mut self.entries {
+        for e in self.entries.iter_mut().skip(self.registered) {
             if !e.defined {
                 e.define(host);
             }
+        }
+        self.registered = self.entries.len();
+        for index in self.changed.drain(..) {
+            let Some(e) = self.entries.get_mut(index) else {
+                continue;
+            };
+            e.changed = false;
             let Some(id) = e.id else { continue };
             if let Some(value) = e.value.take() {
                 host.set_metric(id, value);
@@ -148,5 +175,52 @@ impl Metrics {
             .filter(|e| e.name == name)
             .map(|e| e.delta)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock::MockHost;
+
+    #[test]
+    fn a_flush_defines_every_metric_and_hands_over_only_what_changed() {
+        let mut host = MockHost::new(0);
+        let mut metrics = Metrics::default();
+        let allowed = metrics.counter("allowed");
+        let denied = metrics.counter("denied");
+        let level = metrics.gauge("level");
+        metrics.flush(&mut host);
+        assert_eq!(host.metric_calls, 3, "three definitions, no values");
+        assert_eq!(host.metric("denied"), 0);
+
+        metrics.inc(allowed);
+        metrics.add(allowed, 2);
+        metrics.set(level, 7);
+        host.metric_calls = 0;
+        metrics.flush(&mut host);
+        assert_eq!(host.metric_calls, 2, "one add, one set");
+        assert_eq!((host.metric("allowed"), host.metric("level")), (3, 7));
+
+        host.metric_calls = 0;
+        metrics.flush(&mut host);
+        assert_eq!(host.metric_calls, 0, "nothing changed");
+
+        // Registered between flushes: defined at the next one, with its count.
+        let late = metrics.counter("late");
+        metrics.inc(late);
+        metrics.add_to_gauge(level, 0);
+        metrics.inc(denied);
+        metrics.flush(&mut host);
+        assert_eq!(host.metric_calls, 3, "one definition, two adds");
+        assert_eq!(
+            (
+                host.metric("late"),
+                host.metric("denied"),
+                host.metric("level")
+            ),
+            (1, 1, 7)
+        );
+        assert_eq!(metrics.pending("allowed"), 0);
     }
 }
