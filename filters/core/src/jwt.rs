@@ -842,8 +842,8 @@ fn split_compact(token: &str) -> Result<(&str, &str, &str), TokenError> {
 }
 
 fn decode_json_part(part: &str, what: &str) -> Result<Map<String, Value>, TokenError> {
-    let bytes = Base64UrlSafeNoPadding::decode_to_vec(part, None)
-        .map_err(|_| TokenError::Malformed(format!("{what} is not base64url")))?;
+    let bytes = decode_b64(part)
+        .ok_or_else(|| TokenError::Malformed(format!("{what} is not base64url")))?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(TokenError::Malformed(format!(
