@@ -57,12 +57,17 @@ impl Attribute {
     }
 }
 
-/// One change to the request headers.
+/// One change to the request headers. Values are never empty (see
+/// [`crate::pipeline::request::Request::set`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeaderOp<'a> {
     Remove(&'a str),
     /// Replaces every value of the header with this one.
     Set(&'a str, &'a [u8]),
+    /// Adds a header the proxy's map does not hold: the same result as
+    /// `Set`, without the proxy first looking for values to replace (in
+    /// Envoy 1.40 a set costs about twice an add).
+    Add(&'a str, &'a [u8]),
 }
 
 /// A gRPC call to make (unary).

@@ -18,6 +18,7 @@ use crate::shared::{MemoryStore, SharedStore};
 pub enum AppliedOp {
     Remove(String),
     Set(String, String),
+    Add(String, String),
 }
 
 impl From<&HeaderOp<'_>> for AppliedOp {
@@ -26,6 +27,9 @@ impl From<&HeaderOp<'_>> for AppliedOp {
             HeaderOp::Remove(name) => AppliedOp::Remove(name.to_owned()),
             HeaderOp::Set(name, value) => {
                 AppliedOp::Set(name.to_owned(), String::from_utf8_lossy(value).into_owned())
+            }
+            HeaderOp::Add(name, value) => {
+                AppliedOp::Add(name.to_owned(), String::from_utf8_lossy(value).into_owned())
             }
         }
     }
@@ -199,6 +203,36 @@ impl Host for MockHost {
         let s = self.streams.entry(stream).or_default();
         s.change_batches
             .push(changes.iter().map(AppliedOp::from).collect());
+        if s.header_reads > 0 {
+            // Play the proxy: the changes applied to what it holds must
+            // give what the pipeline says it forwards. The strictest proxy
+            // is played, Envoy's dynamic-module ABI: a set with an empty
+            // value removes the header and an add with one does nothing.
+            let mut held = s.request_headers.clone();
+            for change in changes {
+                match *change {
+                    HeaderOp::Remove(name) => held.retain(|(n, _)| n != name),
+                    HeaderOp::Set(name, value) => {
+                        held.retain(|(n, _)| n != name);
+                        if !value.is_empty() {
+                            held.push((name.to_owned(), value.to_vec()));
+                        }
+                    }
+                    HeaderOp::Add(name, value) => {
+                        if !value.is_empty() {
+                            held.push((name.to_owned(), value.to_vec()));
+                        }
+                    }
+                }
+            }
+            let mut expected = result.to_vec();
+            held.sort();
+            expected.sort();
+            assert_eq!(
+                held, expected,
+                "the header changes do not give the forwarded headers"
+            );
+        }
         s.request_headers = result.to_vec();
     }
 

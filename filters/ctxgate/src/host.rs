@@ -144,6 +144,9 @@ impl Host for WasmHost {
                 HeaderOp::Set(name, value) => {
                     hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value))
                 }
+                HeaderOp::Add(name, value) => {
+                    hostcalls::add_map_value_bytes(MapType::HttpRequestHeaders, name, value)
+                }
             };
         }
     }

@@ -375,6 +375,12 @@ unsafe extern "C" {
         key: ModuleBuffer,
         value: ModuleBuffer,
     ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter: Ptr,
+        map: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
     fn envoy_dynamic_module_callback_http_get_body_chunks_size(filter: Ptr, body: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_body_chunks(
         filter: Ptr,
@@ -684,6 +690,20 @@ impl Filter {
                 map as u32,
                 ModuleBuffer::of(name.as_bytes()),
                 value,
+            );
+        }
+    }
+
+    /// Adds a value of `name`, keeping any it has. Envoy adds nothing for
+    /// an empty value (nor can it set one: an empty value removes).
+    pub fn add_header(self, map: HeaderMap, name: &str, value: &[u8]) {
+        // SAFETY: the filter is live; buffers are lent for the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.0,
+                map as u32,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
             );
         }
     }

@@ -655,6 +655,10 @@ impl WorkerCell {
             self.next_tick_ms
                 .store(now.saturating_add(self.tick_ms), Ordering::Relaxed);
             worker.on_tick(host);
+            // Counts go to Envoy once per tick, not once per hook: a
+            // labelled series costs Envoy thousands of instructions per
+            // update (its tags are resolved on every call).
+            worker.flush_counts(host);
         }
     }
 
@@ -762,7 +766,6 @@ impl ThreadWorker {
             // Answers that arrived while `f` ran (a call ended inside the
             // call that started it).
             self.cell.deliver(&mut worker, &mut host);
-            worker.flush_counts(&mut host);
             out
         };
         self.running.set(false);

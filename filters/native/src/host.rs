@@ -175,6 +175,7 @@ impl Host for NativeHost<'_> {
                 HeaderOp::Set(name, value) => {
                     filter.set_header(HeaderMap::Request, name, Some(value));
                 }
+                HeaderOp::Add(name, value) => filter.add_header(HeaderMap::Request, name, value),
             }
         }
         // The route follows the headers as authorised and tagged (the

@@ -3,6 +3,7 @@
 //! operation's path is that operation, not an unmatched request.
 
 use ctxgate_demo::MintOptions;
+use ctxgate_e2e::Request;
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -36,7 +37,18 @@ fn delegation_rules_apply_to_requests_that_match_no_operation() {
     let rights = |can_delegate: bool, depth: u32| json!({"can_delegate": can_delegate, "max_delegation_depth": depth, "delegatable_scopes": ["read:projects/*"]});
 
     // Any valid token passes here, its own or delegated within the rules.
-    forwarded(&gate.get(unmatched, &keys.scoped(&[])));
+    // A token without scopes has an empty scope list: the upstream gets no
+    // `x-context-scopes` at all (on both engines: Envoy's module ABI cannot
+    // send an empty header), and never the client's own copy.
+    let seen = forwarded(
+        &gate.send(
+            Request::get(unmatched)
+                .bearer(&keys.scoped(&[]))
+                .header("x-context-scopes", "admin:*"),
+        ),
+    );
+    assert_eq!(seen.header("x-context-scopes"), None);
+    assert_eq!(seen.header("x-context-tenant").as_deref(), Some(TENANT));
     let seen = forwarded(&gate.get(unmatched, &token(one.clone(), rights(true, 2))));
     assert_eq!(
         seen.header("x-context-actor-chain").as_deref(),

@@ -383,7 +383,8 @@ pub struct IdentityHeaders {
     pub subject: String,
     /// The tier (`rate_limits.tier` claim, or `default_tier`).
     pub tier: String,
-    /// The granted scopes, canonical, space-separated.
+    /// The granted scopes, canonical, space-separated; not sent when the
+    /// token grants none (no header is ever sent empty).
     pub scopes: String,
     /// The token's issuer.
     pub issuer: String,

@@ -817,9 +817,9 @@ impl Worker {
     }
 
     /// Hands what was counted since the last flush to the host, without
-    /// the periodic work of a full flush. For an engine whose metric
-    /// updates cost nanoseconds (native): it flushes after every hook, so
-    /// that metrics never wait for a tick.
+    /// the periodic work of a full flush. The native engine calls it on
+    /// every tick, so counts wait a tick (`tick_ms`), not a full flush
+    /// interval.
     pub fn flush_counts(&mut self, host: &mut dyn Host) {
         self.metrics.flush(host);
     }

@@ -16,9 +16,10 @@ pub struct Request {
     method: String,
     path: String,
     /// Names of the headers changed since the proxy last saw them, in
-    /// the order first changed. What each became is in `headers`: a set
-    /// leaves exactly one value, a removal none.
-    changed: Vec<String>,
+    /// the order first changed, and whether the proxy's map held the
+    /// header then. What each became is in `headers`: a set leaves
+    /// exactly one value, a removal none.
+    changed: Vec<(String, bool)>,
     /// The request headers ended the stream (no body).
     pub end_of_stream: bool,
     /// Identity and operation: from the auth stage of this pipeline, or
@@ -90,19 +91,29 @@ impl Request {
     /// proxy for a header that is not there).
     pub fn remove(&mut self, name: &str) {
         if self.has_header(name) {
+            self.mark_changed(name, true);
             self.headers.retain(|(n, _)| n != name);
-            self.mark_changed(name);
         }
     }
 
-    fn mark_changed(&mut self, name: &str) {
-        if !self.changed.iter().any(|n| n == name) {
-            self.changed.push(name.to_owned());
+    /// Notes a change to `name`, before it is made: `present` is whether
+    /// the request has the header now, which is what the proxy holds
+    /// unless it changed since the proxy last saw it.
+    fn mark_changed(&mut self, name: &str, present: bool) {
+        if !self.changed.iter().any(|(n, _)| n == name) {
+            self.changed.push((name.to_owned(), present));
         }
     }
 
-    /// Sets a header, replacing every value it had.
+    /// Sets a header, replacing every value it had. An empty value removes
+    /// it: Envoy's dynamic-module ABI cannot send an empty header (a set
+    /// with an empty value removes it, an add does nothing), so both
+    /// engines forward no header rather than each its own guess.
     pub fn set(&mut self, name: &str, value: &str) {
+        if value.is_empty() {
+            self.remove(name);
+            return;
+        }
         let unchanged = {
             let mut values = self.headers.iter().filter(|(n, _)| n == name);
             matches!((values.next(), values.next()), (Some((_, v)), None) if v == value.as_bytes())
@@ -115,7 +126,9 @@ impl Request {
             ":method" => value.clone_into(&mut self.method),
             _ => {}
         }
-        match self.headers.iter().position(|(n, _)| n == name) {
+        let position = self.headers.iter().position(|(n, _)| n == name);
+        self.mark_changed(name, position.is_some());
+        match position {
             Some(i) => {
                 if let Some(entry) = self.headers.get_mut(i) {
                     entry.1.clear();
@@ -135,25 +148,32 @@ impl Request {
                 .headers
                 .push((name.to_owned(), value.as_bytes().to_vec())),
         }
-        self.mark_changed(name);
     }
 
     /// Hands the collected changes to the proxy, if there are any.
     pub fn apply_changes(&mut self, host: &mut dyn Host) {
         if !self.changed.is_empty() {
             let changes = self.pending_changes();
-            host.change_request_headers(self.stream, &changes, &self.headers);
+            if !changes.is_empty() {
+                host.change_request_headers(self.stream, &changes, &self.headers);
+            }
             self.changed.clear();
         }
     }
 
-    /// Changes not yet applied: one per changed header, what it became.
+    /// Changes not yet applied: one per changed header, what it became
+    /// (none for a header added and removed again).
     pub fn pending_changes(&self) -> Vec<HeaderOp<'_>> {
         self.changed
             .iter()
-            .map(|name| match self.headers.iter().find(|(n, _)| n == name) {
-                Some((_, value)) => HeaderOp::Set(name, value),
-                None => HeaderOp::Remove(name),
+            .filter_map(|(name, present)| {
+                let now = self.headers.iter().find(|(n, _)| n == name);
+                match (now, *present) {
+                    (Some((_, value)), true) => Some(HeaderOp::Set(name, value)),
+                    (Some((_, value)), false) => Some(HeaderOp::Add(name, value)),
+                    (None, true) => Some(HeaderOp::Remove(name)),
+                    (None, false) => None,
+                }
             })
             .collect()
     }
@@ -268,9 +288,41 @@ mod tests {
         r.remove("x-b");
         r.remove("x-a");
         r.set("x-a", "4");
+        r.set("x-c", "1");
+        r.set("x-c", "2");
         assert_eq!(
             r.pending_changes(),
-            [HeaderOp::Remove("x-b"), HeaderOp::Set("x-a", b"4")]
+            [HeaderOp::Set("x-a", b"4"), HeaderOp::Add("x-c", b"2")],
+            "x-b was added and removed: nothing to ask"
+        );
+    }
+
+    #[test]
+    fn an_empty_value_removes_the_header() {
+        let mut r = request();
+        r.set("x-a", "");
+        r.set("x-new", "");
+        assert!(!r.has_header("x-a") && !r.has_header("x-new"));
+        assert_eq!(r.pending_changes(), [HeaderOp::Remove("x-a")]);
+    }
+
+    #[test]
+    fn a_header_the_proxy_lacks_is_added_and_one_it_holds_is_set() {
+        let mut r = request();
+        r.set("x-new", "1");
+        r.set("x-a", "9");
+        assert_eq!(
+            r.pending_changes(),
+            [HeaderOp::Add("x-new", b"1"), HeaderOp::Set("x-a", b"9")]
+        );
+        let mut host = crate::mock::MockHost::default();
+        r.apply_changes(&mut host);
+        // Once applied, the proxy holds x-new: a later change sets it.
+        r.set("x-new", "2");
+        r.remove("x-a");
+        assert_eq!(
+            r.pending_changes(),
+            [HeaderOp::Set("x-new", b"2"), HeaderOp::Remove("x-a")]
         );
     }
 }
