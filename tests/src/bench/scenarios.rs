@@ -475,7 +475,8 @@ pub fn all(fx: &Fixtures) -> Vec<Scenario> {
         Scenario {
             name: NATIVE_AUTH_FRESH,
             about: "The `auth (fresh token)` row on the native engine: ES256 verified in \
-                    native code (jwt-simple's `p256`) on every request.",
+                    native code (ring's constant-time P-256, `filters/core/src/ecdsa.rs`) on \
+                    every request.",
             filters: vec![native(ctxgate_auth(fx, json!({})))],
             ..auth_row(Load::FreshToken)
         },
