@@ -822,6 +822,7 @@ fn it_splits_tenants_across_variants_by_weight_and_keeps_each_on_its_variant() {
     });
     let weights: BTreeMap<&str, f64> = [("control", 60.0), ("b", 30.0), ("c", 10.0)].into();
     let variant_config: VariantConfig = serde_json::from_value(split.clone()).unwrap();
+    let split_of = ctxgate_core::tagging::Split::new(&variant_config);
     let upstreams = Upstreams::start(&["standard", "variant-b", "variant-c"]);
     let envoy = Envoy::start(
         &upstreams.add_to(
@@ -884,7 +885,7 @@ fn it_splits_tenants_across_variants_by_weight_and_keeps_each_on_its_variant() {
     let mut assigned: HashMap<usize, String> = HashMap::new();
     for (i, variant, upstream) in &results {
         let tenant = format!("tenant-{i:05}");
-        let expected = ctxgate_core::tagging::pick_variant(&variant_config, &tenant);
+        let expected = split_of.pick(&tenant);
         if variant != expected || upstream != upstream_of(expected) {
             wrong.push(format!(
                 "{tenant}: variant {variant:?} at {upstream}, want {expected}"

@@ -6,8 +6,7 @@
 //! written once, when the request is done, with what the request carries
 //! (request id, client, identity, operation) filled in then.
 
-use serde::Serialize;
-
+use super::json::{push_str, push_u64};
 use crate::contract::Established;
 
 /// One stage's decision on one request.
@@ -32,69 +31,90 @@ pub struct RequestFacts<'a> {
     pub token: Option<&'a str>,
 }
 
-/// One request's record as written to the trail (JSON): what the request
-/// carried, once, and one entry per stage decision (an event). Absent
-/// facts are left out.
-#[derive(Serialize)]
+/// One request's record as written to the trail (JSON, see [`Record::write`]):
+/// what the request carried, once, and one entry per stage decision (an
+/// event). Absent facts are left out.
 struct Record<'a> {
     /// The first decision's time.
     time_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     tenant: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<&'a str>,
     /// The acting service, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<&'a str>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
     actors: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
     operation: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     context: Option<&'a str>,
     method: &'a str,
     path: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     client: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<&'a str>,
-    decisions: Events<'a>,
-}
-
-/// The decisions of a record, each an array: `[stage, "allow", ms]` or
-/// `[stage, "deny", ms, status, reason]`, `ms` counted from the record's
-/// `time_ms`.
-struct Events<'a> {
-    start_ms: u64,
     decisions: &'a [Decision],
 }
 
-impl Serialize for Events<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{SerializeSeq, SerializeTuple};
-        struct Event<'a>(u64, &'a Decision);
-        impl Serialize for Event<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let Event(start_ms, d) = self;
-                let len = if d.refusal.is_some() { 5 } else { 3 };
-                let mut t = serializer.serialize_tuple(len)?;
-                t.serialize_element(d.stage)?;
-                t.serialize_element(if d.refusal.is_some() { "deny" } else { "allow" })?;
-                t.serialize_element(&d.time_ms.saturating_sub(*start_ms))?;
-                if let Some((status, reason)) = &d.refusal {
-                    t.serialize_element(status)?;
-                    t.serialize_element(reason)?;
-                }
-                t.end()
+impl Record<'_> {
+    /// Appends the record as one JSON object, keys in the order of the
+    /// fields. Each decision is an array: `[stage, "allow", ms]` or
+    /// `[stage, "deny", ms, status, reason]`, `ms` counted from the
+    /// record's `time_ms`. Written by hand: on the request path this is
+    /// a third of what serde_json costs.
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time_ms\":");
+        push_u64(out, self.time_ms);
+        let optional = [
+            (&b",\"request_id\":"[..], self.request_id),
+            (b",\"tenant\":", self.tenant),
+            (b",\"subject\":", self.subject),
+            (b",\"service\":", self.service),
+        ];
+        for (key, value) in optional {
+            if let Some(value) = value {
+                out.extend_from_slice(key);
+                push_str(out, value);
             }
         }
-        let mut seq = serializer.serialize_seq(Some(self.decisions.len()))?;
-        for d in self.decisions {
-            seq.serialize_element(&Event(self.start_ms, d))?;
+        if !self.actors.is_empty() {
+            out.extend_from_slice(b",\"actors\":[");
+            for (i, actor) in self.actors.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                push_str(out, actor);
+            }
+            out.push(b']');
         }
-        seq.end()
+        let facts = [
+            (&b",\"operation\":"[..], self.operation),
+            (b",\"context\":", self.context),
+            (b",\"method\":", Some(self.method)),
+            (b",\"path\":", Some(self.path)),
+            (b",\"client\":", self.client),
+            (b",\"token\":", self.token),
+        ];
+        for (key, value) in facts {
+            if let Some(value) = value {
+                out.extend_from_slice(key);
+                push_str(out, value);
+            }
+        }
+        out.extend_from_slice(b",\"decisions\":[");
+        for (i, d) in self.decisions.iter().enumerate() {
+            out.extend_from_slice(if i > 0 { b",[" } else { b"[" });
+            push_str(out, d.stage);
+            out.extend_from_slice(match d.refusal {
+                Some(_) => b",\"deny\",",
+                None => b",\"allow\",",
+            });
+            push_u64(out, d.time_ms.saturating_sub(self.time_ms));
+            if let Some((status, reason)) = &d.refusal {
+                out.push(b',');
+                push_u64(out, u64::from(*status));
+                out.push(b',');
+                push_str(out, reason);
+            }
+            out.push(b']');
+        }
+        out.extend_from_slice(b"]}");
     }
 }
 
@@ -194,13 +214,13 @@ impl Message {
         }
     }
 
-    /// Appends one request's record. Returns whether it was written.
+    /// Appends one request's record.
     pub fn add(
         &mut self,
         decisions: &[Decision],
         facts: &RequestFacts<'_>,
         pseudonymizer: Option<&mut Pseudonymizer>,
-    ) -> bool {
+    ) {
         let identity = facts.established.and_then(|e| e.identity.as_deref());
         let operation = facts.established.and_then(|e| e.operation.as_deref());
         let subject = match (identity, pseudonymizer) {
@@ -226,26 +246,19 @@ impl Message {
             path: facts.path,
             client: facts.client,
             token: facts.token,
-            decisions: Events {
-                start_ms,
-                decisions,
-            },
+            decisions,
         };
         let events = decisions.len() as u64;
         let start = self.bytes.len();
         self.bytes.extend_from_slice(&events.to_le_bytes());
         self.bytes.extend_from_slice(&[0; 4]);
-        if serde_json::to_writer(&mut self.bytes, &record).is_err() {
-            self.bytes.truncate(start);
-            return false;
-        }
+        record.write(&mut self.bytes);
         let len = u32::try_from(self.bytes.len() - start - 12).unwrap_or(u32::MAX);
         if let Some(slot) = self.bytes.get_mut(start + 8..start + 12) {
             slot.copy_from_slice(&len.to_le_bytes());
         }
         self.records += 1;
         self.events = self.events.saturating_add(events);
-        true
     }
 
     pub fn records(&self) -> usize {

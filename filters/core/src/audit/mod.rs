@@ -20,6 +20,7 @@
 pub mod batch;
 pub mod config;
 pub mod event;
+mod json;
 pub mod recorder;
 pub mod shipper;
 #[cfg(test)]

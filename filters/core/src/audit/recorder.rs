@@ -141,12 +141,9 @@ impl Recorder {
         if self.message.is_empty() {
             self.oldest_ms = decisions.first().map_or(0, |d| d.time_ms);
         }
-        if self
-            .message
-            .add(decisions, facts, self.pseudonymizer.as_mut())
-        {
-            self.enqueued = self.enqueued.saturating_add(n);
-        }
+        self.message
+            .add(decisions, facts, self.pseudonymizer.as_mut());
+        self.enqueued = self.enqueued.saturating_add(n);
         if self.message.records() >= MESSAGE_RECORDS || self.message.len() >= MESSAGE_BYTES {
             self.send(host, metrics);
         }

@@ -247,7 +247,7 @@ pub struct Tagger {
     tenants: BTreeMap<String, BTreeMap<String, String>>,
     from_claims: BTreeMap<String, String>,
     defaults: BTreeMap<String, String>,
-    variant: Option<VariantConfig>,
+    variant: Option<Split>,
 }
 
 impl Tagger {
@@ -353,7 +353,7 @@ impl Tagger {
             tenants: config.tenants,
             from_claims: config.from_claims,
             defaults: config.defaults,
-            variant: config.variant,
+            variant: config.variant.as_ref().map(Split::new),
         })
     }
 
@@ -412,7 +412,7 @@ impl Tagger {
                     VariantKey::Tenant => &identity.tenant,
                     VariantKey::Subject => &identity.subject,
                 };
-                slots.offer("variant", || Cow::Borrowed(pick_variant(variant, key)));
+                slots.offer("variant", || Cow::Borrowed(variant.pick(key)));
             }
         }
         if let Some(call) = input.mcp {
@@ -456,25 +456,59 @@ fn claim_of<'a>(identity: &'a Caller, name: &str) -> Option<&'a str> {
     }
 }
 
-/// The variant of `key`: a stable hash into the cumulative weights.
-pub fn pick_variant<'a>(config: &'a VariantConfig, key: &str) -> &'a str {
-    let total: u64 = config.variants.iter().map(|v| u64::from(v.weight)).sum();
-    let mut hash = hmac_sha256::Hash::new();
-    hash.update(config.salt.as_bytes());
-    hash.update([0u8]);
-    hash.update(key.as_bytes());
-    let digest = hash.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
-    let mut point = u64::from_le_bytes(first) % total.max(1);
-    for variant in &config.variants {
-        let weight = u64::from(variant.weight);
-        if point < weight {
-            return &variant.name;
+/// A weighted split of callers into variants, compiled: the hash key
+/// derived from the salt once.
+pub struct Split {
+    key: VariantKey,
+    /// SipHash-1-3 keys: the first 16 bytes of the salt's SHA-256.
+    k0: u64,
+    k1: u64,
+    /// Each variant's name and weight, in config order.
+    variants: Vec<(String, u64)>,
+    total: u64,
+}
+
+impl Split {
+    pub fn new(config: &VariantConfig) -> Split {
+        let digest = hmac_sha256::Hash::hash(config.salt.as_bytes());
+        let half = |at: usize| {
+            let mut bytes = [0u8; 8];
+            if let Some(part) = digest.get(at..at + 8) {
+                bytes.copy_from_slice(part);
+            }
+            u64::from_le_bytes(bytes)
+        };
+        let variants: Vec<(String, u64)> = config
+            .variants
+            .iter()
+            .map(|v| (v.name.clone(), u64::from(v.weight)))
+            .collect();
+        Split {
+            key: config.key,
+            k0: half(0),
+            k1: half(8),
+            total: variants.iter().map(|(_, w)| w).sum(),
+            variants,
         }
-        point -= weight;
     }
-    config.variants.last().map_or("", |v| v.name.as_str())
+
+    /// The variant of `key` (a tenant or subject): its SipHash-1-3 under
+    /// the salt's key, a point in the cumulative weights. Stable on every
+    /// gateway and engine; a new salt reshuffles. A keyed PRF, not SHA-256
+    /// per request: this runs on every tagged request.
+    pub fn pick(&self, key: &str) -> &str {
+        use std::hash::Hasher;
+        let mut hasher = siphasher::sip::SipHasher13::new_with_keys(self.k0, self.k1);
+        hasher.write(key.as_bytes());
+        let mut point = hasher.finish() % self.total.max(1);
+        for (name, weight) in &self.variants {
+            if point < *weight {
+                return name;
+            }
+            point -= weight;
+        }
+        self.variants.last().map_or("", |(name, _)| name.as_str())
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::*;
+use config::VariantConfig;
 
 fn tagger(config: Value) -> Tagger {
     Tagger::from_json(config.to_string().as_bytes()).unwrap()
@@ -372,4 +373,23 @@ fn an_mcp_call_declared_in_the_headers_is_tagged_with_its_method_and_tool() {
         values.iter().all(|(h, _)| !h.starts_with("x-mcp-")),
         "{values:?}"
     );
+}
+
+#[test]
+fn a_split_is_pinned_and_a_new_salt_reshuffles() {
+    let split = |salt: &str| {
+        let config: VariantConfig = serde_json::from_value(
+            json!({"salt": salt, "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]}),
+        )
+        .unwrap();
+        let split = Split::new(&config);
+        (0..16)
+            .map(|i| split.pick(&format!("tenant-{i}")).to_owned())
+            .collect::<Vec<_>>()
+            .concat()
+    };
+    // The assignment is part of the contract: a release that moved
+    // callers between variants would break running experiments.
+    assert_eq!(split("exp-7"), "bbbabababaaababb");
+    assert_ne!(split("exp-7"), split("exp-8"));
 }
