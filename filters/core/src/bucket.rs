@@ -332,7 +332,12 @@ impl BucketTable {
     }
 
     fn slot_key(&self, slot: u32) -> String {
-        format!("{}{slot}", self.prefix)
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(slot);
+        let mut key = String::with_capacity(self.prefix.len() + digits.len());
+        key.push_str(&self.prefix);
+        key.push_str(digits);
+        key
     }
 
     fn slot_of(&self, hash: u64) -> String {

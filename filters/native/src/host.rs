@@ -270,13 +270,13 @@ impl Host for NativeHost<'_> {
 
     fn set_filter_state(&mut self, stream: StreamId, key: &str, value: &[u8]) {
         if let Some(filter) = self.filter(stream) {
-            filter.set_filter_state(&format!("{FILTER_STATE_PREFIX}{key}"), value);
+            filter.set_filter_state(&[FILTER_STATE_PREFIX, key].concat(), value);
         }
     }
 
     fn filter_state(&mut self, stream: StreamId, key: &str) -> Option<Vec<u8>> {
         self.filter(stream)?
-            .filter_state(&format!("{FILTER_STATE_PREFIX}{key}"))
+            .filter_state(&[FILTER_STATE_PREFIX, key].concat())
     }
 
     fn grpc_call(

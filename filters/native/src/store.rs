@@ -17,7 +17,9 @@
 //! [`MAX_VALUE`] bytes, so no input can make it grow without end.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -36,7 +38,11 @@ pub const MAX_KEYS: usize = 1 << 20;
 /// a key set, a few kilobytes).
 pub const MAX_VALUE: usize = 1 << 20;
 
-type Shard = HashMap<String, (Vec<u8>, Cas)>;
+/// Keys are the pipeline's own (`<table>.slot.<n>` and the like, the slot
+/// picked by a keyed hash), never a string a caller chose, so a fast hash
+/// serves: std's SipHash, run twice per access (shard, then map), cost more
+/// than the rest of the lookup.
+type Shard = HashMap<String, (Vec<u8>, Cas), RandomState>;
 
 pub struct ProcessStore {
     shards: Vec<Mutex<Shard>>,
@@ -48,8 +54,10 @@ pub struct ProcessStore {
 impl Default for ProcessStore {
     fn default() -> Self {
         ProcessStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(RandomState::default())))
+                .collect(),
+            hasher: RandomState::default(),
             keys: AtomicUsize::new(0),
             next_cas: AtomicU32::new(0),
         }
@@ -58,7 +66,8 @@ impl Default for ProcessStore {
 
 impl ProcessStore {
     fn shard(&self, key: &str) -> Option<MutexGuard<'_, Shard>> {
-        let index = usize::try_from(self.hasher.hash_one(key)).unwrap_or(0) % SHARDS;
+        // The high bits: the shard's map uses the low ones.
+        let index = usize::try_from(self.hasher.hash_one(key) >> 32).unwrap_or(0) % SHARDS;
         // A panic while a shard was locked leaves whole records behind
         // (a write replaces a value in one assignment), so a poisoned lock
         // is still safe to use.

@@ -9,17 +9,28 @@ use crate::mcp::Declared;
 use crate::scope::ScopeSet;
 use std::sync::Arc;
 
+/// An entry of the request's headers, against the proxy's map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// As the proxy holds it.
+    Proxy,
+    /// The proxy holds this name with other values: a set.
+    Changed,
+    /// The proxy lacks this name: an add.
+    Added,
+}
+
 pub struct Request {
     pub stream: StreamId,
     /// The request headers with every change so far applied.
     headers: Vec<(String, Vec<u8>)>,
     method: String,
     path: String,
-    /// Names of the headers changed since the proxy last saw them, in
-    /// the order first changed, and whether the proxy's map held the
-    /// header then. What each became is in `headers`: a set leaves
-    /// exactly one value, a removal none.
-    changed: Vec<(String, bool)>,
+    /// Where each entry of `headers` stands against the proxy's map (same
+    /// length and order as `headers`).
+    origin: Vec<Origin>,
+    /// Headers the proxy holds that were removed since it last saw them.
+    removed: Vec<String>,
     /// The request headers ended the stream (no body).
     pub end_of_stream: bool,
     /// Identity and operation: from the auth stage of this pipeline, or
@@ -59,10 +70,11 @@ impl Request {
         let (method, path) = (pseudo(":method"), pseudo(":path"));
         Request {
             stream,
+            origin: vec![Origin::Proxy; headers.len()],
             headers,
             method,
             path,
-            changed: Vec::new(),
+            removed: Vec::new(),
             end_of_stream,
             established: None,
             body: None,
@@ -88,20 +100,23 @@ impl Request {
     }
 
     /// Removes a header, if the request has it (nothing is asked of the
-    /// proxy for a header that is not there).
+    /// proxy for a header that is not there, or that it never saw).
     pub fn remove(&mut self, name: &str) {
-        if self.has_header(name) {
-            self.mark_changed(name, true);
-            self.headers.retain(|(n, _)| n != name);
+        let mut proxy_holds = false;
+        let mut i = 0;
+        while let Some((n, _)) = self.headers.get(i) {
+            if n == name {
+                proxy_holds |= self.origin.get(i) != Some(&Origin::Added);
+                self.headers.remove(i);
+                if i < self.origin.len() {
+                    self.origin.remove(i);
+                }
+            } else {
+                i += 1;
+            }
         }
-    }
-
-    /// Notes a change to `name`, before it is made: `present` is whether
-    /// the request has the header now, which is what the proxy holds
-    /// unless it changed since the proxy last saw it.
-    fn mark_changed(&mut self, name: &str, present: bool) {
-        if !self.changed.iter().any(|(n, _)| n == name) {
-            self.changed.push((name.to_owned(), present));
+        if proxy_holds && !self.removed.iter().any(|n| n == name) {
+            self.removed.push(name.to_owned());
         }
     }
 
@@ -114,67 +129,82 @@ impl Request {
             self.remove(name);
             return;
         }
-        let unchanged = {
-            let mut values = self.headers.iter().filter(|(n, _)| n == name);
-            matches!((values.next(), values.next()), (Some((_, v)), None) if v == value.as_bytes())
-        };
-        if unchanged {
-            return;
+        let mut named = self
+            .headers
+            .iter()
+            .enumerate()
+            .filter(|(_, (n, _))| n == name)
+            .map(|(i, _)| i);
+        let (first, more) = (named.next(), named.next().is_some());
+        match first.and_then(|i| Some((i, self.headers.get_mut(i)?))) {
+            Some((i, (_, current))) => {
+                if !more && current == value.as_bytes() {
+                    return;
+                }
+                current.clear();
+                current.extend_from_slice(value.as_bytes());
+                if let Some(origin @ Origin::Proxy) = self.origin.get_mut(i) {
+                    *origin = Origin::Changed;
+                }
+                if more {
+                    // One value is left: drop the later ones (the set
+                    // replaces them at the proxy too).
+                    let mut j = self.headers.len();
+                    while j > i + 1 {
+                        j -= 1;
+                        if self.headers.get(j).is_some_and(|(n, _)| n == name) {
+                            self.headers.remove(j);
+                            if j < self.origin.len() {
+                                self.origin.remove(j);
+                            }
+                        }
+                    }
+                }
+            }
+            None => {
+                // Removed and set again: the proxy still holds it.
+                let origin = match self.removed.iter().position(|n| n == name) {
+                    Some(r) => {
+                        self.removed.swap_remove(r);
+                        Origin::Changed
+                    }
+                    None => Origin::Added,
+                };
+                self.headers
+                    .push((name.to_owned(), value.as_bytes().to_vec()));
+                self.origin.push(origin);
+            }
         }
         match name {
             ":path" => value.clone_into(&mut self.path),
             ":method" => value.clone_into(&mut self.method),
             _ => {}
         }
-        let position = self.headers.iter().position(|(n, _)| n == name);
-        self.mark_changed(name, position.is_some());
-        match position {
-            Some(i) => {
-                if let Some(entry) = self.headers.get_mut(i) {
-                    entry.1.clear();
-                    entry.1.extend_from_slice(value.as_bytes());
-                }
-                let mut seen = 0usize;
-                self.headers.retain(|(n, _)| {
-                    if n == name {
-                        seen += 1;
-                        seen == 1
-                    } else {
-                        true
-                    }
-                });
-            }
-            None => self
-                .headers
-                .push((name.to_owned(), value.as_bytes().to_vec())),
-        }
     }
 
     /// Hands the collected changes to the proxy, if there are any.
     pub fn apply_changes(&mut self, host: &mut dyn Host) {
-        if !self.changed.is_empty() {
-            let changes = self.pending_changes();
-            if !changes.is_empty() {
-                host.change_request_headers(self.stream, &changes, &self.headers);
-            }
-            self.changed.clear();
+        if self.removed.is_empty() && self.origin.iter().all(|o| *o == Origin::Proxy) {
+            return;
         }
+        let changes = self.pending_changes();
+        host.change_request_headers(self.stream, &changes, &self.headers);
+        self.origin.fill(Origin::Proxy);
+        self.removed.clear();
     }
 
-    /// Changes not yet applied: one per changed header, what it became
-    /// (none for a header added and removed again).
+    /// Changes not yet applied, one per changed header, what it became: in
+    /// header order, removals last.
     pub fn pending_changes(&self) -> Vec<HeaderOp<'_>> {
-        self.changed
+        self.headers
             .iter()
-            .filter_map(|(name, present)| {
-                let now = self.headers.iter().find(|(n, _)| n == name);
-                match (now, *present) {
-                    (Some((_, value)), true) => Some(HeaderOp::Set(name, value)),
-                    (Some((_, value)), false) => Some(HeaderOp::Add(name, value)),
-                    (None, true) => Some(HeaderOp::Remove(name)),
-                    (None, false) => None,
-                }
+            .zip(&self.origin)
+            .filter_map(|((name, value), origin)| match origin {
+                Origin::Proxy => None,
+                Origin::Changed => Some(HeaderOp::Set(name, value)),
+                Origin::Added => Some(HeaderOp::Add(name, value)),
             })
+            .chain(self.removed.iter().map(|name| HeaderOp::Remove(name)))
             .collect()
     }
 
@@ -298,6 +328,19 @@ mod tests {
     }
 
     #[test]
+    fn a_header_removed_set_and_removed_again_is_one_removal() {
+        let mut r = request();
+        r.remove("x-a");
+        r.set("x-a", "5");
+        assert_eq!(r.pending_changes(), [HeaderOp::Set("x-a", b"5")]);
+        r.remove("x-a");
+        assert_eq!(r.pending_changes(), [HeaderOp::Remove("x-a")]);
+        let mut host = crate::mock::MockHost::default();
+        r.apply_changes(&mut host);
+        assert!(r.pending_changes().is_empty());
+    }
+
+    #[test]
     fn an_empty_value_removes_the_header() {
         let mut r = request();
         r.set("x-a", "");
@@ -313,7 +356,7 @@ mod tests {
         r.set("x-a", "9");
         assert_eq!(
             r.pending_changes(),
-            [HeaderOp::Add("x-new", b"1"), HeaderOp::Set("x-a", b"9")]
+            [HeaderOp::Set("x-a", b"9"), HeaderOp::Add("x-new", b"1")]
         );
         let mut host = crate::mock::MockHost::default();
         r.apply_changes(&mut host);

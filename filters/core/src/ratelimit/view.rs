@@ -32,15 +32,25 @@ impl LimitView {
     /// rate-limit filters send them): `x-ratelimit-limit: 600, 600;w=60`,
     /// `x-ratelimit-remaining`, `x-ratelimit-reset` (seconds).
     pub fn headers(&self) -> Vec<(String, String)> {
+        let mut number = itoa::Buffer::new();
+        let limit = number.format(self.limit);
+        let mut policy = String::with_capacity(2 * limit.len() + 16);
+        policy.push_str(limit);
+        policy.push_str(", ");
+        policy.push_str(limit);
+        policy.push_str(";w=");
+        policy.push_str(number.format(self.window_seconds));
         vec![
+            ("x-ratelimit-limit".into(), policy),
             (
-                "x-ratelimit-limit".into(),
-                format!("{0}, {0};w={1}", self.limit, self.window_seconds),
+                "x-ratelimit-remaining".into(),
+                number.format(self.remaining).to_owned(),
             ),
-            ("x-ratelimit-remaining".into(), self.remaining.to_string()),
             (
                 "x-ratelimit-reset".into(),
-                self.reset_seconds.min(u64::from(u32::MAX)).to_string(),
+                number
+                    .format(self.reset_seconds.min(u64::from(u32::MAX)))
+                    .to_owned(),
             ),
         ]
     }
