@@ -6,7 +6,7 @@
 //! written once, when the request is done, with what the request carries
 //! (request id, client, identity, operation) filled in then.
 
-use super::json::{push_str, push_u64};
+use super::json::{push_field, push_str, push_u64};
 use crate::contract::Established;
 
 /// One stage's decision on one request.
@@ -61,18 +61,10 @@ impl Record<'_> {
     fn write(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"time_ms\":");
         push_u64(out, self.time_ms);
-        let optional = [
-            (&b",\"request_id\":"[..], self.request_id),
-            (b",\"tenant\":", self.tenant),
-            (b",\"subject\":", self.subject),
-            (b",\"service\":", self.service),
-        ];
-        for (key, value) in optional {
-            if let Some(value) = value {
-                out.extend_from_slice(key);
-                push_str(out, value);
-            }
-        }
+        push_field(out, b",\"request_id\":", self.request_id);
+        push_field(out, b",\"tenant\":", self.tenant);
+        push_field(out, b",\"subject\":", self.subject);
+        push_field(out, b",\"service\":", self.service);
         if !self.actors.is_empty() {
             out.extend_from_slice(b",\"actors\":[");
             for (i, actor) in self.actors.iter().enumerate() {
@@ -83,20 +75,12 @@ impl Record<'_> {
             }
             out.push(b']');
         }
-        let facts = [
-            (&b",\"operation\":"[..], self.operation),
-            (b",\"context\":", self.context),
-            (b",\"method\":", Some(self.method)),
-            (b",\"path\":", Some(self.path)),
-            (b",\"client\":", self.client),
-            (b",\"token\":", self.token),
-        ];
-        for (key, value) in facts {
-            if let Some(value) = value {
-                out.extend_from_slice(key);
-                push_str(out, value);
-            }
-        }
+        push_field(out, b",\"operation\":", self.operation);
+        push_field(out, b",\"context\":", self.context);
+        push_field(out, b",\"method\":", Some(self.method));
+        push_field(out, b",\"path\":", Some(self.path));
+        push_field(out, b",\"client\":", self.client);
+        push_field(out, b",\"token\":", self.token);
         out.extend_from_slice(b",\"decisions\":[");
         for (i, d) in self.decisions.iter().enumerate() {
             out.extend_from_slice(if i > 0 { b",[" } else { b"[" });

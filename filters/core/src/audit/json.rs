@@ -57,6 +57,14 @@ fn may_need_escape(word: u64) -> bool {
         != 0
 }
 
+/// Appends `key` (`,"name":`) and `value` as a string, if there is one.
+pub fn push_field(out: &mut Vec<u8>, key: &[u8], value: Option<&str>) {
+    if let Some(value) = value {
+        out.extend_from_slice(key);
+        push_str(out, value);
+    }
+}
+
 /// Appends `n` in decimal.
 pub fn push_u64(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
