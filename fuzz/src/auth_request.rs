@@ -38,7 +38,7 @@ pub fn auth_request(data: &[u8]) {
     let mut lines = data.split(|b| *b == b'\n');
     let method = String::from_utf8_lossy(lines.next().unwrap_or_default()).into_owned();
     let path = String::from_utf8_lossy(lines.next().unwrap_or_default()).into_owned();
-    let headers: Vec<(String, Vec<u8>)> = lines
+    let headers: ctxgate_core::headers::Headers = lines
         .filter_map(|line| {
             let colon = line.iter().position(|b| *b == b':')?;
             let (name, value) = line.split_at(colon);
@@ -154,7 +154,7 @@ fn carries_valid_token(fixture: &Fixture, request: &RequestHead<'_>) -> bool {
     if let Ok(decoded) = percent_decode_bytes(request.path.as_bytes(), true) {
         texts.push(String::from_utf8_lossy(&decoded).into_owned());
     }
-    for (_, value) in request.headers {
+    for (_, value) in request.headers.iter() {
         texts.push(String::from_utf8_lossy(value).into_owned());
     }
     let all: HashSet<Algorithm> = Algorithm::ALL.into_iter().collect();

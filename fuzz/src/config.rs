@@ -17,7 +17,7 @@ pub fn config(data: &[u8]) {
     let head = RequestHead {
         method: "GET",
         path: "/",
-        headers: &[],
+        headers: &ctxgate_core::headers::NO_HEADERS,
     };
     if let Ok(auth) = Auth::from_json(data, "fuzz", SECRET) {
         let mut state = auth.new_state();

@@ -377,10 +377,12 @@ fn shared_cache_hit(fixture: &Fixture, value: &[u8]) {
     let store = MemoryStore::default();
     fixture.auth.init_shared(&store);
     let _ = store.set(&key, &entry, None);
-    let headers = vec![(
+    let headers: ctxgate_core::headers::Headers = [(
         "authorization".to_owned(),
         format!("Bearer {TOKEN}").into_bytes(),
-    )];
+    )]
+    .into_iter()
+    .collect();
     let request = RequestHead {
         method: "GET",
         path: "/v1/contexts/projects/a",
@@ -763,7 +765,7 @@ fn breaker(fixture: &Fixture, value: &[u8]) {
     let head = RequestHead {
         method: "GET",
         path: "/",
-        headers: &[],
+        headers: &ctxgate_core::headers::NO_HEADERS,
     };
     for now in [
         0,

@@ -625,10 +625,12 @@ fn record_seeds() {
     // A shared token-cache entry, written by a real verification.
     let (auth, store) = fixtures::auth();
     let token = es256_key().sign(claims(json!({}))).unwrap();
-    let headers = vec![(
+    let headers: ctxgate_core::headers::Headers = [(
         "authorization".to_owned(),
         format!("Bearer {token}").into_bytes(),
-    )];
+    )]
+    .into_iter()
+    .collect();
     let request = RequestHead {
         method: "GET",
         path: "/v1/contexts/projects/a",
@@ -710,7 +712,7 @@ fn record_seeds() {
     let head = RequestHead {
         method: "GET",
         path: "/",
-        headers: &[],
+        headers: &ctxgate_core::headers::NO_HEADERS,
     };
     let now = NOW * 1000;
     for _ in 0..2 {

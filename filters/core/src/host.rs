@@ -10,6 +10,7 @@
 //! operation names its stream: an engine that must switch to the stream
 //! first (proxy-wasm's effective context) does so itself.
 
+use crate::headers::Headers;
 use crate::reply::LocalReply;
 use crate::shared::SharedStore;
 
@@ -175,7 +176,7 @@ pub trait Host {
     fn nonces(&self) -> &dyn NonceStore;
 
     /// The request headers of `stream`, read once, values as raw bytes.
-    fn request_headers(&mut self, stream: StreamId) -> Vec<(String, Vec<u8>)>;
+    fn request_headers(&mut self, stream: StreamId) -> Headers;
 
     /// Applies request header changes, in order. `result` is the header
     /// list with the changes applied: a host may replace the whole map
@@ -184,7 +185,7 @@ pub trait Host {
         &mut self,
         stream: StreamId,
         changes: &[HeaderOp<'_>],
-        result: &[(String, Vec<u8>)],
+        result: &Headers,
     );
 
     /// The first `size` bytes of the request body the proxy buffered for

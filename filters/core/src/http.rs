@@ -1,6 +1,8 @@
 //! A plain view of an HTTP request: what a stage decides on. The replies a
 //! stage sends itself are in [`crate::reply`].
 
+use crate::headers::Headers;
+
 /// The parts of a request a filter decides on. Header names are lower case
 /// (Envoy normalizes them); values are raw bytes because HTTP allows
 /// non-UTF-8 octets there and a filter must not choke on them.
@@ -9,16 +11,13 @@ pub struct RequestHead<'a> {
     pub method: &'a str,
     /// `:path` as received, with the query.
     pub path: &'a str,
-    pub headers: &'a [(String, Vec<u8>)],
+    pub headers: &'a Headers,
 }
 
 impl<'a> RequestHead<'a> {
     /// All values of header `name` (lower case), in order.
     pub fn header_values(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        self.headers.values(name)
     }
 
     /// The first value of header `name`, if it is UTF-8.
@@ -29,7 +28,7 @@ impl<'a> RequestHead<'a> {
     }
 
     pub fn has_header(&self, name: &str) -> bool {
-        self.headers.iter().any(|(n, _)| n == name)
+        self.headers.contains(name)
     }
 
     /// gRPC requests get their status in `grpc-status`, not the HTTP code.

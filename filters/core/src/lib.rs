@@ -16,6 +16,7 @@ pub mod config;
 pub mod contract;
 pub mod duration;
 pub mod ecdsa;
+pub mod headers;
 pub mod host;
 pub mod http;
 pub mod jwt;

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::headers::Headers;
 use crate::host::{
     Attribute, CallId, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind, NonceStore,
     QueueError, StreamId,
@@ -188,17 +189,17 @@ impl Host for MockHost {
         &self.nonces
     }
 
-    fn request_headers(&mut self, stream: StreamId) -> Vec<(String, Vec<u8>)> {
+    fn request_headers(&mut self, stream: StreamId) -> Headers {
         let s = self.streams.entry(stream).or_default();
         s.header_reads += 1;
-        s.request_headers.clone()
+        s.request_headers.iter().cloned().collect()
     }
 
     fn change_request_headers(
         &mut self,
         stream: StreamId,
         changes: &[HeaderOp<'_>],
-        result: &[(String, Vec<u8>)],
+        result: &Headers,
     ) {
         let s = self.streams.entry(stream).or_default();
         s.change_batches
@@ -225,7 +226,7 @@ impl Host for MockHost {
                     }
                 }
             }
-            let mut expected = result.to_vec();
+            let mut expected = result.to_pairs();
             held.sort();
             expected.sort();
             assert_eq!(
@@ -233,7 +234,7 @@ impl Host for MockHost {
                 "the header changes do not give the forwarded headers"
             );
         }
-        s.request_headers = result.to_vec();
+        s.request_headers = result.to_pairs();
     }
 
     fn response_header(&mut self, stream: StreamId, name: &str) -> Option<String> {

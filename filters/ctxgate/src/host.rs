@@ -6,6 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, UNIX_EPOCH};
 
+use ctxgate_core::headers::Headers;
 use ctxgate_core::host::{
     Attribute, CallId, CallResponse, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind,
     NonceStore, QueueError, StreamId,
@@ -121,16 +122,16 @@ impl Host for WasmHost {
         &SharedNonces(SharedData)
     }
 
-    fn request_headers(&mut self, stream: StreamId) -> Vec<(String, Vec<u8>)> {
+    fn request_headers(&mut self, stream: StreamId) -> Headers {
         self.on(stream);
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+        request_header_map()
     }
 
     fn change_request_headers(
         &mut self,
         stream: StreamId,
         changes: &[HeaderOp<'_>],
-        _result: &[(String, Vec<u8>)],
+        _result: &Headers,
     ) {
         // One call per change: `proxy_set_header_map_pairs` (replace the
         // map in one call) costs more than seven single changes in Envoy
@@ -425,6 +426,11 @@ pub fn follow_log_level() {
 
 #[link(wasm_import_module = "env")]
 unsafe extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
     fn proxy_send_local_response(
         status_code: u32,
         status_code_details_data: *const u8,
@@ -435,6 +441,29 @@ unsafe extern "C" {
         headers_size: usize,
         grpc_status: i32,
     ) -> Status;
+}
+
+/// The request headers of the current stream, in the buffer the host
+/// filled: the SDK's `get_map_bytes` would copy every name and value into
+/// its own allocation.
+fn request_header_map() -> Headers {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: both out pointers are valid for the call.
+    let status =
+        unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) };
+    if status != Status::Ok || data.is_null() {
+        return Headers::new();
+    }
+    // SAFETY: the host allocated `size` bytes through the SDK's
+    // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes
+    // from this module's allocator) and handed them over: this takes
+    // ownership once, as the SDK's own `get_map_bytes` does.
+    let bytes = unsafe { Vec::from_raw_parts(data, size, size) };
+    Headers::from_proxy_wasm(bytes).unwrap_or_else(|| {
+        log::warn!("ctxgate: the host's request header map is malformed");
+        Headers::new()
+    })
 }
 
 /// Sends a local reply with response-code details and, for gRPC, a gRPC

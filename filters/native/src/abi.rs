@@ -27,6 +27,7 @@ use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::engine;
+use ctxgate_core::headers::Headers;
 
 /// The ABI version Envoy 1.40.0 was built with: it logs
 /// `Dynamic module ABI version v0.2.0 matched.`
@@ -121,11 +122,21 @@ impl EnvoyBuffer {
     /// `ptr` is null or points to `len` readable bytes (Envoy's promise for
     /// the duration of the current hook).
     unsafe fn copy(self) -> Vec<u8> {
+        // SAFETY: the caller's contract; the slice is copied at once.
+        unsafe { self.as_slice() }.to_vec()
+    }
+
+    /// The bytes, borrowed.
+    ///
+    /// # Safety
+    /// As for [`EnvoyBuffer::copy`], and the slice is dropped before the
+    /// current hook returns or the buffer's map changes.
+    unsafe fn as_slice<'a>(self) -> &'a [u8] {
         if self.ptr.is_null() || self.len == 0 {
-            return Vec::new();
+            return &[];
         }
         // SAFETY: the caller's contract.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }.to_vec()
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
@@ -141,38 +152,44 @@ fn module_headers(headers: &[(&str, &[u8])]) -> Vec<ModuleHeader> {
         .collect()
 }
 
-/// Copies a header array Envoy lent.
+/// Copies a header array Envoy lent into one buffer.
 ///
 /// # Safety
 /// `headers` is null or points to `count` headers whose buffers are valid.
-unsafe fn copy_headers(headers: *const EnvoyHeader, count: usize) -> Vec<(String, Vec<u8>)> {
+unsafe fn copy_headers(headers: *const EnvoyHeader, count: usize) -> Headers {
     if headers.is_null() || count == 0 {
-        return Vec::new();
+        return Headers::new();
     }
     // SAFETY: the caller's contract.
     let headers = unsafe { std::slice::from_raw_parts(headers, count) };
-    headers
-        .iter()
-        .map(|h| {
-            // SAFETY: each header's buffers are valid (the caller's contract).
-            let key = unsafe {
+    let size = headers.iter().fold(0usize, |n, h| {
+        n.saturating_add(h.key_len).saturating_add(h.value_len)
+    });
+    // Room for what the stages add (a dozen headers, a few hundred bytes).
+    let mut copied = Headers::with_capacity(count.saturating_add(16), size.saturating_add(512));
+    for h in headers {
+        // SAFETY: each header's buffers are valid (the caller's contract)
+        // and read only within this iteration.
+        let (key, value) = unsafe {
+            (
                 EnvoyBuffer {
                     ptr: h.key,
                     len: h.key_len,
                 }
-                .copy()
-            };
-            // SAFETY: as above.
-            let value = unsafe {
+                .as_slice(),
                 EnvoyBuffer {
                     ptr: h.value,
                     len: h.value_len,
                 }
-                .copy()
-            };
-            (String::from_utf8_lossy(&key).into_owned(), value)
-        })
-        .collect()
+                .as_slice(),
+            )
+        };
+        match std::str::from_utf8(key) {
+            Ok(name) => copied.push(name, value),
+            Err(_) => copied.push(&String::from_utf8_lossy(key), value),
+        }
+    }
+    copied
 }
 
 /// Concatenates body chunks Envoy lent.
@@ -637,7 +654,7 @@ impl Drop for ConfigScheduler {
 pub struct Filter(Ptr);
 
 impl Filter {
-    pub fn headers(self, map: HeaderMap) -> Vec<(String, Vec<u8>)> {
+    pub fn headers(self, map: HeaderMap) -> Headers {
         // SAFETY: the filter is live on this thread (type invariant).
         let count =
             unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.0, map as u32) };
@@ -655,7 +672,7 @@ impl Filter {
             envoy_dynamic_module_callback_http_get_headers(self.0, map as u32, headers.as_mut_ptr())
         };
         if !ok {
-            return Vec::new();
+            return Headers::new();
         }
         // SAFETY: Envoy filled the entries with buffers valid until the
         // map changes; they are copied now.
@@ -873,9 +890,9 @@ impl Filter {
 /// The answer to a call, as the hooks deliver it.
 #[derive(Debug, Default)]
 pub struct CallAnswer {
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Headers,
     pub body: Vec<u8>,
-    pub trailers: Vec<(String, Vec<u8>)>,
+    pub trailers: Headers,
 }
 
 // ---------------------------------------------------------------------
@@ -1002,7 +1019,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
                 CallAnswer {
                     headers: copy_headers(headers, headers_len),
                     body: copy_chunks(chunks, chunks_len),
-                    trailers: Vec::new(),
+                    trailers: Headers::new(),
                 },
             )
         };
@@ -1246,7 +1263,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
         CallAnswer {
             headers: copy_headers(headers, headers_len),
             body: copy_chunks(chunks, chunks_len),
-            trailers: Vec::new(),
+            trailers: Headers::new(),
         }
     };
     let end = if result == CALLOUT_SUCCESS {

@@ -7,6 +7,7 @@
 //! headers: "trailers-only"). A one-shot callout would drop the trailers,
 //! so gRPC calls use the ABI's streams.
 
+use ctxgate_core::headers::Headers;
 use ctxgate_core::host::{CallResponse, GrpcCall, HttpCall};
 use ctxgate_core::reply::{grpc, grpc_status_for};
 
@@ -93,11 +94,11 @@ fn frame(message: &[u8]) -> Vec<u8> {
     body
 }
 
-fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
+        .map(|(_, v)| v)
 }
 
 fn number<T: std::str::FromStr>(value: Option<&[u8]>) -> Option<T> {

@@ -10,6 +10,7 @@ use std::cell::Cell;
 use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ctxgate_core::headers::Headers;
 use ctxgate_core::host::{
     Attribute, CallId, GrpcCall, HeaderOp, Host, HttpCall, MetricId, MetricKind, NonceStore,
     QueueError, StreamId,
@@ -154,7 +155,7 @@ impl Host for NativeHost<'_> {
         &*NONCES
     }
 
-    fn request_headers(&mut self, stream: StreamId) -> Vec<(String, Vec<u8>)> {
+    fn request_headers(&mut self, stream: StreamId) -> Headers {
         self.filter(stream)
             .map(|f| f.headers(HeaderMap::Request))
             .unwrap_or_default()
@@ -164,7 +165,7 @@ impl Host for NativeHost<'_> {
         &mut self,
         stream: StreamId,
         changes: &[HeaderOp<'_>],
-        _result: &[(String, Vec<u8>)],
+        _result: &Headers,
     ) {
         let Some(filter) = self.filter(stream) else {
             return;

@@ -327,7 +327,7 @@ fn quoted(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn head<'a>(method: &'a str, headers: &'a [(String, Vec<u8>)]) -> RequestHead<'a> {
+    fn head<'a>(method: &'a str, headers: &'a crate::headers::Headers) -> RequestHead<'a> {
         RequestHead {
             method,
             path: "/",
@@ -337,8 +337,8 @@ mod tests {
 
     #[test]
     fn missing_token_gets_a_bare_challenge() {
-        let reply =
-            Denial::new(Reason::MissingToken, "no token").reply("ctxgate", &head("GET", &[]));
+        let reply = Denial::new(Reason::MissingToken, "no token")
+            .reply("ctxgate", &head("GET", &crate::headers::NO_HEADERS));
         assert_eq!(reply.status, 401);
         assert_eq!(
             reply.headers[0],
@@ -356,7 +356,7 @@ mod tests {
             "needs write",
             "write:projects/a".into(),
         );
-        let reply = d.reply("r", &head("GET", &[]));
+        let reply = d.reply("r", &head("GET", &crate::headers::NO_HEADERS));
         assert_eq!(reply.status, 403);
         assert_eq!(Reason::PathParameter.status(), 400);
         assert_eq!(Reason::VerificationThrottled.status(), 429);
@@ -371,16 +371,20 @@ mod tests {
     #[test]
     fn head_has_no_body_and_grpc_gets_a_status() {
         let d = Denial::new(Reason::TokenExpired, "expired \"x\"\n");
-        assert!(d.reply("r", &head("HEAD", &[])).body.is_empty());
         assert!(
-            d.reply("r", &head("GET", &[])).headers[0]
+            d.reply("r", &head("HEAD", &crate::headers::NO_HEADERS))
+                .body
+                .is_empty()
+        );
+        assert!(
+            d.reply("r", &head("GET", &crate::headers::NO_HEADERS))
+                .headers[0]
                 .1
                 .contains("error_description=\"expired ?x??\"")
         );
-        let grpc = [(
-            "content-type".to_owned(),
-            b"application/grpc+proto".to_vec(),
-        )];
+        let grpc: crate::headers::Headers = [("content-type", "application/grpc+proto")]
+            .into_iter()
+            .collect();
         assert_eq!(d.reply("r", &head("POST", &grpc)).grpc_status, Some(16));
         let forbidden = Denial::new(Reason::InsufficientScope, "x");
         assert_eq!(
@@ -392,7 +396,7 @@ mod tests {
     #[test]
     fn certificate_refusals_are_not_about_a_bearer_token() {
         let reply = Denial::new(Reason::UnknownServiceCertificate, "unknown")
-            .reply("ctxgate", &head("GET", &[]));
+            .reply("ctxgate", &head("GET", &crate::headers::NO_HEADERS));
         assert_eq!(reply.status, 403);
         assert_eq!(
             reply.headers[0],
@@ -404,7 +408,8 @@ mod tests {
             reply.details,
             "ctxgate_auth_denied{unknown_service_certificate}"
         );
-        let reply = Denial::new(Reason::MissingServiceToken, "none").reply("r", &head("GET", &[]));
+        let reply = Denial::new(Reason::MissingServiceToken, "none")
+            .reply("r", &head("GET", &crate::headers::NO_HEADERS));
         assert_eq!(reply.status, 401);
         let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(body["error"], "unauthorized");

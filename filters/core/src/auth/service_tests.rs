@@ -66,7 +66,7 @@ impl Fixture {
         uri_san: Option<&'static str>,
         headers: &[(&str, &str)],
     ) -> Decision {
-        let headers: Vec<(String, Vec<u8>)> = headers
+        let headers: crate::headers::Headers = headers
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
             .collect();

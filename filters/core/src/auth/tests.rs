@@ -86,7 +86,7 @@ impl Fixture {
     }
 
     fn check(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Decision {
-        let headers: Vec<(String, Vec<u8>)> = headers
+        let headers: crate::headers::Headers = headers
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
             .collect();
@@ -589,10 +589,12 @@ fn refusals_are_cached_briefly() {
 fn cached_identities_expire_with_the_token() {
     let mut f = fixture(json!({}));
     let token = f.token(json!({"exp": NOW + 5}));
-    let headers: Vec<(String, Vec<u8>)> = vec![(
-        "authorization".into(),
+    let headers: crate::headers::Headers = [(
+        "authorization".to_owned(),
         format!("Bearer {token}").into_bytes(),
-    )];
+    )]
+    .into_iter()
+    .collect();
     let request = RequestHead {
         method: "GET",
         path: "/v1/contexts/projects/a",
@@ -762,10 +764,12 @@ fn several_providers_each_with_their_keys() {
             .with_subject("s")
     };
     let check = |state: &mut AuthState, token: String| {
-        let headers = vec![(
+        let headers: crate::headers::Headers = [(
             "authorization".to_owned(),
             format!("Bearer {token}").into_bytes(),
-        )];
+        )]
+        .into_iter()
+        .collect();
         let request = RequestHead {
             method: "GET",
             path: "/x",
@@ -819,10 +823,12 @@ fn workers_share_verifications_through_shared_data() {
     );
     // A second worker: its own state, the same shared data.
     let mut other = f.auth.new_state();
-    let headers = vec![(
+    let headers: crate::headers::Headers = [(
         "authorization".to_owned(),
         format!("Bearer {token}").into_bytes(),
-    )];
+    )]
+    .into_iter()
+    .collect();
     let request = RequestHead {
         method: "GET",
         path: "/v1/contexts/projects/a",
@@ -843,10 +849,12 @@ fn workers_share_verifications_through_shared_data() {
         denied(&f.bearer("GET", "/v1/contexts/projects/a", &bad)),
         Reason::AudienceNotAllowed
     );
-    let headers = vec![(
+    let headers: crate::headers::Headers = [(
         "authorization".to_owned(),
         format!("Bearer {bad}").into_bytes(),
-    )];
+    )]
+    .into_iter()
+    .collect();
     let request = RequestHead {
         method: "GET",
         path: "/v1/contexts/projects/a",
@@ -1107,10 +1115,12 @@ fn other_worker(f: &Fixture, token: &str, now: u64) -> (AuthState, Decision) {
 }
 
 fn check_on(f: &Fixture, state: &mut AuthState, token: &str, now: u64) -> Decision {
-    let headers = vec![(
+    let headers: crate::headers::Headers = [(
         "authorization".to_owned(),
         format!("Bearer {token}").into_bytes(),
-    )];
+    )]
+    .into_iter()
+    .collect();
     let request = RequestHead {
         method: "GET",
         path: "/v1/contexts/projects/a",
@@ -1330,10 +1340,12 @@ fn failed_verifications_are_throttled_per_client_before_signature_work() {
     };
     let now = Clock::now_since_epoch().as_secs();
     let mut check = |token: &str| {
-        let headers = vec![(
+        let headers: crate::headers::Headers = [(
             "authorization".to_owned(),
             format!("Bearer {token}").into_bytes(),
-        )];
+        )]
+        .into_iter()
+        .collect();
         let request = RequestHead {
             method: "GET",
             path: "/v1/contexts/projects/a",
@@ -1354,7 +1366,7 @@ fn failed_verifications_are_throttled_per_client_before_signature_work() {
         &RequestHead {
             method: "GET",
             path: "/",
-            headers: &[],
+            headers: &crate::headers::NO_HEADERS,
         },
     );
     assert_eq!(reply.status, 429);

@@ -22,7 +22,7 @@ fn head() -> RequestHead<'static> {
     RequestHead {
         method: "GET",
         path: "/",
-        headers: &[],
+        headers: &crate::headers::NO_HEADERS,
     }
 }
 
@@ -212,7 +212,7 @@ fn selection_by_route_cluster_and_header() {
         let head = RequestHead {
             method: "GET",
             path: "/",
-            headers,
+            headers: &headers.iter().cloned().collect(),
         };
         bs.select(&Selection {
             route,
@@ -288,7 +288,7 @@ fn any_header_selects_on_one_of_several_tags() {
         let head = RequestHead {
             method: "GET",
             path: "/",
-            headers,
+            headers: &headers.iter().cloned().collect(),
         };
         bs.select(&Selection {
             route: None,

@@ -493,7 +493,7 @@ mod tests {
         let head = RequestHead {
             method: "POST",
             path: "/mcp",
-            headers: &headers,
+            headers: &headers.iter().cloned().collect(),
         };
         let h = McpHeaders::from_head(&head);
         assert_eq!(h.content_type, Header::Value(b"application/json"));

@@ -38,7 +38,7 @@ fn post(
     body: &str,
     scopes: &[&str],
 ) -> Result<Vec<Resolved>, LocalReply> {
-    let headers: Vec<(String, Vec<u8>)> = headers
+    let headers: crate::headers::Headers = headers
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
         .collect();

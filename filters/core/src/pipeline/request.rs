@@ -3,6 +3,7 @@
 //! the auth stage established about the caller.
 
 use crate::contract::{Established, REQUEST_FILTER_STATE};
+use crate::headers::Headers;
 use crate::host::{Attribute, HeaderOp, Host, StreamId};
 use crate::http::RequestHead;
 use crate::mcp::Declared;
@@ -23,7 +24,7 @@ enum Origin {
 pub struct Request {
     pub stream: StreamId,
     /// The request headers with every change so far applied.
-    headers: Vec<(String, Vec<u8>)>,
+    headers: Headers,
     method: String,
     path: String,
     /// Where each entry of `headers` stands against the proxy's map (same
@@ -59,12 +60,12 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn new(stream: StreamId, headers: Vec<(String, Vec<u8>)>, end_of_stream: bool) -> Request {
+    pub fn new(stream: StreamId, headers: Headers, end_of_stream: bool) -> Request {
         let pseudo = |name: &str| {
             headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .values(name)
+                .next()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default()
         };
         let (method, path) = (pseudo(":method"), pseudo(":path"));
@@ -96,7 +97,7 @@ impl Request {
     }
 
     pub fn has_header(&self, name: &str) -> bool {
-        self.headers.iter().any(|(n, _)| n == name)
+        self.headers.contains(name)
     }
 
     /// Removes a header, if the request has it (nothing is asked of the
@@ -104,8 +105,8 @@ impl Request {
     pub fn remove(&mut self, name: &str) {
         let mut proxy_holds = false;
         let mut i = 0;
-        while let Some((n, _)) = self.headers.get(i) {
-            if n == name {
+        while i < self.headers.len() {
+            if self.headers.is_named(i, name) {
                 proxy_holds |= self.origin.get(i) != Some(&Origin::Added);
                 self.headers.remove(i);
                 if i < self.origin.len() {
@@ -129,20 +130,17 @@ impl Request {
             self.remove(name);
             return;
         }
-        let mut named = self
-            .headers
-            .iter()
-            .enumerate()
-            .filter(|(_, (n, _))| n == name)
-            .map(|(i, _)| i);
-        let (first, more) = (named.next(), named.next().is_some());
-        match first.and_then(|i| Some((i, self.headers.get_mut(i)?))) {
-            Some((i, (_, current))) => {
-                if !more && current == value.as_bytes() {
+        let (first, more) = {
+            let mut named = self.headers.positions(name);
+            (named.next(), named.next().is_some())
+        };
+        match first {
+            Some(i) => {
+                let current = self.headers.get(i).map(|(_, v)| v);
+                if !more && current == Some(value.as_bytes()) {
                     return;
                 }
-                current.clear();
-                current.extend_from_slice(value.as_bytes());
+                self.headers.set_value(i, value.as_bytes());
                 if let Some(origin @ Origin::Proxy) = self.origin.get_mut(i) {
                     *origin = Origin::Changed;
                 }
@@ -152,7 +150,7 @@ impl Request {
                     let mut j = self.headers.len();
                     while j > i + 1 {
                         j -= 1;
-                        if self.headers.get(j).is_some_and(|(n, _)| n == name) {
+                        if self.headers.is_named(j, name) {
                             self.headers.remove(j);
                             if j < self.origin.len() {
                                 self.origin.remove(j);
@@ -170,8 +168,7 @@ impl Request {
                     }
                     None => Origin::Added,
                 };
-                self.headers
-                    .push((name.to_owned(), value.as_bytes().to_vec()));
+                self.headers.push(name, value.as_bytes());
                 self.origin.push(origin);
             }
         }
@@ -276,12 +273,14 @@ mod tests {
     fn request() -> Request {
         Request::new(
             1,
-            vec![
-                (":method".into(), b"GET".to_vec()),
-                (":path".into(), b"/a".to_vec()),
-                ("x-a".into(), b"1".to_vec()),
-                ("x-a".into(), b"2".to_vec()),
-            ],
+            [
+                (":method", "GET"),
+                (":path", "/a"),
+                ("x-a", "1"),
+                ("x-a", "2"),
+            ]
+            .into_iter()
+            .collect(),
             true,
         )
     }

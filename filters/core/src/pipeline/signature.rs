@@ -26,6 +26,7 @@ use serde_json::json;
 use super::Step;
 use super::request::Request;
 use crate::config::ConfigError;
+use crate::headers::Headers;
 use crate::host::{Host, NonceRefusal, NonceSpace};
 use crate::http::RequestHead;
 use crate::metrics::{Counter, Metrics};
@@ -48,7 +49,7 @@ pub struct SignatureStream {
 struct Received {
     method: String,
     path: String,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: Headers,
 }
 
 impl Received {
@@ -127,7 +128,7 @@ impl SignatureStage {
             stream.received = Some(Received {
                 method: head.method.to_owned(),
                 path: head.path.to_owned(),
-                headers: head.headers.to_vec(),
+                headers: head.headers.clone(),
             });
         }
     }

@@ -44,7 +44,7 @@ fn identity(tenant: &str, tier: &str) -> Caller {
 struct Req {
     method: &'static str,
     path: &'static str,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: crate::headers::Headers,
     identity: Option<Caller>,
     operation: Option<&'static str>,
     client: Option<&'static str>,
@@ -55,7 +55,7 @@ fn req(identity: Option<Caller>, operation: Option<&'static str>) -> Req {
     Req {
         method: "GET",
         path: "/v1/contexts/projects/a",
-        headers: vec![],
+        headers: crate::headers::Headers::new(),
         identity,
         operation,
         client: Some("10.0.0.7:5123"),
@@ -65,7 +65,7 @@ fn req(identity: Option<Caller>, operation: Option<&'static str>) -> Req {
 
 impl Req {
     fn header(mut self, name: &str, value: &str) -> Req {
-        self.headers.push((name.into(), value.as_bytes().to_vec()));
+        self.headers.push(name, value.as_bytes());
         self
     }
 

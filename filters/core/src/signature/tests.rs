@@ -6,11 +6,13 @@ use crate::config::parse_json;
 const RFC_SECRET: &str =
     "uzvJfB4u3N0Jy4T7NZ75MDVcr8zSTInedJtkgcu46YW4XByzNJjxBdtjUkdJPBtbmHhIDi6pcl8jsasjlTMtDQ==";
 
-fn head<'a>(method: &'a str, path: &'a str, headers: &'a [(String, Vec<u8>)]) -> RequestHead<'a> {
+/// The tests edit headers as pairs; each head gets its own list, leaked
+/// (a test's worth of bytes) so that it can be borrowed freely.
+fn head<'a>(method: &'a str, path: &'a str, headers: &[(String, Vec<u8>)]) -> RequestHead<'a> {
     RequestHead {
         method,
         path,
-        headers,
+        headers: Box::leak(Box::new(headers.iter().cloned().collect())),
     }
 }
 

@@ -39,7 +39,7 @@ fn tags(
     id: Option<Caller>,
     operation: Option<MatchedOperation>,
 ) -> Owned {
-    let headers: Vec<(String, Vec<u8>)> = headers
+    let headers: crate::headers::Headers = headers
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
         .collect();
@@ -334,10 +334,10 @@ fn bad_rules_fail_with_the_field() {
 #[test]
 fn an_mcp_call_declared_in_the_headers_is_tagged_with_its_method_and_tool() {
     let t = Tagger::from_json(br#"{"defaults": {"type": "standard"}}"#).unwrap();
-    let headers = vec![
-        ("x-mcp-tool".to_owned(), b"forged".to_vec()),
-        ("mcp-name".to_owned(), b"search_context".to_vec()),
-    ];
+    let headers: crate::headers::Headers =
+        [("x-mcp-tool", "forged"), ("mcp-name", "search_context")]
+            .into_iter()
+            .collect();
     let call = Declared {
         method: "tools/call".into(),
         tool: Some("search_context".into()),
