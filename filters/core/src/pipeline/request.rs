@@ -71,7 +71,12 @@ impl Request {
         let (method, path) = (pseudo(":method"), pseudo(":path"));
         Request {
             stream,
-            origin: vec![Origin::Proxy; headers.len()],
+            origin: {
+                // Room for what the stages add.
+                let mut origin = Vec::with_capacity(headers.len() + 16);
+                origin.resize(headers.len(), Origin::Proxy);
+                origin
+            },
             headers,
             method,
             path,
@@ -193,16 +198,20 @@ impl Request {
     /// Changes not yet applied, one per changed header, what it became: in
     /// header order, removals last.
     pub fn pending_changes(&self) -> Vec<HeaderOp<'_>> {
-        self.headers
-            .iter()
-            .zip(&self.origin)
-            .filter_map(|((name, value), origin)| match origin {
-                Origin::Proxy => None,
-                Origin::Changed => Some(HeaderOp::Set(name, value)),
-                Origin::Added => Some(HeaderOp::Add(name, value)),
-            })
-            .chain(self.removed.iter().map(|name| HeaderOp::Remove(name)))
-            .collect()
+        let changed = self.origin.iter().filter(|o| **o != Origin::Proxy).count();
+        let mut changes = Vec::with_capacity(changed + self.removed.len());
+        for (i, origin) in self.origin.iter().enumerate() {
+            let op = match origin {
+                Origin::Proxy => continue,
+                Origin::Changed => HeaderOp::Set,
+                Origin::Added => HeaderOp::Add,
+            };
+            if let Some((name, value)) = self.headers.get(i) {
+                changes.push(op(name, value));
+            }
+        }
+        changes.extend(self.removed.iter().map(|name| HeaderOp::Remove(name)));
+        changes
     }
 
     /// A proxy attribute of this request. Route and cluster depend on the
