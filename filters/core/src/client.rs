@@ -165,10 +165,28 @@ fn parse_address(text: &str) -> Option<IpAddr> {
 
 fn mask_v4(ip: Ipv4Addr, prefix: u8) -> String {
     if prefix >= 32 {
-        return ip.to_string();
+        return v4_text(ip, None);
     }
     let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-    format!("{}/{prefix}", Ipv4Addr::from(u32::from(ip) & mask))
+    v4_text(Ipv4Addr::from(u32::from(ip) & mask), Some(prefix))
+}
+
+/// `a.b.c.d` or `a.b.c.d/prefix`, as `Display` writes it, without the
+/// formatting machinery: a key is made for every audited request.
+fn v4_text(ip: Ipv4Addr, prefix: Option<u8>) -> String {
+    let mut text = String::with_capacity(18);
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        text.push_str(digits.format(octet));
+    }
+    if let Some(prefix) = prefix {
+        text.push('/');
+        text.push_str(digits.format(prefix));
+    }
+    text
 }
 
 fn mask_v6(ip: Ipv6Addr, prefix: u8) -> String {
@@ -182,6 +200,27 @@ fn mask_v6(ip: Ipv6Addr, prefix: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_keys_are_written_as_display_writes_them() {
+        for (ip, prefix) in [
+            ([0, 0, 0, 0], 32),
+            ([255, 255, 255, 255], 32),
+            ([10, 0, 0, 7], 32),
+            ([203, 0, 113, 77], 24),
+            ([198, 51, 100, 9], 8),
+            ([1, 22, 133, 4], 31),
+        ] {
+            let ip = Ipv4Addr::from(ip);
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            let expected = if prefix == 32 {
+                ip.to_string()
+            } else {
+                format!("{}/{prefix}", Ipv4Addr::from(u32::from(ip) & mask))
+            };
+            assert_eq!(mask_v4(ip, prefix), expected);
+        }
+    }
 
     fn forwarded(hops: u32) -> ClientConfig {
         ClientConfig {
