@@ -130,6 +130,11 @@ impl Headers {
         Some((name, self.value_bytes(entry)))
     }
 
+    /// The value of header `i`.
+    pub fn value(&self, i: usize) -> Option<&[u8]> {
+        Some(self.value_bytes(self.entries.get(i)?))
+    }
+
     /// Whether header `i` is named `name`.
     pub fn is_named(&self, i: usize, name: &str) -> bool {
         self.entries
@@ -306,5 +311,7 @@ mod tests {
         );
         assert!(headers.is_named(1, "c"));
         assert_eq!(headers.positions("c").collect::<Vec<_>>(), [1]);
+        assert_eq!(headers.value(1), Some(b"3".as_slice()));
+        assert_eq!(headers.value(2), None);
     }
 }

@@ -184,10 +184,8 @@ unsafe fn copy_headers(headers: *const EnvoyHeader, count: usize) -> Headers {
                 .as_slice(),
             )
         };
-        match std::str::from_utf8(key) {
-            Ok(name) => copied.push(name, value),
-            Err(_) => copied.push(&String::from_utf8_lossy(key), value),
-        }
+        // Borrowed unless the name is not UTF-8 (Envoy never sends one).
+        copied.push(&String::from_utf8_lossy(key), value);
     }
     copied
 }

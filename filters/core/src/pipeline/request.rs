@@ -113,16 +113,21 @@ impl Request {
         while i < self.headers.len() {
             if self.headers.is_named(i, name) {
                 proxy_holds |= self.origin.get(i) != Some(&Origin::Added);
-                self.headers.remove(i);
-                if i < self.origin.len() {
-                    self.origin.remove(i);
-                }
+                self.drop_entry(i);
             } else {
                 i += 1;
             }
         }
         if proxy_holds && !self.removed.iter().any(|n| n == name) {
             self.removed.push(name.to_owned());
+        }
+    }
+
+    /// Drops entry `i` of the headers and its origin.
+    fn drop_entry(&mut self, i: usize) {
+        self.headers.remove(i);
+        if i < self.origin.len() {
+            self.origin.remove(i);
         }
     }
 
@@ -141,8 +146,7 @@ impl Request {
         };
         match first {
             Some(i) => {
-                let current = self.headers.get(i).map(|(_, v)| v);
-                if !more && current == Some(value.as_bytes()) {
+                if !more && self.headers.value(i) == Some(value.as_bytes()) {
                     return;
                 }
                 self.headers.set_value(i, value.as_bytes());
@@ -156,10 +160,7 @@ impl Request {
                     while j > i + 1 {
                         j -= 1;
                         if self.headers.is_named(j, name) {
-                            self.headers.remove(j);
-                            if j < self.origin.len() {
-                                self.origin.remove(j);
-                            }
+                            self.drop_entry(j);
                         }
                     }
                 }
