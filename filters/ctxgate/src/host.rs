@@ -445,7 +445,9 @@ unsafe extern "C" {
 
 /// The request headers of the current stream, in the buffer the host
 /// filled: the SDK's `get_map_bytes` would copy every name and value into
-/// its own allocation.
+/// its own allocation. A map that cannot be read is empty: without
+/// `:method` and `:path` the pipeline refuses the request (400
+/// `incomplete_head`) before any stage runs.
 fn request_header_map() -> Headers {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;

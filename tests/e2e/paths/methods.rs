@@ -1,7 +1,7 @@
 //! Method overrides: headers and parameters that make upstream frameworks
 //! treat a request as another method than the one the gateway authorised.
 
-use ctxgate_e2e::Request;
+use ctxgate_e2e::{Request, Route, send_raw};
 use serde_json::json;
 
 use crate::setup::*;
@@ -134,5 +134,53 @@ fn a_custom_method_override_list_replaces_the_default_one() {
     );
     assert_eq!(seen.path(), format!("{read}?verb=GET"));
     assert_eq!(gate.wait_metric("denied.method_override", 6), 6);
+    gate.assert_vm_healthy();
+}
+
+/// A CONNECT tunnel has no `:path`: nothing the gateway decides on. It is
+/// refused before any stage (400 `incomplete_head`), even where every path
+/// is public and the listener and route accept CONNECT, never decided as a
+/// request for `/`.
+#[test]
+fn a_connect_tunnel_is_refused_before_any_stage() {
+    let keys = TestKeys::generate();
+    let mut config = gate_config(&keys);
+    config["public_paths"] = json!([{"prefix": "/"}]);
+    let gate = Gate::start_with(config, |envoy| {
+        envoy
+            .hcm_field("upgrade_configs", json!([{"upgrade_type": "CONNECT"}]))
+            .route(Route::raw(json!({
+                "match": {"connect_matcher": {}},
+                "route": {
+                    "cluster": "upstream",
+                    "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}],
+                },
+            })))
+    });
+    let token = caller(&keys);
+    for raw in [
+        "CONNECT db.internal:5432 HTTP/1.1\r\nhost: db.internal:5432\r\n\r\n".to_owned(),
+        format!(
+            "CONNECT db.internal:5432 HTTP/1.1\r\nhost: db.internal:5432\r\nauthorization: Bearer {token}\r\n\r\n"
+        ),
+    ] {
+        let response = send_raw(gate.addr(), raw.as_bytes());
+        assert_eq!(
+            (response.status, answered_by(&response)),
+            (400, "incomplete_head".to_owned()),
+            "headers {:?} body {:?}",
+            response.headers,
+            response.text()
+        );
+        assert_eq!(response.json()["error"], "invalid_request");
+    }
+    assert_eq!(
+        gate.envoy
+            .wait_for_metric("ctxgate_request.refused.incomplete_head", 2),
+        2
+    );
+    assert_eq!(gate.metric("passthrough"), 0, "no stage saw them");
+    // The public paths still pass.
+    forwarded(&gate.send(Request::get("/anything")));
     gate.assert_vm_healthy();
 }

@@ -100,8 +100,9 @@ fn deliver_all(shipper: &mut Shipper, host: &mut MockHost) -> Vec<Vec<u8>> {
     let mut answered = 0;
     for _ in 0..20 {
         if host.calls.len() > answered {
-            lines.push(answer(shipper, host, Some(200)));
+            // Counted first: a success ships the next full batch at once.
             answered = host.calls.len();
+            lines.push(answer(shipper, host, Some(200)));
         }
         host.now_ms += 200;
         shipper.on_tick(host);
@@ -161,6 +162,8 @@ fn every_decision_becomes_one_event_in_one_message_per_request() {
         4,
         &[(":path", "/v1/contexts/projects/a"), ("x-request-id", "r4")],
     );
+    // No `:path` (a CONNECT tunnel): refused before any stage.
+    request(&mut worker, &mut host, 5, &[("x-request-id", "r5")]);
     assert_eq!(host.audit_enqueues, 0, "nothing per request");
     worker.on_tick(&mut host);
     assert_eq!(host.audit_enqueues, 0, "records wait a while in the worker");
@@ -199,6 +202,12 @@ fn every_decision_becomes_one_event_in_one_message_per_request() {
                 "ctxgate_ratelimit_refused{local_limit}"
             ),
             t("r4", "auth", "deny", "ctxgate_auth_denied{missing_token}"),
+            t(
+                "r5",
+                "request",
+                "deny",
+                "ctxgate_request_refused{incomplete_head}"
+            ),
         ],
         "tagging does not decide and is not audited"
     );
@@ -235,7 +244,7 @@ fn every_decision_becomes_one_event_in_one_message_per_request() {
     let verified = verify([first.as_slice(), second.as_slice()]).unwrap();
     assert_eq!(
         (verified.batches, verified.events, verified.dropped),
-        (2, 7, 0)
+        (2, 8, 0)
     );
 }
 

@@ -53,7 +53,7 @@ use crate::config::{ConfigError, in_section};
 #[cfg(doc)]
 use crate::host::Attribute;
 use crate::host::{CallId, CallResponse, Host, StreamId};
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 use crate::ratelimit::RateLimiter;
 use crate::reply::LocalReply;
 use crate::residency::Residency;
@@ -96,6 +96,9 @@ pub enum Flow {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StageId {
+    /// The driver itself, refusing a request head it cannot decide on
+    /// ([`Worker::incomplete`]) before any stage runs.
+    Request,
     Auth,
     Signature,
     Mcp,
@@ -109,6 +112,7 @@ impl StageId {
     /// The stage's name in audit events.
     fn name(self) -> &'static str {
         match self {
+            StageId::Request => "request",
             StageId::Auth => "auth",
             StageId::Signature => "signature",
             StageId::Mcp => "mcp",
@@ -226,7 +230,12 @@ pub struct Worker {
     streams: HashMap<StreamId, Stream>,
     flush_interval_ms: u64,
     next_flush_ms: u64,
+    /// `ctxgate_request.refused.incomplete_head`.
+    incomplete_head: Counter,
 }
+
+/// The reason code of [`Worker::incomplete`]'s refusal.
+const INCOMPLETE_HEAD: &str = "incomplete_head";
 
 impl Worker {
     /// Compiles the configuration (JSON) and creates what the stages keep
@@ -325,6 +334,7 @@ impl Worker {
         let stage_names: Vec<&'static str> = ORDER
             .iter()
             .filter(|s| match s {
+                StageId::Request => false,
                 StageId::Auth => auth.is_some(),
                 StageId::Signature => signature.is_some(),
                 StageId::Mcp => mcp.is_some(),
@@ -336,6 +346,8 @@ impl Worker {
             .map(|s| s.name())
             .collect();
         let timing = Timing::new(config.metrics.timing_every, &stage_names, &mut metrics);
+        let incomplete_head =
+            metrics.counter(&format!("ctxgate_request.refused.{INCOMPLETE_HEAD}"));
         let mut worker = Worker {
             auth,
             signature,
@@ -354,6 +366,7 @@ impl Worker {
             streams: HashMap::new(),
             flush_interval_ms: config.metrics.flush_interval_ms,
             next_flush_ms: 0,
+            incomplete_head,
         };
         // Defines every metric now: dashboards see zeros, not gaps.
         worker.flush_metrics(host);
@@ -418,12 +431,50 @@ impl Worker {
             stream.token = bearer(&stream.request).map(|t| recorder.token_digest(t));
             stream.decisions.reserve(ORDER.len());
         }
-        let flow = match self.before_stages(host, &mut stream, end_of_stream) {
-            Some(flow) => flow,
-            None => self.run(host, &mut stream, 0),
+        let flow = if let Some(reply) = self.incomplete(&stream.request) {
+            self.note(host, &mut stream, StageId::Request, Some(&reply));
+            self.refuse(host, &mut stream, &reply)
+        } else {
+            match self.before_stages(host, &mut stream, end_of_stream) {
+                Some(flow) => flow,
+                None => self.run(host, &mut stream, 0),
+            }
         };
         self.streams.insert(id, stream);
         flow
+    }
+
+    /// The refusal of a request without `:method` or `:path`, before any
+    /// stage runs: every decision is made on the method and the path, so a
+    /// request that lacks one (a CONNECT tunnel, which has no `:path`; a
+    /// header map the engine could not read) is refused (400
+    /// `incomplete_head`), never decided on a guess such as `/`.
+    fn incomplete(&mut self, request: &Request) -> Option<LocalReply> {
+        let head = request.head();
+        if !head.method.is_empty() && !head.path.is_empty() {
+            return None;
+        }
+        self.metrics.inc(self.incomplete_head);
+        log::debug!(
+            "request: refused: no {}",
+            if head.method.is_empty() {
+                ":method"
+            } else {
+                ":path"
+            }
+        );
+        let body = serde_json::json!({
+            "error": "invalid_request",
+            "reason": INCOMPLETE_HEAD,
+            "message": "the gateway serves requests with a :method and a :path only (no CONNECT tunnels)",
+        });
+        Some(LocalReply::json_error(
+            &head,
+            400,
+            &body,
+            Vec::new(),
+            format!("ctxgate_request_refused{{{INCOMPLETE_HEAD}}}"),
+        ))
     }
 
     /// What happens before the stages run: the MCP resource metadata is
@@ -846,6 +897,7 @@ impl Worker {
             let metrics = &mut self.metrics;
             let request = &mut stream.request;
             let step = match stage {
+                StageId::Request => None,
                 StageId::Auth => self
                     .auth
                     .as_mut()

@@ -195,6 +195,60 @@ fn an_auth_refusal_sends_the_reply_after_removing_client_identity_headers() {
     assert_eq!(gw.host.stream(id).change_batches.len(), 1);
 }
 
+#[test]
+fn a_request_without_a_method_or_a_path_is_refused_before_any_stage() {
+    let key = ES256KeyPair::generate().with_key_id("k1");
+    let mut config = full_chain(&key);
+    // Public for every method: a head without a method or a path must not
+    // pass as a request for `/`.
+    config["auth"]["public_paths"] = json!([{"prefix": "/"}]);
+    let mut gw = Gateway::new(config);
+    let heads: [&[(&str, &str)]; 4] = [
+        // A CONNECT tunnel: no `:path`.
+        &[(":method", "CONNECT"), (":authority", "db.internal:5432")],
+        &[(":method", "GET"), (":path", ""), (":authority", "api")],
+        &[(":path", "/"), (":authority", "api")],
+        // A header map the engine could not read.
+        &[],
+    ];
+    for head in heads {
+        let id = gw.open(head);
+        assert_eq!(
+            gw.worker.on_request_headers(&mut gw.host, id, true),
+            Flow::Pause
+        );
+        assert_eq!(
+            gw.details(id),
+            Some((400, "ctxgate_request_refused{incomplete_head}".to_owned())),
+            "{head:?}"
+        );
+        let reply = gw.host.stream(id).reply.clone().unwrap();
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["reason"], "incomplete_head");
+        assert_eq!(body["error"], "invalid_request");
+        assert_eq!(gw.host.stream(id).resumed, 0);
+        assert_eq!(
+            gw.host.header(id, ":path"),
+            head.iter()
+                .find(|(n, _)| *n == ":path")
+                .map(|(_, v)| (*v).to_owned()),
+            "the path is not guessed"
+        );
+        gw.respond(id, 400);
+    }
+    let (id, flow) = gw.request("GET", "/", &[]);
+    assert_eq!(flow, Flow::Continue);
+    gw.respond(id, 200);
+    gw.tick_at(NOW_MS + 1000);
+    assert_eq!(gw.host.metric("ctxgate_request.refused.incomplete_head"), 4);
+    assert_eq!(
+        gw.host.metric("ctxgate_auth.passthrough"),
+        1,
+        "no stage saw the incomplete heads"
+    );
+    assert_eq!(gw.worker.streams(), 0);
+}
+
 fn rls_config(key: &ES256KeyPair, failure_mode: &str) -> Value {
     let mut config = full_chain(key);
     config["ratelimit"] = ratelimit_section(
