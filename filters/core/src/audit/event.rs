@@ -266,16 +266,16 @@ impl Message {
     }
 }
 
-/// A message as the singleton reads it.
+/// A message as the singleton reads it, borrowing the message's bytes.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Received {
+pub struct Received<'a> {
     pub reporter: u64,
     pub dropped: u64,
     /// Each record's events and JSON, as the worker wrote it.
-    pub records: Vec<(u64, Vec<u8>)>,
+    pub records: Vec<(u64, &'a [u8])>,
 }
 
-impl Received {
+impl Received<'_> {
     pub fn events(&self) -> u64 {
         self.records.iter().map(|(n, _)| *n).sum()
     }
@@ -283,7 +283,7 @@ impl Received {
 
 /// Reads a queue message; `None` if it is not one (never from a worker
 /// of this module).
-pub fn parse_message(bytes: &[u8]) -> Option<Received> {
+pub fn parse_message(bytes: &[u8]) -> Option<Received<'_>> {
     let (&version, rest) = bytes.split_first()?;
     if version != MESSAGE_VERSION {
         return None;
@@ -298,7 +298,7 @@ pub fn parse_message(bytes: &[u8]) -> Option<Received> {
         let events = u64_at(rest, 0)?;
         let len = u32::from_le_bytes(rest.get(8..12)?.try_into().ok()?);
         let len = usize::try_from(len).ok()?;
-        records.push((events, rest.get(12..12 + len)?.to_vec()));
+        records.push((events, rest.get(12..12 + len)?));
         rest = rest.get(12 + len..)?;
     }
     Some(Received {

@@ -41,10 +41,8 @@ pub struct Shipper {
     /// The last delivered batch.
     seq: u64,
     prev: String,
-    /// Records waiting: (arrival ms, events in it, JSON).
-    backlog: VecDeque<(u64, u64, Vec<u8>)>,
-    /// Events in `backlog`.
-    backlog_events: usize,
+    /// Records waiting.
+    backlog: Backlog,
     /// Lost since the last batch cut (queue or backlog full).
     unreported: u64,
     pending: Option<Pending>,
@@ -101,8 +99,7 @@ impl Shipper {
             chain,
             seq: 0,
             prev: GENESIS.to_owned(),
-            backlog: VecDeque::new(),
-            backlog_events: 0,
+            backlog: Backlog::default(),
             unreported: 0,
             pending: None,
             in_flight: None,
@@ -131,7 +128,7 @@ impl Shipper {
 
     /// Events held: waiting and in the batch being delivered.
     fn held(&self) -> usize {
-        self.backlog_events + self.pending.as_ref().map_or(0, |p| p.events)
+        self.backlog.events + self.pending.as_ref().map_or(0, |p| p.events)
     }
 
     /// The queue has messages: takes them all.
@@ -157,12 +154,11 @@ impl Shipper {
                     self.metrics.add(self.m.dropped, n);
                     self.metrics.add(self.m.backlog_full, n);
                 } else {
-                    self.backlog.push_back((now, n, record));
-                    self.backlog_events += events;
+                    self.backlog.push(now, events, record);
                 }
             }
         }
-        if self.backlog_events >= self.max_events {
+        if self.backlog.events >= self.max_events {
             self.ship(host);
         }
     }
@@ -190,29 +186,16 @@ impl Shipper {
             return;
         }
         if self.pending.is_none() {
-            let due = self.backlog_events >= self.max_events
+            let due = self.backlog.events >= self.max_events
                 || self.unreported > 0
                 || self
                     .backlog
-                    .front()
-                    .is_some_and(|(t, _, _)| now.saturating_sub(*t) >= self.max_delay_ms);
+                    .oldest_ms()
+                    .is_some_and(|t| now.saturating_sub(t) >= self.max_delay_ms);
             if !due {
                 return;
             }
-            // Whole records, up to max_events events (at least one record).
-            let mut records = Vec::new();
-            let mut events = 0usize;
-            while let Some((_, n, _)) = self.backlog.front() {
-                let n = usize::try_from(*n).unwrap_or(usize::MAX);
-                if !records.is_empty() && events.saturating_add(n) > self.max_events {
-                    break;
-                }
-                if let Some((_, _, record)) = self.backlog.pop_front() {
-                    records.push(record);
-                    events = events.saturating_add(n);
-                }
-            }
-            self.backlog_events = self.backlog_events.saturating_sub(events);
+            let (events, records) = self.backlog.cut(self.max_events);
             let seq = self.seq.saturating_add(1);
             let batch = batch::encode(
                 &self.chain,
@@ -221,7 +204,7 @@ impl Shipper {
                 now,
                 self.unreported,
                 events,
-                &records,
+                records,
             );
             self.unreported = 0;
             self.pending = Some(Pending {
@@ -294,12 +277,124 @@ impl Shipper {
                 }
                 self.backoff_ms = self.initial_backoff_ms;
                 self.retry_at_ms = 0;
-                if self.backlog_events >= self.max_events {
+                if self.backlog.events >= self.max_events {
                     self.ship(host);
                 }
             }
             _ => self.failed(now),
         }
         true
+    }
+}
+
+/// Records waiting for a batch, in arrival order, in one buffer: each
+/// record is stored with a leading comma, so a batch's records are one
+/// contiguous slice (no allocation or copy per record).
+#[derive(Default)]
+struct Backlog {
+    /// Per record: arrival ms, events in it, bytes (comma included).
+    records: VecDeque<(u64, usize, usize)>,
+    /// `,<record>,<record>...`; bytes before `start` are cut already.
+    bytes: Vec<u8>,
+    start: usize,
+    /// Events in `records`.
+    events: usize,
+}
+
+/// Cut bytes kept before the buffer is moved down (at most half of it).
+const BACKLOG_SLACK: usize = 64 * 1024;
+
+impl Backlog {
+    fn push(&mut self, now_ms: u64, events: usize, json: &[u8]) {
+        if self.start == self.bytes.len() {
+            self.bytes.clear();
+            self.start = 0;
+        } else if self.start >= BACKLOG_SLACK && self.start * 2 >= self.bytes.len() {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+        self.bytes.push(b',');
+        self.bytes.extend_from_slice(json);
+        self.records.push_back((now_ms, events, json.len() + 1));
+        self.events = self.events.saturating_add(events);
+    }
+
+    fn oldest_ms(&self) -> Option<u64> {
+        self.records.front().map(|(t, _, _)| *t)
+    }
+
+    /// Takes whole records from the front, up to `max_events` events (at
+    /// least one record): their events, and their JSON joined by commas.
+    fn cut(&mut self, max_events: usize) -> (usize, &[u8]) {
+        let (mut events, mut len, mut taken) = (0usize, 0usize, 0usize);
+        while let Some((_, n, bytes)) = self.records.front() {
+            if taken > 0 && events.saturating_add(*n) > max_events {
+                break;
+            }
+            events = events.saturating_add(*n);
+            len += bytes;
+            taken += 1;
+            self.records.pop_front();
+        }
+        self.events = self.events.saturating_sub(events);
+        let from = self.start;
+        self.start += len;
+        // Without the first record's leading comma.
+        let joined = self.bytes.get(from + 1..from + len).unwrap_or_default();
+        (events, joined)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_cuts_whole_records_in_order_across_compactions() {
+        let mut backlog = Backlog::default();
+        let record = |i: usize| format!(r#"{{"i":{i},"pad":"{}"}}"#, "x".repeat(i % 300));
+        let (mut pushed, mut cut, mut moved) = (0usize, 0usize, 0);
+        for round in 0..2000 {
+            for _ in 0..3 {
+                let before = backlog.start;
+                backlog.push(round, 1 + pushed % 3, record(pushed).as_bytes());
+                pushed += 1;
+                // What was cut is moved down once it is half the buffer.
+                assert!(
+                    backlog.start < BACKLOG_SLACK || backlog.start * 2 < backlog.bytes.len(),
+                    "{} of {}",
+                    backlog.start,
+                    backlog.bytes.len()
+                );
+                if backlog.start < before && backlog.start < backlog.bytes.len() {
+                    moved += 1;
+                }
+            }
+            let (events, joined) = backlog.cut(8);
+            let line: serde_json::Value =
+                serde_json::from_slice(&[b"[", joined, b"]"].concat()).unwrap();
+            let got: Vec<u64> = line
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["i"].as_u64().unwrap())
+                .collect();
+            assert!(!got.is_empty(), "at least one record");
+            let expected: Vec<u64> = (cut..cut + got.len()).map(|i| i as u64).collect();
+            assert_eq!(got, expected);
+            let sum: usize = (cut..cut + got.len()).map(|i| 1 + i % 3).sum();
+            assert_eq!(events, sum);
+            assert!(events <= 8 || got.len() == 1);
+            cut += got.len();
+        }
+        assert!(moved > 0, "records still waiting were moved down");
+        while backlog.events > 0 {
+            let (_, joined) = backlog.cut(usize::MAX);
+            cut += serde_json::from_slice::<Vec<serde_json::Value>>(&[b"[", joined, b"]"].concat())
+                .unwrap()
+                .len();
+        }
+        assert_eq!(cut, pushed);
+        assert_eq!(backlog.cut(4), (0, &b""[..]));
     }
 }

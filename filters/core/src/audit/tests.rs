@@ -370,7 +370,7 @@ fn chain_of(n: u64) -> Vec<Vec<u8>> {
                 NOW_MS,
                 0,
                 1,
-                &[br#"{"decisions":[{"stage":"auth"}]}"#.to_vec()],
+                br#"{"decisions":[{"stage":"auth"}]}"#,
             );
             prev = b.hash;
             b.bytes
@@ -408,15 +408,7 @@ fn the_verifier_names_the_first_edited_deleted_or_swapped_line() {
     let forged: Vec<Vec<u8>> = [1u64, 2]
         .iter()
         .map(|seq| {
-            let b = batch::encode(
-                "c1",
-                *seq,
-                &prev,
-                NOW_MS,
-                0,
-                0,
-                &[br#"{"decisions":[]}"#.to_vec()],
-            );
+            let b = batch::encode("c1", *seq, &prev, NOW_MS, 0, 0, br#"{"decisions":[]}"#);
             prev = b.hash;
             b.bytes
         })
