@@ -218,15 +218,7 @@ mod tests {
         let mut prev = GENESIS.to_owned();
         (1..=n)
             .map(|seq| {
-                let b = encode(
-                    "c1",
-                    seq,
-                    &prev,
-                    1,
-                    0,
-                    1,
-                    &[br#"{"decisions":[{}]}"#.to_vec()],
-                );
+                let b = encode("c1", seq, &prev, 1, 0, 1, br#"{"decisions":[{}]}"#);
                 prev = b.hash;
                 b.bytes
             })

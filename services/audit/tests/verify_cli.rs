@@ -18,15 +18,7 @@ fn chain() -> Vec<String> {
             let record = format!(
                 r#"{{"request_id":"r-{seq}","decisions":[{{"stage":"auth","decision":"allow"}}]}}"#
             );
-            let b = batch::encode(
-                "c1",
-                seq,
-                &prev,
-                1_764_500_000_000,
-                0,
-                1,
-                &[record.into_bytes()],
-            );
+            let b = batch::encode("c1", seq, &prev, 1_764_500_000_000, 0, 1, record.as_bytes());
             prev = b.hash;
             String::from_utf8(b.bytes).unwrap()
         })

@@ -179,7 +179,14 @@ fn a_connect_tunnel_is_refused_before_any_stage() {
             .wait_for_metric("ctxgate_request.refused.incomplete_head", 2),
         2
     );
-    assert_eq!(gate.metric("passthrough"), 0, "no stage saw them");
+    for counter in [
+        "passthrough",
+        "allowed",
+        "denied.missing_token",
+        "denied.invalid_path",
+    ] {
+        assert_eq!(gate.metric(counter), 0, "{counter}: no stage saw them");
+    }
     // The public paths still pass.
     forwarded(&gate.send(Request::get("/anything")));
     gate.assert_vm_healthy();

@@ -77,8 +77,18 @@ impl Record<'_> {
         }
         push_field(out, b",\"operation\":", self.operation);
         push_field(out, b",\"context\":", self.context);
-        push_field(out, b",\"method\":", Some(self.method));
-        push_field(out, b",\"path\":", Some(self.path));
+        // Empty for a head refused as incomplete: left out, like any
+        // fact the request did not have.
+        push_field(
+            out,
+            b",\"method\":",
+            Some(self.method).filter(|m| !m.is_empty()),
+        );
+        push_field(
+            out,
+            b",\"path\":",
+            Some(self.path).filter(|p| !p.is_empty()),
+        );
         push_field(out, b",\"client\":", self.client);
         push_field(out, b",\"token\":", self.token);
         out.extend_from_slice(b",\"decisions\":[");

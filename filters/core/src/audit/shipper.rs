@@ -301,13 +301,18 @@ struct Backlog {
     events: usize,
 }
 
-/// Cut bytes kept before the buffer is moved down (at most half of it).
+/// Cut bytes at the front of the buffer are moved out once they are at
+/// least this many and at least half the buffer.
 const BACKLOG_SLACK: usize = 64 * 1024;
+/// An emptied buffer keeps at most this much memory (a backlog that grew
+/// while the collector was away gives its memory back once delivered).
+const BACKLOG_KEPT: usize = 4 * 1024 * 1024;
 
 impl Backlog {
     fn push(&mut self, now_ms: u64, events: usize, json: &[u8]) {
         if self.start == self.bytes.len() {
             self.bytes.clear();
+            self.bytes.shrink_to(BACKLOG_KEPT);
             self.start = 0;
         } else if self.start >= BACKLOG_SLACK && self.start * 2 >= self.bytes.len() {
             self.bytes.drain(..self.start);
@@ -349,50 +354,55 @@ impl Backlog {
 mod tests {
     use super::*;
 
+    /// Whole records, in order, with their events, through a backlog
+    /// that is cut while records still wait (so the buffer is moved down
+    /// with live records in it) and emptied.
     #[test]
     fn the_backlog_cuts_whole_records_in_order_across_compactions() {
         let mut backlog = Backlog::default();
-        let record = |i: usize| format!(r#"{{"i":{i},"pad":"{}"}}"#, "x".repeat(i % 300));
+        let record = |i: usize| format!(r#"{{"i":{i},"pad":"{}"}}"#, "x".repeat(100 + i % 200));
+        let events_of = |i: usize| 1 + i % 3;
         let (mut pushed, mut cut, mut moved) = (0usize, 0usize, 0);
-        for round in 0..2000 {
-            for _ in 0..3 {
-                let before = backlog.start;
-                backlog.push(round, 1 + pushed % 3, record(pushed).as_bytes());
-                pushed += 1;
-                // What was cut is moved down once it is half the buffer.
-                assert!(
-                    backlog.start < BACKLOG_SLACK || backlog.start * 2 < backlog.bytes.len(),
-                    "{} of {}",
-                    backlog.start,
-                    backlog.bytes.len()
-                );
-                if backlog.start < before && backlog.start < backlog.bytes.len() {
-                    moved += 1;
-                }
-            }
-            let (events, joined) = backlog.cut(8);
-            let line: serde_json::Value =
+        let take = |backlog: &mut Backlog, max: usize, cut: &mut usize| {
+            let (events, joined) = backlog.cut(max);
+            let records: Vec<serde_json::Value> =
                 serde_json::from_slice(&[b"[", joined, b"]"].concat()).unwrap();
-            let got: Vec<u64> = line
-                .as_array()
-                .unwrap()
+            let got: Vec<usize> = records
                 .iter()
-                .map(|r| r["i"].as_u64().unwrap())
+                .map(|r| r["i"].as_u64().unwrap() as usize)
                 .collect();
-            assert!(!got.is_empty(), "at least one record");
-            let expected: Vec<u64> = (cut..cut + got.len()).map(|i| i as u64).collect();
-            assert_eq!(got, expected);
-            let sum: usize = (cut..cut + got.len()).map(|i| 1 + i % 3).sum();
-            assert_eq!(events, sum);
-            assert!(events <= 8 || got.len() == 1);
-            cut += got.len();
+            assert_eq!(got, (*cut..*cut + got.len()).collect::<Vec<_>>());
+            assert_eq!(events, got.iter().map(|i| events_of(*i)).sum::<usize>());
+            assert!(
+                events <= max || got.len() == 1,
+                "whole records, at most max"
+            );
+            *cut += got.len();
+        };
+        // A standing backlog of 500 records, then one in, one batch of at
+        // most 3 events out, 3000 times.
+        for _ in 0..500 {
+            backlog.push(0, events_of(pushed), record(pushed).as_bytes());
+            pushed += 1;
+        }
+        for round in 0..3000 {
+            take(&mut backlog, 3, &mut cut);
+            let before = backlog.start;
+            backlog.push(round, events_of(pushed), record(pushed).as_bytes());
+            pushed += 1;
+            assert!(
+                backlog.start < BACKLOG_SLACK || backlog.start * 2 < backlog.bytes.len(),
+                "{} of {}",
+                backlog.start,
+                backlog.bytes.len()
+            );
+            if backlog.start < before && backlog.records.len() > 1 {
+                moved += 1;
+            }
         }
         assert!(moved > 0, "records still waiting were moved down");
         while backlog.events > 0 {
-            let (_, joined) = backlog.cut(usize::MAX);
-            cut += serde_json::from_slice::<Vec<serde_json::Value>>(&[b"[", joined, b"]"].concat())
-                .unwrap()
-                .len();
+            take(&mut backlog, usize::MAX, &mut cut);
         }
         assert_eq!(cut, pushed);
         assert_eq!(backlog.cut(4), (0, &b""[..]));

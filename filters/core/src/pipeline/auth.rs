@@ -117,6 +117,15 @@ impl AuthStage {
     }
 
     /// How often the worker must tick for this stage (remote key sets).
+    /// Removes the client-sent identity headers `request` carries: done
+    /// by [`AuthStage::on_request`] whatever it decides, and by the driver
+    /// for a refusal before auth ran.
+    pub fn strip_identity(&self, request: &mut Request) {
+        for name in self.auth.headers.all() {
+            request.remove(name);
+        }
+    }
+
     pub fn tick_ms(&self) -> Option<u64> {
         (!self.sync.is_empty()).then_some(JWKS_TICK_MS)
     }

@@ -433,7 +433,7 @@ impl Worker {
         }
         let flow = if let Some(reply) = self.incomplete(&stream.request) {
             self.note(host, &mut stream, StageId::Request, Some(&reply));
-            self.refuse(host, &mut stream, &reply)
+            self.reply_before_stages(host, &mut stream, &reply)
         } else {
             match self.before_stages(host, &mut stream, end_of_stream) {
                 Some(flow) => flow,
@@ -492,7 +492,7 @@ impl Worker {
         if let Some(mcp) = self.mcp.as_ref() {
             stream.request.authorised_later = mcp.is_endpoint(&stream.request);
             if let Some(reply) = mcp.metadata_reply(&stream.request, &mut self.metrics) {
-                return Some(self.refuse(host, stream, &reply));
+                return Some(self.reply_before_stages(host, stream, &reply));
             }
         }
         let limit = self.body_limit(&stream.request)?;
@@ -504,7 +504,7 @@ impl Worker {
         if declared.is_some_and(|length| length > limit) {
             let (stage, reply) = self.too_large(&stream.request);
             self.note(host, stream, stage, Some(&reply));
-            return Some(self.refuse(host, stream, &reply));
+            return Some(self.reply_before_stages(host, stream, &reply));
         }
         // The body decides. Proxy-Wasm delivers no body while the headers
         // are held, so the headers go on after the header stages, and the
@@ -1015,6 +1015,22 @@ impl Worker {
         stream.forwarded_ms = host.now_ms();
         self.decided(host, stream);
         Flow::Continue
+    }
+
+    /// Replies before any stage ran (an incomplete head, a body declared
+    /// too long, the MCP metadata): auth removes client-sent identity
+    /// headers whatever it decides, so they are removed here, as it would
+    /// (the access log must not show a forged tenant either).
+    fn reply_before_stages(
+        &mut self,
+        host: &mut dyn Host,
+        stream: &mut Stream,
+        reply: &LocalReply,
+    ) -> Flow {
+        if let Some(auth) = self.auth.as_ref() {
+            auth.strip_identity(&mut stream.request);
+        }
+        self.refuse(host, stream, reply)
     }
 
     /// Sends a refusal, after the header changes made so far (a refused

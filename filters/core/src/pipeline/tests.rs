@@ -205,7 +205,11 @@ fn a_request_without_a_method_or_a_path_is_refused_before_any_stage() {
     let mut gw = Gateway::new(config);
     let heads: [&[(&str, &str)]; 4] = [
         // A CONNECT tunnel: no `:path`.
-        &[(":method", "CONNECT"), (":authority", "db.internal:5432")],
+        &[
+            (":method", "CONNECT"),
+            (":authority", "db.internal:5432"),
+            ("x-context-tenant", "evil"),
+        ],
         &[(":method", "GET"), (":path", ""), (":authority", "api")],
         &[(":path", "/"), (":authority", "api")],
         // A header map the engine could not read.
@@ -233,6 +237,10 @@ fn a_request_without_a_method_or_a_path_is_refused_before_any_stage() {
                 .find(|(n, _)| *n == ":path")
                 .map(|(_, v)| (*v).to_owned()),
             "the path is not guessed"
+        );
+        assert!(
+            gw.host.header(id, "x-context-tenant").is_none(),
+            "forged identity removed before the refusal"
         );
         gw.respond(id, 400);
     }
